@@ -1,0 +1,187 @@
+//! `ragq api`: HTTP submission and reads for SaaS backends.
+//!
+//! `POST /v1/jobs` records the job as `queued` in Postgres, then publishes it (confirmed) to
+//! `ragq.jobs`; `GET /v1/jobs/{id}` reads it back. Both authenticate with the tenant's API key
+//! (`Authorization: Bearer ...`), and a tenant only ever sees its own jobs. Submitting an id again is
+//! idempotent: the existing job is returned, and re-published if it is still waiting to be queued.
+
+pub mod error;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::jobs::JobMessage;
+use crate::queue::publisher::ReconnectingPublisher;
+use crate::tenants::{Tenant, TenantDirectory};
+pub use error::ApiError;
+
+struct ApiState {
+    pool: PgPool,
+    tenants: TenantDirectory,
+    publisher: ReconnectingPublisher,
+    max_message_bytes: usize,
+}
+
+/// Builds the router (also used by tests on an ephemeral port).
+pub fn router(cfg: &Config, pool: PgPool) -> Router {
+    let state = Arc::new(ApiState {
+        tenants: TenantDirectory::new(pool.clone(), std::time::Duration::from_secs(30)),
+        pool,
+        publisher: ReconnectingPublisher::new(cfg.queue.clone(), "ragq-api"),
+        max_message_bytes: cfg.queue.max_message_bytes,
+    });
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/jobs", post(submit))
+        .route("/v1/jobs/{id}", get(read))
+        .layer(DefaultBodyLimit::max(cfg.api.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves until `cancel` fires.
+pub async fn serve(cfg: &Config, pool: PgPool, cancel: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&cfg.api.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "api listening");
+    axum::serve(listener, router(cfg, pool))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+    let key = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized(
+            "missing `Authorization: Bearer <api key>` header",
+        ))?;
+    state
+        .tenants
+        .by_api_key(key.trim())
+        .await?
+        .ok_or(ApiError::Unauthorized("unknown API key"))
+}
+
+async fn submit(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = authenticate(&state, &headers).await?;
+    let job = parse_submission(&body, &tenant, state.max_message_bytes)?;
+    let wire = serde_json::to_vec(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (tenant_id, id, kind, policy, input, tags, webhook_url, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued') ON CONFLICT (tenant_id, id) DO NOTHING",
+    )
+    .bind(&job.tenant)
+    .bind(&job.id)
+    .bind(job.kind.as_str())
+    .bind(&job.policy)
+    .bind(&job.input)
+    .bind(serde_json::to_value(&job.tags).unwrap_or_default())
+    .bind(&job.webhook_url)
+    .execute(&state.pool)
+    .await?
+    .rows_affected()
+        == 1;
+    let current = job_view(&state.pool, &tenant.id, &job.id).await?;
+    let still_queued = current.as_ref().is_some_and(|v| v["state"] == "queued");
+    if inserted || still_queued {
+        state
+            .publisher
+            .publish_job(job.kind.as_str(), &job.id, &wire)
+            .await
+            .map_err(|e| {
+                ApiError::Unavailable(format!("cannot queue the job, retry with the same id: {e}"))
+            })?;
+    }
+    let status = if inserted {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(current.unwrap_or(Value::Null))).into_response())
+}
+
+/// Reads a submission: the tenant comes from the API key; a body naming another tenant is refused.
+fn parse_submission(
+    body: &[u8],
+    tenant: &Tenant,
+    max_bytes: usize,
+) -> Result<JobMessage, ApiError> {
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
+    match obj.get("tenant") {
+        None => {
+            obj.insert("tenant".into(), Value::String(tenant.id.clone()));
+        }
+        Some(Value::String(t)) if *t == tenant.id => {}
+        Some(_) => {
+            return Err(ApiError::Forbidden(
+                "`tenant` does not match the API key".into(),
+            ))
+        }
+    }
+    let bytes = serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    JobMessage::parse(&bytes, max_bytes).map_err(|e| match e {
+        crate::jobs::PoisonReason::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+        other => ApiError::BadRequest(other.to_string()),
+    })
+}
+
+async fn read(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = authenticate(&state, &headers).await?;
+    job_view(&state.pool, &tenant.id, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))
+}
+
+/// A job as clients see it.
+pub async fn job_view(pool: &PgPool, tenant: &str, id: &str) -> Result<Option<Value>, sqlx::Error> {
+    let row: Option<(Value,)> = sqlx::query_as(
+        "SELECT json_build_object('id', id, 'tenant', tenant_id, 'kind', kind, 'state', state, \
+           'policy', policy, 'attempts', attempts, 'tags', tags, 'result', result, \
+           'error', CASE WHEN error_code IS NULL THEN NULL \
+                         ELSE json_build_object('code', error_code, 'message', error) END, \
+           'created_at', created_at, 'finished_at', finished_at)::jsonb \
+         FROM jobs WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(v,)| v))
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "api request failed");
+        }
+        (
+            status,
+            Json(json!({"error": {"code": self.code(), "message": self.to_string()}})),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,159 @@
+//! The `ragq` command line: parse, load config, wire the parts, run. No logic of its own.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::sim::SimOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ragq",
+    version,
+    about = "Queue-driven batch and RAG workers for SaaS backends"
+)]
+pub struct Cli {
+    /// Configuration file (TOML); `RAGQ_*` environment variables override it.
+    #[arg(long, global = true, env = "RAGQ_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// Validate the configuration and exit.
+    #[arg(long, global = true)]
+    pub check_config: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if needed and apply migrations.
+    Migrate,
+    /// Consume and run jobs.
+    Worker,
+    /// Serve the HTTP api.
+    Api,
+    /// Run the OpenAI-compatible simulated provider.
+    SimProvider {
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: String,
+        #[command(flatten)]
+        options: SimOptions,
+    },
+    /// Publish jobs (a JSONL file, `-` for stdin, or one `--job`), optionally waiting for outcomes.
+    Submit(crate::submit::SubmitArgs),
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Run the whole system on this machine and print what happened.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant; prints its API key and webhook secret once.
+    Add {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// AMQP user allowed to publish jobs for this tenant.
+        #[arg(long)]
+        amqp_user: Option<String>,
+    },
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::telemetry::init(cli.log_json);
+    let path = cli.config.clone().or_else(crate::config::default_path);
+    let cfg = Config::load(path.as_deref())?;
+    if cli.check_config {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let cancel = shutdown_token();
+    match cli.command {
+        Command::Migrate => {
+            let mut db = cfg.database.clone();
+            db.migrate_on_start = true;
+            crate::db::connect(&db).await?;
+            println!("migrations applied");
+        }
+        Command::Worker => {
+            let pool = crate::db::connect(&cfg.database).await?;
+            crate::workers::run(cfg, pool, cancel).await?;
+        }
+        Command::Api => {
+            let pool = crate::db::connect(&cfg.database).await?;
+            crate::api::serve(&cfg, pool, cancel).await?;
+        }
+        Command::SimProvider { listen, options } => {
+            let sim = crate::sim::spawn(&listen, options, cancel.clone()).await?;
+            tracing::info!(url = %sim.base_url(), "sim provider listening");
+            cancel.cancelled().await;
+        }
+        Command::Submit(args) => crate::submit::run(&cfg, args, cancel).await?,
+        Command::Tenant { command } => tenant(&cfg, command).await?,
+        Command::Demo(args) => crate::demo::run(args, cancel).await?,
+    }
+    Ok(())
+}
+
+async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
+    let pool = crate::db::connect(&cfg.database).await?;
+    match command {
+        TenantCommand::Add {
+            id,
+            name,
+            amqp_user,
+        } => {
+            let created = crate::tenants::create(
+                &pool,
+                &id,
+                name.as_deref().unwrap_or(&id),
+                amqp_user.as_deref(),
+            )
+            .await?;
+            println!("tenant:         {}", created.tenant.id);
+            println!("api key:        {}", created.api_key.expose());
+            println!("webhook secret: {}", created.tenant.webhook_secret.expose());
+            println!("(shown once; ragq stores only a hash of the API key)");
+        }
+    }
+    Ok(())
+}
+
+/// A token cancelled on SIGTERM or ctrl-c.
+pub fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let child = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        child.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        child.cancel();
+    });
+    token
+}

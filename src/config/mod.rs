@@ -1,0 +1,279 @@
+//! One typed configuration tree for every ragq process.
+//!
+//! Read from an optional TOML file and `RAGQ_`-prefixed environment variables (`__` separates levels:
+//! `RAGQ_QUEUE__PREFETCH=128`), with unknown keys refused. The raw tree ([`raw`]) is then validated into
+//! the runtime [`Config`], reporting every problem at once with the key that holds it. Secrets are never
+//! written in the file: providers name the environment variable or file that holds their key.
+
+pub mod raw;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+
+use crate::routing::catalog::{Catalog, CatalogError};
+
+pub use raw::RawConfig;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Validated configuration, ready to wire processes from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub queue: QueueConfig,
+    pub worker: WorkerConfig,
+    pub api: ApiConfig,
+    pub webhooks: WebhookConfig,
+    pub retry: RetryConfig,
+    pub catalog: Catalog,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub url: String,
+    pub prefetch: u16,
+    pub delivery_limit: u32,
+    pub max_message_bytes: usize,
+    /// Delay tiers of the retry queues, ascending.
+    pub retry_delays: Vec<Duration>,
+    /// AMQP users allowed to publish for any tenant (the api, the scheduler, `ragq submit`).
+    pub trusted_publishers: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub max_attempts: u32,
+    pub shutdown_grace: Duration,
+    pub commit_batch_max: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub concurrency: usize,
+    /// How long an in-process first delivery owns a webhook before the poller may take it.
+    pub claim_lease: Duration,
+    pub poll_interval: Duration,
+}
+
+/// In-process retries of one provider call (the only place brief provider errors are retried).
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    pub initial_interval: Duration,
+    pub max_interval: Duration,
+    pub max_elapsed: Duration,
+    pub multiplier: f64,
+    pub randomization_factor: f64,
+}
+
+impl Config {
+    /// Loads the file (if any) and the environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("RAGQ_").split("__"));
+        let raw: RawConfig = figment.extract().map_err(Box::new)?;
+        raw.validate()
+    }
+
+    /// Parses TOML text (no environment); used by tests and the demo.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        raw.validate()
+    }
+}
+
+impl RawConfig {
+    /// Turns the raw tree into runtime settings, collecting every problem.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, msg: &str| {
+            if !ok {
+                problems.push(msg.to_string());
+            }
+        };
+        let q = &self.queue;
+        check(q.prefetch >= 1, "queue.prefetch must be at least 1");
+        check(
+            q.delivery_limit >= 1,
+            "queue.delivery_limit must be at least 1",
+        );
+        check(
+            q.max_message_bytes >= 1024,
+            "queue.max_message_bytes must be at least 1024",
+        );
+        check(
+            !q.retry_delays_ms.is_empty() && q.retry_delays_ms.windows(2).all(|w| w[0] < w[1]),
+            "queue.retry_delays_ms must be a non-empty ascending list",
+        );
+        check(
+            q.retry_delays_ms.first().is_none_or(|d| *d >= 10),
+            "queue.retry_delays_ms entries must be at least 10 ms",
+        );
+        check(
+            self.database.max_connections >= 2,
+            "database.max_connections must be at least 2",
+        );
+        check(
+            self.worker.max_attempts >= 1,
+            "worker.max_attempts must be at least 1",
+        );
+        check(
+            self.worker.commit_batch_max >= 1,
+            "worker.commit_batch_max must be at least 1",
+        );
+        check(
+            self.webhooks.max_attempts >= 1,
+            "webhooks.max_attempts must be at least 1",
+        );
+        check(
+            self.webhooks.concurrency >= 1,
+            "webhooks.concurrency must be at least 1",
+        );
+        check(
+            self.webhooks.initial_backoff_ms <= self.webhooks.max_backoff_ms,
+            "webhooks.initial_backoff_ms must not exceed webhooks.max_backoff_ms",
+        );
+        let r = &self.retry;
+        check(r.multiplier >= 1.0, "retry.multiplier must be at least 1.0");
+        check(
+            (0.0..=1.0).contains(&r.randomization_factor),
+            "retry.randomization_factor must be between 0 and 1",
+        );
+        check(
+            r.initial_interval_ms <= r.max_interval_ms,
+            "retry.initial_interval_ms must not exceed retry.max_interval_ms",
+        );
+        let catalog = match Catalog::from_raw(&self.providers, &self.models, &self.policies) {
+            Ok(c) => Some(c),
+            Err(CatalogError(list)) => {
+                problems.extend(list);
+                None
+            }
+        };
+        match catalog {
+            Some(catalog) if problems.is_empty() => Ok(self.into_config(catalog)),
+            _ => Err(ConfigError::Invalid(problems)),
+        }
+    }
+
+    fn into_config(self, catalog: Catalog) -> Config {
+        let ms = Duration::from_millis;
+        Config {
+            database: DatabaseConfig {
+                url: self.database.url,
+                max_connections: self.database.max_connections,
+                migrate_on_start: self.database.migrate_on_start,
+            },
+            queue: QueueConfig {
+                url: self.queue.url,
+                prefetch: self.queue.prefetch,
+                delivery_limit: self.queue.delivery_limit,
+                max_message_bytes: self.queue.max_message_bytes,
+                retry_delays: self.queue.retry_delays_ms.iter().map(|d| ms(*d)).collect(),
+                trusted_publishers: self.queue.trusted_publishers,
+            },
+            worker: WorkerConfig {
+                max_attempts: self.worker.max_attempts,
+                shutdown_grace: ms(self.worker.shutdown_grace_ms),
+                commit_batch_max: self.worker.commit_batch_max,
+            },
+            api: ApiConfig {
+                listen: self.api.listen,
+                max_body_bytes: self.api.max_body_bytes,
+            },
+            webhooks: WebhookConfig {
+                timeout: ms(self.webhooks.timeout_ms),
+                max_attempts: self.webhooks.max_attempts,
+                initial_backoff: ms(self.webhooks.initial_backoff_ms),
+                max_backoff: ms(self.webhooks.max_backoff_ms),
+                concurrency: self.webhooks.concurrency,
+                claim_lease: ms(self.webhooks.claim_lease_ms),
+                poll_interval: ms(self.webhooks.poll_interval_ms),
+            },
+            retry: RetryConfig {
+                initial_interval: ms(self.retry.initial_interval_ms),
+                max_interval: ms(self.retry.max_interval_ms),
+                max_elapsed: ms(self.retry.max_elapsed_ms),
+                multiplier: self.retry.multiplier,
+                randomization_factor: self.retry.randomization_factor,
+            },
+            catalog,
+        }
+    }
+}
+
+/// Where the config file is looked for when `--config` is not given.
+pub fn default_path() -> Option<PathBuf> {
+    let p = PathBuf::from("ragq.toml");
+    p.exists().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = Config::from_toml("").expect("defaults validate");
+        assert_eq!(cfg.queue.prefetch, 64);
+        assert!(cfg.catalog.policy("cost-optimized").is_some());
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let err = Config::from_toml("[queue]\nprefetchh = 3\n").expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("prefetchh"), "{text}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = Config::from_toml(
+            "[queue]\nprefetch = 0\nretry_delays_ms = [5000, 1000]\n[worker]\nmax_attempts = 0\n",
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("queue.prefetch"), "{text}");
+        assert!(text.contains("queue.retry_delays_ms"), "{text}");
+        assert!(text.contains("worker.max_attempts"), "{text}");
+    }
+
+    #[test]
+    fn policy_naming_unknown_model_is_refused() {
+        let err =
+            Config::from_toml("[policies.cheap]\nmodels = [\"nope\"]\n").expect_err("invalid");
+        assert!(err.to_string().contains("policies.cheap"), "{err}");
+    }
+}

@@ -1,0 +1,237 @@
+//! The configuration exactly as written: serde types with defaults, unknown keys refused.
+//!
+//! Nothing here is trusted; [`RawConfig::validate`](super::RawConfig::validate) turns it into runtime
+//! types. Defaults describe this machine's services and the sim provider on loopback, so every
+//! command works with no file at all.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub database: RawDatabase,
+    pub queue: RawQueue,
+    pub worker: RawWorker,
+    pub api: RawApi,
+    pub webhooks: RawWebhooks,
+    pub retry: RawRetry,
+    pub providers: Vec<RawProvider>,
+    pub models: Vec<RawModel>,
+    pub policies: BTreeMap<String, RawPolicy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDatabase {
+    pub url: String,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    pub url: String,
+    pub prefetch: u16,
+    pub delivery_limit: u32,
+    pub max_message_bytes: usize,
+    pub retry_delays_ms: Vec<u64>,
+    pub trusted_publishers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWorker {
+    pub max_attempts: u32,
+    pub shutdown_grace_ms: u64,
+    pub commit_batch_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    pub listen: String,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWebhooks {
+    pub timeout_ms: u64,
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub concurrency: usize,
+    pub claim_lease_ms: u64,
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetry {
+    pub initial_interval_ms: u64,
+    pub max_interval_ms: u64,
+    pub max_elapsed_ms: u64,
+    pub multiplier: f64,
+    pub randomization_factor: f64,
+}
+
+/// A provider endpoint. `api_key_env` / `api_key_file` name where the key lives, never the key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub name: String,
+    /// API shape: `openai` (chat completions) for now.
+    pub kind: String,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api_key_file: Option<String>,
+    #[serde(default = "default_provider_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// A model in the catalog. Prices are integer micro-dollars per million tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub name: String,
+    pub provider: String,
+    /// The vendor's model id sent on the wire.
+    pub model_id: String,
+    pub input_price_micros_per_mtok: u64,
+    pub output_price_micros_per_mtok: u64,
+    pub context_window: u32,
+}
+
+/// A named routing policy: the candidate models, best first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub models: Vec<String>,
+}
+
+fn default_provider_timeout_ms() -> u64 {
+    60_000
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            database: RawDatabase::default(),
+            queue: RawQueue::default(),
+            worker: RawWorker::default(),
+            api: RawApi::default(),
+            webhooks: RawWebhooks::default(),
+            retry: RawRetry::default(),
+            providers: vec![RawProvider {
+                name: "sim".into(),
+                kind: "openai".into(),
+                base_url: "http://127.0.0.1:8089/v1".into(),
+                api_key_env: None,
+                api_key_file: None,
+                timeout_ms: default_provider_timeout_ms(),
+            }],
+            models: vec![
+                sim_model("sim-small", 150_000, 600_000, 16_384),
+                sim_model("sim-large", 2_500_000, 10_000_000, 128_000),
+            ],
+            policies: BTreeMap::from([
+                (
+                    "cost-optimized".to_string(),
+                    RawPolicy {
+                        models: vec!["sim-small".into(), "sim-large".into()],
+                    },
+                ),
+                (
+                    "reliable".to_string(),
+                    RawPolicy {
+                        models: vec!["sim-large".into(), "sim-small".into()],
+                    },
+                ),
+            ]),
+        }
+    }
+}
+
+fn sim_model(name: &str, input: u64, output: u64, context_window: u32) -> RawModel {
+    RawModel {
+        name: name.into(),
+        provider: "sim".into(),
+        model_id: name.into(),
+        input_price_micros_per_mtok: input,
+        output_price_micros_per_mtok: output,
+        context_window,
+    }
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/ragq".into(),
+            max_connections: 16,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefetch: 64,
+            delivery_limit: 10,
+            max_message_bytes: 1 << 20,
+            retry_delays_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000],
+            trusted_publishers: vec!["guest".into()],
+        }
+    }
+}
+
+impl Default for RawWorker {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            shutdown_grace_ms: 30_000,
+            commit_batch_max: 256,
+        }
+    }
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for RawWebhooks {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 10_000,
+            max_attempts: 8,
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 3_600_000,
+            concurrency: 64,
+            claim_lease_ms: 60_000,
+            poll_interval_ms: 1_000,
+        }
+    }
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        Self {
+            initial_interval_ms: 200,
+            max_interval_ms: 5_000,
+            max_elapsed_ms: 30_000,
+            multiplier: 2.0,
+            randomization_factor: 0.5,
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Postgres: the pool every process shares, database creation, and migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::config::DatabaseConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("invalid database.url: {0}")]
+    Url(sqlx::Error),
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(sqlx::Error),
+    #[error("cannot create database `{name}`: {source}")]
+    Create { name: String, source: sqlx::Error },
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects, creating the database first if it does not exist, and migrates when configured.
+pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
+    let options = PgConnectOptions::from_str(&cfg.url).map_err(DbSetupError::Url)?;
+    ensure_database(&options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.log_statements(tracing::log::LevelFilter::Trace))
+        .await
+        .map_err(DbSetupError::Connect)?;
+    if cfg.migrate_on_start {
+        MIGRATOR.run(&pool).await?;
+    }
+    Ok(pool)
+}
+
+/// Applies migrations to an existing pool (`ragq migrate`).
+pub async fn migrate(pool: &PgPool) -> Result<(), DbSetupError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+async fn ensure_database(options: &PgConnectOptions) -> Result<(), DbSetupError> {
+    let Some(name) = options.get_database().map(str::to_string) else {
+        return Ok(());
+    };
+    let admin = options.clone().database("postgres");
+    let mut conn = sqlx::PgConnection::connect_with(&admin)
+        .await
+        .map_err(DbSetupError::Connect)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(DbSetupError::Connect)?;
+    if !exists {
+        // Identifiers cannot be bound; quote_ident in SQL keeps the name safe.
+        let sql: String = sqlx::query_scalar("SELECT 'CREATE DATABASE ' || quote_ident($1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(DbSetupError::Connect)?;
+        match sqlx::raw_sql(&sql).execute(&mut conn).await {
+            Ok(_) => {}
+            // Another process created it first.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(source) => return Err(DbSetupError::Create { name, source }),
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Jobs: the message contract outsiders publish, its validation, and the job state machine.
+//!
+//! `schemas/job.schema.json` documents the message for any language; [`JobMessage::parse`] enforces
+//! the same rules (a test keeps the two in agreement). A message that breaks them is poison: it gets
+//! a [`PoisonReason`] and goes to the dead-letter queue, never into a handler.
+
+pub mod state;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use state::JobState;
+
+/// Most tags a job may carry, and the longest tag key and value.
+pub const MAX_TAGS: usize = 16;
+pub const MAX_TAG_LEN: usize = 64;
+pub const MAX_PROMPTS: usize = 1_000;
+
+/// The job kinds this build runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    #[serde(rename = "batch.complete")]
+    BatchComplete,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BatchComplete => "batch.complete",
+        }
+    }
+}
+
+/// A job message as published to exchange `ragq.jobs` (routing key: the kind).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobMessage {
+    /// Client-chosen id, the idempotency key within the tenant.
+    pub id: String,
+    pub tenant: String,
+    pub kind: JobKind,
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    pub input: serde_json::Value,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn default_policy() -> String {
+    "cost-optimized".to_string()
+}
+
+/// Input of a `batch.complete` job: prompts answered independently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchCompleteInput {
+    pub prompts: Vec<Prompt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+}
+
+/// One prompt: plain text, sent as a single user message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prompt {
+    pub prompt: String,
+}
+
+/// Why a message cannot become a job; the text is the dead-letter reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoisonReason {
+    #[error("message is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("message is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("message does not match the job schema: {0}")]
+    Schema(String),
+    #[error("unknown tenant `{0}`")]
+    UnknownTenant(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+}
+
+impl PoisonReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "too_large",
+            Self::NotJson(_) => "not_json",
+            Self::Schema(_) => "schema",
+            Self::UnknownTenant(_) => "unknown_tenant",
+            Self::Unauthorized(_) => "unauthorized",
+        }
+    }
+}
+
+impl JobMessage {
+    /// Parses and validates a message body; everything a handler may rely on is checked here.
+    pub fn parse(body: &[u8], max_bytes: usize) -> Result<Self, PoisonReason> {
+        if body.len() > max_bytes {
+            return Err(PoisonReason::TooLarge {
+                size: body.len(),
+                limit: max_bytes,
+            });
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| PoisonReason::NotJson(e.to_string()))?;
+        let job: JobMessage =
+            serde_json::from_value(value).map_err(|e| PoisonReason::Schema(e.to_string()))?;
+        job.validate().map_err(PoisonReason::Schema)?;
+        Ok(job)
+    }
+
+    /// Rules serde cannot express: lengths, character sets, kind-specific input.
+    pub fn validate(&self) -> Result<(), String> {
+        check_id("id", &self.id, 128)?;
+        check_tenant(&self.tenant)?;
+        check_id("policy", &self.policy, 64)?;
+        if let Some(url) = &self.webhook_url {
+            check_webhook_url(url)?;
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(format!("tags: at most {MAX_TAGS} entries"));
+        }
+        for (k, v) in &self.tags {
+            check_id("tags key", k, MAX_TAG_LEN)?;
+            if v.len() > MAX_TAG_LEN || v.contains('\0') {
+                return Err(format!("tags.{k}: at most {MAX_TAG_LEN} bytes, no NUL"));
+            }
+        }
+        if contains_nul(&self.input) {
+            return Err("input: strings must not contain NUL characters".into());
+        }
+        match self.kind {
+            JobKind::BatchComplete => self.batch_input().map(|_| ()),
+        }
+    }
+
+    /// The typed input of a `batch.complete` job.
+    pub fn batch_input(&self) -> Result<BatchCompleteInput, String> {
+        let input: BatchCompleteInput =
+            serde_json::from_value(self.input.clone()).map_err(|e| format!("input: {e}"))?;
+        if input.prompts.is_empty() || input.prompts.len() > MAX_PROMPTS {
+            return Err(format!(
+                "input.prompts: between 1 and {MAX_PROMPTS} prompts"
+            ));
+        }
+        if let Some(i) = input
+            .prompts
+            .iter()
+            .position(|p| p.prompt.trim().is_empty())
+        {
+            return Err(format!("input.prompts[{i}].prompt must not be empty"));
+        }
+        if input.max_tokens == Some(0) {
+            return Err("input.max_tokens must be positive".into());
+        }
+        if input.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err("input.temperature must be between 0 and 2".into());
+        }
+        Ok(input)
+    }
+}
+
+fn check_id(field: &str, value: &str, max: usize) -> Result<(), String> {
+    let ok_chars = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if value.is_empty() || value.len() > max || !ok_chars {
+        return Err(format!(
+            "{field}: 1 to {max} characters of [A-Za-z0-9._:-], got {:?}",
+            truncate(value, 80)
+        ));
+    }
+    Ok(())
+}
+
+/// Tenant ids follow the database rule: lowercase, digits, `_` and `-`, starting alphanumeric.
+pub fn check_tenant(value: &str) -> Result<(), String> {
+    let mut bytes = value.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let rest_ok =
+        bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !first_ok || !rest_ok || value.len() > 63 {
+        return Err(format!(
+            "tenant: 1 to 63 characters of [a-z0-9_-], got {:?}",
+            truncate(value, 80)
+        ));
+    }
+    Ok(())
+}
+
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() <= 2048
+        && reqwest::Url::parse(url).is_ok();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "webhook_url: not an http(s) URL: {:?}",
+            truncate(url, 80)
+        ))
+    }
+}
+
+fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(contains_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> serde_json::Value {
+        serde_json::json!({
+            "id": "job-1", "tenant": "acme", "kind": "batch.complete",
+            "input": {"prompts": [{"prompt": "hello"}]},
+            "tags": {"feature": "summaries"}
+        })
+    }
+
+    fn parse(v: serde_json::Value) -> Result<JobMessage, PoisonReason> {
+        JobMessage::parse(v.to_string().as_bytes(), 4096)
+    }
+
+    #[test]
+    fn valid_message_parses_with_default_policy() {
+        let job = parse(valid()).expect("valid");
+        assert_eq!(job.policy, "cost-optimized");
+        assert_eq!(job.kind, JobKind::BatchComplete);
+        assert_eq!(job.batch_input().expect("input").prompts.len(), 1);
+    }
+
+    #[test]
+    fn each_poison_kind_has_its_reason() {
+        assert!(matches!(
+            JobMessage::parse(&[b' '; 5000], 4096),
+            Err(PoisonReason::TooLarge { size: 5000, .. })
+        ));
+        assert!(matches!(
+            JobMessage::parse(b"{not json", 4096),
+            Err(PoisonReason::NotJson(_))
+        ));
+        let mut v = valid();
+        v["kind"] = "mine.bitcoin".into();
+        assert!(matches!(parse(v), Err(PoisonReason::Schema(_))));
+        let mut v = valid();
+        v["extra"] = 1.into();
+        assert!(matches!(parse(v), Err(PoisonReason::Schema(m)) if m.contains("extra")));
+        let mut v = valid();
+        v["input"]["prompts"] = serde_json::json!([]);
+        assert!(matches!(parse(v), Err(PoisonReason::Schema(m)) if m.contains("prompts")));
+        let mut v = valid();
+        v["tenant"] = "Acme Corp".into();
+        assert!(matches!(parse(v), Err(PoisonReason::Schema(m)) if m.contains("tenant")));
+        let mut v = valid();
+        v["input"]["prompts"][0]["prompt"] = "a\u{0}b".into();
+        assert!(matches!(parse(v), Err(PoisonReason::Schema(m)) if m.contains("NUL")));
+        let mut v = valid();
+        v["webhook_url"] = "ftp://x".into();
+        assert!(matches!(parse(v), Err(PoisonReason::Schema(m)) if m.contains("webhook_url")));
+    }
+}

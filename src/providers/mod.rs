@@ -1,0 +1,79 @@
+//! Model providers: one client per API shape behind one closed enum.
+//!
+//! A provider turns a [`ChatRequest`] into a [`ChatResponse`] with the usage the vendor reported, or a
+//! [`ProviderError`] that knows whether trying again can help. Retries and failover are not here: the
+//! router owns them, so attempts never multiply across layers.
+
+pub mod error;
+pub mod openai;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ProviderError;
+
+use crate::secret::Secret;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// What a job asks of a model; the router fills in the vendor model id.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+}
+
+/// Tokens as reported by the provider (never estimated here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// A model's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    pub content: String,
+    pub usage: Usage,
+}
+
+/// How to reach one provider.
+#[derive(Debug, Clone)]
+pub struct ProviderEndpoint {
+    pub name: String,
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub timeout: Duration,
+}
+
+/// The closed set of API shapes ragq speaks.
+#[derive(Debug, Clone)]
+pub enum ProviderClient {
+    OpenAi(openai::OpenAiClient),
+}
+
+impl ProviderClient {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::OpenAi(c) => c.name(),
+        }
+    }
+
+    /// One HTTP call, no retries.
+    pub async fn chat(
+        &self,
+        model_id: &str,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, ProviderError> {
+        match self {
+            Self::OpenAi(c) => c.chat(model_id, request).await,
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The OpenAI chat-completions shape, spoken by OpenAI and most servers that copy it (vLLM, Ollama,
+//! TGI, LiteLLM) and by `ragq sim-provider`.
+//!
+//! Request building, response parsing and error classification are pure functions; the client only
+//! moves bytes.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::parse_retry_after;
+use super::{ChatMessage, ChatRequest, ChatResponse, ProviderEndpoint, ProviderError, Usage};
+
+/// Client for one OpenAI-compatible endpoint; cheap to clone (shares the connection pool).
+#[derive(Debug, Clone)]
+pub struct OpenAiClient {
+    endpoint: ProviderEndpoint,
+    http: reqwest::Client,
+    chat_url: String,
+}
+
+/// The request body of `POST /chat/completions`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+}
+
+/// The parts of the response body ragq reads.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireChatResponse {
+    pub choices: Vec<WireChoice>,
+    pub usage: Option<WireUsage>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireChoice {
+    pub message: WireMessage,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireMessage {
+    pub role: String,
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl OpenAiClient {
+    pub fn new(endpoint: ProviderEndpoint, http: reqwest::Client) -> Self {
+        let chat_url = format!(
+            "{}/chat/completions",
+            endpoint.base_url.trim_end_matches('/')
+        );
+        Self {
+            endpoint,
+            http,
+            chat_url,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    pub async fn chat(
+        &self,
+        model_id: &str,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, ProviderError> {
+        let body = build_request(model_id, request);
+        let mut http = self
+            .http
+            .post(&self.chat_url)
+            .timeout(self.endpoint.timeout)
+            .json(&body);
+        if let Some(key) = &self.endpoint.api_key {
+            http = http.bearer_auth(key.expose());
+        }
+        let response = http.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        if !(200..300).contains(&status) {
+            return Err(error_from_status(self.name(), status, &bytes, retry_after));
+        }
+        parse_response(self.name(), &bytes)
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> ProviderError {
+        if e.is_timeout() {
+            ProviderError::Timeout {
+                provider: self.endpoint.name.clone(),
+                timeout_ms: u64::try_from(self.endpoint.timeout.as_millis()).unwrap_or(u64::MAX),
+            }
+        } else {
+            ProviderError::Connect {
+                provider: self.endpoint.name.clone(),
+                message: e.to_string(),
+            }
+        }
+    }
+}
+
+/// Builds the wire request for one model.
+pub fn build_request(model_id: &str, request: &ChatRequest) -> WireChatRequest {
+    WireChatRequest {
+        model: model_id.to_string(),
+        messages: request.messages.clone(),
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+    }
+}
+
+/// Reads the answer and the provider-reported usage; a response without usage cannot be booked and is
+/// refused rather than guessed.
+pub fn parse_response(provider: &str, body: &[u8]) -> Result<ChatResponse, ProviderError> {
+    let invalid = |message: String| ProviderError::InvalidResponse {
+        provider: provider.to_string(),
+        message,
+    };
+    let wire: WireChatResponse =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("not a chat completion: {e}")))?;
+    let usage = wire
+        .usage
+        .ok_or_else(|| invalid("no usage reported".into()))?;
+    let content = wire
+        .choices
+        .into_iter()
+        .next()
+        .and_then(|c| c.message.content)
+        .ok_or_else(|| invalid("no choices".into()))?;
+    Ok(ChatResponse {
+        content,
+        usage: Usage {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+        },
+    })
+}
+
+/// Turns an error status and body into a typed error, keeping the provider's message short.
+pub fn error_from_status(
+    provider: &str,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<std::time::Duration>,
+) -> ProviderError {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: Detail,
+    }
+    #[derive(Deserialize)]
+    struct Detail {
+        message: String,
+    }
+    let message = serde_json::from_slice::<Envelope>(body)
+        .map(|e| e.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect());
+    ProviderError::Status {
+        provider: provider.to_string(),
+        status,
+        message,
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn request_carries_model_and_messages() {
+        let req = ChatRequest {
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }],
+            max_tokens: Some(5),
+            temperature: None,
+        };
+        let json = serde_json::to_value(build_request("m1", &req)).expect("json");
+        assert_eq!(json["model"], "m1");
+        assert_eq!(json["messages"][0]["content"], "hi");
+        assert_eq!(json["max_tokens"], 5);
+        assert!(json.get("temperature").is_none());
+    }
+
+    #[test]
+    fn response_usage_is_read_not_guessed() {
+        let body = br#"{"choices":[{"message":{"role":"assistant","content":"yo"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        let r = parse_response("p", body).expect("parsed");
+        assert_eq!(r.content, "yo");
+        assert_eq!(
+            r.usage,
+            Usage {
+                input_tokens: 3,
+                output_tokens: 1
+            }
+        );
+        let no_usage = br#"{"choices":[{"message":{"role":"assistant","content":"yo"}}]}"#;
+        assert!(matches!(
+            parse_response("p", no_usage),
+            Err(ProviderError::InvalidResponse { .. })
+        ));
+    }
+
+    #[test]
+    fn error_body_message_and_retry_after_are_kept() {
+        let e = error_from_status(
+            "p",
+            429,
+            br#"{"error":{"message":"slow down"}}"#,
+            Some(Duration::from_secs(1)),
+        );
+        assert!(e.is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+        assert!(e.to_string().contains("slow down"));
+        let e = error_from_status("p", 400, b"plain text", None);
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("plain text"));
+    }
+}

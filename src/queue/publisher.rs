@@ -1,0 +1,174 @@
+//! Confirmed, mandatory, persistent publishing: a publish returns only once the broker has taken
+//! responsibility for the message (or says why it did not).
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+
+use super::topology::{JOBS_EXCHANGE, REASON_HEADER};
+use super::QueueError;
+
+/// A channel in confirm mode. Cheap to clone; concurrent publishes share it.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    user_id: String,
+}
+
+/// What to publish besides the body.
+#[derive(Debug, Default, Clone)]
+pub struct Envelope<'a> {
+    pub message_id: Option<&'a str>,
+    pub headers: Vec<(&'a str, String)>,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel; `user_id` is stamped on every message (RabbitMQ checks it).
+    pub async fn open(conn: &Connection, user_id: &str) -> Result<Self, QueueError> {
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            channel,
+            user_id: user_id.to_string(),
+        })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes a job to `ragq.jobs` with its kind as routing key.
+    pub async fn publish_job(
+        &self,
+        kind: &str,
+        job_id: &str,
+        body: &[u8],
+    ) -> Result<(), QueueError> {
+        let env = Envelope {
+            message_id: Some(job_id),
+            headers: Vec::new(),
+        };
+        self.publish(JOBS_EXCHANGE, kind, body, &env).await
+    }
+
+    /// Publishes to a dead-letter exchange with the reason in a header.
+    pub async fn publish_dead_letter(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let env = Envelope {
+            message_id: None,
+            headers: vec![(REASON_HEADER, reason.to_string())],
+        };
+        self.publish(exchange, routing_key, body, &env).await
+    }
+
+    /// Publishes and waits for the broker's confirm; unroutable and nacked messages are errors.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        env: &Envelope<'_>,
+    ) -> Result<(), QueueError> {
+        let mut headers = FieldTable::default();
+        for (k, v) in &env.headers {
+            headers.insert(
+                (*k).into(),
+                AMQPValue::LongString(LongString::from(v.as_str())),
+            );
+        }
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_user_id(self.user_id.as_str().into())
+            .with_headers(headers);
+        if let Some(id) = env.message_id {
+            props = props.with_message_id(id.into());
+        }
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .channel
+            .basic_publish(exchange.into(), routing_key.into(), options, body, props)
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(QueueError::Unroutable {
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
+            }),
+            Confirmation::Nack(_) => Err(QueueError::Nacked),
+        }
+    }
+}
+
+/// A publisher that reconnects on demand: a publish that fails on a dead connection is retried once on
+/// a fresh one. For processes that publish now and then (api, `ragq submit`).
+pub struct ReconnectingPublisher {
+    cfg: crate::config::QueueConfig,
+    name: String,
+    current: tokio::sync::Mutex<Option<(Connection, Publisher)>>,
+}
+
+impl ReconnectingPublisher {
+    pub fn new(cfg: crate::config::QueueConfig, name: &str) -> Self {
+        Self {
+            cfg,
+            name: name.to_string(),
+            current: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn publisher(&self) -> Result<Publisher, QueueError> {
+        let mut current = self.current.lock().await;
+        if let Some((conn, publisher)) = current.as_ref() {
+            if conn.status().connected() {
+                return Ok(publisher.clone());
+            }
+        }
+        let conn = Connection::connect(
+            &self.cfg.url,
+            lapin::ConnectionProperties::default().with_connection_name(self.name.as_str().into()),
+        )
+        .await?;
+        let setup = conn.create_channel().await?;
+        super::topology::declare(&setup, &self.cfg).await?;
+        let publisher = Publisher::open(&conn, &super::url_user(&self.cfg.url)).await?;
+        let _ = setup.close(200, "declared".into()).await;
+        *current = Some((conn, publisher.clone()));
+        Ok(publisher)
+    }
+
+    /// Publishes a job, reconnecting once if the connection was lost.
+    pub async fn publish_job(
+        &self,
+        kind: &str,
+        job_id: &str,
+        body: &[u8],
+    ) -> Result<(), QueueError> {
+        match self
+            .publisher()
+            .await?
+            .publish_job(kind, job_id, body)
+            .await
+        {
+            Err(QueueError::Amqp(_)) => {
+                *self.current.lock().await = None;
+                self.publisher()
+                    .await?
+                    .publish_job(kind, job_id, body)
+                    .await
+            }
+            other => other,
+        }
+    }
+}

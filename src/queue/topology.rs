@@ -1,0 +1,148 @@
+//! Names and declarations of ragq's exchanges and queues. Declaring is idempotent; every process
+//! declares on connect so that any of them may start first.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::QueueConfig;
+
+pub const JOBS_EXCHANGE: &str = "ragq.jobs";
+pub const JOBS_QUEUE: &str = "ragq.jobs";
+pub const DEAD_LETTER_EXCHANGE: &str = "ragq.dlx";
+pub const DEAD_LETTER_QUEUE: &str = "ragq.dlq";
+/// Header carrying the reason a worker dead-lettered a message.
+pub const REASON_HEADER: &str = "x-ragq-reason";
+/// Routing key of messages coming back from a retry queue.
+pub const RETRY_ROUTING_KEY: &str = "retry";
+
+/// The retry queue holding messages for `delay`.
+pub fn retry_queue(delay: Duration) -> String {
+    format!("ragq.retry.{}ms", delay.as_millis())
+}
+
+/// The configured tier closest to (and preferably not shorter than) the wanted delay.
+pub fn retry_tier(tiers: &[Duration], wanted: Duration) -> Duration {
+    tiers
+        .iter()
+        .copied()
+        .find(|t| *t >= wanted)
+        .or_else(|| tiers.last().copied())
+        .unwrap_or(wanted)
+}
+
+fn quorum_args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    for (k, v) in pairs {
+        args.insert((*k).into(), v.clone());
+    }
+    args
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Declares the whole topology.
+pub async fn declare(channel: &Channel, cfg: &QueueConfig) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            JOBS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            DEAD_LETTER_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(DEAD_LETTER_QUEUE.into(), durable_queue, quorum_args(&[]))
+        .await?;
+    channel
+        .queue_bind(
+            DEAD_LETTER_QUEUE.into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let limit = i64::from(cfg.delivery_limit);
+    channel
+        .queue_declare(
+            JOBS_QUEUE.into(),
+            durable_queue,
+            quorum_args(&[
+                ("x-delivery-limit", AMQPValue::LongLongInt(limit)),
+                ("x-dead-letter-exchange", text(DEAD_LETTER_EXCHANGE)),
+            ]),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            JOBS_QUEUE.into(),
+            JOBS_EXCHANGE.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for delay in &cfg.retry_delays {
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        channel
+            .queue_declare(
+                retry_queue(*delay).as_str().into(),
+                durable_queue,
+                quorum_args(&[
+                    ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
+                    ("x-dead-letter-exchange", text(JOBS_EXCHANGE)),
+                    ("x-dead-letter-routing-key", text(RETRY_ROUTING_KEY)),
+                ]),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_tier_picks_the_first_long_enough() {
+        let tiers = [1, 5, 30].map(Duration::from_secs);
+        assert_eq!(
+            retry_tier(&tiers, Duration::from_millis(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_tier(&tiers, Duration::from_secs(2)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            retry_tier(&tiers, Duration::from_secs(99)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(retry_queue(Duration::from_secs(5)), "ragq.retry.5000ms");
+    }
+}

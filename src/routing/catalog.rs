@@ -1,0 +1,179 @@
+//! The model catalog: providers, models with prices, and named routing policies, validated together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use crate::config::raw::{RawModel, RawPolicy, RawProvider};
+use crate::providers::ProviderEndpoint;
+use crate::secret::Secret;
+use crate::spend::Price;
+
+/// Every problem found in the catalog section of the config.
+#[derive(Debug)]
+pub struct CatalogError(pub Vec<String>);
+
+/// The API shape a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderSpec {
+    pub kind: ProviderKind,
+    pub endpoint: ProviderEndpoint,
+}
+
+/// One model as jobs see it through policies.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub provider: String,
+    pub model_id: String,
+    pub price: Price,
+    pub context_window: u32,
+}
+
+/// A named policy: candidate models in the order they are tried.
+#[derive(Debug, Clone)]
+pub struct RoutingPolicy {
+    pub name: String,
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    providers: Vec<ProviderSpec>,
+    models: HashMap<String, ModelSpec>,
+    policies: HashMap<String, RoutingPolicy>,
+}
+
+impl Catalog {
+    pub fn from_raw(
+        providers: &[RawProvider],
+        models: &[RawModel],
+        policies: &BTreeMap<String, RawPolicy>,
+    ) -> Result<Self, CatalogError> {
+        let mut problems = Vec::new();
+        let mut catalog = Catalog::default();
+        for p in providers {
+            match provider_spec(p) {
+                Ok(spec) if catalog.provider(&p.name).is_none() => catalog.providers.push(spec),
+                Ok(_) => problems.push(format!("providers: `{}` is defined twice", p.name)),
+                Err(e) => problems.push(e),
+            }
+        }
+        for m in models {
+            if catalog.provider(&m.provider).is_none() {
+                problems.push(format!(
+                    "models.{}.provider: unknown provider `{}`",
+                    m.name, m.provider
+                ));
+            }
+            if m.context_window == 0 {
+                problems.push(format!("models.{}.context_window must be positive", m.name));
+            }
+            let spec = ModelSpec {
+                name: m.name.clone(),
+                provider: m.provider.clone(),
+                model_id: m.model_id.clone(),
+                price: Price {
+                    input_micros_per_mtok: m.input_price_micros_per_mtok,
+                    output_micros_per_mtok: m.output_price_micros_per_mtok,
+                },
+                context_window: m.context_window,
+            };
+            if catalog.models.insert(m.name.clone(), spec).is_some() {
+                problems.push(format!("models: `{}` is defined twice", m.name));
+            }
+        }
+        for (name, policy) in policies {
+            if policy.models.is_empty() {
+                problems.push(format!("policies.{name}.models must not be empty"));
+            }
+            for model in &policy.models {
+                if !catalog.models.contains_key(model) {
+                    problems.push(format!("policies.{name}.models: unknown model `{model}`"));
+                }
+            }
+            catalog.policies.insert(
+                name.clone(),
+                RoutingPolicy {
+                    name: name.clone(),
+                    models: policy.models.clone(),
+                },
+            );
+        }
+        if problems.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(CatalogError(problems))
+        }
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderSpec> {
+        self.providers.iter().find(|p| p.endpoint.name == name)
+    }
+
+    pub fn providers(&self) -> &[ProviderSpec] {
+        &self.providers
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.get(name)
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&RoutingPolicy> {
+        self.policies.get(name)
+    }
+}
+
+fn provider_spec(p: &RawProvider) -> Result<ProviderSpec, String> {
+    let kind = match p.kind.as_str() {
+        "openai" => ProviderKind::OpenAi,
+        other => {
+            return Err(format!(
+                "providers.{}.kind: unknown API shape `{other}` (expected `openai`)",
+                p.name
+            ))
+        }
+    };
+    if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+        return Err(format!(
+            "providers.{}.base_url must start with http:// or https://",
+            p.name
+        ));
+    }
+    let api_key = resolve_key(p)?;
+    Ok(ProviderSpec {
+        kind,
+        endpoint: ProviderEndpoint {
+            name: p.name.clone(),
+            base_url: p.base_url.clone(),
+            api_key,
+            timeout: Duration::from_millis(p.timeout_ms),
+        },
+    })
+}
+
+/// Reads a provider key from the environment variable or file the config names.
+fn resolve_key(p: &RawProvider) -> Result<Option<Secret>, String> {
+    match (&p.api_key_env, &p.api_key_file) {
+        (Some(_), Some(_)) => Err(format!(
+            "providers.{}: set api_key_env or api_key_file, not both",
+            p.name
+        )),
+        (Some(var), None) => std::env::var(var)
+            .map(|v| Some(Secret::new(v.trim())))
+            .map_err(|_| {
+                format!(
+                    "providers.{}.api_key_env: environment variable {var} is not set",
+                    p.name
+                )
+            }),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|v| Some(Secret::new(v.trim())))
+            .map_err(|e| format!("providers.{}.api_key_file: cannot read {path}: {e}", p.name)),
+        (None, None) => Ok(None),
+    }
+}

@@ -1,0 +1,265 @@
+//! Webhooks: each job outcome is POSTed to the job's URL, signed per Standard Webhooks with the
+//! tenant's secret, retried with backoff until delivered or its attempts are spent, then kept for replay.
+//!
+//! A delivery row is committed in the same transaction as the job outcome, so no outcome loses its
+//! webhook. The worker that committed it makes the first attempt at once; the row's
+//! `next_attempt_at` is pushed out by a lease meanwhile, so if that worker dies the poller of any
+//! worker picks the delivery up when the lease ends. Every attempt is a row in `webhook_attempts`.
+
+pub mod signature;
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::WebhookConfig;
+use crate::tenants::TenantDirectory;
+
+/// A delivery ready to be attempted; `attempts` counts attempts already made.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingDelivery {
+    pub id: String,
+    pub tenant_id: String,
+    pub url: String,
+    pub payload: String,
+    pub attempts: i32,
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptResult {
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+impl AttemptResult {
+    pub fn delivered(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// Delay before attempt `attempt + 1` after `attempt` failures: exponential, capped, ±20% jitter.
+pub fn retry_delay(cfg: &WebhookConfig, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(30);
+    let base = cfg
+        .initial_backoff
+        .saturating_mul(1u32 << exp)
+        .min(cfg.max_backoff);
+    let jitter = rand::thread_rng().gen_range(0.8..1.2);
+    base.mul_f64(jitter).min(cfg.max_backoff)
+}
+
+/// Sends deliveries and records their attempts.
+#[derive(Debug, Clone)]
+pub struct WebhookSender {
+    pool: PgPool,
+    tenants: TenantDirectory,
+    http: reqwest::Client,
+    cfg: WebhookConfig,
+}
+
+impl WebhookSender {
+    pub fn new(pool: PgPool, tenants: TenantDirectory, cfg: WebhookConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            // A receiver must answer itself; following redirects would send signed data elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Self {
+            pool,
+            tenants,
+            http,
+            cfg,
+        }
+    }
+
+    /// Makes one attempt and records it. Errors are logged here, where they are handled.
+    pub async fn attempt(&self, delivery: &PendingDelivery) {
+        let result = self.post(delivery).await;
+        let attempt = delivery.attempts + 1;
+        if let Err(e) = self.record(delivery, attempt, &result).await {
+            tracing::error!(delivery = %delivery.id, error = %e, "cannot record webhook attempt; the poller will retry it");
+        }
+    }
+
+    async fn post(&self, d: &PendingDelivery) -> AttemptResult {
+        let started = Instant::now();
+        let failed = |error: String| AttemptResult {
+            status: None,
+            error: Some(error),
+            duration: started.elapsed(),
+        };
+        let tenant = match self.tenants.get(&d.tenant_id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return failed(format!("tenant {} no longer exists", d.tenant_id)),
+            Err(e) => return failed(format!("cannot load tenant: {e}")),
+        };
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = match signature::sign(
+            tenant.webhook_secret.expose(),
+            &d.id,
+            timestamp,
+            d.payload.as_bytes(),
+        ) {
+            Ok(s) => s,
+            Err(e) => return failed(e.to_string()),
+        };
+        let response = self
+            .http
+            .post(&d.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &d.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(d.payload.clone())
+            .send()
+            .await;
+        match response {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                AttemptResult {
+                    status: Some(status),
+                    error: (!(200..300).contains(&status)).then(|| format!("HTTP {status}")),
+                    duration: started.elapsed(),
+                }
+            }
+            Err(e) => failed(e.to_string()),
+        }
+    }
+
+    async fn record(
+        &self,
+        d: &PendingDelivery,
+        attempt: i32,
+        result: &AttemptResult,
+    ) -> Result<(), sqlx::Error> {
+        let attempts_spent = u32::try_from(attempt).unwrap_or(u32::MAX) >= self.cfg.max_attempts;
+        let state = match (result.delivered(), attempts_spent) {
+            (true, _) => "delivered",
+            (false, true) => "failed",
+            (false, false) => "pending",
+        };
+        let delay = retry_delay(&self.cfg, u32::try_from(attempt).unwrap_or(1));
+        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let duration_ms = i32::try_from(result.duration.as_millis()).unwrap_or(i32::MAX);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, duration_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&d.id)
+        .bind(attempt)
+        .bind(result.status.map(i32::from))
+        .bind(&result.error)
+        .bind(duration_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = $2, state = $3, last_error = $4, \
+               delivered_at = CASE WHEN $3 = 'delivered' THEN now() END, \
+               next_attempt_at = now() + make_interval(secs => $5::float8 / 1000) \
+             WHERE id = $1 AND attempts = $2 - 1 AND state = 'pending'",
+        )
+        .bind(&d.id)
+        .bind(attempt)
+        .bind(state)
+        .bind(&result.error)
+        .bind(delay_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if state == "failed" {
+            tracing::warn!(delivery = %d.id, tenant = %d.tenant_id, attempts = attempt, "webhook attempts spent; kept for replay");
+        }
+        Ok(())
+    }
+
+    /// Leases up to `limit` due deliveries (pushing their next attempt out by the claim lease).
+    pub async fn claim_due(&self, limit: i64) -> Result<Vec<PendingDelivery>, sqlx::Error> {
+        let lease_ms = i64::try_from(self.cfg.claim_lease.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query_as(
+            "UPDATE webhook_deliveries SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000) \
+             WHERE id IN (SELECT id FROM webhook_deliveries \
+                          WHERE state = 'pending' AND next_attempt_at <= now() \
+                          ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, tenant_id, url, payload, attempts",
+        )
+        .bind(limit)
+        .bind(lease_ms)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Runs the sender: first attempts handed over by the worker, and due retries from the table.
+    pub async fn run(self, mut fresh: mpsc::Receiver<PendingDelivery>, cancel: CancellationToken) {
+        let tasks = TaskTracker::new();
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(self.cfg.concurrency));
+        let mut tick = tokio::time::interval(self.cfg.poll_interval);
+        loop {
+            let batch = tokio::select! {
+                _ = cancel.cancelled() => break,
+                d = fresh.recv() => match d { Some(d) => vec![d], None => break },
+                _ = tick.tick() => match self.claim_due(self.cfg.concurrency as i64).await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot poll due webhooks");
+                        Vec::new()
+                    }
+                },
+            };
+            for delivery in batch {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let sender = self.clone();
+                tasks.spawn(async move {
+                    sender.attempt(&delivery).await;
+                    drop(permit);
+                });
+            }
+        }
+        // In-flight attempts finish (bounded by the HTTP timeout); unsent ones stay leased in the
+        // table and are picked up by any worker's poller when the lease ends.
+        tasks.close();
+        tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> WebhookConfig {
+        WebhookConfig {
+            timeout: Duration::from_secs(1),
+            max_attempts: 5,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            concurrency: 1,
+            claim_lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        let c = cfg();
+        let d1 = retry_delay(&c, 1);
+        let d3 = retry_delay(&c, 3);
+        assert!(
+            d1 >= Duration::from_millis(800) && d1 <= Duration::from_millis(1200),
+            "{d1:?}"
+        );
+        assert!(
+            d3 >= Duration::from_millis(3200) && d3 <= Duration::from_millis(4800),
+            "{d3:?}"
+        );
+        assert!(retry_delay(&c, 40) <= Duration::from_secs(60));
+    }
+}

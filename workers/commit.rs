@@ -1,0 +1,506 @@
+//! Group commit: every Postgres write a worker makes on the job path — claims, ledger rows, outcomes
+//! with their webhook deliveries — goes through one task that writes whatever has queued up in one
+//! transaction, one multi-row statement per kind of write.
+//!
+//! Under load a batch holds many jobs, so a job costs a fraction of a round trip and of an fsync; when
+//! idle a batch holds one write and adds no delay. Ordering is the channel's: a job's ledger rows are
+//! sent before its outcome, so they commit in the same or an earlier transaction. A batch that fails
+//! on a lost connection is retried whole (every write in it is idempotent); one that fails on bad data
+//! is split so only the guilty write fails.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::jobs::{JobMessage, JobState};
+use crate::spend::LedgerEntry;
+
+/// A worker's request to run a job it received.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub job: JobMessage,
+    /// The broker's redelivered flag: the previous holder of this very message is gone, so a job
+    /// still marked `running` may be taken over.
+    pub redelivered: bool,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Run it; this is attempt number `attempt`.
+    Run { attempt: i32 },
+    /// Its outcome is already committed: acknowledge without running.
+    AlreadyFinished,
+    /// Another delivery of the same job id is running it now: try again later.
+    Busy,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Succeeded(Value),
+    Failed {
+        code: String,
+        message: String,
+    },
+    /// Hand the job back (`queued`) for a delayed retry.
+    Retry {
+        code: String,
+        message: String,
+    },
+}
+
+/// A webhook delivery created with a terminal outcome.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub event_type: String,
+    pub url: String,
+    pub payload: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub tenant_id: String,
+    pub job_id: String,
+    pub attempt: i32,
+    pub finish: Finish,
+    pub webhook: Option<NewDelivery>,
+}
+
+/// Whether an outcome took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishResult {
+    Committed,
+    /// The job was claimed again by someone else since this attempt started; its outcome is theirs.
+    Fenced,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database refused the write: {0}")]
+    Refused(String),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, CommitError>>;
+
+enum Op {
+    Claim(ClaimRequest, Reply<Claim>),
+    Ledger(LedgerEntry),
+    Finish(Outcome, Reply<FinishResult>),
+}
+
+/// The handle job tasks write through. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CommitHandle {
+    tx: mpsc::Sender<Op>,
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Claim(c, _) => write!(f, "Claim({})", c.job.id),
+            Op::Ledger(e) => write!(f, "Ledger({}#{})", e.job_id, e.call_index),
+            Op::Finish(o, _) => write!(f, "Finish({})", o.job_id),
+        }
+    }
+}
+
+fn gone() -> CommitError {
+    CommitError::Unavailable("commit task stopped".into())
+}
+
+impl CommitHandle {
+    pub async fn claim(&self, req: ClaimRequest) -> Result<Claim, CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Claim(req, reply))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Queues a ledger row; it commits before (or with) the outcome sent after it.
+    pub async fn book(&self, entry: LedgerEntry) -> Result<(), CommitError> {
+        self.tx.send(Op::Ledger(entry)).await.map_err(|_| gone())
+    }
+
+    pub async fn finish(&self, outcome: Outcome) -> Result<FinishResult, CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Finish(outcome, reply))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+/// The commit task's settings.
+#[derive(Debug, Clone)]
+pub struct GroupCommit {
+    pub pool: PgPool,
+    pub max_batch: usize,
+    /// How long a new webhook delivery belongs to the worker that committed it.
+    pub webhook_lease: Duration,
+}
+
+impl GroupCommit {
+    /// Starts the task; it ends when every handle is dropped and the queue is drained.
+    pub fn spawn(self, cancel: CancellationToken) -> (CommitHandle, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(self.max_batch * 4);
+        let task = tokio::spawn(self.run(rx, cancel));
+        (CommitHandle { tx }, task)
+    }
+
+    async fn run(self, mut rx: mpsc::Receiver<Op>, cancel: CancellationToken) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while rx.recv_many(&mut batch, self.max_batch).await > 0 {
+            self.write_with_retry(std::mem::take(&mut batch), &cancel)
+                .await;
+        }
+    }
+
+    /// Writes a batch, retrying lost connections until it lands or shutdown gives up on it.
+    async fn write_with_retry(&self, ops: Vec<Op>, cancel: &CancellationToken) {
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0u32;
+        loop {
+            match self.write(&ops).await {
+                Ok(answers) => return answer(ops, answers),
+                Err(e) if is_transient(&e) => {
+                    tries += 1;
+                    if cancel.is_cancelled() && tries > 3 {
+                        tracing::error!(error = %e, writes = ops.len(), "database unavailable at shutdown; unacknowledged jobs will be redelivered");
+                        return fail(ops, CommitError::Unavailable(e.to_string()));
+                    }
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable; retrying batch");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) if ops.len() == 1 => {
+                    tracing::error!(error = %e, op = ?ops[0], "database refused a write");
+                    return fail(ops, CommitError::Refused(e.to_string()));
+                }
+                Err(_) => {
+                    for op in ops {
+                        Box::pin(self.write_with_retry(vec![op], cancel)).await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn write(&self, ops: &[Op]) -> Result<Answers, sqlx::Error> {
+        let mut claims = Vec::new();
+        let mut ledger = Vec::new();
+        let mut outcomes = Vec::new();
+        for op in ops {
+            match op {
+                Op::Claim(c, _) => claims.push(c),
+                Op::Ledger(e) => ledger.push(e),
+                Op::Finish(o, _) => outcomes.push(o),
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let claim_answers = claim_jobs(&mut tx, &claims).await?;
+        insert_ledger(&mut tx, &ledger).await?;
+        let finish_answers = finish_jobs(&mut tx, &outcomes, self.webhook_lease).await?;
+        tx.commit().await?;
+        Ok(Answers {
+            claims: claim_answers,
+            finishes: finish_answers,
+        })
+    }
+}
+
+struct Answers {
+    claims: Vec<Claim>,
+    finishes: Vec<FinishResult>,
+}
+
+fn answer(ops: Vec<Op>, answers: Answers) {
+    let mut claims = answers.claims.into_iter();
+    let mut finishes = answers.finishes.into_iter();
+    for op in ops {
+        match op {
+            Op::Claim(_, reply) => {
+                let _ = reply.send(claims.next().ok_or_else(gone));
+            }
+            Op::Finish(_, reply) => {
+                let _ = reply.send(finishes.next().ok_or_else(gone));
+            }
+            Op::Ledger(_) => {}
+        }
+    }
+}
+
+fn fail(ops: Vec<Op>, error: CommitError) {
+    for op in ops {
+        match op {
+            Op::Claim(_, reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Op::Finish(_, reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Op::Ledger(entry) => {
+                tracing::error!(tenant = %entry.tenant_id, job = %entry.job_id, attempt = entry.attempt, call = entry.call_index, cost_micros = entry.cost_micros, "ledger row not written");
+            }
+        }
+    }
+}
+
+/// Errors worth retrying the same batch for: the connection, not the data.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Serialization failures, deadlocks, shutdown and connection-class errors.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || c.starts_with("57") || c == "40001" || c == "40P01"
+        }),
+        _ => false,
+    }
+}
+
+type Tx<'a> = Transaction<'a, Postgres>;
+
+/// Claims a batch of jobs: new ids are inserted as running; queued ones (or running ones whose
+/// message was redelivered) are taken over; the rest are finished or busy.
+async fn claim_jobs(tx: &mut Tx<'_>, claims: &[&ClaimRequest]) -> Result<Vec<Claim>, sqlx::Error> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The same job twice in one batch: only the first may run.
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<bool> = claims
+        .iter()
+        .map(|c| seen.insert((c.job.tenant.as_str(), c.job.id.as_str())))
+        .collect();
+    let unique: Vec<&ClaimRequest> = claims
+        .iter()
+        .zip(&first)
+        .filter(|(_, f)| **f)
+        .map(|(c, _)| *c)
+        .collect();
+    let tenants: Vec<&str> = unique.iter().map(|c| c.job.tenant.as_str()).collect();
+    let ids: Vec<&str> = unique.iter().map(|c| c.job.id.as_str()).collect();
+    let kinds: Vec<&str> = unique.iter().map(|c| c.job.kind.as_str()).collect();
+    let policies: Vec<&str> = unique.iter().map(|c| c.job.policy.as_str()).collect();
+    let inputs: Vec<&Value> = unique.iter().map(|c| &c.job.input).collect();
+    let tags: Vec<Value> = unique
+        .iter()
+        .map(|c| serde_json::to_value(&c.job.tags).unwrap_or_default())
+        .collect();
+    let hooks: Vec<Option<&str>> = unique
+        .iter()
+        .map(|c| c.job.webhook_url.as_deref())
+        .collect();
+    let redelivered: Vec<bool> = unique.iter().map(|c| c.redelivered).collect();
+
+    let inserted: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO jobs (tenant_id, id, kind, policy, input, tags, webhook_url, state, attempts, started_at) \
+         SELECT t.tenant_id, t.id, t.kind, t.policy, t.input, t.tags, t.webhook_url, 'running', 1, now() \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[]) \
+              AS t(tenant_id, id, kind, policy, input, tags, webhook_url) \
+         ORDER BY t.tenant_id, t.id \
+         ON CONFLICT (tenant_id, id) DO NOTHING \
+         RETURNING tenant_id, id",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&policies)
+    .bind(&inputs)
+    .bind(&tags)
+    .bind(&hooks)
+    .fetch_all(&mut **tx)
+    .await?;
+    let taken: Vec<(String, String, i32)> = sqlx::query_as(
+        "UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now() \
+         FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS t(tenant_id, id, redelivered) \
+         WHERE j.tenant_id = t.tenant_id AND j.id = t.id \
+           AND (j.state = 'queued' OR (j.state = 'running' AND t.redelivered)) \
+           AND NOT (j.tenant_id, j.id) IN (SELECT * FROM UNNEST($4::text[], $5::text[])) \
+         RETURNING j.tenant_id, j.id, j.attempts",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .bind(&redelivered)
+    .bind(inserted.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+    .bind(inserted.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    let states: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT j.tenant_id, j.id, j.state FROM jobs j \
+         JOIN UNNEST($1::text[], $2::text[]) AS t(tenant_id, id) \
+           ON j.tenant_id = t.tenant_id AND j.id = t.id",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+
+    let key = |t: &str, i: &str| format!("{t}\u{0}{i}");
+    let inserted: std::collections::HashSet<String> =
+        inserted.iter().map(|(t, i)| key(t, i)).collect();
+    let taken: std::collections::HashMap<String, i32> = taken
+        .into_iter()
+        .map(|(t, i, a)| (key(&t, &i), a))
+        .collect();
+    let states: std::collections::HashMap<String, String> = states
+        .into_iter()
+        .map(|(t, i, s)| (key(&t, &i), s))
+        .collect();
+    Ok(claims
+        .iter()
+        .zip(first)
+        .map(|(c, is_first)| {
+            let k = key(&c.job.tenant, &c.job.id);
+            if !is_first {
+                Claim::Busy
+            } else if inserted.contains(&k) {
+                Claim::Run { attempt: 1 }
+            } else if let Some(attempt) = taken.get(&k) {
+                Claim::Run { attempt: *attempt }
+            } else if states
+                .get(&k)
+                .and_then(|s| JobState::parse(s))
+                .is_some_and(JobState::is_terminal)
+            {
+                Claim::AlreadyFinished
+            } else {
+                Claim::Busy
+            }
+        })
+        .collect())
+}
+
+/// Books provider calls; a row already booked (same job, attempt and call) is left as it is.
+async fn insert_ledger(tx: &mut Tx<'_>, rows: &[&LedgerEntry]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&LedgerEntry) -> i64| rows.iter().map(|r| f(r)).collect::<Vec<i64>>();
+    sqlx::query(
+        "INSERT INTO provider_calls (tenant_id, job_id, attempt, call_index, provider, model, \
+           input_tokens, output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok, \
+           cost_micros, latency_ms, tags) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], \
+           $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int[], $13::jsonb[]) \
+         ON CONFLICT (tenant_id, job_id, attempt, call_index) DO NOTHING",
+    )
+    .bind(rows.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.call_index).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.provider.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.model.as_str()).collect::<Vec<_>>())
+    .bind(col(|r| to_i64(r.usage.input_tokens)))
+    .bind(col(|r| to_i64(r.usage.output_tokens)))
+    .bind(col(|r| to_i64(r.price.input_micros_per_mtok)))
+    .bind(col(|r| to_i64(r.price.output_micros_per_mtok)))
+    .bind(col(|r| r.cost_micros))
+    .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| &r.tags).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Commits outcomes fenced by attempt, and the webhook deliveries of those that took effect.
+async fn finish_jobs(
+    tx: &mut Tx<'_>,
+    outcomes: &[&Outcome],
+    webhook_lease: Duration,
+) -> Result<Vec<FinishResult>, sqlx::Error> {
+    if outcomes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut states = Vec::with_capacity(outcomes.len());
+    let mut results = Vec::with_capacity(outcomes.len());
+    let mut codes = Vec::with_capacity(outcomes.len());
+    let mut errors = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        let (state, result, code, error) = match &o.finish {
+            Finish::Succeeded(v) => (JobState::Succeeded, Some(v), None, None),
+            Finish::Failed { code, message } => (JobState::Failed, None, Some(code), Some(message)),
+            Finish::Retry { code, message } => (JobState::Queued, None, Some(code), Some(message)),
+        };
+        states.push(state.as_str());
+        results.push(result);
+        codes.push(code.map(String::as_str));
+        errors.push(error.map(String::as_str));
+    }
+    let committed: Vec<(String, String)> = sqlx::query_as(
+        "UPDATE jobs j SET state = t.state, result = t.result, error_code = t.error_code, error = t.error, \
+           finished_at = CASE WHEN t.state IN ('succeeded', 'failed') THEN now() END \
+         FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::text[], $7::text[]) \
+              AS t(tenant_id, id, attempt, state, result, error_code, error) \
+         WHERE j.tenant_id = t.tenant_id AND j.id = t.id AND j.state = 'running' AND j.attempts = t.attempt \
+         RETURNING j.tenant_id, j.id",
+    )
+    .bind(outcomes.iter().map(|o| o.tenant_id.as_str()).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.job_id.as_str()).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.attempt).collect::<Vec<_>>())
+    .bind(&states)
+    .bind(&results)
+    .bind(&codes)
+    .bind(&errors)
+    .fetch_all(&mut **tx)
+    .await?;
+    let committed: std::collections::HashSet<(String, String)> = committed.into_iter().collect();
+    let took_effect: Vec<bool> = outcomes
+        .iter()
+        .map(|o| committed.contains(&(o.tenant_id.clone(), o.job_id.clone())))
+        .collect();
+    let deliveries: Vec<(&Outcome, &NewDelivery)> = outcomes
+        .iter()
+        .zip(&took_effect)
+        .filter(|(_, ok)| **ok)
+        .filter_map(|(o, _)| o.webhook.as_ref().map(|w| (*o, w)))
+        .collect();
+    if !deliveries.is_empty() {
+        let lease_ms = i64::try_from(webhook_lease.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, tenant_id, job_id, event_type, url, payload, state, next_attempt_at) \
+             SELECT t.id, t.tenant_id, t.job_id, t.event_type, t.url, t.payload, 'pending', \
+                    now() + make_interval(secs => $7::float8 / 1000) \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                  AS t(id, tenant_id, job_id, event_type, url, payload) \
+             ON CONFLICT (tenant_id, job_id, event_type) DO NOTHING",
+        )
+        .bind(deliveries.iter().map(|(_, w)| w.id.as_str()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(o, _)| o.tenant_id.as_str()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(o, _)| o.job_id.as_str()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(_, w)| w.event_type.as_str()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(_, w)| w.url.as_str()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(_, w)| w.payload.as_str()).collect::<Vec<_>>())
+        .bind(lease_ms)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(took_effect
+        .into_iter()
+        .map(|ok| {
+            if ok {
+                FinishResult::Committed
+            } else {
+                FinishResult::Fenced
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,82 @@
+//! What every job handler gets (the job, its attempt, the router, the ledger) and what it returns.
+
+use std::time::Duration;
+
+use crate::jobs::JobMessage;
+use crate::routing::{RouteError, RoutedCall, Router};
+use crate::spend::LedgerEntry;
+
+use super::commit::{CommitError, CommitHandle};
+
+/// Dependencies injected into a handler for one attempt of one job.
+pub struct JobContext<'a> {
+    pub job: &'a JobMessage,
+    pub attempt: i32,
+    pub router: &'a Router,
+    pub commits: &'a CommitHandle,
+}
+
+impl JobContext<'_> {
+    /// Books a successful provider call under this attempt; `call_index` must be stable for the
+    /// call within the attempt (the prompt's index, say) so that a re-write is a no-op.
+    pub async fn book(&self, call_index: usize, call: &RoutedCall) -> Result<(), JobError> {
+        let entry = LedgerEntry {
+            tenant_id: self.job.tenant.clone(),
+            job_id: self.job.id.clone(),
+            attempt: self.attempt,
+            call_index: i32::try_from(call_index).unwrap_or(i32::MAX),
+            provider: call.provider.clone(),
+            model: call.model.clone(),
+            usage: call.response.usage,
+            price: call.price,
+            cost_micros: call.price.cost_micros(call.response.usage),
+            latency_ms: i32::try_from(call.latency.as_millis()).unwrap_or(i32::MAX),
+            tags: serde_json::to_value(&self.job.tags).unwrap_or_default(),
+        };
+        self.commits.book(entry).await.map_err(JobError::from)
+    }
+}
+
+/// Why an attempt did not succeed, and whether another attempt may.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+    /// The delay a provider asked for, used to pick the retry queue.
+    pub retry_after: Option<Duration>,
+}
+
+impl JobError {
+    pub fn permanent(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_string(),
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<RouteError> for JobError {
+    fn from(e: RouteError) -> Self {
+        Self {
+            code: e.code().to_string(),
+            message: e.to_string(),
+            retryable: e.is_retryable(),
+            retry_after: e.retry_after(),
+        }
+    }
+}
+
+impl From<CommitError> for JobError {
+    fn from(e: CommitError) -> Self {
+        Self {
+            code: "database_unavailable".into(),
+            message: e.to_string(),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+}
