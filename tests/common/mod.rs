@@ -1,0 +1,356 @@
+//! Test harness: a fresh Postgres database and a fresh RabbitMQ vhost per test, the sim provider and a
+//! webhook receiver on loopback, and helpers to publish raw AMQP messages and read the dead-letter queue.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use ragq::config::Config;
+use ragq::sim::{SimHandle, SimOptions};
+use ragq::tenants::NewTenant;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672";
+
+/// One webhook as the receiver got it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub id: String,
+    pub timestamp: i64,
+    pub signature: String,
+    pub body: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Receiver {
+    pub received: Mutex<Vec<Received>>,
+    /// Answer 503 to this many requests before accepting.
+    pub fail_first: Mutex<u32>,
+}
+
+pub struct TestEnv {
+    pub db_name: String,
+    pub vhost: String,
+    pub cfg: Config,
+    pub config_toml: String,
+    pub pool: PgPool,
+    pub sim: SimHandle,
+    pub hooks: Arc<Receiver>,
+    pub hook_url: String,
+    pub cancel: CancellationToken,
+    pub tenants: Vec<NewTenant>,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (tests need the local RabbitMQ)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestEnv {
+    /// A fresh environment (`queue_extra` is added to the `[queue]` section) with tenants `acme` (AMQP user `guest`) and `globex` (AMQP user `globex-user`).
+    pub async fn new(queue_extra: &str) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let db_name = format!("ragq_t_{tag}");
+        let vhost = format!("ragq-t-{tag}");
+        rabbitmqctl(&["add_vhost", &vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        let cancel = CancellationToken::new();
+        let sim = ragq::sim::spawn("127.0.0.1:0", SimOptions::default(), cancel.clone())
+            .await
+            .unwrap();
+        let hooks = Arc::new(Receiver::default());
+        let hook_url = spawn_receiver(hooks.clone(), cancel.clone()).await;
+        let config_toml = format!(
+            r#"
+[database]
+url = "{PG}/{db_name}"
+max_connections = 8
+[queue]
+url = "{AMQP}/{vhost}"
+prefetch = 32
+retry_delays_ms = [100, 300, 1000]
+trusted_publishers = ["ragq-trusted-nobody"]
+{queue_extra}
+[worker]
+max_attempts = 4
+shutdown_grace_ms = 5000
+[webhooks]
+initial_backoff_ms = 100
+max_backoff_ms = 1000
+poll_interval_ms = 100
+claim_lease_ms = 2000
+max_attempts = 6
+[retry]
+initial_interval_ms = 20
+max_interval_ms = 200
+max_elapsed_ms = 1500
+[[providers]]
+name = "sim"
+kind = "openai"
+base_url = "{}"
+timeout_ms = 2000
+[[models]]
+name = "sim-small"
+provider = "sim"
+model_id = "sim-small"
+input_price_micros_per_mtok = 150000
+output_price_micros_per_mtok = 600000
+context_window = 16384
+[[models]]
+name = "sim-large"
+provider = "sim"
+model_id = "sim-large"
+input_price_micros_per_mtok = 2500000
+output_price_micros_per_mtok = 10000000
+context_window = 128000
+[policies.cost-optimized]
+models = ["sim-small"]
+[policies.with-fallback]
+models = ["sim-small", "sim-large"]
+"#,
+            sim.base_url()
+        );
+        let cfg = Config::from_toml(&config_toml).expect("test config is valid");
+        let pool = ragq::db::connect(&cfg.database).await.expect("database");
+        let acme = ragq::tenants::create(&pool, "acme", "Acme", Some("guest"))
+            .await
+            .unwrap();
+        let globex = ragq::tenants::create(&pool, "globex", "Globex", Some("globex-user"))
+            .await
+            .unwrap();
+        Self {
+            db_name,
+            vhost,
+            cfg,
+            config_toml,
+            pool,
+            sim,
+            hooks,
+            hook_url,
+            cancel,
+            tenants: vec![acme, globex],
+        }
+    }
+
+    pub fn secret(&self, tenant: &str) -> String {
+        let t = self.tenants.iter().find(|t| t.tenant.id == tenant).unwrap();
+        t.tenant.webhook_secret.expose().to_string()
+    }
+
+    pub fn api_key(&self, tenant: &str) -> String {
+        let t = self.tenants.iter().find(|t| t.tenant.id == tenant).unwrap();
+        t.api_key.expose().to_string()
+    }
+
+    /// Starts an in-process worker; cancel the returned token to stop it.
+    pub fn start_worker(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let token = self.cancel.child_token();
+        let cfg = self.cfg.clone();
+        let pool = self.pool.clone();
+        let t = token.clone();
+        let handle = tokio::spawn(async move {
+            ragq::workers::run(cfg, pool, t).await.unwrap();
+        });
+        (token, handle)
+    }
+
+    pub async fn amqp(&self) -> Connection {
+        Connection::connect(
+            &format!("{AMQP}/{}", self.vhost),
+            ConnectionProperties::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Publishes raw bytes to `ragq.jobs` as a plain AMQP client would, with the given user_id.
+    pub async fn publish_raw(
+        &self,
+        conn: &Connection,
+        routing_key: &str,
+        body: &[u8],
+        user_id: Option<&str>,
+    ) {
+        let ch = conn.create_channel().await.unwrap();
+        ragq::queue::topology::declare(&ch, &self.cfg.queue)
+            .await
+            .unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let mut props = BasicProperties::default().with_delivery_mode(2);
+        if let Some(u) = user_id {
+            props = props.with_user_id(u.into());
+        }
+        let confirm = ch
+            .basic_publish(
+                "ragq.jobs".into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+        let _ = ch.close(200, "done".into()).await;
+    }
+
+    /// A batch.complete job message for `tenant` with `n` prompts and this env's webhook receiver.
+    pub fn job(&self, tenant: &str, id: &str, n: usize) -> serde_json::Value {
+        let prompts: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"prompt": format!("question {i} of job {id}")}))
+            .collect();
+        serde_json::json!({
+            "id": id, "tenant": tenant, "kind": "batch.complete",
+            "webhook_url": self.hook_url,
+            "input": {"prompts": prompts},
+            "tags": {"feature": "tests"}
+        })
+    }
+
+    /// Waits until `f` is true, polling; panics after `secs`.
+    pub async fn wait_until<F, Fut>(&self, secs: u64, what: &str, mut f: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while !f().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn job_state(&self, tenant: &str, id: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT state FROM jobs WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Drains the dead-letter queue: (reason header, body) of each message.
+    pub async fn dead_letters(&self, conn: &Connection) -> Vec<(Option<String>, Vec<u8>)> {
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(msg) = ch
+            .basic_get("ragq.dlq".into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            let reason = msg
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-ragq-reason").cloned())
+                .map(|v| match v {
+                    lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                    other => format!("{other:?}"),
+                });
+            out.push((reason, msg.delivery.data.clone()));
+            msg.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+        }
+        let _ = ch.close(200, "done".into()).await;
+        out
+    }
+
+    /// The next `n` provider requests get 503.
+    pub fn set_outage(&self, n: usize) {
+        self.sim.script(std::iter::repeat_n(
+            ragq::sim::Fault::Status { status: 503 },
+            n,
+        ));
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.hooks.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.vhost])
+            .output();
+        let _ = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-qc"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
+            .output();
+    }
+}
+
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> StatusCode {
+    {
+        let mut fail = r.fail_first.lock().unwrap();
+        if *fail > 0 {
+            *fail -= 1;
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+    }
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    r.received.lock().unwrap().push(Received {
+        id: h("webhook-id"),
+        timestamp: h("webhook-timestamp").parse().unwrap_or(0),
+        signature: h("webhook-signature"),
+        body,
+    });
+    StatusCode::NO_CONTENT
+}
+
+async fn spawn_receiver(r: Arc<Receiver>, cancel: CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(r);
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await
+            .unwrap();
+    });
+    format!("http://{addr}/hook")
+}

@@ -1,0 +1,340 @@
+//! The job path end to end over the real RabbitMQ and Postgres: publish, run, book, commit, webhook.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::TestEnv;
+use ragq::sim::Fault;
+use ragq::webhooks::signature;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_amqp_publish_is_processed_and_its_webhook_is_signed() {
+    let env = TestEnv::new("").await;
+    let (_stop, _worker) = env.start_worker();
+    let conn = env.amqp().await;
+    let job = env.job("acme", "plain-1", 3);
+    env.publish_raw(
+        &conn,
+        "batch.complete",
+        job.to_string().as_bytes(),
+        Some("guest"),
+    )
+    .await;
+
+    env.wait_until(20, "webhook", || async { !env.received().is_empty() })
+        .await;
+    let hook = env.received()[0].clone();
+    let now = chrono::Utc::now().timestamp();
+    signature::verify(
+        &env.secret("acme"),
+        &hook.id,
+        hook.timestamp,
+        &hook.signature,
+        hook.body.as_bytes(),
+        now,
+        300,
+    )
+    .expect("signature verifies with the tenant's secret");
+    assert!(signature::verify(
+        &env.secret("globex"),
+        &hook.id,
+        hook.timestamp,
+        &hook.signature,
+        hook.body.as_bytes(),
+        now,
+        300
+    )
+    .is_err());
+    let body: serde_json::Value = serde_json::from_str(&hook.body).unwrap();
+    assert_eq!(body["type"], "job.succeeded");
+    assert_eq!(body["data"]["job_id"], "plain-1");
+    let completions = body["data"]["result"]["completions"].as_array().unwrap();
+    assert_eq!(completions.len(), 3);
+    assert!(completions[0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("question 0 of job plain-1"));
+
+    assert_eq!(
+        env.job_state("acme", "plain-1").await.as_deref(),
+        Some("succeeded")
+    );
+    // One ledger row per prompt, priced from the catalog, equal to what the result reports.
+    assert_eq!(
+        env.count("SELECT count(*) FROM provider_calls WHERE job_id = 'plain-1'")
+            .await,
+        3
+    );
+    let booked = env
+        .count("SELECT sum(cost_micros)::int8 FROM provider_calls WHERE job_id = 'plain-1'")
+        .await;
+    assert_eq!(
+        booked,
+        body["data"]["result"]["cost_micros"].as_i64().unwrap()
+    );
+    let tokens = env.count("SELECT sum(input_tokens + output_tokens)::int8 FROM provider_calls WHERE job_id = 'plain-1'").await;
+    let usage = &body["data"]["result"]["usage"];
+    assert_eq!(
+        tokens,
+        usage["input_tokens"].as_i64().unwrap() + usage["output_tokens"].as_i64().unwrap()
+    );
+    env.wait_until(5, "delivery recorded", || async {
+        env.count("SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'")
+            .await
+            == 1
+    })
+    .await;
+    assert_eq!(env.count("SELECT count(*) FROM webhook_attempts").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_job_id_twice_runs_once_and_books_once() {
+    let env = TestEnv::new("").await;
+    let conn = env.amqp().await;
+    let body = env.job("acme", "dup-1", 2).to_string();
+    // Both copies are queued before any worker runs, so they may land in one batch or in two.
+    env.publish_raw(&conn, "batch.complete", body.as_bytes(), Some("guest"))
+        .await;
+    env.publish_raw(&conn, "batch.complete", body.as_bytes(), Some("guest"))
+        .await;
+    let (_stop, _worker) = env.start_worker();
+    env.wait_until(20, "job finished", || async {
+        env.job_state("acme", "dup-1").await.as_deref() == Some("succeeded")
+    })
+    .await;
+    // Publish a third copy after it finished: acknowledged without running.
+    env.publish_raw(&conn, "batch.complete", body.as_bytes(), Some("guest"))
+        .await;
+    env.wait_until(20, "queue drained", || async {
+        let q = conn.create_channel().await.unwrap();
+        let info = q
+            .queue_declare(
+                "ragq.jobs".into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let _ = q.close(200, "".into()).await;
+        info.message_count() == 0 && env.received().len() == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        env.count("SELECT attempts::int8 FROM jobs WHERE id = 'dup-1'")
+            .await,
+        1
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM provider_calls WHERE job_id = 'dup-1'")
+            .await,
+        2
+    );
+    assert_eq!(env.sim.counts().0, 2, "the provider saw each prompt once");
+    assert_eq!(env.received().len(), 1, "one webhook");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_with_their_reason() {
+    let env = TestEnv::new("max_message_bytes = 4096").await;
+    let (_stop, _worker) = env.start_worker();
+    let conn = env.amqp().await;
+    let mut schema_bad = env.job("acme", "bad-schema", 1);
+    schema_bad["input"]["prompts"] = serde_json::json!([]);
+    let unknown_tenant = env.job("nobody", "who", 1);
+    let too_large = env.job("acme", "huge", 1).to_string() + &" ".repeat(5000);
+    let wrong_user = env.job("globex", "spoofed", 1);
+    let no_user = env.job("acme", "anonymous", 1);
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("not_json", b"{this is not json".to_vec(), Some("guest")),
+        ("schema", schema_bad.to_string().into_bytes(), Some("guest")),
+        (
+            "unknown_tenant",
+            unknown_tenant.to_string().into_bytes(),
+            Some("guest"),
+        ),
+        ("too_large", too_large.into_bytes(), Some("guest")),
+        (
+            "unauthorized",
+            wrong_user.to_string().into_bytes(),
+            Some("guest"),
+        ),
+        ("unauthorized", no_user.to_string().into_bytes(), None),
+    ];
+    for (_, body, user) in &cases {
+        env.publish_raw(&conn, "batch.complete", body, *user).await;
+    }
+    // A good job after the poison: the worker is still alive and serving.
+    env.publish_raw(
+        &conn,
+        "batch.complete",
+        env.job("acme", "after-poison", 1).to_string().as_bytes(),
+        Some("guest"),
+    )
+    .await;
+    env.wait_until(20, "good job", || async {
+        env.job_state("acme", "after-poison").await.as_deref() == Some("succeeded")
+    })
+    .await;
+    let mut dead = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while dead.len() < cases.len() && std::time::Instant::now() < deadline {
+        dead.extend(env.dead_letters(&conn).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead.len(), cases.len());
+    for (code, body, _) in &cases {
+        let found = dead
+            .iter()
+            .find(|(_, b)| b == body)
+            .expect("each poison message is in the DLQ");
+        let reason = found.0.clone().expect("reason header");
+        assert!(
+            reason.starts_with(code),
+            "reason {reason:?} should start with {code}"
+        );
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs").await,
+        1,
+        "no poison became a job"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_500s_then_success_and_429_with_retry_after_are_retried() {
+    let env = TestEnv::new("").await;
+    env.sim.script([
+        Fault::Status { status: 500 },
+        Fault::Status { status: 502 },
+        Fault::RateLimited {
+            retry_after_secs: 1,
+        },
+    ]);
+    let (_stop, _worker) = env.start_worker();
+    let conn = env.amqp().await;
+    let started = std::time::Instant::now();
+    env.publish_raw(
+        &conn,
+        "batch.complete",
+        env.job("acme", "flaky-1", 1).to_string().as_bytes(),
+        Some("guest"),
+    )
+    .await;
+    env.wait_until(20, "job finished", || async {
+        env.job_state("acme", "flaky-1").await.as_deref() == Some("succeeded")
+    })
+    .await;
+    // Retry-After: 1 was honoured (the retry waited at least a second).
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    assert_eq!(env.sim.counts(), (4, 1), "three failures then one success");
+    assert_eq!(
+        env.count("SELECT attempts::int8 FROM jobs WHERE id = 'flaky-1'")
+            .await,
+        1,
+        "retried within the call"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM provider_calls WHERE job_id = 'flaky-1'")
+            .await,
+        1,
+        "only the success is booked"
+    );
+    let result: serde_json::Value =
+        sqlx::query_scalar("SELECT result FROM jobs WHERE id = 'flaky-1'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(result["completions"][0]["routing"][0]["attempts"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_call_budget_goes_through_the_retry_queue() {
+    let env = TestEnv::new("").await;
+    // More 503s than the in-call budget (1.5 s of backoff) absorbs: the job is handed back to the queue.
+    env.set_outage(15);
+    let (_stop, _worker) = env.start_worker();
+    let conn = env.amqp().await;
+    env.publish_raw(
+        &conn,
+        "batch.complete",
+        env.job("acme", "outage-1", 1).to_string().as_bytes(),
+        Some("guest"),
+    )
+    .await;
+    env.wait_until(30, "job finished", || async {
+        env.job_state("acme", "outage-1").await.as_deref() == Some("succeeded")
+    })
+    .await;
+    let attempts = env
+        .count("SELECT attempts::int8 FROM jobs WHERE id = 'outage-1'")
+        .await;
+    assert!(
+        attempts >= 2,
+        "the job was attempted again after a delay, got {attempts}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM provider_calls WHERE job_id = 'outage-1'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_provider_errors_fail_the_job_with_a_webhook() {
+    let env = TestEnv::new("").await;
+    env.sim.script([Fault::Status { status: 400 }]);
+    let (_stop, _worker) = env.start_worker();
+    let conn = env.amqp().await;
+    env.publish_raw(
+        &conn,
+        "batch.complete",
+        env.job("acme", "rejected-1", 1).to_string().as_bytes(),
+        Some("guest"),
+    )
+    .await;
+    env.wait_until(20, "webhook", || async { !env.received().is_empty() })
+        .await;
+    let body: serde_json::Value = serde_json::from_str(&env.received()[0].body).unwrap();
+    assert_eq!(body["type"], "job.failed");
+    assert_eq!(body["data"]["error"]["code"], "provider_rejected");
+    assert_eq!(
+        env.job_state("acme", "rejected-1").await.as_deref(),
+        Some("failed")
+    );
+    assert_eq!(env.sim.counts().0, 1, "a 400 is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_retried_until_the_receiver_accepts() {
+    let env = TestEnv::new("").await;
+    *env.hooks.fail_first.lock().unwrap() = 3;
+    let (_stop, _worker) = env.start_worker();
+    let conn = env.amqp().await;
+    env.publish_raw(
+        &conn,
+        "batch.complete",
+        env.job("acme", "hook-retry", 1).to_string().as_bytes(),
+        Some("guest"),
+    )
+    .await;
+    env.wait_until(20, "webhook delivered", || async {
+        env.received().len() == 1
+    })
+    .await;
+    env.wait_until(5, "attempts recorded", || async {
+        env.count("SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'")
+            .await
+            == 1
+    })
+    .await;
+    assert_eq!(env.count("SELECT count(*) FROM webhook_attempts").await, 4);
+    assert_eq!(
+        env.count("SELECT count(*) FROM webhook_attempts WHERE status_code = 503")
+            .await,
+        3
+    );
+}
