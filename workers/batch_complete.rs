@@ -18,10 +18,12 @@ pub async fn run(ctx: &JobContext<'_>, input: BatchCompleteInput) -> Result<Valu
     let requests: Vec<ChatRequest> = input
         .prompts
         .iter()
-        .map(|prompt| ChatRequest {
+        .enumerate()
+        .map(|(index, prompt)| ChatRequest {
             messages: messages(input.system.as_deref(), &prompt.prompt),
             max_tokens: input.max_tokens,
             temperature: input.temperature,
+            call_id: Some(ctx.call_id(index)),
         })
         .collect();
     let calls = requests

@@ -17,6 +17,14 @@ pub struct JobContext<'a> {
 }
 
 impl JobContext<'_> {
+    /// The id of call `index` of this attempt, as booked in the ledger.
+    pub fn call_id(&self, index: usize) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.job.tenant, self.job.id, self.attempt, index
+        )
+    }
+
     /// Books a successful provider call under this attempt; `call_index` must be stable for the
     /// call within the attempt (the prompt's index, say) so that a re-write is a no-op.
     pub async fn book(&self, call_index: usize, call: &RoutedCall) -> Result<(), JobError> {

@@ -84,7 +84,7 @@ pub enum PoisonReason {
     Schema(String),
     #[error("unknown tenant `{0}`")]
     UnknownTenant(String),
-    #[error("unauthorized: {0}")]
+    #[error("{0}")]
     Unauthorized(String),
 }
 

@@ -28,6 +28,9 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
+    /// Identifies this call (tenant/job/attempt/index) to providers that log or dedupe by it; sent as
+    /// the `x-ragq-call-id` header.
+    pub call_id: Option<String>,
 }
 
 /// Tokens as reported by the provider (never estimated here).

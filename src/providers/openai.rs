@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::error::parse_retry_after;
 use super::{ChatMessage, ChatRequest, ChatResponse, ProviderEndpoint, ProviderError, Usage};
 
+/// Header carrying ragq's id for one call.
+pub const CALL_ID_HEADER: &str = "x-ragq-call-id";
+
 /// Client for one OpenAI-compatible endpoint; cheap to clone (shares the connection pool).
 #[derive(Debug, Clone)]
 pub struct OpenAiClient {
@@ -82,6 +85,9 @@ impl OpenAiClient {
             .json(&body);
         if let Some(key) = &self.endpoint.api_key {
             http = http.bearer_auth(key.expose());
+        }
+        if let Some(id) = &request.call_id {
+            http = http.header(CALL_ID_HEADER, id);
         }
         let response = http.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
@@ -192,6 +198,7 @@ mod tests {
             }],
             max_tokens: Some(5),
             temperature: None,
+            call_id: None,
         };
         let json = serde_json::to_value(build_request("m1", &req)).expect("json");
         assert_eq!(json["model"], "m1");

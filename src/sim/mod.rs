@@ -67,6 +67,7 @@ struct SimState {
     script: Mutex<VecDeque<Fault>>,
     requests: AtomicU64,
     successes: AtomicU64,
+    answered_call_ids: Mutex<Vec<String>>,
 }
 
 /// A running sim provider.
@@ -93,6 +94,15 @@ impl SimHandle {
         if let Ok(mut o) = self.state.options.lock() {
             *o = options;
         }
+    }
+
+    /// The `x-ragq-call-id` of every request answered successfully, in order.
+    pub fn answered_call_ids(&self) -> Vec<String> {
+        self.state
+            .answered_call_ids
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     /// Requests received, and those answered successfully.
@@ -172,7 +182,11 @@ fn next_fault(state: &SimState) -> (Option<Fault>, u64) {
     (fault, options.latency_ms)
 }
 
-async fn chat(State(state): State<Arc<SimState>>, body: axum::body::Bytes) -> Response {
+async fn chat(
+    State(state): State<Arc<SimState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let (fault, latency_ms) = next_fault(&state);
     if latency_ms > 0 {
@@ -201,6 +215,12 @@ async fn chat(State(state): State<Arc<SimState>>, body: axum::body::Bytes) -> Re
         return error(400, "messages must not be empty");
     }
     state.successes.fetch_add(1, Ordering::Relaxed);
+    let call_id = headers
+        .get(crate::providers::openai::CALL_ID_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if let (Some(id), Ok(mut ids)) = (call_id, state.answered_call_ids.lock()) {
+        ids.push(id.to_string());
+    }
     Json(reply(&request)).into_response()
 }
 

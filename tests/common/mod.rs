@@ -35,6 +35,7 @@ pub struct Receiver {
 }
 
 pub struct TestEnv {
+    pub tag: String,
     pub db_name: String,
     pub vhost: String,
     pub cfg: Config,
@@ -86,7 +87,7 @@ max_connections = 8
 url = "{AMQP}/{vhost}"
 prefetch = 32
 retry_delays_ms = [100, 300, 1000]
-trusted_publishers = ["ragq-trusted-nobody"]
+trusted_publishers = ["ragq-api-{tag}"]
 {queue_extra}
 [worker]
 max_attempts = 4
@@ -136,6 +137,7 @@ models = ["sim-small", "sim-large"]
             .await
             .unwrap();
         Self {
+            tag,
             db_name,
             vhost,
             cfg,
@@ -147,6 +149,25 @@ models = ["sim-small", "sim-large"]
             cancel,
             tenants: vec![acme, globex],
         }
+    }
+
+    /// Config for the api process: its own AMQP user, which the workers trust to publish for any
+    /// tenant (the api has authenticated the tenant by API key).
+    pub fn api_config(&self) -> Config {
+        let user = format!("ragq-api-{}", self.tag);
+        rabbitmqctl(&["add_user", &user, "api-pw"]);
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &self.vhost,
+            &user,
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        let mut cfg = self.cfg.clone();
+        cfg.queue.url = format!("amqp://{user}:api-pw@127.0.0.1:5672/{}", self.vhost);
+        cfg
     }
 
     pub fn secret(&self, tenant: &str) -> String {
@@ -305,6 +326,9 @@ impl Drop for TestEnv {
         self.cancel.cancel();
         let _ = std::process::Command::new("rabbitmqctl")
             .args(["delete_vhost", &self.vhost])
+            .output();
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &format!("ragq-api-{}", self.tag)])
             .output();
         let _ = std::process::Command::new("psql")
             .args(["-h", "127.0.0.1", "-U", "postgres", "-qc"])
