@@ -1,10 +1,448 @@
 //! `ragq demo`: the whole system on this machine, printing what happened.
+//!
+//! It prepares a fresh database and RabbitMQ vhost, starts the sim provider (with injected faults)
+//! and a verifying webhook receiver in this process, starts worker and api processes, creates two
+//! tenants, submits jobs over AMQP and HTTP (plus a few bad messages), waits for every webhook, and
+//! prints a summary read back from Postgres and the broker.
 
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {}
+use crate::config::Config;
+use crate::queue::{admin, publisher::ReconnectingPublisher};
+use crate::sim::SimOptions;
+use crate::tenants::NewTenant;
+use crate::webhooks::receiver::WebhookReceiver;
 
-pub async fn run(_args: DemoArgs, _cancel: CancellationToken) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Jobs per tenant.
+    #[arg(long, default_value_t = 10)]
+    pub jobs: usize,
+    /// Prompts per job.
+    #[arg(long, default_value_t = 3)]
+    pub prompts: usize,
+    /// Postgres server (the demo uses database `ragq_demo` on it, recreated each run).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pub postgres: String,
+    /// RabbitMQ server (the demo uses vhost `ragq-demo` on it, recreated each run).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672")]
+    pub amqp: String,
+    #[command(flatten)]
+    pub sim: SimOptions,
+}
+
+const DB: &str = "ragq_demo";
+const VHOST: &str = "ragq-demo";
+const API_USER: &str = "ragq-demo-api";
+
+struct Demo {
+    cfg: Config,
+    pool: PgPool,
+    receiver: WebhookReceiver,
+    acme: NewTenant,
+    globex: NewTenant,
+    api_url: String,
+}
+
+pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    if args.sim.latency_ms == 0 && args.sim.error_rate == 0.0 && args.sim.rate_limit_rate == 0.0 {
+        args.sim = SimOptions {
+            latency_ms: 15,
+            error_rate: 0.08,
+            rate_limit_rate: 0.04,
+            retry_after_secs: 1,
+            timeout_rate: 0.0,
+        };
+    }
+    println!("ragq demo: preparing a fresh database `{DB}` and vhost `{VHOST}`");
+    admin::recreate_vhost(VHOST, "guest")?;
+    let api_password = uuid::Uuid::new_v4().simple().to_string();
+    admin::ensure_user(API_USER, &api_password, VHOST)?;
+    let sim = crate::sim::spawn("127.0.0.1:0", args.sim.clone(), cancel.clone()).await?;
+    let receiver = WebhookReceiver::spawn(cancel.clone()).await?;
+    let api_port = free_port().await?;
+    let toml = demo_config(&args, &sim.base_url(), api_port);
+    let dir = std::env::temp_dir().join("ragq-demo");
+    std::fs::create_dir_all(&dir)?;
+    let config_path = dir.join("ragq.toml");
+    std::fs::write(&config_path, &toml)?;
+    let cfg = Config::from_toml(&toml)?;
+    drop_database(&args.postgres).await?;
+    let pool = crate::db::connect(&cfg.database).await?;
+    let acme = crate::tenants::create(&pool, "acme", "Acme Corp", Some("guest")).await?;
+    let globex = crate::tenants::create(&pool, "globex", "Globex", None).await?;
+    receiver.trust("acme", acme.tenant.webhook_secret.expose());
+    receiver.trust("globex", globex.tenant.webhook_secret.expose());
+
+    let api_url = format!("{}/{}", args.amqp.trim_end_matches('/'), VHOST).replacen(
+        "guest:guest",
+        &format!("{API_USER}:{api_password}"),
+        1,
+    );
+    let mut children = Vec::new();
+    for _ in 0..args.workers {
+        children.push(spawn(&config_path, "worker", &[])?);
+    }
+    children.push(spawn(
+        &config_path,
+        "api",
+        &[("RAGQ_QUEUE__URL", api_url.as_str())],
+    )?);
+    println!(
+        "started: sim provider at {} ({} ms latency, {:.0}% 500s, {:.0}% 429s), webhook receiver at {}, {} workers and an api (pids {})",
+        sim.base_url(),
+        args.sim.latency_ms,
+        args.sim.error_rate * 100.0,
+        args.sim.rate_limit_rate * 100.0,
+        receiver.url(),
+        args.workers,
+        children.iter().filter_map(|c| c.id()).map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+    );
+    let demo = Demo {
+        cfg,
+        pool,
+        receiver,
+        acme,
+        globex,
+        api_url: format!("http://127.0.0.1:{api_port}"),
+    };
+    let outcome = submit_and_wait(&demo, &args, &cancel).await;
+    for child in &mut children {
+        stop(child).await;
+    }
+    let expected = outcome?;
+    print_summary(&demo, expected, sim.counts(), started.elapsed()).await?;
+    cancel.cancel();
+    Ok(())
+}
+
+fn demo_config(args: &DemoArgs, sim_url: &str, api_port: u16) -> String {
+    format!(
+        r#"# Written by `ragq demo`.
+[database]
+url = "{pg}/{DB}"
+[queue]
+url = "{amqp}/{VHOST}"
+retry_delays_ms = [500, 2000, 5000]
+trusted_publishers = ["{API_USER}"]
+[api]
+listen = "127.0.0.1:{api_port}"
+[webhooks]
+initial_backoff_ms = 200
+poll_interval_ms = 200
+claim_lease_ms = 5000
+[retry]
+initial_interval_ms = 50
+max_interval_ms = 1000
+max_elapsed_ms = 5000
+[[providers]]
+name = "sim"
+kind = "openai"
+base_url = "{sim_url}"
+timeout_ms = 5000
+[[models]]
+name = "sim-small"
+provider = "sim"
+model_id = "sim-small"
+input_price_micros_per_mtok = 150000
+output_price_micros_per_mtok = 600000
+context_window = 16384
+[[models]]
+name = "sim-large"
+provider = "sim"
+model_id = "sim-large"
+input_price_micros_per_mtok = 2500000
+output_price_micros_per_mtok = 10000000
+context_window = 128000
+[policies.cost-optimized]
+models = ["sim-small", "sim-large"]
+[policies.reliable]
+models = ["sim-large", "sim-small"]
+"#,
+        pg = args.postgres.trim_end_matches('/'),
+        amqp = args.amqp.trim_end_matches('/'),
+    )
+}
+
+async fn free_port() -> std::io::Result<u16> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn drop_database(server: &str) -> anyhow::Result<()> {
+    let pool = PgPool::connect(&format!("{}/postgres", server.trim_end_matches('/')))
+        .await
+        .context("connecting to Postgres")?;
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    Ok(())
+}
+
+fn spawn(config: &PathBuf, command: &str, env: &[(&str, &str)]) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--config").arg(config).arg(command);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit())
+    .kill_on_drop(true);
+    Ok(cmd.spawn()?)
+}
+
+/// SIGTERM, then a bounded wait (the worker drains in-flight jobs).
+async fn stop(child: &mut Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// Submits the demo's jobs and waits for every webhook; returns how many jobs were submitted.
+async fn submit_and_wait(
+    demo: &Demo,
+    args: &DemoArgs,
+    cancel: &CancellationToken,
+) -> anyhow::Result<usize> {
+    let publisher = ReconnectingPublisher::new(demo.cfg.queue.clone(), "ragq-demo");
+    let hook = demo.receiver.url();
+    let topics = [
+        "refund policy",
+        "shipping times",
+        "password reset",
+        "invoice copy",
+        "data export",
+    ];
+    let job = |tenant: &str, i: usize, policy: &str| {
+        let prompts: Vec<_> = (0..args.prompts)
+            .map(|p| serde_json::json!({"prompt": format!("Customer {i}.{p} asks about {}: summarise the answer in one line", topics[(i + p) % topics.len()])}))
+            .collect();
+        serde_json::json!({
+            "id": format!("{tenant}-{i}"), "tenant": tenant, "kind": "batch.complete", "policy": policy,
+            "webhook_url": hook, "input": {"system": "You are a support assistant.", "prompts": prompts},
+            "tags": {"feature": if i % 2 == 0 { "support-summaries" } else { "faq" }, "plan": "pro"}
+        })
+    };
+    // acme publishes straight to RabbitMQ as AMQP user `guest`.
+    for i in 0..args.jobs {
+        let body = job("acme", i, "cost-optimized").to_string();
+        publisher
+            .publish_job("batch.complete", &format!("acme-{i}"), body.as_bytes())
+            .await?;
+    }
+    // globex submits over HTTP with its API key.
+    let http = reqwest::Client::new();
+    wait_for_api(&http, &demo.api_url, cancel).await?;
+    for i in 0..args.jobs {
+        let mut body = job(
+            "globex",
+            i,
+            if i % 3 == 0 {
+                "reliable"
+            } else {
+                "cost-optimized"
+            },
+        );
+        body.as_object_mut().map(|o| o.remove("tenant"));
+        let resp = http
+            .post(format!("{}/v1/jobs", demo.api_url))
+            .bearer_auth(demo.globex.api_key.expose())
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "api refused a demo job: {}",
+            resp.text().await?
+        );
+    }
+    // One job that fails for good (unknown policy) and gets a job.failed webhook.
+    let failing = job("acme", args.jobs, "no-such-policy").to_string();
+    publisher
+        .publish_job(
+            "batch.complete",
+            &format!("acme-{}", args.jobs),
+            failing.as_bytes(),
+        )
+        .await?;
+    // Bad messages: broken JSON, and globex's job published by acme's AMQP user.
+    publisher
+        .publish_job("batch.complete", "broken", b"{\"id\": \"broken\", oops")
+        .await?;
+    let spoofed = job("globex", 99, "cost-optimized").to_string();
+    publisher
+        .publish_job("batch.complete", "globex-99", spoofed.as_bytes())
+        .await?;
+    let expected = 2 * args.jobs + 1;
+    println!("submitted: {} jobs for acme over AMQP, {} for globex over HTTP, 1 doomed job, 2 bad messages", args.jobs + 1, args.jobs);
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while demo.receiver.count() < expected {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {expected} webhooks arrived in time",
+            demo.receiver.count()
+        );
+        anyhow::ensure!(!cancel.is_cancelled(), "interrupted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the deliveries' rows settle (the receiver answers before the sender records the attempt).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(expected)
+}
+
+async fn wait_for_api(
+    http: &reqwest::Client,
+    url: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if http.get(format!("{url}/healthz")).send().await.is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(!cancel.is_cancelled(), "interrupted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the api did not come up at {url}")
+}
+
+async fn print_summary(
+    demo: &Demo,
+    expected: usize,
+    sim: (u64, u64),
+    took: Duration,
+) -> anyhow::Result<()> {
+    println!(
+        "\n== jobs ({expected} submitted, {:.1} s)",
+        took.as_secs_f64()
+    );
+    println!(
+        "{:<8} {:>9} {:>6} {:>9}",
+        "tenant", "succeeded", "failed", "attempts"
+    );
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT tenant_id, count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'failed'), \
+         sum(attempts)::int8 FROM jobs GROUP BY tenant_id ORDER BY tenant_id",
+    )
+    .fetch_all(&demo.pool)
+    .await?;
+    for (t, ok, failed, attempts) in rows {
+        println!("{t:<8} {ok:>9} {failed:>6} {attempts:>9}");
+    }
+    let failures: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT id, error_code, error FROM jobs WHERE state = 'failed' ORDER BY id")
+            .fetch_all(&demo.pool)
+            .await?;
+    for (id, code, error) in failures {
+        println!("  failed {id}: {code}: {error}");
+    }
+
+    println!("\n== spend (from the ledger, integer micro-dollars)");
+    println!(
+        "{:<8} {:<18} {:<10} {:>6} {:>10} {:>10} {:>12}",
+        "tenant", "feature", "model", "calls", "tokens in", "tokens out", "cost USD"
+    );
+    let spend: Vec<(String, String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT tenant_id, coalesce(tags->>'feature', '-'), model, count(*), sum(input_tokens)::int8, \
+         sum(output_tokens)::int8, sum(cost_micros)::int8 FROM provider_calls GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )
+    .fetch_all(&demo.pool)
+    .await?;
+    for (t, f, m, calls, tin, tout, cost) in spend {
+        println!(
+            "{t:<8} {f:<18} {m:<10} {calls:>6} {tin:>10} {tout:>10} {:>12}",
+            usd(cost)
+        );
+    }
+
+    let hooks = demo.receiver.received();
+    let verified = hooks.iter().filter(|h| h.verified == Some(true)).count();
+    let (attempts, delivered): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_attempts), count(*) FILTER (WHERE state = 'delivered') FROM webhook_deliveries",
+    )
+    .fetch_one(&demo.pool)
+    .await?;
+    println!("\n== webhooks");
+    println!("{} received, {verified} with a valid Standard Webhooks signature; {delivered} deliveries marked delivered after {attempts} attempts", hooks.len());
+
+    println!("\n== dead-letter queue");
+    for (reason, body) in drain_dead_letters(&demo.cfg).await? {
+        println!(
+            "  {reason}  <- {}",
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(60)
+                .collect::<String>()
+        );
+    }
+    println!("\n== provider");
+    println!("sim provider: {} requests, {} answered, {} failed on purpose and were retried or failed over", sim.0, sim.1, sim.0 - sim.1);
+    let _ = (&demo.acme, expected);
+    Ok(())
+}
+
+fn usd(micros: i64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+async fn drain_dead_letters(cfg: &Config) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let conn =
+        lapin::Connection::connect(&cfg.queue.url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let mut out = Vec::new();
+    while let Some(msg) = ch
+        .basic_get(
+            crate::queue::topology::DEAD_LETTER_QUEUE.into(),
+            BasicGetOptions::default(),
+        )
+        .await?
+    {
+        let reason = msg
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| {
+                h.inner()
+                    .get(crate::queue::topology::REASON_HEADER)
+                    .cloned()
+            })
+            .map(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_else(|| "dead-lettered by the broker".into());
+        out.push((reason, msg.delivery.data.clone()));
+        msg.delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(out)
 }

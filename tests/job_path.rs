@@ -311,7 +311,7 @@ async fn permanent_provider_errors_fail_the_job_with_a_webhook() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_retried_until_the_receiver_accepts() {
     let env = TestEnv::new("").await;
-    *env.hooks.fail_first.lock().unwrap() = 3;
+    env.hooks.refuse_next(3);
     let (_stop, _worker) = env.start_worker();
     let conn = env.amqp().await;
     env.publish_raw(

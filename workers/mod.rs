@@ -122,6 +122,8 @@ async fn consume_until_cancelled(
         match consume(ctx, &conn, tasks, cancel).await {
             Ok(()) => {
                 // Cancelled: wait for in-flight jobs before closing (closing requeues unacked ones).
+                // `wait` only resolves on a closed tracker; nothing is spawned after cancellation.
+                tasks.close();
                 let _ = tokio::time::timeout(ctx.cfg.worker.shutdown_grace, tasks.wait()).await;
                 let _ = conn.close(200, "shutdown".into()).await;
                 return;

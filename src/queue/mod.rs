@@ -10,6 +10,7 @@
 //! the tier closest to the delay they need. Dead letters published by workers carry the reason in the
 //! `x-ragq-reason` header; those dead-lettered by the broker carry its `x-death` header.
 
+pub mod admin;
 pub mod publisher;
 pub mod topology;
 

@@ -6,6 +6,7 @@
 //! `next_attempt_at` is pushed out by a lease meanwhile, so if that worker dies the poller of any
 //! worker picks the delivery up when the lease ends. Every attempt is a row in `webhook_attempts`.
 
+pub mod receiver;
 pub mod signature;
 
 use std::time::{Duration, Instant};

@@ -2,37 +2,19 @@
 //! webhook receiver on loopback, and helpers to publish raw AMQP messages and read the dead-letter queue.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use ragq::config::Config;
 use ragq::sim::{SimHandle, SimOptions};
 use ragq::tenants::NewTenant;
+use ragq::webhooks::receiver::{ReceivedWebhook, WebhookReceiver};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672";
-
-/// One webhook as the receiver got it.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub id: String,
-    pub timestamp: i64,
-    pub signature: String,
-    pub body: String,
-}
-
-#[derive(Debug, Default)]
-pub struct Receiver {
-    pub received: Mutex<Vec<Received>>,
-    /// Answer 503 to this many requests before accepting.
-    pub fail_first: Mutex<u32>,
-}
 
 pub struct TestEnv {
     pub tag: String,
@@ -42,7 +24,7 @@ pub struct TestEnv {
     pub config_toml: String,
     pub pool: PgPool,
     pub sim: SimHandle,
-    pub hooks: Arc<Receiver>,
+    pub hooks: WebhookReceiver,
     pub hook_url: String,
     pub cancel: CancellationToken,
     pub tenants: Vec<NewTenant>,
@@ -76,8 +58,8 @@ impl TestEnv {
         let sim = ragq::sim::spawn("127.0.0.1:0", SimOptions::default(), cancel.clone())
             .await
             .unwrap();
-        let hooks = Arc::new(Receiver::default());
-        let hook_url = spawn_receiver(hooks.clone(), cancel.clone()).await;
+        let hooks = WebhookReceiver::spawn(cancel.clone()).await.unwrap();
+        let hook_url = hooks.url();
         let config_toml = format!(
             r#"
 [database]
@@ -316,8 +298,8 @@ models = ["sim-small", "sim-large"]
         ));
     }
 
-    pub fn received(&self) -> Vec<Received> {
-        self.hooks.received.lock().unwrap().clone()
+    pub fn received(&self) -> Vec<ReceivedWebhook> {
+        self.hooks.received()
     }
 }
 
@@ -338,43 +320,4 @@ impl Drop for TestEnv {
             ))
             .output();
     }
-}
-
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> StatusCode {
-    {
-        let mut fail = r.fail_first.lock().unwrap();
-        if *fail > 0 {
-            *fail -= 1;
-            return StatusCode::SERVICE_UNAVAILABLE;
-        }
-    }
-    let h = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    r.received.lock().unwrap().push(Received {
-        id: h("webhook-id"),
-        timestamp: h("webhook-timestamp").parse().unwrap_or(0),
-        signature: h("webhook-signature"),
-        body,
-    });
-    StatusCode::NO_CONTENT
-}
-
-async fn spawn_receiver(r: Arc<Receiver>, cancel: CancellationToken) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(receive))
-        .with_state(r);
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
-            .unwrap();
-    });
-    format!("http://{addr}/hook")
 }

@@ -1,0 +1,86 @@
+//! The published JSON Schema and the worker's validation accept and refuse the same messages.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::{json, Value};
+
+fn cases() -> Vec<(&'static str, Value)> {
+    let base = json!({
+        "id": "job-1", "tenant": "acme", "kind": "batch.complete",
+        "input": {"prompts": [{"prompt": "hi"}]}
+    });
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = base.clone();
+        f(&mut v);
+        v
+    };
+    vec![
+        ("minimal", base.clone()),
+        (
+            "full",
+            with(&|v| {
+                v["policy"] = "reliable".into();
+                v["webhook_url"] = "https://example.com/hook".into();
+                v["tags"] = json!({"feature": "faq", "plan": "pro"});
+                v["input"]["system"] = "be brief".into();
+                v["input"]["max_tokens"] = 50.into();
+                v["input"]["temperature"] = 0.5.into();
+            }),
+        ),
+        ("unknown field", with(&|v| v["priority"] = 1.into())),
+        ("unknown kind", with(&|v| v["kind"] = "mine".into())),
+        (
+            "missing input",
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("input");
+            }),
+        ),
+        (
+            "empty prompts",
+            with(&|v| v["input"]["prompts"] = json!([])),
+        ),
+        (
+            "blank prompt",
+            with(&|v| v["input"]["prompts"][0]["prompt"] = "  ".into()),
+        ),
+        (
+            "extra input field",
+            with(&|v| v["input"]["stream"] = true.into()),
+        ),
+        ("bad id", with(&|v| v["id"] = "has space".into())),
+        ("long id", with(&|v| v["id"] = "x".repeat(129).into())),
+        ("bad tenant", with(&|v| v["tenant"] = "Acme".into())),
+        (
+            "non-http webhook",
+            with(&|v| v["webhook_url"] = "ftp://x".into()),
+        ),
+        ("tag not a string", with(&|v| v["tags"] = json!({"n": 1}))),
+        (
+            "zero max_tokens",
+            with(&|v| v["input"]["max_tokens"] = 0.into()),
+        ),
+        (
+            "hot temperature",
+            with(&|v| v["input"]["temperature"] = 3.into()),
+        ),
+        ("not an object", json!([1, 2])),
+    ]
+}
+
+#[test]
+fn schema_and_parser_agree() {
+    let schema: Value = serde_json::from_str(include_str!("../schemas/job.schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    for (name, message) in cases() {
+        let by_schema = validator.is_valid(&message);
+        let by_parser =
+            ragq::jobs::JobMessage::parse(message.to_string().as_bytes(), 1 << 20).is_ok();
+        assert_eq!(
+            by_schema, by_parser,
+            "{name}: schema says {by_schema}, parser says {by_parser}"
+        );
+    }
+    assert!(
+        validator.is_valid(&cases()[0].1),
+        "the minimal message is valid"
+    );
+}
