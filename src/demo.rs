@@ -49,7 +49,6 @@ struct Demo {
     cfg: Config,
     pool: PgPool,
     receiver: WebhookReceiver,
-    acme: NewTenant,
     globex: NewTenant,
     api_url: String,
 }
@@ -113,7 +112,6 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
         cfg,
         pool,
         receiver,
-        acme,
         globex,
         api_url: format!("http://127.0.0.1:{api_port}"),
     };
@@ -122,9 +120,10 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
         stop(child).await;
     }
     let expected = outcome?;
-    print_summary(&demo, expected, sim.counts(), started.elapsed()).await?;
+    let dead_letters = print_summary(&demo, expected, sim.counts(), started.elapsed()).await?;
+    let checked = check_promises(&demo, &args, sim.counts(), dead_letters).await;
     cancel.cancel();
-    Ok(())
+    checked
 }
 
 fn demo_config(args: &DemoArgs, sim_url: &str, api_port: u16) -> String {
@@ -333,12 +332,13 @@ async fn wait_for_api(
     anyhow::bail!("the api did not come up at {url}")
 }
 
+/// Prints what happened; returns how many messages were in the dead-letter queue.
 async fn print_summary(
     demo: &Demo,
     expected: usize,
     sim: (u64, u64),
     took: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     println!(
         "\n== jobs ({expected} submitted, {:.1} s)",
         took.as_secs_f64()
@@ -393,10 +393,11 @@ async fn print_summary(
     println!("{} received, {verified} with a valid Standard Webhooks signature; {delivered} deliveries marked delivered after {attempts} attempts", hooks.len());
 
     println!("\n== dead-letter queue");
-    for (reason, body) in drain_dead_letters(&demo.cfg).await? {
+    let dead_letters = drain_dead_letters(&demo.cfg).await?;
+    for (reason, body) in &dead_letters {
         println!(
             "  {reason}  <- {}",
-            String::from_utf8_lossy(&body)
+            String::from_utf8_lossy(body)
                 .chars()
                 .take(60)
                 .collect::<String>()
@@ -404,8 +405,69 @@ async fn print_summary(
     }
     println!("\n== provider");
     println!("sim provider: {} requests, {} answered, {} failed on purpose and were retried or failed over", sim.0, sim.1, sim.0 - sim.1);
-    let _ = (&demo.acme, expected);
-    Ok(())
+    Ok(dead_letters.len())
+}
+
+/// Checks the system's promises on what the demo just did; the first broken one is the error.
+async fn check_promises(
+    demo: &Demo,
+    args: &DemoArgs,
+    (_, answered): (u64, u64),
+    dead_letters: usize,
+) -> anyhow::Result<()> {
+    let (succeeded, failed, unfinished): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'failed'), \
+         count(*) FILTER (WHERE state NOT IN ('succeeded', 'failed')) FROM jobs",
+    )
+    .fetch_one(&demo.pool)
+    .await?;
+    let jobs = i64::try_from(args.jobs)?;
+    let mut broken = Vec::new();
+    if (succeeded, failed, unfinished) != (2 * jobs, 1, 0) {
+        broken.push(format!("expected {} succeeded, 1 failed, 0 unfinished; got {succeeded}, {failed}, {unfinished}", 2 * jobs));
+    }
+    // Each answered call booked exactly once (no process was killed, so none was lost).
+    let booked = count(&demo.pool, "SELECT count(*) FROM provider_calls").await?;
+    if u64::try_from(booked)? != answered {
+        broken.push(format!(
+            "the provider answered {answered} calls but {booked} are booked"
+        ));
+    }
+    // A job's result reports the cost of its final attempt's calls, as booked.
+    let mismatched = count(
+        &demo.pool,
+        "SELECT count(*) FROM jobs j WHERE j.state = 'succeeded' AND (j.result->>'cost_micros')::int8 <> \
+         (SELECT coalesce(sum(cost_micros), 0) FROM provider_calls p \
+          WHERE p.tenant_id = j.tenant_id AND p.job_id = j.id AND p.attempt = j.attempts)",
+    )
+    .await?;
+    if mismatched != 0 {
+        broken.push(format!("{mismatched} results disagree with the ledger"));
+    }
+    let hooks = demo.receiver.received();
+    let ids: std::collections::HashSet<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
+    let unverified = hooks.iter().filter(|h| h.verified != Some(true)).count();
+    if unverified > 0 || ids.len() != hooks.len() || hooks.len() != 2 * args.jobs + 1 {
+        broken.push(format!(
+            "{} webhooks ({} distinct ids, {unverified} unverified) for {} finished jobs",
+            hooks.len(),
+            ids.len(),
+            2 * args.jobs + 1
+        ));
+    }
+    if dead_letters != 2 {
+        broken.push(format!("expected 2 dead letters, found {dead_letters}"));
+    }
+    if broken.is_empty() {
+        println!("\n== checks\nall passed: every job finished once, every answered call booked once, results equal the ledger, every webhook verified, both bad messages dead-lettered");
+        Ok(())
+    } else {
+        anyhow::bail!("demo checks failed:\n  - {}", broken.join("\n  - "))
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
 }
 
 fn usd(micros: i64) -> String {
