@@ -303,6 +303,111 @@ models = ["sim-small", "sim-large"]
     }
 }
 
+impl TestEnv {
+    /// Writes this env's config to a file for worker processes; removed with the env.
+    pub fn config_file(&self) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ragq-test-{}", self.tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ragq.toml");
+        std::fs::write(&path, &self.config_toml).unwrap();
+        path
+    }
+
+    /// Publishes `n` batch.complete jobs for acme, `{prefix}-{i}`, each with `prompts` prompts.
+    pub async fn publish_jobs(&self, prefix: &str, n: usize, prompts: usize) {
+        let conn = self.amqp().await;
+        for i in 0..n {
+            let job = self.job("acme", &format!("{prefix}-{i}"), prompts);
+            self.publish_raw(
+                &conn,
+                "batch.complete",
+                job.to_string().as_bytes(),
+                Some("guest"),
+            )
+            .await;
+        }
+        let _ = conn.close(200, "published".into()).await;
+    }
+
+    pub async fn finished_jobs(&self) -> i64 {
+        self.count("SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'failed')")
+            .await
+    }
+
+    /// The ledger invariants after any fault, for acme jobs of `prompts` prompts each: every booked
+    /// call was answered by the provider and is booked once; each job's final attempt booked all its
+    /// calls; answered calls left unbooked belong only to interrupted attempts; results equal the
+    /// ledger.
+    pub async fn assert_ledger_consistent(&self, prompts: usize) {
+        use std::collections::{HashMap, HashSet};
+        let booked: Vec<(String, i32, i32)> =
+            sqlx::query_as("SELECT job_id, attempt, call_index FROM provider_calls")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+        let booked_ids: HashSet<String> = booked
+            .iter()
+            .map(|(j, a, c)| format!("acme/{j}/{a}/{c}"))
+            .collect();
+        assert_eq!(booked_ids.len(), booked.len());
+        let answered = self.sim.answered_call_ids();
+        let answered_set: HashSet<&String> = answered.iter().collect();
+        assert_eq!(
+            answered_set.len(),
+            answered.len(),
+            "no call id answered twice"
+        );
+        for id in &booked_ids {
+            assert!(answered_set.contains(id), "booked call {id} was answered");
+        }
+        let finals: HashMap<String, i32> =
+            sqlx::query_as::<_, (String, i32)>("SELECT id, attempts FROM jobs")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        for (job, attempt) in &finals {
+            for c in 0..prompts {
+                assert!(
+                    booked_ids.contains(&format!("acme/{job}/{attempt}/{c}")),
+                    "{job} attempt {attempt} call {c} booked"
+                );
+            }
+        }
+        for id in answered.iter().filter(|id| !booked_ids.contains(*id)) {
+            let parts: Vec<&str> = id.split('/').collect();
+            let attempt: i32 = parts[2].parse().unwrap();
+            assert!(
+                attempt < finals[parts[1]],
+                "unbooked call {id} belongs to an interrupted attempt"
+            );
+        }
+        let mismatched = self
+            .count(
+                "SELECT count(*) FROM jobs j WHERE (j.result->>'cost_micros')::int8 <> \
+                 (SELECT coalesce(sum(cost_micros), 0) FROM provider_calls p \
+                  WHERE p.job_id = j.id AND p.tenant_id = j.tenant_id AND p.attempt = j.attempts)",
+            )
+            .await;
+        assert_eq!(mismatched, 0, "results equal the ledger");
+    }
+}
+
+/// Starts `ragq worker` as a separate process (so it can be killed or signalled for real).
+pub fn spawn_worker_process(config: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"))
+        .arg("--config")
+        .arg(config)
+        .arg("worker")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker process starts")
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
         self.cancel.cancel();
@@ -312,6 +417,8 @@ impl Drop for TestEnv {
         let _ = std::process::Command::new("rabbitmqctl")
             .args(["delete_user", &format!("ragq-api-{}", self.tag)])
             .output();
+        let _ =
+            std::fs::remove_dir_all(std::env::temp_dir().join(format!("ragq-test-{}", self.tag)));
         let _ = std::process::Command::new("psql")
             .args(["-h", "127.0.0.1", "-U", "postgres", "-qc"])
             .arg(format!(
