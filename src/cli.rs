@@ -52,6 +52,8 @@ pub enum Command {
     },
     /// Run the whole system on this machine and print what happened.
     Demo(crate::demo::DemoArgs),
+    /// End-to-end load run on this machine, with the broker's own rate as a baseline.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => crate::submit::run(&cfg, args, cancel).await?,
         Command::Tenant { command } => tenant(&cfg, command).await?,
         Command::Demo(args) => crate::demo::run(args, cancel).await?,
+        Command::Bench(args) => crate::bench::run(args, cancel).await?,
     }
     Ok(())
 }

@@ -5,18 +5,15 @@
 //! tenants, submits jobs over AMQP and HTTP (plus a few bad messages), waits for every webhook, and
 //! prints a summary read back from Postgres and the broker.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::queue::{admin, publisher::ReconnectingPublisher};
 use crate::sim::SimOptions;
+use crate::stack::{free_port, sim_catalog_toml, LocalStack, ServerArgs, StackUrls};
 use crate::tenants::NewTenant;
 use crate::webhooks::receiver::WebhookReceiver;
 
@@ -31,18 +28,12 @@ pub struct DemoArgs {
     /// Prompts per job.
     #[arg(long, default_value_t = 3)]
     pub prompts: usize,
-    /// Postgres server (the demo uses database `ragq_demo` on it, recreated each run).
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
-    pub postgres: String,
-    /// RabbitMQ server (the demo uses vhost `ragq-demo` on it, recreated each run).
-    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672")]
-    pub amqp: String,
+    #[command(flatten)]
+    pub servers: ServerArgs,
     #[command(flatten)]
     pub sim: SimOptions,
 }
 
-const DB: &str = "ragq_demo";
-const VHOST: &str = "ragq-demo";
 const API_USER: &str = "ragq-demo-api";
 
 struct Demo {
@@ -64,40 +55,34 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
             timeout_rate: 0.0,
         };
     }
-    println!("ragq demo: preparing a fresh database `{DB}` and vhost `{VHOST}`");
-    admin::recreate_vhost(VHOST, "guest")?;
-    let api_password = uuid::Uuid::new_v4().simple().to_string();
-    admin::ensure_user(API_USER, &api_password, VHOST)?;
+    println!("ragq demo: preparing a fresh database `ragq_demo` and vhost `ragq-demo`");
     let sim = crate::sim::spawn("127.0.0.1:0", args.sim.clone(), cancel.clone()).await?;
     let receiver = WebhookReceiver::spawn(cancel.clone()).await?;
     let api_port = free_port().await?;
-    let toml = demo_config(&args, &sim.base_url(), api_port);
-    let dir = std::env::temp_dir().join("ragq-demo");
-    std::fs::create_dir_all(&dir)?;
-    let config_path = dir.join("ragq.toml");
-    std::fs::write(&config_path, &toml)?;
-    let cfg = Config::from_toml(&toml)?;
-    drop_database(&args.postgres).await?;
-    let pool = crate::db::connect(&cfg.database).await?;
+    let mut stack = LocalStack::prepare(&args.servers, "demo", |urls| {
+        demo_config(urls, &sim.base_url(), api_port)
+    })
+    .await?;
+    let api_password = uuid::Uuid::new_v4().simple().to_string();
+    admin::ensure_user(API_USER, &api_password, &stack.vhost)?;
+    let pool = stack.pool.clone();
     let acme = crate::tenants::create(&pool, "acme", "Acme Corp", Some("guest")).await?;
     let globex = crate::tenants::create(&pool, "globex", "Globex", None).await?;
     receiver.trust("acme", acme.tenant.webhook_secret.expose());
     receiver.trust("globex", globex.tenant.webhook_secret.expose());
 
-    let api_url = format!("{}/{}", args.amqp.trim_end_matches('/'), VHOST).replacen(
-        "guest:guest",
-        &format!("{API_USER}:{api_password}"),
-        1,
-    );
-    let mut children = Vec::new();
+    // The api publishes as its own AMQP user, one the workers trust to publish for any tenant.
+    let api_amqp =
+        stack
+            .cfg
+            .queue
+            .url
+            .replacen("guest:guest", &format!("{API_USER}:{api_password}"), 1);
+    let mut pids = Vec::new();
     for _ in 0..args.workers {
-        children.push(spawn(&config_path, "worker", &[])?);
+        pids.push(stack.spawn("worker", &[])?);
     }
-    children.push(spawn(
-        &config_path,
-        "api",
-        &[("RAGQ_QUEUE__URL", api_url.as_str())],
-    )?);
+    pids.push(stack.spawn("api", &[("RAGQ_QUEUE__URL", api_amqp.as_str())])?);
     println!(
         "started: sim provider at {} ({} ms latency, {:.0}% 500s, {:.0}% 429s), webhook receiver at {}, {} workers and an api (pids {})",
         sim.base_url(),
@@ -106,19 +91,17 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
         args.sim.rate_limit_rate * 100.0,
         receiver.url(),
         args.workers,
-        children.iter().filter_map(|c| c.id()).map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+        pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
     );
     let demo = Demo {
-        cfg,
+        cfg: stack.cfg.clone(),
         pool,
         receiver,
         globex,
         api_url: format!("http://127.0.0.1:{api_port}"),
     };
     let outcome = submit_and_wait(&demo, &args, &cancel).await;
-    for child in &mut children {
-        stop(child).await;
-    }
+    stack.stop_all().await;
     let expected = outcome?;
     let dead_letters = print_summary(&demo, expected, sim.counts(), started.elapsed()).await?;
     let checked = check_promises(&demo, &args, sim.counts(), dead_letters).await;
@@ -126,13 +109,13 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
     checked
 }
 
-fn demo_config(args: &DemoArgs, sim_url: &str, api_port: u16) -> String {
+fn demo_config(urls: &StackUrls, sim_url: &str, api_port: u16) -> String {
     format!(
         r#"# Written by `ragq demo`.
 [database]
-url = "{pg}/{DB}"
+url = "{db}"
 [queue]
-url = "{amqp}/{VHOST}"
+url = "{queue}"
 retry_delays_ms = [500, 2000, 5000]
 trusted_publishers = ["{API_USER}"]
 [api]
@@ -145,83 +128,11 @@ claim_lease_ms = 5000
 initial_interval_ms = 50
 max_interval_ms = 1000
 max_elapsed_ms = 5000
-[[providers]]
-name = "sim"
-kind = "openai"
-base_url = "{sim_url}"
-timeout_ms = 5000
-[[models]]
-name = "sim-small"
-provider = "sim"
-model_id = "sim-small"
-input_price_micros_per_mtok = 150000
-output_price_micros_per_mtok = 600000
-context_window = 16384
-[[models]]
-name = "sim-large"
-provider = "sim"
-model_id = "sim-large"
-input_price_micros_per_mtok = 2500000
-output_price_micros_per_mtok = 10000000
-context_window = 128000
-[policies.cost-optimized]
-models = ["sim-small", "sim-large"]
-[policies.reliable]
-models = ["sim-large", "sim-small"]
-"#,
-        pg = args.postgres.trim_end_matches('/'),
-        amqp = args.amqp.trim_end_matches('/'),
+{catalog}"#,
+        db = urls.database,
+        queue = urls.queue,
+        catalog = sim_catalog_toml(sim_url),
     )
-}
-
-async fn free_port() -> std::io::Result<u16> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    Ok(l.local_addr()?.port())
-}
-
-async fn drop_database(server: &str) -> anyhow::Result<()> {
-    let pool = PgPool::connect(&format!("{}/postgres", server.trim_end_matches('/')))
-        .await
-        .context("connecting to Postgres")?;
-    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .execute(&pool)
-        .await?;
-    pool.close().await;
-    Ok(())
-}
-
-fn spawn(config: &PathBuf, command: &str, env: &[(&str, &str)]) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--config").arg(config).arg(command);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::inherit())
-    .kill_on_drop(true);
-    Ok(cmd.spawn()?)
-}
-
-/// SIGTERM, then a bounded wait (the worker drains in-flight jobs).
-async fn stop(child: &mut Child) {
-    #[cfg(unix)]
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
-    }
-    if tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
 }
 
 /// Submits the demo's jobs and waits for every webhook; returns how many jobs were submitted.

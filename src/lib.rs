@@ -5,6 +5,7 @@
 //! `ragq` binary is a thin CLI over both.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -16,6 +17,7 @@ pub mod routing;
 pub mod secret;
 pub mod sim;
 pub mod spend;
+pub mod stack;
 pub mod submit;
 pub mod telemetry;
 pub mod tenants;

@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::jobs::JobMessage;
-use crate::queue::publisher::ReconnectingPublisher;
+use crate::queue::publisher::{OutgoingJob, ReconnectingPublisher};
+
+/// Publishes awaiting the broker's confirm at once.
+const PUBLISH_WINDOW: usize = 256;
 
 #[derive(Debug, clap::Args)]
 pub struct SubmitArgs {
@@ -66,18 +69,21 @@ pub async fn run(cfg: &Config, args: SubmitArgs, cancel: CancellationToken) -> a
     let jobs = read_jobs(&args, cfg.queue.max_message_bytes).await?;
     let publisher = ReconnectingPublisher::new(cfg.queue.clone(), "ragq-submit");
     let bar = progress(jobs.len() as u64, "published");
-    for (job, body) in &jobs {
-        if cancel.is_cancelled() {
-            anyhow::bail!(
-                "interrupted after {} of {} jobs",
-                bar.position(),
-                jobs.len()
-            );
-        }
-        publisher
-            .publish_job(job.kind.as_str(), &job.id, body)
-            .await?;
-        bar.inc(1);
+    let outgoing: Vec<OutgoingJob<'_>> = jobs
+        .iter()
+        .map(|(job, body)| OutgoingJob {
+            kind: job.kind.as_str(),
+            id: &job.id,
+            body,
+        })
+        .collect();
+    tokio::select! {
+        published = publisher.publish_jobs(&outgoing, PUBLISH_WINDOW, || bar.inc(1)) => published?,
+        _ = cancel.cancelled() => anyhow::bail!(
+            "interrupted after {} of {} jobs were confirmed; submitting the file again is safe",
+            bar.position(),
+            jobs.len()
+        ),
     }
     bar.finish();
     if args.wait {

@@ -3,8 +3,10 @@
 use tracing_subscriber::EnvFilter;
 
 pub fn init(json: bool) {
+    // lapin's own logger reports a graceful close as an error; every lapin failure that matters
+    // reaches ragq as a Result and is logged once, where it is handled.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -15,6 +15,14 @@ pub struct Publisher {
     user_id: String,
 }
 
+/// A job to publish: routing key (its kind), message id (its id) and body.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingJob<'a> {
+    pub kind: &'a str,
+    pub id: &'a str,
+    pub body: &'a [u8],
+}
+
 /// What to publish besides the body.
 #[derive(Debug, Default, Clone)]
 pub struct Envelope<'a> {
@@ -51,6 +59,36 @@ impl Publisher {
             headers: Vec::new(),
         };
         self.publish(JOBS_EXCHANGE, kind, body, &env).await
+    }
+
+    /// Publishes many jobs with up to `window` confirms outstanding at once (one round trip per job
+    /// would cap a publisher at the broker's latency). Returns the indexes of the jobs that were
+    /// confirmed, and the first error if any job was not: republishing those is safe, job ids are
+    /// idempotency keys.
+    pub async fn publish_jobs(
+        &self,
+        jobs: &[OutgoingJob<'_>],
+        window: usize,
+        progress: impl Fn(),
+    ) -> (Vec<usize>, Option<QueueError>) {
+        use futures_util::stream::{self, StreamExt};
+        let mut results = stream::iter(jobs.iter().enumerate())
+            .map(|(i, job)| async move { (i, self.publish_job(job.kind, job.id, job.body).await) })
+            .buffer_unordered(window.max(1));
+        let mut confirmed = Vec::with_capacity(jobs.len());
+        let mut first_error = None;
+        while let Some((i, result)) = results.next().await {
+            match result {
+                Ok(()) => {
+                    confirmed.push(i);
+                    progress();
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        (confirmed, first_error)
     }
 
     /// Publishes to a dead-letter exchange with the reason in a header.
@@ -146,6 +184,43 @@ impl ReconnectingPublisher {
         let _ = setup.close(200, "declared".into()).await;
         *current = Some((conn, publisher.clone()));
         Ok(publisher)
+    }
+
+    /// Publishes many jobs pipelined (see [`Publisher::publish_jobs`]); jobs left unconfirmed by a
+    /// lost connection are republished once on a fresh one.
+    pub async fn publish_jobs(
+        &self,
+        jobs: &[OutgoingJob<'_>],
+        window: usize,
+        progress: impl Fn(),
+    ) -> Result<(), QueueError> {
+        let (confirmed, error) = self
+            .publisher()
+            .await?
+            .publish_jobs(jobs, window, &progress)
+            .await;
+        let Some(error) = error else { return Ok(()) };
+        tracing::warn!(error = %error, unconfirmed = jobs.len() - confirmed.len(), "republishing unconfirmed jobs");
+        let mut done = vec![false; jobs.len()];
+        for i in confirmed {
+            done[i] = true;
+        }
+        let rest: Vec<OutgoingJob<'_>> = jobs
+            .iter()
+            .zip(&done)
+            .filter(|(_, d)| !**d)
+            .map(|(j, _)| *j)
+            .collect();
+        *self.current.lock().await = None;
+        match self
+            .publisher()
+            .await?
+            .publish_jobs(&rest, window, &progress)
+            .await
+        {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
+        }
     }
 
     /// Publishes a job, reconnecting once if the connection was lost.

@@ -1,0 +1,478 @@
+//! `ragq bench`: an end-to-end load run on this machine, and the broker's own rate as a baseline.
+//!
+//! It prepares a fresh database and vhost, starts the sim provider at the chosen latency and a
+//! webhook receiver in this process, publishes every job first (so the measured window holds only
+//! the workers' drain), starts N worker processes, waits for every webhook, and reports throughput,
+//! time inside the worker per job, worker CPU and peak RSS per process, and a correctness check read
+//! back from Postgres. The baseline pushes the same message bodies through a quorum queue with
+//! confirms and manual acks, with nothing else attached, so ragq's rate reads as a share of it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::publisher::{OutgoingJob, Publisher};
+use crate::sim::SimOptions;
+use crate::stack::{process_usage, sim_catalog_toml, LocalStack, ServerArgs, StackUrls};
+use crate::webhooks::receiver::WebhookReceiver;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Jobs to run.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Prompts per `batch.complete` job (one provider call each).
+    #[arg(long, default_value_t = 1)]
+    pub prompts: usize,
+    /// Tenants the jobs are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub tenants: usize,
+    /// Sim provider latency per call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Unacknowledged deliveries per worker.
+    #[arg(long, default_value_t = 256)]
+    pub prefetch: u16,
+    /// Skip the raw broker baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub servers: ServerArgs,
+}
+
+/// What one run measured.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub jobs: usize,
+    pub workers: usize,
+    pub prompts_per_job: usize,
+    pub provider_latency_ms: u64,
+    pub message_bytes: usize,
+    /// Jobs per second from the first claim to the last outcome commit.
+    pub jobs_per_sec: f64,
+    pub drain_secs: f64,
+    /// Claim to outcome commit inside a worker, which with a zero-latency provider is the
+    /// platform's own time per job (queueing inside the worker included).
+    pub in_worker_ms_p50: f64,
+    pub in_worker_ms_p95: f64,
+    pub in_worker_ms_p99: f64,
+    pub worker_cpu_secs: Vec<f64>,
+    pub worker_cpu_us_per_job: f64,
+    pub worker_peak_rss_mb: Vec<f64>,
+    pub baseline: Option<BaselineReport>,
+    pub correctness: Correctness,
+}
+
+/// The broker alone: same bodies, quorum queue, persistent, confirms, manual acks.
+#[derive(Debug, Serialize)]
+pub struct BaselineReport {
+    pub publish_per_sec: f64,
+    pub consume_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Correctness {
+    pub succeeded: i64,
+    pub not_succeeded: i64,
+    pub ledger_rows: i64,
+    pub provider_answers: u64,
+    pub webhooks_received: usize,
+    pub webhook_ids_distinct: usize,
+    pub webhooks_unverified: usize,
+    pub results_disagreeing_with_ledger: i64,
+    pub ok: bool,
+}
+
+pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.jobs > 0 && args.workers > 0 && args.tenants > 0 && args.prompts > 0,
+        "--jobs, --workers, --tenants and --prompts must be positive"
+    );
+    let sim_options = SimOptions {
+        latency_ms: args.latency_ms,
+        ..SimOptions::default()
+    };
+    let sim = crate::sim::spawn("127.0.0.1:0", sim_options, cancel.clone()).await?;
+    let receiver = WebhookReceiver::spawn(cancel.clone()).await?;
+    let mut stack = LocalStack::prepare(&args.servers, "bench", |urls| {
+        bench_config(urls, &sim.base_url(), args.prefetch)
+    })
+    .await?;
+    let bodies = job_bodies(&stack, &receiver, &args).await?;
+    let message_bytes = bodies.first().map_or(0, |(_, b)| b.len());
+    say(
+        &args,
+        format_args!(
+            "publishing {} jobs ({message_bytes} bytes each) for {} tenants",
+            args.jobs, args.tenants
+        ),
+    );
+    let conn = crate::queue::connect(&stack.cfg.queue.url, "ragq-bench", &cancel).await?;
+    let setup = conn.create_channel().await?;
+    crate::queue::topology::declare(&setup, &stack.cfg.queue).await?;
+    let publisher = Publisher::open(&conn, "guest").await?;
+    let outgoing: Vec<OutgoingJob<'_>> = bodies
+        .iter()
+        .map(|(id, body)| OutgoingJob {
+            kind: "batch.complete",
+            id,
+            body,
+        })
+        .collect();
+    if let (_, Some(e)) = publisher.publish_jobs(&outgoing, 512, || {}).await {
+        return Err(e).context("publishing the bench jobs");
+    }
+
+    say(&args, format_args!("starting {} workers", args.workers));
+    let mut pids = Vec::new();
+    for _ in 0..args.workers {
+        pids.push(stack.spawn("worker", &[])?);
+    }
+    let waited = wait_for_webhooks(&receiver, args.jobs, &cancel).await;
+    let usage: Vec<(f64, u64)> = pids
+        .iter()
+        .map(|p| process_usage(*p).unwrap_or((0.0, 0)))
+        .collect();
+    stack.stop_all().await;
+    waited?;
+    // Let the last delivery rows settle (the receiver answers before the sender records it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        say(
+            &args,
+            format_args!(
+                "measuring the broker alone with the same {} messages",
+                bodies.len()
+            ),
+        );
+        Some(broker_baseline(&conn, &bodies, args.prefetch).await?)
+    };
+    let _ = conn.close(200, "bench done".into()).await;
+    let report = report(
+        &stack,
+        &args,
+        &receiver,
+        sim.counts().1,
+        usage,
+        message_bytes,
+        baseline,
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    cancel.cancel();
+    anyhow::ensure!(
+        report.correctness.ok,
+        "correctness check failed: {:?}",
+        report.correctness
+    );
+    Ok(())
+}
+
+fn say(args: &BenchArgs, what: std::fmt::Arguments<'_>) {
+    if !args.json {
+        println!("bench: {what}");
+    }
+}
+
+fn bench_config(urls: &StackUrls, sim_url: &str, prefetch: u16) -> String {
+    format!(
+        r#"# Written by `ragq bench`.
+[database]
+url = "{db}"
+max_connections = 8
+[queue]
+url = "{queue}"
+prefetch = {prefetch}
+trusted_publishers = ["guest"]
+[worker]
+commit_batch_max = 512
+[webhooks]
+concurrency = 128
+{catalog}"#,
+        db = urls.database,
+        queue = urls.queue,
+        catalog = sim_catalog_toml(sim_url),
+    )
+}
+
+/// Creates the tenants and the job bodies, round-robin over tenants.
+async fn job_bodies(
+    stack: &LocalStack,
+    receiver: &WebhookReceiver,
+    args: &BenchArgs,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut tenants = Vec::with_capacity(args.tenants);
+    for t in 0..args.tenants {
+        let id = format!("tenant-{t:04}");
+        let created = crate::tenants::create(&stack.pool, &id, &id, None).await?;
+        receiver.trust(&id, created.tenant.webhook_secret.expose());
+        tenants.push(id);
+    }
+    let hook = receiver.url();
+    Ok((0..args.jobs)
+        .map(|i| {
+            let tenant = &tenants[i % tenants.len()];
+            let prompts: Vec<_> = (0..args.prompts)
+                .map(|p| json!({"prompt": format!("Summarise support ticket {i}.{p}: the customer cannot export last month's invoices as CSV from the billing page and asks for a workaround")}))
+                .collect();
+            let id = format!("bench-{i}");
+            let body = json!({
+                "id": id, "tenant": tenant, "kind": "batch.complete", "webhook_url": hook,
+                "input": {"prompts": prompts, "max_tokens": 32},
+                "tags": {"feature": "bench", "plan": "pro"}
+            });
+            (id, body.to_string().into_bytes())
+        })
+        .collect())
+}
+
+async fn wait_for_webhooks(
+    receiver: &WebhookReceiver,
+    expected: usize,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut last = (0, Instant::now());
+    loop {
+        let n = receiver.count();
+        if n >= expected {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !cancel.is_cancelled(),
+            "interrupted with {n} of {expected} webhooks"
+        );
+        if n > last.0 {
+            last = (n, Instant::now());
+        }
+        anyhow::ensure!(
+            last.1.elapsed() < Duration::from_secs(60),
+            "no progress for 60 s: {n} of {expected} webhooks"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes the bodies to a fresh quorum queue with confirms, then consumes them with manual acks.
+async fn broker_baseline(
+    conn: &lapin::Connection,
+    bodies: &[(String, Vec<u8>)],
+    prefetch: u16,
+) -> anyhow::Result<BaselineReport> {
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    const QUEUE: &str = "ragq.bench.baseline";
+    let channel = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel.queue_declare(QUEUE.into(), durable, args).await?;
+    let publisher = Publisher::open(conn, "guest").await?;
+    let started = Instant::now();
+    let env = crate::queue::publisher::Envelope::default();
+    let published = futures_util::stream::iter(bodies)
+        .map(|(_, body)| publisher.publish("", QUEUE, body, &env))
+        .buffer_unordered(512)
+        .filter(|r| std::future::ready(r.is_ok()))
+        .count()
+        .await;
+    let publish_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        published == bodies.len(),
+        "baseline: only {published} of {} confirmed",
+        bodies.len()
+    );
+
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            QUEUE.into(),
+            "ragq-bench-baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let consumed = Arc::new(AtomicU64::new(0));
+    while consumed.load(Ordering::Relaxed) < bodies.len() as u64 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .context("baseline consumer stalled")?
+            .context("baseline consumer ended")??;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        consumed.fetch_add(1, Ordering::Relaxed);
+    }
+    let consume_secs = started.elapsed().as_secs_f64();
+    let _ = channel
+        .queue_delete(QUEUE.into(), QueueDeleteOptions::default())
+        .await;
+    Ok(BaselineReport {
+        publish_per_sec: bodies.len() as f64 / publish_secs,
+        consume_per_sec: bodies.len() as f64 / consume_secs,
+    })
+}
+
+async fn report(
+    stack: &LocalStack,
+    args: &BenchArgs,
+    receiver: &WebhookReceiver,
+    provider_answers: u64,
+    usage: Vec<(f64, u64)>,
+    message_bytes: usize,
+    baseline: Option<BaselineReport>,
+) -> anyhow::Result<BenchReport> {
+    let (drain_secs, p50, p95, p99): (f64, f64, f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8, \
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at) * 1000)::float8, \
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at) * 1000)::float8, \
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at) * 1000)::float8 \
+         FROM jobs WHERE state = 'succeeded'",
+    )
+    .fetch_one(&stack.pool)
+    .await?;
+    let correctness = correctness(stack, args, receiver, provider_answers).await?;
+    let cpu: Vec<f64> = usage.iter().map(|u| u.0).collect();
+    Ok(BenchReport {
+        jobs: args.jobs,
+        workers: args.workers,
+        prompts_per_job: args.prompts,
+        provider_latency_ms: args.latency_ms,
+        message_bytes,
+        jobs_per_sec: args.jobs as f64 / drain_secs,
+        drain_secs,
+        in_worker_ms_p50: p50,
+        in_worker_ms_p95: p95,
+        in_worker_ms_p99: p99,
+        worker_cpu_us_per_job: cpu.iter().sum::<f64>() * 1e6 / args.jobs as f64,
+        worker_cpu_secs: cpu,
+        worker_peak_rss_mb: usage
+            .iter()
+            .map(|u| u.1 as f64 / (1 << 20) as f64)
+            .collect(),
+        baseline,
+        correctness,
+    })
+}
+
+async fn correctness(
+    stack: &LocalStack,
+    args: &BenchArgs,
+    receiver: &WebhookReceiver,
+    provider_answers: u64,
+) -> anyhow::Result<Correctness> {
+    let (succeeded, not_succeeded, ledger_rows, disagreeing): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state <> 'succeeded'), \
+           (SELECT count(*) FROM provider_calls), \
+           count(*) FILTER (WHERE (result->>'cost_micros')::int8 IS DISTINCT FROM \
+             (SELECT sum(cost_micros) FROM provider_calls p \
+              WHERE p.tenant_id = j.tenant_id AND p.job_id = j.id AND p.attempt = j.attempts)) \
+         FROM jobs j",
+    )
+    .fetch_one(&stack.pool)
+    .await?;
+    let hooks = receiver.received();
+    let distinct = hooks
+        .iter()
+        .map(|h| h.id.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let unverified = hooks.iter().filter(|h| h.verified != Some(true)).count();
+    let jobs = args.jobs as i64;
+    let calls = jobs * args.prompts as i64;
+    let ok = succeeded == jobs
+        && not_succeeded == 0
+        && ledger_rows == calls
+        && provider_answers == calls as u64
+        && hooks.len() == args.jobs
+        && distinct == args.jobs
+        && unverified == 0
+        && disagreeing == 0;
+    Ok(Correctness {
+        succeeded,
+        not_succeeded,
+        ledger_rows,
+        provider_answers,
+        webhooks_received: hooks.len(),
+        webhook_ids_distinct: distinct,
+        webhooks_unverified: unverified,
+        results_disagreeing_with_ledger: disagreeing,
+        ok,
+    })
+}
+
+fn print_table(r: &BenchReport) {
+    let list = |v: &[f64], digits: usize| {
+        v.iter()
+            .map(|x| format!("{x:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("\n== ragq bench: {} batch.complete jobs x {} prompt(s), {} workers, provider latency {} ms, {} B messages", r.jobs, r.prompts_per_job, r.workers, r.provider_latency_ms, r.message_bytes);
+    println!("{:<34} {:>12.0}", "jobs per second", r.jobs_per_sec);
+    println!("{:<34} {:>12.2}", "drain time (s)", r.drain_secs);
+    println!(
+        "{:<34} {:>12.1} / {:.1} / {:.1}",
+        "in-worker ms p50 / p95 / p99", r.in_worker_ms_p50, r.in_worker_ms_p95, r.in_worker_ms_p99
+    );
+    println!(
+        "{:<34} {:>12.0}",
+        "worker CPU per job (us)", r.worker_cpu_us_per_job
+    );
+    println!(
+        "{:<34} {:>12}",
+        "worker CPU (s), per process",
+        list(&r.worker_cpu_secs, 2)
+    );
+    println!(
+        "{:<34} {:>12}",
+        "worker peak RSS (MiB), per process",
+        list(&r.worker_peak_rss_mb, 1)
+    );
+    if let Some(b) = &r.baseline {
+        println!(
+            "{:<34} {:>12.0} publish / {:.0} consume",
+            "broker alone (msg/s)", b.publish_per_sec, b.consume_per_sec
+        );
+        println!(
+            "{:<34} {:>11.0}%",
+            "ragq as a share of broker consume",
+            100.0 * r.jobs_per_sec / b.consume_per_sec
+        );
+    }
+    let c = &r.correctness;
+    println!(
+        "{:<34} {:>12}  ({} succeeded, {} ledger rows, {} provider answers, {} webhooks, {} distinct, {} unverified, {} results off the ledger)",
+        "correctness",
+        if c.ok { "ok" } else { "FAILED" },
+        c.succeeded, c.ledger_rows, c.provider_answers, c.webhooks_received, c.webhook_ids_distinct, c.webhooks_unverified, c.results_disagreeing_with_ledger
+    );
+}
