@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{JobMessage, JobState};
 use crate::spend::LedgerEntry;
+use crate::webhooks::{write_attempts, AttemptLog, AttemptRecord};
 
 /// A worker's request to run a job it received.
 #[derive(Debug, Clone)]
@@ -93,6 +94,7 @@ enum Op {
     Claim(ClaimRequest, Reply<Claim>),
     Ledger(LedgerEntry),
     Finish(Outcome, Reply<FinishResult>),
+    WebhookAttempt(AttemptRecord),
 }
 
 /// The handle job tasks write through. Cheap to clone.
@@ -107,6 +109,7 @@ impl std::fmt::Debug for Op {
             Op::Claim(c, _) => write!(f, "Claim({})", c.job.id),
             Op::Ledger(e) => write!(f, "Ledger({}#{})", e.job_id, e.call_index),
             Op::Finish(o, _) => write!(f, "Finish({})", o.job_id),
+            Op::WebhookAttempt(r) => write!(f, "WebhookAttempt({}#{})", r.delivery_id, r.attempt),
         }
     }
 }
@@ -137,6 +140,13 @@ impl CommitHandle {
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+}
+
+impl AttemptLog for CommitHandle {
+    /// Queues the record; if it never lands, the delivery is simply sent again after its lease.
+    async fn record(&self, record: AttemptRecord) {
+        let _ = self.tx.send(Op::WebhookAttempt(record)).await;
     }
 }
 
@@ -200,17 +210,20 @@ impl GroupCommit {
         let mut claims = Vec::new();
         let mut ledger = Vec::new();
         let mut outcomes = Vec::new();
+        let mut hook_attempts = Vec::new();
         for op in ops {
             match op {
                 Op::Claim(c, _) => claims.push(c),
                 Op::Ledger(e) => ledger.push(e),
                 Op::Finish(o, _) => outcomes.push(o),
+                Op::WebhookAttempt(r) => hook_attempts.push(r),
             }
         }
         let mut tx = self.pool.begin().await?;
         let claim_answers = claim_jobs(&mut tx, &claims).await?;
         insert_ledger(&mut tx, &ledger).await?;
         let finish_answers = finish_jobs(&mut tx, &outcomes, self.webhook_lease).await?;
+        write_attempts(&mut tx, &hook_attempts).await?;
         tx.commit().await?;
         Ok(Answers {
             claims: claim_answers,
@@ -235,7 +248,7 @@ fn answer(ops: Vec<Op>, answers: Answers) {
             Op::Finish(_, reply) => {
                 let _ = reply.send(finishes.next().ok_or_else(gone));
             }
-            Op::Ledger(_) => {}
+            Op::Ledger(_) | Op::WebhookAttempt(_) => {}
         }
     }
 }
@@ -251,6 +264,9 @@ fn fail(ops: Vec<Op>, error: CommitError) {
             }
             Op::Ledger(entry) => {
                 tracing::error!(tenant = %entry.tenant_id, job = %entry.job_id, attempt = entry.attempt, call = entry.call_index, cost_micros = entry.cost_micros, "ledger row not written");
+            }
+            Op::WebhookAttempt(r) => {
+                tracing::warn!(delivery = %r.delivery_id, attempt = r.attempt, "webhook attempt not recorded; the delivery is sent again after its lease");
             }
         }
     }

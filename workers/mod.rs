@@ -79,7 +79,7 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     .spawn(commit_cancel.clone());
     let (hook_tx, hook_rx) = mpsc::channel(cfg.webhooks.concurrency * 4);
     let hook_cancel = CancellationToken::new();
-    let sender = WebhookSender::new(pool, tenants.clone(), cfg.webhooks.clone());
+    let sender = WebhookSender::new(pool, tenants.clone(), cfg.webhooks.clone(), commits.clone());
     let hook_task = tokio::spawn(sender.run(hook_rx, hook_cancel.clone()));
     let ctx = Arc::new(WorkerContext {
         router: Router::new(Arc::new(cfg.catalog.clone()), cfg.retry.clone()),
@@ -100,10 +100,12 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
         );
         commit_cancel.cancel();
     }
-    drop(ctx);
-    let _ = commit_task.await;
+    // The webhook sender records attempts through the commit task, so it stops first; the commit
+    // task then ends once every handle is gone and its queue is written.
     hook_cancel.cancel();
     let _ = hook_task.await;
+    drop(ctx);
+    let _ = commit_task.await;
     Ok(())
 }
 
@@ -434,7 +436,13 @@ fn webhook_for(job: &JobMessage, attempt: i32, finish: &Finish, url: &str) -> Op
     let payload =
         json!({"type": event_type, "timestamp": chrono::Utc::now().to_rfc3339(), "data": data});
     Some(NewDelivery {
-        id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        // The thread-local CSPRNG, not `new_v4`'s getrandom syscall per id: this runs once per job.
+        id: format!(
+            "msg_{}",
+            uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .simple()
+        ),
         event_type: event_type.into(),
         url: url.to_string(),
         payload: payload.to_string(),

@@ -55,17 +55,109 @@ pub fn retry_delay(cfg: &WebhookConfig, attempt: u32) -> Duration {
     base.mul_f64(jitter).min(cfg.max_backoff)
 }
 
-/// Sends deliveries and records their attempts.
+/// Where a delivery stands after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    /// Attempts spent; kept for replay.
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One attempt, ready to be written: a row in `webhook_attempts` and the delivery's new state.
 #[derive(Debug, Clone)]
-pub struct WebhookSender {
+pub struct AttemptRecord {
+    pub delivery_id: String,
+    pub attempt: i32,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration: Duration,
+    pub state: DeliveryState,
+    /// When a pending delivery is next due.
+    pub retry_in: Duration,
+}
+
+/// Where attempt records go. Workers batch them with their other writes (one transaction for many
+/// jobs); a record that is lost only means the delivery is sent again when its lease ends.
+pub trait AttemptLog: Clone + Send + Sync + 'static {
+    fn record(&self, record: AttemptRecord) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Writes attempt records in one statement each for attempts and deliveries. A record whose
+/// delivery has moved on (another sender recorded that attempt) changes nothing.
+pub async fn write_attempts(
+    conn: &mut sqlx::PgConnection,
+    records: &[&AttemptRecord],
+) -> Result<(), sqlx::Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();
+    let attempts: Vec<i32> = records.iter().map(|r| r.attempt).collect();
+    let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
+    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, duration_ms) \
+         SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::text[], $5::int[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(
+        records
+            .iter()
+            .map(|r| r.status.map(i32::from))
+            .collect::<Vec<_>>(),
+    )
+    .bind(&errors)
+    .bind(
+        records
+            .iter()
+            .map(|r| i32::try_from(r.duration.as_millis()).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE webhook_deliveries d SET attempts = t.attempt, state = t.state, last_error = t.error, \
+           delivered_at = CASE WHEN t.state = 'delivered' THEN now() END, \
+           next_attempt_at = now() + make_interval(secs => t.retry_ms::float8 / 1000) \
+         FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::int8[]) \
+              AS t(id, attempt, state, error, retry_ms) \
+         WHERE d.id = t.id AND d.attempts = t.attempt - 1 AND d.state = 'pending'",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(records.iter().map(|r| r.state.as_str()).collect::<Vec<_>>())
+    .bind(&errors)
+    .bind(records.iter().map(|r| millis(r.retry_in)).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Sends deliveries and hands their attempt records to an [`AttemptLog`].
+#[derive(Debug, Clone)]
+pub struct WebhookSender<L> {
     pool: PgPool,
     tenants: TenantDirectory,
     http: reqwest::Client,
     cfg: WebhookConfig,
+    log: L,
 }
 
-impl WebhookSender {
-    pub fn new(pool: PgPool, tenants: TenantDirectory, cfg: WebhookConfig) -> Self {
+impl<L: AttemptLog> WebhookSender<L> {
+    pub fn new(pool: PgPool, tenants: TenantDirectory, cfg: WebhookConfig, log: L) -> Self {
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             // A receiver must answer itself; following redirects would send signed data elsewhere.
@@ -77,15 +169,36 @@ impl WebhookSender {
             tenants,
             http,
             cfg,
+            log,
         }
     }
 
-    /// Makes one attempt and records it. Errors are logged here, where they are handled.
+    /// Makes one attempt and records it.
     pub async fn attempt(&self, delivery: &PendingDelivery) {
         let result = self.post(delivery).await;
-        let attempt = delivery.attempts + 1;
-        if let Err(e) = self.record(delivery, attempt, &result).await {
-            tracing::error!(delivery = %delivery.id, error = %e, "cannot record webhook attempt; the poller will retry it");
+        let record = self.record_for(delivery, &result);
+        if record.state == DeliveryState::Failed {
+            tracing::warn!(delivery = %delivery.id, tenant = %delivery.tenant_id, attempts = record.attempt, "webhook attempts spent; kept for replay");
+        }
+        self.log.record(record).await;
+    }
+
+    fn record_for(&self, d: &PendingDelivery, result: &AttemptResult) -> AttemptRecord {
+        let attempt = d.attempts + 1;
+        let attempts_spent = u32::try_from(attempt).unwrap_or(u32::MAX) >= self.cfg.max_attempts;
+        let state = match (result.delivered(), attempts_spent) {
+            (true, _) => DeliveryState::Delivered,
+            (false, true) => DeliveryState::Failed,
+            (false, false) => DeliveryState::Pending,
+        };
+        AttemptRecord {
+            delivery_id: d.id.clone(),
+            attempt,
+            status: result.status,
+            error: result.error.clone(),
+            duration: result.duration,
+            state,
+            retry_in: retry_delay(&self.cfg, u32::try_from(attempt).unwrap_or(1)),
         }
     }
 
@@ -132,53 +245,6 @@ impl WebhookSender {
             }
             Err(e) => failed(e.to_string()),
         }
-    }
-
-    async fn record(
-        &self,
-        d: &PendingDelivery,
-        attempt: i32,
-        result: &AttemptResult,
-    ) -> Result<(), sqlx::Error> {
-        let attempts_spent = u32::try_from(attempt).unwrap_or(u32::MAX) >= self.cfg.max_attempts;
-        let state = match (result.delivered(), attempts_spent) {
-            (true, _) => "delivered",
-            (false, true) => "failed",
-            (false, false) => "pending",
-        };
-        let delay = retry_delay(&self.cfg, u32::try_from(attempt).unwrap_or(1));
-        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        let duration_ms = i32::try_from(result.duration.as_millis()).unwrap_or(i32::MAX);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, duration_ms) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(&d.id)
-        .bind(attempt)
-        .bind(result.status.map(i32::from))
-        .bind(&result.error)
-        .bind(duration_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE webhook_deliveries SET attempts = $2, state = $3, last_error = $4, \
-               delivered_at = CASE WHEN $3 = 'delivered' THEN now() END, \
-               next_attempt_at = now() + make_interval(secs => $5::float8 / 1000) \
-             WHERE id = $1 AND attempts = $2 - 1 AND state = 'pending'",
-        )
-        .bind(&d.id)
-        .bind(attempt)
-        .bind(state)
-        .bind(&result.error)
-        .bind(delay_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        if state == "failed" {
-            tracing::warn!(delivery = %d.id, tenant = %d.tenant_id, attempts = attempt, "webhook attempts spent; kept for replay");
-        }
-        Ok(())
     }
 
     /// Leases up to `limit` due deliveries (pushing their next attempt out by the claim lease).
