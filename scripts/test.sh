@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
-exec cargo test --all-targets "$@"
+exec cargo test --all-targets --no-fail-fast "$@"
