@@ -8,24 +8,63 @@ use serde_json::{json, Value};
 
 use crate::jobs::BatchCompleteInput;
 use crate::providers::{ChatMessage, ChatRequest, Usage};
+use crate::spend::budget::Estimate;
+use crate::spend::Price;
 
 use super::handler::{JobContext, JobError};
 
 /// Prompts of one job in flight at once.
 const PROMPT_CONCURRENCY: usize = 4;
 
-pub async fn run(ctx: &JobContext<'_>, input: BatchCompleteInput) -> Result<Value, JobError> {
-    let requests: Vec<ChatRequest> = input
+/// The job's calls; `max_tokens` is always set so that each call's cost has a known bound.
+fn requests(
+    input: &BatchCompleteInput,
+    default_max_output_tokens: u32,
+    call_id: impl Fn(usize) -> Option<String>,
+) -> Vec<ChatRequest> {
+    input
         .prompts
         .iter()
         .enumerate()
         .map(|(index, prompt)| ChatRequest {
             messages: messages(input.system.as_deref(), &prompt.prompt),
-            max_tokens: input.max_tokens,
+            max_tokens: Some(input.max_tokens.unwrap_or(default_max_output_tokens)),
             temperature: input.temperature,
-            call_id: Some(ctx.call_id(index)),
+            call_id: call_id(index),
         })
-        .collect();
+        .collect()
+}
+
+/// Upper bounds of the job's cost on the priciest and cheapest of `prices`, and of its tokens.
+pub fn estimate(
+    input: &BatchCompleteInput,
+    prices: &[Price],
+    default_max_output_tokens: u32,
+) -> Estimate {
+    let calls = requests(input, default_max_output_tokens, |_| None);
+    let total = |price: &Price| {
+        calls
+            .iter()
+            .map(|c| c.worst_case_micros(price))
+            .sum::<i64>()
+    };
+    let costs: Vec<i64> = prices.iter().map(total).collect();
+    let tokens = calls
+        .iter()
+        .map(|c| c.max_input_tokens() + u64::from(c.max_tokens.unwrap_or(0)))
+        .sum::<u64>();
+    Estimate {
+        max_micros: costs.iter().copied().max().unwrap_or(0),
+        min_micros: costs.iter().copied().min().unwrap_or(0),
+        tokens: i64::try_from(tokens).unwrap_or(i64::MAX),
+        calls: i64::try_from(calls.len()).unwrap_or(i64::MAX),
+    }
+}
+
+pub async fn run(ctx: &JobContext<'_>, input: BatchCompleteInput) -> Result<Value, JobError> {
+    let requests = requests(&input, ctx.default_max_output_tokens, |i| {
+        Some(ctx.call_id(i))
+    });
     let calls = requests
         .into_iter()
         .enumerate()
@@ -84,7 +123,10 @@ async fn answer(
     index: usize,
     request: ChatRequest,
 ) -> Result<Value, JobError> {
-    let call = ctx.router.chat(&ctx.job.policy, &request).await?;
+    let call = ctx
+        .router
+        .chat(&ctx.job.policy, &request, ctx.cost_cap_micros)
+        .await?;
     ctx.book(index, &call).await?;
     Ok(json!({
         "index": index,
@@ -95,4 +137,50 @@ async fn answer(
         "cost_micros": call.price.cost_micros(call.response.usage),
         "routing": call.trace,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::Prompt;
+
+    #[test]
+    fn estimate_bounds_every_call_on_the_priciest_and_cheapest_model() {
+        let input = BatchCompleteInput {
+            prompts: vec![
+                Prompt {
+                    prompt: "x".repeat(92),
+                },
+                Prompt {
+                    prompt: "y".repeat(192),
+                },
+            ],
+            system: None,
+            max_tokens: Some(100),
+            temperature: None,
+        };
+        let cheap = Price {
+            input_micros_per_mtok: 1_000_000,
+            output_micros_per_mtok: 2_000_000,
+        };
+        let dear = Price {
+            input_micros_per_mtok: 10_000_000,
+            output_micros_per_mtok: 20_000_000,
+        };
+        let e = estimate(&input, &[cheap, dear], 1024);
+        // inputs: 92+8 and 192+8 bytes = 300 tokens; outputs 2 x 100 = 200 tokens
+        assert_eq!(e.tokens, 500);
+        assert_eq!(e.calls, 2);
+        assert_eq!(e.min_micros, 300 + 400, "300 tokens at $1/M + 200 at $2/M");
+        assert_eq!(e.max_micros, 10 * 700);
+        let unbounded = BatchCompleteInput {
+            max_tokens: None,
+            ..input
+        };
+        assert_eq!(
+            estimate(&unbounded, &[cheap], 1024).tokens,
+            300 + 2 * 1024,
+            "the default cap bounds output"
+        );
+    }
 }

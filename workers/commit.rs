@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{JobMessage, JobState};
-use crate::spend::LedgerEntry;
+use crate::spend::budget::{self, Admission, Estimate};
+use crate::spend::{self, LedgerEntry};
 use crate::webhooks::{write_attempts, AttemptLog, AttemptRecord};
 
 /// A worker's request to run a job it received.
@@ -26,13 +27,15 @@ pub struct ClaimRequest {
     /// The broker's redelivered flag: the previous holder of this very message is gone, so a job
     /// still marked `running` may be taken over.
     pub redelivered: bool,
+    /// The job's worst-case cost, reserved against its budgets when it is claimed.
+    pub estimate: Estimate,
 }
 
 /// The answer to a claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// Run it; this is attempt number `attempt`.
-    Run { attempt: i32 },
+    /// Attempt number `attempt` is this worker's; its budgets admitted it, or not.
+    Run { attempt: i32, admission: Admission },
     /// Its outcome is already committed: acknowledge without running.
     AlreadyFinished,
     /// Another delivery of the same job id is running it now: try again later.
@@ -157,6 +160,8 @@ pub struct GroupCommit {
     pub max_batch: usize,
     /// How long a new webhook delivery belongs to the worker that committed it.
     pub webhook_lease: Duration,
+    /// How long a budget reservation outlives a worker that died holding it.
+    pub reservation_ttl: Duration,
 }
 
 impl GroupCommit {
@@ -220,8 +225,14 @@ impl GroupCommit {
             }
         }
         let mut tx = self.pool.begin().await?;
-        let claim_answers = claim_jobs(&mut tx, &claims).await?;
-        insert_ledger(&mut tx, &ledger).await?;
+        let claim_answers = claim_jobs(&mut tx, &claims, self.reservation_ttl).await?;
+        if !ledger.is_empty() {
+            spend::ledger::write(&mut tx, &ledger).await?;
+            let mut tenants: Vec<&str> = ledger.iter().map(|e| e.tenant_id.as_str()).collect();
+            tenants.sort_unstable();
+            tenants.dedup();
+            budget::fire_alerts(&mut tx, &tenants).await?;
+        }
         let finish_answers = finish_jobs(&mut tx, &outcomes, self.webhook_lease).await?;
         write_attempts(&mut tx, &hook_attempts).await?;
         tx.commit().await?;
@@ -292,7 +303,11 @@ type Tx<'a> = Transaction<'a, Postgres>;
 
 /// Claims a batch of jobs: new ids are inserted as running; queued ones (or running ones whose
 /// message was redelivered) are taken over; the rest are finished or busy.
-async fn claim_jobs(tx: &mut Tx<'_>, claims: &[&ClaimRequest]) -> Result<Vec<Claim>, sqlx::Error> {
+async fn claim_jobs(
+    tx: &mut Tx<'_>,
+    claims: &[&ClaimRequest],
+    reservation_ttl: Duration,
+) -> Result<Vec<Claim>, sqlx::Error> {
     if claims.is_empty() {
         return Ok(Vec::new());
     }
@@ -377,64 +392,56 @@ async fn claim_jobs(tx: &mut Tx<'_>, claims: &[&ClaimRequest]) -> Result<Vec<Cla
         .into_iter()
         .map(|(t, i, s)| (key(&t, &i), s))
         .collect();
-    Ok(claims
+    let attempts: Vec<Option<i32>> = claims
         .iter()
         .zip(first)
         .map(|(c, is_first)| {
             let k = key(&c.job.tenant, &c.job.id);
             if !is_first {
-                Claim::Busy
+                None
             } else if inserted.contains(&k) {
-                Claim::Run { attempt: 1 }
-            } else if let Some(attempt) = taken.get(&k) {
-                Claim::Run { attempt: *attempt }
-            } else if states
-                .get(&k)
-                .and_then(|s| JobState::parse(s))
-                .is_some_and(JobState::is_terminal)
-            {
-                Claim::AlreadyFinished
+                Some(1)
             } else {
-                Claim::Busy
+                taken.get(&k).copied()
             }
         })
+        .collect();
+    let to_admit: Vec<budget::ReserveRequest<'_>> = claims
+        .iter()
+        .zip(&attempts)
+        .filter_map(|(c, a)| {
+            a.map(|attempt| budget::ReserveRequest {
+                tenant: &c.job.tenant,
+                job_id: &c.job.id,
+                attempt,
+                feature: c.job.feature(),
+                estimate: c.estimate,
+            })
+        })
+        .collect();
+    let mut admissions = budget::reserve(tx, &to_admit, reservation_ttl)
+        .await?
+        .into_iter();
+    Ok(claims
+        .iter()
+        .zip(attempts)
+        .map(|(c, attempt)| match attempt {
+            Some(attempt) => Claim::Run {
+                attempt,
+                admission: admissions.next().unwrap_or(Admission::Admitted {
+                    cost_cap_micros: None,
+                }),
+            },
+            None if states
+                .get(&key(&c.job.tenant, &c.job.id))
+                .and_then(|s| JobState::parse(s))
+                .is_some_and(JobState::is_terminal) =>
+            {
+                Claim::AlreadyFinished
+            }
+            None => Claim::Busy,
+        })
         .collect())
-}
-
-/// Books provider calls; a row already booked (same job, attempt and call) is left as it is.
-async fn insert_ledger(tx: &mut Tx<'_>, rows: &[&LedgerEntry]) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let col = |f: fn(&LedgerEntry) -> i64| rows.iter().map(|r| f(r)).collect::<Vec<i64>>();
-    sqlx::query(
-        "INSERT INTO provider_calls (tenant_id, job_id, attempt, call_index, provider, model, \
-           input_tokens, output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok, \
-           cost_micros, latency_ms, tags) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], \
-           $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int[], $13::jsonb[]) \
-         ON CONFLICT (tenant_id, job_id, attempt, call_index) DO NOTHING",
-    )
-    .bind(rows.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.call_index).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.provider.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.model.as_str()).collect::<Vec<_>>())
-    .bind(col(|r| to_i64(r.usage.input_tokens)))
-    .bind(col(|r| to_i64(r.usage.output_tokens)))
-    .bind(col(|r| to_i64(r.price.input_micros_per_mtok)))
-    .bind(col(|r| to_i64(r.price.output_micros_per_mtok)))
-    .bind(col(|r| r.cost_micros))
-    .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| &r.tags).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Commits outcomes fenced by attempt, and the webhook deliveries of those that took effect.
@@ -483,6 +490,20 @@ async fn finish_jobs(
         .iter()
         .map(|o| committed.contains(&(o.tenant_id.clone(), o.job_id.clone())))
         .collect();
+    // Settle: the attempt's calls are booked (in this or an earlier batch), so what it reserved goes
+    // back; a final outcome also counts the job against its budgets' job totals.
+    let settled: Vec<budget::ReleaseKey<'_>> = outcomes
+        .iter()
+        .zip(&took_effect)
+        .filter(|(_, ok)| **ok)
+        .map(|(o, _)| budget::ReleaseKey {
+            tenant: &o.tenant_id,
+            job_id: &o.job_id,
+            attempt: Some(o.attempt),
+            terminal: !matches!(o.finish, Finish::Retry { .. }),
+        })
+        .collect();
+    budget::release(tx, &settled).await?;
     let deliveries: Vec<(&Outcome, &NewDelivery)> = outcomes
         .iter()
         .zip(&took_effect)

@@ -14,6 +14,10 @@ pub struct JobContext<'a> {
     pub attempt: i32,
     pub router: &'a Router,
     pub commits: &'a CommitHandle,
+    /// Set when the job's budget forced a downgrade: each call's worst-case cost must fit it.
+    pub cost_cap_micros: Option<i64>,
+    /// `max_tokens` for calls whose job sets none, so every call's worst case is bounded.
+    pub default_max_output_tokens: u32,
 }
 
 impl JobContext<'_> {
@@ -35,6 +39,8 @@ impl JobContext<'_> {
             call_index: i32::try_from(call_index).unwrap_or(i32::MAX),
             provider: call.provider.clone(),
             model: call.model.clone(),
+            feature: self.job.feature().to_string(),
+            occurred_at: chrono::Utc::now(),
             usage: call.response.usage,
             price: call.price,
             cost_micros: call.price.cost_micros(call.response.usage),

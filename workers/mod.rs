@@ -40,6 +40,7 @@ use crate::jobs::{JobKind, JobMessage, PoisonReason};
 use crate::queue::topology::{self, DEAD_LETTER_EXCHANGE, JOBS_QUEUE};
 use crate::queue::{self, Publisher, QueueError};
 use crate::routing::Router;
+use crate::spend::budget::{Admission, Estimate};
 use crate::tenants::TenantDirectory;
 use crate::webhooks::{PendingDelivery, WebhookSender};
 
@@ -75,12 +76,24 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
         pool: pool.clone(),
         max_batch: cfg.worker.commit_batch_max,
         webhook_lease: cfg.webhooks.claim_lease,
+        reservation_ttl: cfg.spend.reservation_ttl,
     }
     .spawn(commit_cancel.clone());
     let (hook_tx, hook_rx) = mpsc::channel(cfg.webhooks.concurrency * 4);
     let hook_cancel = CancellationToken::new();
-    let sender = WebhookSender::new(pool, tenants.clone(), cfg.webhooks.clone(), commits.clone());
+    let sender = WebhookSender::new(
+        pool.clone(),
+        tenants.clone(),
+        cfg.webhooks.clone(),
+        commits.clone(),
+    );
     let hook_task = tokio::spawn(sender.run(hook_rx, hook_cancel.clone()));
+    let upkeep_cancel = CancellationToken::new();
+    let upkeep_task = tokio::spawn(crate::spend::maintenance::run(
+        pool.clone(),
+        cfg.spend.clone(),
+        upkeep_cancel.clone(),
+    ));
     let ctx = Arc::new(WorkerContext {
         router: Router::new(Arc::new(cfg.catalog.clone()), cfg.retry.clone()),
         cfg,
@@ -104,6 +117,8 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     // task then ends once every handle is gone and its queue is written.
     hook_cancel.cancel();
     let _ = hook_task.await;
+    upkeep_cancel.cancel();
+    let _ = upkeep_task.await;
     drop(ctx);
     let _ = commit_task.await;
     Ok(())
@@ -245,11 +260,12 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
             };
         }
         let claim = ClaimRequest {
+            estimate: estimate(ctx, &job),
             job,
             redelivered: delivery.redelivered,
         };
-        let attempt = match ctx.commits.claim(claim.clone()).await {
-            Ok(Claim::Run { attempt }) => attempt,
+        let (attempt, admission) = match ctx.commits.claim(claim.clone()).await {
+            Ok(Claim::Run { attempt, admission }) => (attempt, admission),
             Ok(Claim::AlreadyFinished) => return Disposition::Ack,
             Ok(Claim::Busy) => return Disposition::Retry(ctx.cfg.queue.retry_delays[0]),
             Err(e) => {
@@ -257,10 +273,23 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
                 return Disposition::Abandon;
             }
         };
-        run_attempt(ctx, &claim.job, attempt).await
+        run_attempt(ctx, &claim.job, attempt, admission).await
     }
     .instrument(span)
     .await
+}
+
+/// The job's worst-case cost, to reserve against its budgets (zero when its input or policy is
+/// unusable: it fails before making any call).
+fn estimate(ctx: &WorkerContext, job: &JobMessage) -> Estimate {
+    let prices = ctx.router.candidate_prices(&job.policy);
+    let max_output = ctx.cfg.spend.default_max_output_tokens;
+    match job.kind {
+        JobKind::BatchComplete => job
+            .batch_input()
+            .map(|input| batch_complete::estimate(&input, &prices, max_output))
+            .unwrap_or_default(),
+    }
 }
 
 fn dead_letter(reason: &PoisonReason) -> Disposition {
@@ -299,23 +328,32 @@ async fn authorize(
 }
 
 /// Runs one attempt and commits its outcome; returns how to settle the delivery.
-async fn run_attempt(ctx: &WorkerContext, job: &JobMessage, attempt: i32) -> Disposition {
+async fn run_attempt(
+    ctx: &WorkerContext,
+    job: &JobMessage,
+    attempt: i32,
+    admission: Admission,
+) -> Disposition {
     let max_attempts = i32::try_from(ctx.cfg.worker.max_attempts).unwrap_or(i32::MAX);
-    let result = if attempt > max_attempts {
-        Err(JobError::permanent(
+    let result = match admission {
+        _ if attempt > max_attempts => Err(JobError::permanent(
             "attempts_exhausted",
             format!(
                 "claimed {attempt} times (limit {max_attempts}); previous attempts did not finish"
             ),
-        ))
-    } else {
-        let context = JobContext {
-            job,
-            attempt,
-            router: &ctx.router,
-            commits: &ctx.commits,
-        };
-        run_handler(&context).await
+        )),
+        Admission::Denied { reason } => Err(JobError::permanent("budget_exceeded", reason)),
+        Admission::Admitted { cost_cap_micros } => {
+            let context = JobContext {
+                job,
+                attempt,
+                router: &ctx.router,
+                commits: &ctx.commits,
+                cost_cap_micros,
+                default_max_output_tokens: ctx.cfg.spend.default_max_output_tokens,
+            };
+            run_handler(&context).await
+        }
     };
     let (finish, delay) = match result {
         Ok(value) => (Finish::Succeeded(value), None),

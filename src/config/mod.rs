@@ -35,7 +35,20 @@ pub struct Config {
     pub api: ApiConfig,
     pub webhooks: WebhookConfig,
     pub retry: RetryConfig,
+    pub spend: SpendConfig,
     pub catalog: Catalog,
+}
+
+/// Budget enforcement and ledger upkeep.
+#[derive(Debug, Clone)]
+pub struct SpendConfig {
+    /// Sent as `max_tokens` when a job sets none, so a job's worst-case cost is known before it runs.
+    pub default_max_output_tokens: u32,
+    /// How long a reservation outlives a worker that died holding it; longer than any job runs.
+    pub reservation_ttl: Duration,
+    /// Months of raw ledger rows kept (0: forever); daily aggregates are always kept.
+    pub ledger_retention_months: u32,
+    pub maintenance_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +188,18 @@ impl RawConfig {
             r.initial_interval_ms <= r.max_interval_ms,
             "retry.initial_interval_ms must not exceed retry.max_interval_ms",
         );
+        check(
+            self.spend.default_max_output_tokens >= 1,
+            "spend.default_max_output_tokens must be at least 1",
+        );
+        check(
+            self.spend.reservation_ttl_ms >= 1_000,
+            "spend.reservation_ttl_ms must be at least 1000",
+        );
+        check(
+            self.spend.maintenance_interval_ms >= 100,
+            "spend.maintenance_interval_ms must be at least 100",
+        );
         let catalog = match Catalog::from_raw(&self.providers, &self.models, &self.policies) {
             Ok(c) => Some(c),
             Err(CatalogError(list)) => {
@@ -228,6 +253,12 @@ impl RawConfig {
                 max_elapsed: ms(self.retry.max_elapsed_ms),
                 multiplier: self.retry.multiplier,
                 randomization_factor: self.retry.randomization_factor,
+            },
+            spend: SpendConfig {
+                default_max_output_tokens: self.spend.default_max_output_tokens,
+                reservation_ttl: ms(self.spend.reservation_ttl_ms),
+                ledger_retention_months: self.spend.ledger_retention_months,
+                maintenance_interval: ms(self.spend.maintenance_interval_ms),
             },
             catalog,
         }

@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub api: RawApi,
     pub webhooks: RawWebhooks,
     pub retry: RawRetry,
+    pub spend: RawSpend,
     pub providers: Vec<RawProvider>,
     pub models: Vec<RawModel>,
     pub policies: BTreeMap<String, RawPolicy>,
@@ -78,6 +79,15 @@ pub struct RawRetry {
     pub randomization_factor: f64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSpend {
+    pub default_max_output_tokens: u32,
+    pub reservation_ttl_ms: u64,
+    pub ledger_retention_months: u32,
+    pub maintenance_interval_ms: u64,
+}
+
 /// A provider endpoint. `api_key_env` / `api_key_file` name where the key lives, never the key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +137,7 @@ impl Default for RawConfig {
             api: RawApi::default(),
             webhooks: RawWebhooks::default(),
             retry: RawRetry::default(),
+            spend: RawSpend::default(),
             providers: vec![RawProvider {
                 name: "sim".into(),
                 kind: "openai".into(),
@@ -220,6 +231,17 @@ impl Default for RawWebhooks {
             concurrency: 64,
             claim_lease_ms: 60_000,
             poll_interval_ms: 1_000,
+        }
+    }
+}
+
+impl Default for RawSpend {
+    fn default() -> Self {
+        Self {
+            default_max_output_tokens: 1024,
+            reservation_ttl_ms: 900_000,
+            ledger_retention_months: 0,
+            maintenance_interval_ms: 30_000,
         }
     }
 }

@@ -101,6 +101,11 @@ impl PoisonReason {
 }
 
 impl JobMessage {
+    /// The `feature` tag that budgets and reports group by ("" when absent).
+    pub fn feature(&self) -> &str {
+        self.tags.get("feature").map_or("", String::as_str)
+    }
+
     /// Parses and validates a message body; everything a handler may rely on is checked here.
     pub fn parse(body: &[u8], max_bytes: usize) -> Result<Self, PoisonReason> {
         if body.len() > max_bytes {

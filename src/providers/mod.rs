@@ -33,6 +33,28 @@ pub struct ChatRequest {
     pub call_id: Option<String>,
 }
 
+/// Tokens a message costs beyond its text (role and framing); generous for every known API shape.
+const MESSAGE_OVERHEAD_TOKENS: u64 = 8;
+
+impl ChatRequest {
+    /// An upper bound on the input tokens any provider will bill for this request: byte-level BPE
+    /// tokenizers never produce more tokens than bytes. Used to reserve budget, never to bill.
+    pub fn max_input_tokens(&self) -> u64 {
+        self.messages
+            .iter()
+            .map(|m| m.content.len() as u64 + MESSAGE_OVERHEAD_TOKENS)
+            .sum()
+    }
+
+    /// The most this request can cost at `price`, given its `max_tokens` (required for a bound).
+    pub fn worst_case_micros(&self, price: &crate::spend::Price) -> i64 {
+        price.cost_micros(Usage {
+            input_tokens: self.max_input_tokens(),
+            output_tokens: u64::from(self.max_tokens.unwrap_or(u32::MAX)),
+        })
+    }
+}
+
 /// Tokens as reported by the provider (never estimated here).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {

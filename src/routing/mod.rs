@@ -48,6 +48,13 @@ pub struct RoutedCall {
 pub enum RouteError {
     #[error("unknown routing policy `{0}`")]
     UnknownPolicy(String),
+    /// The job's budget allows no candidate's worst-case cost.
+    #[error("no model of policy `{policy}` fits the {cap_micros} micro-dollars per call the budget leaves")]
+    OverBudget {
+        policy: String,
+        cap_micros: i64,
+        trace: Vec<CandidateTrace>,
+    },
     #[error("every candidate of policy `{policy}` failed; last: {last}")]
     Exhausted {
         policy: String,
@@ -61,7 +68,7 @@ impl RouteError {
     /// Whether the job may succeed if run again later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::UnknownPolicy(_) => false,
+            Self::UnknownPolicy(_) | Self::OverBudget { .. } => false,
             Self::Exhausted { retryable, .. } => *retryable,
         }
     }
@@ -69,7 +76,7 @@ impl RouteError {
     /// The longest delay a provider asked for, to pace the job's redelivery.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::UnknownPolicy(_) => None,
+            Self::UnknownPolicy(_) | Self::OverBudget { .. } => None,
             Self::Exhausted { last, .. } => last.retry_after(),
         }
     }
@@ -77,6 +84,7 @@ impl RouteError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::UnknownPolicy(_) => "unknown_policy",
+            Self::OverBudget { .. } => "budget_exceeded",
             Self::Exhausted { last, .. } => last.code(),
         }
     }
@@ -121,11 +129,26 @@ impl Router {
         self.catalog.policy(name).is_some()
     }
 
-    /// Answers one chat request under a policy.
+    /// The prices of a policy's candidates (empty for an unknown policy), to bound a job's cost.
+    pub fn candidate_prices(&self, policy: &str) -> Vec<Price> {
+        self.catalog
+            .policy(policy)
+            .map(|p| {
+                p.models
+                    .iter()
+                    .filter_map(|m| self.catalog.model(m).map(|s| s.price))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Answers one chat request under a policy. With `cost_cap_micros` (a budget downgrade), only
+    /// candidates whose worst-case cost for this request fits the cap are tried.
     pub async fn chat(
         &self,
         policy: &str,
         request: &ChatRequest,
+        cost_cap_micros: Option<i64>,
     ) -> Result<RoutedCall, RouteError> {
         let candidates = &self
             .catalog
@@ -139,6 +162,16 @@ impl Router {
             let Some((model, client)) = self.resolve(name) else {
                 continue;
             };
+            if let Some(cap) = cost_cap_micros {
+                let worst = request.worst_case_micros(&model.price);
+                if worst > cap {
+                    let why = format!(
+                        "skipped: worst case {worst} micro-dollars is over the budget cap {cap}"
+                    );
+                    trace.push(candidate(model, 0, why));
+                    continue;
+                }
+            }
             let span = tracing::info_span!("provider_call", model = %model.name, provider = %model.provider);
             let started = Instant::now();
             let (result, attempts) = self
@@ -164,14 +197,12 @@ impl Router {
                 }
             }
         }
-        let last = last.unwrap_or_else(|| ProviderError::InvalidResponse {
-            provider: "-".into(),
-            message: format!("policy `{policy}` has no usable model"),
-        });
-        Err(RouteError::Exhausted {
+        let (None, Some(cap)) = (&last, cost_cap_micros) else {
+            return Err(exhausted(policy, last, any_retryable, trace));
+        };
+        Err(RouteError::OverBudget {
             policy: policy.to_string(),
-            last,
-            retryable: any_retryable,
+            cap_micros: cap,
             trace,
         })
     }
@@ -229,6 +260,25 @@ fn classify_for_backoff(
         Some(wait) if elapsed + wait > budget => backoff::Error::permanent(e),
         Some(wait) => backoff::Error::retry_after(e, wait),
         None => backoff::Error::transient(e),
+    }
+}
+
+/// Every candidate was tried and failed (or the policy had none usable).
+fn exhausted(
+    policy: &str,
+    last: Option<ProviderError>,
+    retryable: bool,
+    trace: Vec<CandidateTrace>,
+) -> RouteError {
+    let last = last.unwrap_or_else(|| ProviderError::InvalidResponse {
+        provider: "-".into(),
+        message: format!("policy `{policy}` has no usable model"),
+    });
+    RouteError::Exhausted {
+        policy: policy.to_string(),
+        last,
+        retryable,
+        trace,
     }
 }
 

@@ -1,7 +1,15 @@
-//! Spend: what each provider call cost, in integer micro-dollars, and the ledger rows that book it.
+//! Spend: what each provider call cost, in integer micro-dollars; the ledger that books every call
+//! once; budgets and quotas enforced by reserving before a job's calls and settling after; alerts;
+//! reports and reconciliation.
 //!
 //! Money never touches a float. A call's cost is computed once, from the tokens the provider reported
 //! and the catalog prices in force, and written with those prices so the row explains itself.
+
+pub mod budget;
+pub mod ledger;
+pub mod maintenance;
+pub mod reconcile;
+pub mod report;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +33,8 @@ impl Price {
 }
 
 /// One provider call, as booked in `provider_calls`. Unique by (tenant, job, attempt, call index), so
-/// writing it again after a crash or retry is a no-op.
+/// writing it again after a crash or retry is a no-op; `occurred_at` is fixed when the provider
+/// answered, so a re-write also lands in the same monthly partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerEntry {
     pub tenant_id: String,
@@ -34,6 +43,9 @@ pub struct LedgerEntry {
     pub call_index: i32,
     pub provider: String,
     pub model: String,
+    /// The job's `feature` tag, or "".
+    pub feature: String,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
     pub usage: Usage,
     pub price: Price,
     pub cost_micros: i64,

@@ -1,0 +1,71 @@
+//! Writing the ledger: one statement books a batch of provider calls and, from the rows that were
+//! really inserted (a re-written call is a no-op), advances the daily aggregates and the usage of
+//! every budget the calls fall under. Totals therefore move with the ledger in the same transaction,
+//! and nothing is ever counted twice.
+
+use super::LedgerEntry;
+
+/// Books `rows`; returns how many were new.
+pub async fn write(
+    conn: &mut sqlx::PgConnection,
+    rows: &[&LedgerEntry],
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let col = |f: fn(&LedgerEntry) -> i64| rows.iter().map(|r| f(r)).collect::<Vec<i64>>();
+    let text = |f: fn(&LedgerEntry) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
+    let inserted: i64 = sqlx::query_scalar(
+        "WITH ins AS ( \
+           INSERT INTO provider_calls (tenant_id, job_id, attempt, call_index, provider, model, feature, \
+             input_tokens, output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok, \
+             cost_micros, latency_ms, tags, occurred_at) \
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], \
+             $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int[], \
+             $14::jsonb[], $15::timestamptz[]) \
+           ON CONFLICT DO NOTHING \
+           RETURNING tenant_id, feature, model, provider, input_tokens, output_tokens, cost_micros, occurred_at \
+         ), daily AS ( \
+           INSERT INTO spend_daily AS d (day, tenant_id, feature, model, provider, calls, input_tokens, \
+             output_tokens, cost_micros) \
+           SELECT (occurred_at AT TIME ZONE 'UTC')::date, tenant_id, feature, model, provider, count(*), \
+             sum(input_tokens), sum(output_tokens), sum(cost_micros) \
+           FROM ins GROUP BY 1, 2, 3, 4, 5 \
+           ON CONFLICT (tenant_id, day, feature, model, provider) DO UPDATE SET \
+             calls = d.calls + excluded.calls, input_tokens = d.input_tokens + excluded.input_tokens, \
+             output_tokens = d.output_tokens + excluded.output_tokens, \
+             cost_micros = d.cost_micros + excluded.cost_micros \
+         ), usage AS ( \
+           INSERT INTO budget_usage AS u (budget_id, period_start, cost_micros, tokens) \
+           SELECT b.id, date_trunc(b.period, i.occurred_at AT TIME ZONE 'UTC')::date, \
+             sum(i.cost_micros), sum(i.input_tokens + i.output_tokens) \
+           FROM ins i JOIN budgets b ON b.tenant_id = i.tenant_id AND b.feature IN ('', i.feature) \
+           GROUP BY 1, 2 \
+           ON CONFLICT (budget_id, period_start) DO UPDATE SET \
+             cost_micros = u.cost_micros + excluded.cost_micros, tokens = u.tokens + excluded.tokens \
+         ) \
+         SELECT count(*) FROM ins",
+    )
+    .bind(text(|r| &r.tenant_id))
+    .bind(text(|r| &r.job_id))
+    .bind(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.call_index).collect::<Vec<_>>())
+    .bind(text(|r| &r.provider))
+    .bind(text(|r| &r.model))
+    .bind(text(|r| &r.feature))
+    .bind(col(|r| to_i64(r.usage.input_tokens)))
+    .bind(col(|r| to_i64(r.usage.output_tokens)))
+    .bind(col(|r| to_i64(r.price.input_micros_per_mtok)))
+    .bind(col(|r| to_i64(r.price.output_micros_per_mtok)))
+    .bind(col(|r| r.cost_micros))
+    .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| &r.tags).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(u64::try_from(inserted).unwrap_or(0))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

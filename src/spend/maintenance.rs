@@ -1,0 +1,54 @@
+//! Spend upkeep every worker runs: release reservations whose worker died, and keep the ledger's
+//! monthly partitions created ahead and pruned to the retention (serialized in Postgres, so any
+//! number of workers may run it).
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SpendConfig;
+
+/// Months of ledger partitions created ahead of the current one.
+const MONTHS_AHEAD: i32 = 2;
+
+/// Runs until cancelled; errors are logged and retried on the next tick.
+pub async fn run(pool: PgPool, cfg: SpendConfig, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(cfg.maintenance_interval);
+    let mut ticks: u64 = 0;
+    // Partitions are checked at start and then about hourly; reservations on every tick.
+    let partition_every = (3_600_000 / cfg.maintenance_interval.as_millis().max(1)) as u64;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = expire_reservations(&pool).await {
+            tracing::warn!(error = %e, "cannot expire budget reservations");
+        }
+        if ticks % partition_every.max(1) == 0 {
+            if let Err(e) = maintain_ledger(&pool, cfg.ledger_retention_months).await {
+                tracing::warn!(error = %e, "cannot maintain ledger partitions");
+            }
+        }
+        ticks += 1;
+    }
+}
+
+/// Releases expired reservations; returns how many.
+pub async fn expire_reservations(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let expired = super::budget::expire(&mut conn).await?;
+    if expired > 0 {
+        tracing::info!(expired, "released budget reservations of workers that died");
+    }
+    Ok(expired)
+}
+
+/// Creates upcoming ledger partitions and drops those past retention.
+pub async fn maintain_ledger(pool: &PgPool, retention_months: u32) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT ragq_ledger_maintenance($1, $2)")
+        .bind(MONTHS_AHEAD)
+        .bind(i32::try_from(retention_months).unwrap_or(i32::MAX))
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! Spend reports, read from the daily aggregates (never the ledger, so they stay fast at any ledger
+//! size and outlive raw-row retention): grouped by any of tenant, feature, model, provider and day.
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, QueryBuilder};
+
+use super::budget::usd;
+
+/// A dimension a report can group by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Dimension {
+    Tenant,
+    Feature,
+    Model,
+    Provider,
+    Day,
+}
+
+impl Dimension {
+    /// The column; a closed set, so it is safe to write into SQL.
+    fn column(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant_id",
+            Self::Feature => "feature",
+            Self::Model => "model",
+            Self::Provider => "provider",
+            Self::Day => "day::text",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::Feature => "feature",
+            Self::Model => "model",
+            Self::Provider => "provider",
+            Self::Day => "day",
+        }
+    }
+
+    /// Parses `tenant,feature,...`.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
+        text.split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                <Self as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| {
+                    format!(
+                        "cannot group by `{}`: use tenant, feature, model, provider or day",
+                        s.trim()
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// What to report on. `to` is inclusive.
+#[derive(Debug, Clone, Default)]
+pub struct ReportQuery {
+    pub tenant: Option<String>,
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub group_by: Vec<Dimension>,
+}
+
+/// One group. `keys` holds the grouped dimensions' values in `group_by` order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportRow {
+    pub keys: Vec<String>,
+    pub calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_micros: i64,
+    /// Micro-dollars per 1,000 tokens, rounded half up; 0 when there were no tokens.
+    pub cost_per_1k_tokens_micros: i64,
+}
+
+/// Group keys, calls, input tokens, output tokens, cost (sums are NULL over no rows).
+type RawRow = (
+    Vec<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+pub async fn query(pool: &PgPool, q: &ReportQuery) -> Result<Vec<ReportRow>, sqlx::Error> {
+    let mut sql = QueryBuilder::new("SELECT ARRAY[");
+    let mut keys = sql.separated(", ");
+    for d in &q.group_by {
+        keys.push(d.column());
+    }
+    sql.push("]::text[], sum(calls)::int8, sum(input_tokens)::int8, sum(output_tokens)::int8, sum(cost_micros)::int8 FROM spend_daily WHERE true");
+    if let Some(t) = &q.tenant {
+        sql.push(" AND tenant_id = ").push_bind(t);
+    }
+    if let Some(from) = q.from {
+        sql.push(" AND day >= ").push_bind(from);
+    }
+    if let Some(to) = q.to {
+        sql.push(" AND day <= ").push_bind(to);
+    }
+    if !q.group_by.is_empty() {
+        sql.push(" GROUP BY ");
+        let mut cols = sql.separated(", ");
+        for d in &q.group_by {
+            cols.push(d.column());
+        }
+        sql.push(" ORDER BY 1");
+    }
+    let rows: Vec<RawRow> = sql.build_query_as().fetch_all(pool).await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.1.is_some())
+        .map(|(keys, calls, input, output, cost)| {
+            let (input, output, cost) =
+                (input.unwrap_or(0), output.unwrap_or(0), cost.unwrap_or(0));
+            ReportRow {
+                keys,
+                calls: calls.unwrap_or(0),
+                input_tokens: input,
+                output_tokens: output,
+                cost_micros: cost,
+                cost_per_1k_tokens_micros: per_1k(cost, input + output),
+            }
+        })
+        .collect())
+}
+
+/// Cost per 1,000 tokens in micro-dollars, rounded half up, in integers.
+pub fn per_1k(cost_micros: i64, tokens: i64) -> i64 {
+    if tokens <= 0 {
+        return 0;
+    }
+    let scaled = i128::from(cost_micros) * 1000;
+    i64::try_from((scaled * 2 + i128::from(tokens)) / (2 * i128::from(tokens))).unwrap_or(i64::MAX)
+}
+
+fn header(dims: &[Dimension]) -> Vec<&'static str> {
+    let mut h: Vec<&'static str> = dims.iter().map(|d| d.name()).collect();
+    h.extend([
+        "calls",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "cost_per_1k_tokens_usd",
+    ]);
+    h
+}
+
+fn cells(row: &ReportRow) -> Vec<String> {
+    let mut c = row.keys.clone();
+    c.extend([
+        row.calls.to_string(),
+        row.input_tokens.to_string(),
+        row.output_tokens.to_string(),
+        usd(row.cost_micros).trim_start_matches('$').to_string(),
+        usd(row.cost_per_1k_tokens_micros)
+            .trim_start_matches('$')
+            .to_string(),
+    ]);
+    c
+}
+
+/// RFC 4180 CSV with a header row.
+pub fn to_csv(dims: &[Dimension], rows: &[ReportRow]) -> String {
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    let mut out = header(dims).join(",");
+    out.push('\n');
+    for r in rows {
+        out.push_str(
+            &cells(r)
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+/// JSON objects keyed by column name.
+pub fn to_json(dims: &[Dimension], rows: &[ReportRow]) -> serde_json::Value {
+    let h = header(dims);
+    serde_json::Value::Array(
+        rows.iter()
+            .map(|r| {
+                let mut obj = serde_json::Map::new();
+                for (d, k) in dims.iter().zip(&r.keys) {
+                    obj.insert(d.name().into(), k.clone().into());
+                }
+                obj.insert("calls".into(), r.calls.into());
+                obj.insert("input_tokens".into(), r.input_tokens.into());
+                obj.insert("output_tokens".into(), r.output_tokens.into());
+                obj.insert("cost_micros".into(), r.cost_micros.into());
+                obj.insert(
+                    "cost_per_1k_tokens_micros".into(),
+                    r.cost_per_1k_tokens_micros.into(),
+                );
+                debug_assert!(h.len() >= dims.len());
+                serde_json::Value::Object(obj)
+            })
+            .collect(),
+    )
+}
+
+/// An aligned text table.
+pub fn to_table(dims: &[Dimension], rows: &[ReportRow]) -> String {
+    let head: Vec<String> = header(dims).into_iter().map(str::to_string).collect();
+    let body: Vec<Vec<String>> = rows.iter().map(cells).collect();
+    let widths: Vec<usize> = (0..head.len())
+        .map(|i| {
+            body.iter()
+                .map(|r| r[i].len())
+                .chain([head[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i < dims.len() {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let mut out = line(&head);
+    for r in &body {
+        out.push('\n');
+        out.push_str(&line(r));
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(keys: &[&str], cost: i64, input: i64, output: i64) -> ReportRow {
+        ReportRow {
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+            calls: 1,
+            input_tokens: input,
+            output_tokens: output,
+            cost_micros: cost,
+            cost_per_1k_tokens_micros: per_1k(cost, input + output),
+        }
+    }
+
+    #[test]
+    fn cost_per_thousand_tokens_is_exact_and_rounded_half_up() {
+        assert_eq!(per_1k(450, 1_500), 300);
+        assert_eq!(per_1k(1, 2_000), 1, "0.5 rounds up");
+        assert_eq!(per_1k(1, 2_001), 0);
+        assert_eq!(per_1k(5, 0), 0);
+    }
+
+    #[test]
+    fn csv_quotes_and_has_a_header() {
+        let csv = to_csv(&[Dimension::Feature], &[row(&["a,b"], 1_500_000, 1000, 0)]);
+        assert_eq!(
+            csv,
+            "feature,calls,input_tokens,output_tokens,cost_usd,cost_per_1k_tokens_usd\n\"a,b\",1,1000,0,1.500000,1.500000\n"
+        );
+    }
+
+    #[test]
+    fn group_by_list_names_the_bad_dimension() {
+        assert_eq!(
+            Dimension::parse_list("tenant, day"),
+            Ok(vec![Dimension::Tenant, Dimension::Day])
+        );
+        assert!(Dimension::parse_list("tenant,colour").is_err_and(|e| e.contains("colour")));
+    }
+}
