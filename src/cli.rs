@@ -50,6 +50,16 @@ pub enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Budgets and quotas per tenant (and feature).
+    Budget {
+        #[command(subcommand)]
+        command: crate::spend::command::BudgetCommand,
+    },
+    /// Spend reports and reconciliation.
+    Spend {
+        #[command(subcommand)]
+        command: crate::spend::command::SpendCommand,
+    },
     /// Run the whole system on this machine and print what happened.
     Demo(crate::demo::DemoArgs),
     /// End-to-end load run on this machine, with the broker's own rate as a baseline.
@@ -66,7 +76,12 @@ pub enum TenantCommand {
         /// AMQP user allowed to publish jobs for this tenant.
         #[arg(long)]
         amqp_user: Option<String>,
+        /// Where budget alerts are POSTed (signed like job webhooks).
+        #[arg(long)]
+        alert_webhook: Option<String>,
     },
+    /// Set (or with no URL, clear) where a tenant's budget alerts are POSTed.
+    AlertWebhook { id: String, url: Option<String> },
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -101,6 +116,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Submit(args) => crate::submit::run(&cfg, args, cancel).await?,
         Command::Tenant { command } => tenant(&cfg, command).await?,
+        Command::Budget { command } => crate::spend::command::budget(&cfg, command).await?,
+        Command::Spend { command } => crate::spend::command::spend(&cfg, command).await?,
         Command::Demo(args) => crate::demo::run(args, cancel).await?,
         Command::Bench(args) => crate::bench::run(args, cancel).await?,
     }
@@ -114,6 +131,7 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
             id,
             name,
             amqp_user,
+            alert_webhook,
         } => {
             let created = crate::tenants::create(
                 &pool,
@@ -122,10 +140,20 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
                 amqp_user.as_deref(),
             )
             .await?;
+            if let Some(url) = alert_webhook {
+                crate::tenants::set_alert_webhook(&pool, &id, Some(&url)).await?;
+            }
             println!("tenant:         {}", created.tenant.id);
             println!("api key:        {}", created.api_key.expose());
             println!("webhook secret: {}", created.tenant.webhook_secret.expose());
             println!("(shown once; ragq stores only a hash of the API key)");
+        }
+        TenantCommand::AlertWebhook { id, url } => {
+            crate::tenants::set_alert_webhook(&pool, &id, url.as_deref()).await?;
+            println!(
+                "tenant `{id}`: budget alerts go to {}",
+                url.as_deref().unwrap_or("nowhere")
+            );
         }
     }
     Ok(())

@@ -43,6 +43,7 @@ pub fn router(cfg: &Config, pool: PgPool) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/jobs", post(submit))
         .route("/v1/jobs/{id}", get(read))
+        .route("/v1/spend", get(spend))
         .layer(DefaultBodyLimit::max(cfg.api.max_body_bytes))
         .with_state(state)
 }
@@ -153,6 +154,51 @@ async fn read(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))
+}
+
+/// `GET /v1/spend?group_by=feature,model,day&from=YYYY-MM-DD&to=YYYY-MM-DD&format=json|csv`: the
+/// caller's own spend from the daily aggregates.
+#[derive(Debug, serde::Deserialize)]
+struct SpendParams {
+    group_by: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    format: Option<String>,
+}
+
+async fn spend(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Query(params): axum::extract::Query<SpendParams>,
+) -> Result<Response, ApiError> {
+    use crate::spend::report::{self, Dimension, ReportQuery};
+    let tenant = authenticate(&state, &headers).await?;
+    let group_by = Dimension::parse_list(params.group_by.as_deref().unwrap_or("feature"))
+        .map_err(ApiError::BadRequest)?;
+    let date = |v: &Option<String>, name: &str| {
+        v.as_deref()
+            .map(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d"))
+            .transpose()
+            .map_err(|_| ApiError::BadRequest(format!("`{name}` must be a date like 2026-11-25")))
+    };
+    let q = ReportQuery {
+        tenant: Some(tenant.id),
+        from: date(&params.from, "from")?,
+        to: date(&params.to, "to")?,
+        group_by,
+    };
+    let rows = report::query(&state.pool, &q).await?;
+    match params.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(report::to_json(&q.group_by, &rows)).into_response()),
+        "csv" => Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            report::to_csv(&q.group_by, &rows),
+        )
+            .into_response()),
+        other => Err(ApiError::BadRequest(format!(
+            "`format` must be json or csv, not `{other}`"
+        ))),
+    }
 }
 
 /// A job as clients see it.

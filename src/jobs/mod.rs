@@ -203,7 +203,7 @@ pub fn check_tenant(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_webhook_url(url: &str) -> Result<(), String> {
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
     let ok = (url.starts_with("https://") || url.starts_with("http://"))
         && url.len() <= 2048
         && reqwest::Url::parse(url).is_ok();

@@ -123,6 +123,15 @@ impl Catalog {
         self.models.get(name)
     }
 
+    /// Catalog model name -> vendor model id, for one provider's models.
+    pub fn model_ids(&self, provider: &str) -> std::collections::BTreeMap<String, String> {
+        self.models
+            .values()
+            .filter(|m| m.provider == provider)
+            .map(|m| (m.name.clone(), m.model_id.clone()))
+            .collect()
+    }
+
     pub fn policy(&self, name: &str) -> Option<&RoutingPolicy> {
         self.policies.get(name)
     }

@@ -6,6 +6,7 @@
 //! and the catalog prices in force, and written with those prices so the row explains itself.
 
 pub mod budget;
+pub mod command;
 pub mod ledger;
 pub mod maintenance;
 pub mod reconcile;

@@ -79,9 +79,31 @@ pub async fn create(
     })
 }
 
+/// Sets (or clears) the URL a tenant's budget alerts are POSTed to.
+pub async fn set_alert_webhook(
+    pool: &PgPool,
+    id: &str,
+    url: Option<&str>,
+) -> Result<(), TenantError> {
+    if let Some(u) = url {
+        crate::jobs::check_webhook_url(u).map_err(TenantError::Invalid)?;
+    }
+    let updated = sqlx::query("UPDATE tenants SET alert_webhook_url = $2 WHERE id = $1")
+        .bind(id)
+        .bind(url)
+        .execute(pool)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return Err(TenantError::Unknown(id.to_string()));
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
-    #[error("invalid tenant id: {0}")]
+    #[error("unknown tenant `{0}`")]
+    Unknown(String),
+    #[error("invalid tenant: {0}")]
     Invalid(String),
     #[error("tenant `{0}` already exists")]
     Exists(String),
