@@ -49,13 +49,16 @@ pub enum RouteError {
     #[error("unknown routing policy `{0}`")]
     UnknownPolicy(String),
     /// The job's budget allows no candidate's worst-case cost.
-    #[error("no model of policy `{policy}` fits the {cap_micros} micro-dollars per call the budget leaves")]
+    #[error("no model of policy `{policy}` fits the {cap_micros} micro-dollars per call the budget leaves ({})", summary(trace))]
     OverBudget {
         policy: String,
         cap_micros: i64,
         trace: Vec<CandidateTrace>,
     },
-    #[error("every candidate of policy `{policy}` failed; last: {last}")]
+    #[error(
+        "every candidate of policy `{policy}` failed; last: {last} ({})",
+        summary(trace)
+    )]
     Exhausted {
         policy: String,
         last: ProviderError,
@@ -261,6 +264,15 @@ fn classify_for_backoff(
         Some(wait) => backoff::Error::retry_after(e, wait),
         None => backoff::Error::transient(e),
     }
+}
+
+/// `model: outcome` for each candidate, for error messages.
+fn summary(trace: &[CandidateTrace]) -> String {
+    trace
+        .iter()
+        .map(|c| format!("{}: {}", c.model, c.outcome))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Every candidate was tried and failed (or the policy had none usable).

@@ -45,6 +45,11 @@ fn rabbitmqctl(args: &[&str]) {
 impl TestEnv {
     /// A fresh environment (`queue_extra` is added to the `[queue]` section) with tenants `acme` (AMQP user `guest`) and `globex` (AMQP user `globex-user`).
     pub async fn new(queue_extra: &str) -> Self {
+        Self::with_sections(queue_extra, "").await
+    }
+
+    /// Like [`TestEnv::new`], with whole TOML sections (such as `[spend]`) added to the config.
+    pub async fn with_sections(queue_extra: &str, sections: &str) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
@@ -107,6 +112,7 @@ context_window = 128000
 models = ["sim-small"]
 [policies.with-fallback]
 models = ["sim-small", "sim-large"]
+{sections}
 "#,
             sim.base_url()
         );
@@ -118,6 +124,8 @@ models = ["sim-small", "sim-large"]
         let globex = ragq::tenants::create(&pool, "globex", "Globex", Some("globex-user"))
             .await
             .unwrap();
+        hooks.trust("acme", acme.tenant.webhook_secret.expose());
+        hooks.trust("globex", globex.tenant.webhook_secret.expose());
         Self {
             tag,
             db_name,
