@@ -17,6 +17,8 @@ use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+mod ledger;
+
 use crate::queue::publisher::{OutgoingJob, Publisher};
 use crate::sim::SimOptions;
 use crate::stack::{process_usage, sim_catalog_toml, LocalStack, ServerArgs, StackUrls};
@@ -45,6 +47,9 @@ pub struct BenchArgs {
     /// Skip the raw broker baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Instead of the job path, benchmark the spend ledger with this many rows of history.
+    #[arg(long)]
+    pub ledger_rows: Option<i64>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -96,6 +101,9 @@ pub struct Correctness {
 }
 
 pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    if let Some(rows) = args.ledger_rows {
+        return run_ledger(&args, rows).await;
+    }
     anyhow::ensure!(
         args.jobs > 0 && args.workers > 0 && args.tenants > 0 && args.prompts > 0,
         "--jobs, --workers, --tenants and --prompts must be positive"
@@ -184,6 +192,47 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         "correctness check failed: {:?}",
         report.correctness
     );
+    Ok(())
+}
+
+async fn run_ledger(args: &BenchArgs, rows: i64) -> anyhow::Result<()> {
+    anyhow::ensure!(rows >= 0, "--ledger-rows must not be negative");
+    say(
+        args,
+        format_args!("filling the ledger with {rows} rows of history"),
+    );
+    let stack = LocalStack::prepare(&args.servers, "bench_ledger", |urls| {
+        format!(
+            "[database]\nurl = \"{}\"\nmax_connections = 8\n[queue]\nurl = \"{}\"\n",
+            urls.database, urls.queue
+        )
+    })
+    .await?;
+    let r = ledger::run(&stack.pool, rows).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("\n== ragq bench --ledger-rows {rows}");
+        println!("{:<44} {:>10.1}", "preload time (s)", r.preload_secs);
+        println!(
+            "{:<44} {:>10.0}",
+            format!(
+                "ledger rows/s ({} writers, {}-row batches)",
+                r.writers, r.batch_rows
+            ),
+            r.ledger_rows_per_sec
+        );
+        println!(
+            "{:<44} {:>10.0} / {:.0}",
+            "admit + settle, tenant with budgets (us p50/p99)",
+            r.budget_check_us_p50,
+            r.budget_check_us_p99
+        );
+        println!(
+            "{:<44} {:>10.0} / {:.0}",
+            "admit + settle, tenant without (us p50/p99)", r.no_budget_us_p50, r.no_budget_us_p99
+        );
+    }
     Ok(())
 }
 
