@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::queue::{admin, publisher::ReconnectingPublisher};
 use crate::sim::SimOptions;
+use crate::spend::budget::{usd, BudgetSpec, OnLimit};
+use crate::spend::report::{self, Dimension, ReportQuery};
 use crate::stack::{free_port, sim_catalog_toml, LocalStack, ServerArgs, StackUrls};
 use crate::tenants::NewTenant;
-use crate::webhooks::receiver::WebhookReceiver;
+use crate::webhooks::receiver::{ReceivedWebhook, WebhookReceiver};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -70,6 +72,20 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
     let globex = crate::tenants::create(&pool, "globex", "Globex", None).await?;
     receiver.trust("acme", acme.tenant.webhook_secret.expose());
     receiver.trust("globex", globex.tenant.webhook_secret.expose());
+    // acme's monthly budget alerts at 50/80/100% of a $0.0003 soft limit, which the demo passes.
+    crate::tenants::set_alert_webhook(&pool, "acme", Some(&receiver.url())).await?;
+    let acme_budget = BudgetSpec {
+        tenant: "acme".into(),
+        feature: String::new(),
+        period: "month".into(),
+        soft_limit_micros: Some(300),
+        hard_limit_micros: None,
+        job_quota: None,
+        token_quota: None,
+        alert_thresholds: vec![50, 80, 100],
+        on_limit: OnLimit::Fail,
+    };
+    crate::spend::budget::set(&pool, &acme_budget).await?;
 
     // The api publishes as its own AMQP user, one the workers trust to publish for any tenant.
     let api_amqp =
@@ -214,7 +230,11 @@ async fn submit_and_wait(
     println!("submitted: {} jobs for acme over AMQP, {} for globex over HTTP, 1 doomed job, 2 bad messages", args.jobs + 1, args.jobs);
 
     let deadline = Instant::now() + Duration::from_secs(120);
-    while demo.receiver.count() < expected {
+    let done = || {
+        let hooks = demo.receiver.received();
+        job_hooks(&hooks) >= expected && alerts(&hooks).len() >= 3
+    };
+    while !done() {
         anyhow::ensure!(
             Instant::now() < deadline,
             "only {} of {expected} webhooks arrived in time",
@@ -241,6 +261,33 @@ async fn wait_for_api(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("the api did not come up at {url}")
+}
+
+/// Webhooks about jobs (`job.succeeded`, `job.failed`), as opposed to budget alerts.
+fn job_hooks(hooks: &[ReceivedWebhook]) -> usize {
+    hooks
+        .iter()
+        .filter_map(|h| serde_json::from_str::<serde_json::Value>(&h.body).ok())
+        .filter(|v| v["type"].as_str().is_some_and(|t| t.starts_with("job.")))
+        .count()
+}
+
+/// The budget alerts received: (threshold percent, spend when it fired), in threshold order.
+fn alerts(hooks: &[ReceivedWebhook]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = hooks
+        .iter()
+        .filter_map(|h| serde_json::from_str::<serde_json::Value>(&h.body).ok())
+        .filter(|v| v["type"] == "budget.threshold")
+        .map(|v| {
+            let d = &v["data"];
+            (
+                d["threshold_pct"].as_i64().unwrap_or(0),
+                d["cost_micros"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// Prints what happened; returns how many messages were in the dead-letter queue.
@@ -275,23 +322,16 @@ async fn print_summary(
         println!("  failed {id}: {code}: {error}");
     }
 
-    println!("\n== spend (from the ledger, integer micro-dollars)");
-    println!(
-        "{:<8} {:<18} {:<10} {:>6} {:>10} {:>10} {:>12}",
-        "tenant", "feature", "model", "calls", "tokens in", "tokens out", "cost USD"
+    println!("\n== spend (daily aggregates kept in step with the ledger; exact micro-dollars)");
+    let dims = [Dimension::Tenant, Dimension::Feature, Dimension::Model];
+    let q = ReportQuery {
+        group_by: dims.to_vec(),
+        ..ReportQuery::default()
+    };
+    print!(
+        "{}",
+        report::to_table(&dims, &report::query(&demo.pool, &q).await?)
     );
-    let spend: Vec<(String, String, String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT tenant_id, coalesce(tags->>'feature', '-'), model, count(*), sum(input_tokens)::int8, \
-         sum(output_tokens)::int8, sum(cost_micros)::int8 FROM provider_calls GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-    )
-    .fetch_all(&demo.pool)
-    .await?;
-    for (t, f, m, calls, tin, tout, cost) in spend {
-        println!(
-            "{t:<8} {f:<18} {m:<10} {calls:>6} {tin:>10} {tout:>10} {:>12}",
-            usd(cost)
-        );
-    }
 
     let hooks = demo.receiver.received();
     let verified = hooks.iter().filter(|h| h.verified == Some(true)).count();
@@ -302,6 +342,12 @@ async fn print_summary(
     .await?;
     println!("\n== webhooks");
     println!("{} received, {verified} with a valid Standard Webhooks signature; {delivered} deliveries marked delivered after {attempts} attempts", hooks.len());
+    for (pct, cost) in alerts(&hooks) {
+        println!(
+            "  budget alert: acme passed {pct}% of its $0.000300 monthly soft limit (spent {})",
+            usd(cost)
+        );
+    }
 
     println!("\n== dead-letter queue");
     let dead_letters = drain_dead_letters(&demo.cfg).await?;
@@ -358,7 +404,7 @@ async fn check_promises(
     let hooks = demo.receiver.received();
     let ids: std::collections::HashSet<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
     let unverified = hooks.iter().filter(|h| h.verified != Some(true)).count();
-    if unverified > 0 || ids.len() != hooks.len() || hooks.len() != 2 * args.jobs + 1 {
+    if unverified > 0 || ids.len() != hooks.len() || job_hooks(&hooks) != 2 * args.jobs + 1 {
         broken.push(format!(
             "{} webhooks ({} distinct ids, {unverified} unverified) for {} finished jobs",
             hooks.len(),
@@ -366,11 +412,17 @@ async fn check_promises(
             2 * args.jobs + 1
         ));
     }
+    let thresholds: Vec<i64> = alerts(&hooks).iter().map(|a| a.0).collect();
+    if thresholds != [50, 80, 100] {
+        broken.push(format!(
+            "expected one budget alert at each of 50, 80, 100%; got {thresholds:?}"
+        ));
+    }
     if dead_letters != 2 {
         broken.push(format!("expected 2 dead letters, found {dead_letters}"));
     }
     if broken.is_empty() {
-        println!("\n== checks\nall passed: every job finished once, every answered call booked once, results equal the ledger, every webhook verified, both bad messages dead-lettered");
+        println!("\n== checks\nall passed: every job finished once, every answered call booked once, results equal the ledger, every webhook verified, each budget alert fired once, both bad messages dead-lettered");
         Ok(())
     } else {
         anyhow::bail!("demo checks failed:\n  - {}", broken.join("\n  - "))
@@ -379,10 +431,6 @@ async fn check_promises(
 
 async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
-}
-
-fn usd(micros: i64) -> String {
-    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
 async fn drain_dead_letters(cfg: &Config) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
