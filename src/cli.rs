@@ -36,6 +36,13 @@ pub enum Command {
     Worker,
     /// Serve the HTTP api.
     Api,
+    /// Fire cron pipelines (any number may run; one leads).
+    Scheduler,
+    /// Manage cron pipelines.
+    Pipeline {
+        #[command(subcommand)]
+        command: crate::scheduler::command::PipelineCommand,
+    },
     /// Run the OpenAI-compatible simulated provider.
     SimProvider {
         #[arg(long, default_value = "127.0.0.1:8089")]
@@ -105,6 +112,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = crate::db::connect(&cfg.database).await?;
             crate::workers::run(cfg, pool, cancel).await?;
         }
+        Command::Scheduler => {
+            let pool = crate::db::connect(&cfg.database).await?;
+            let publisher =
+                std::sync::Arc::new(crate::queue::publisher::ReconnectingPublisher::new(
+                    cfg.queue.clone(),
+                    "ragq-scheduler",
+                ));
+            let clock = std::sync::Arc::new(crate::scheduler::clock::SystemClock);
+            crate::scheduler::Scheduler::new(pool, publisher, clock, cfg.scheduler.clone())
+                .run(cancel)
+                .await;
+        }
+        Command::Pipeline { command } => crate::scheduler::command::run(&cfg, command).await?,
         Command::Api => {
             let pool = crate::db::connect(&cfg.database).await?;
             crate::api::serve(&cfg, pool, cancel).await?;

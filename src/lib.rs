@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod providers;
 pub mod queue;
 pub mod routing;
+pub mod scheduler;
 pub mod secret;
 pub mod sim;
 pub mod spend;

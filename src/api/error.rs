@@ -13,6 +13,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
@@ -27,6 +29,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -39,9 +42,22 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
             Self::TooLarge(_) => "too_large",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<crate::scheduler::pipeline::PipelineError> for ApiError {
+    fn from(e: crate::scheduler::pipeline::PipelineError) -> Self {
+        use crate::scheduler::pipeline::PipelineError as P;
+        match e {
+            P::Invalid(m) => Self::BadRequest(format!("invalid pipeline: {m}")),
+            P::Exists(_) => Self::Conflict(e.to_string()),
+            P::NotFound(_) => Self::NotFound(e.to_string()),
+            P::Db(db) => db.into(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! idempotent: the existing job is returned, and re-published if it is still waiting to be queued.
 
 pub mod error;
+mod pipelines;
 
 use std::sync::Arc;
 
@@ -24,11 +25,11 @@ use crate::queue::publisher::ReconnectingPublisher;
 use crate::tenants::{Tenant, TenantDirectory};
 pub use error::ApiError;
 
-struct ApiState {
-    pool: PgPool,
-    tenants: TenantDirectory,
-    publisher: ReconnectingPublisher,
-    max_message_bytes: usize,
+pub(crate) struct ApiState {
+    pub(crate) pool: PgPool,
+    pub(crate) tenants: TenantDirectory,
+    pub(crate) publisher: ReconnectingPublisher,
+    pub(crate) max_message_bytes: usize,
 }
 
 /// Builds the router (also used by tests on an ephemeral port).
@@ -44,6 +45,12 @@ pub fn router(cfg: &Config, pool: PgPool) -> Router {
         .route("/v1/jobs", post(submit))
         .route("/v1/jobs/{id}", get(read))
         .route("/v1/spend", get(spend))
+        .route(
+            "/v1/pipelines",
+            post(pipelines::create).get(pipelines::list),
+        )
+        .route("/v1/pipelines/{name}/runs", get(pipelines::runs))
+        .route("/v1/pipelines/{name}/{action}", post(pipelines::act))
         .layer(DefaultBodyLimit::max(cfg.api.max_body_bytes))
         .with_state(state)
 }
@@ -58,7 +65,10 @@ pub async fn serve(cfg: &Config, pool: PgPool, cancel: CancellationToken) -> any
     Ok(())
 }
 
-async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+pub(crate) async fn authenticate(
+    state: &ApiState,
+    headers: &HeaderMap,
+) -> Result<Tenant, ApiError> {
     let key = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -81,21 +91,7 @@ async fn submit(
     let tenant = authenticate(&state, &headers).await?;
     let job = parse_submission(&body, &tenant, state.max_message_bytes)?;
     let wire = serde_json::to_vec(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let inserted = sqlx::query(
-        "INSERT INTO jobs (tenant_id, id, kind, policy, input, tags, webhook_url, state) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued') ON CONFLICT (tenant_id, id) DO NOTHING",
-    )
-    .bind(&job.tenant)
-    .bind(&job.id)
-    .bind(job.kind.as_str())
-    .bind(&job.policy)
-    .bind(&job.input)
-    .bind(serde_json::to_value(&job.tags).unwrap_or_default())
-    .bind(&job.webhook_url)
-    .execute(&state.pool)
-    .await?
-    .rows_affected()
-        == 1;
+    let inserted = crate::jobs::store::insert_queued(&state.pool, &job).await?;
     let current = job_view(&state.pool, &tenant.id, &job.id).await?;
     let still_queued = current.as_ref().is_some_and(|v| v["state"] == "queued");
     if inserted || still_queued {

@@ -36,6 +36,7 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     pub retry: RetryConfig,
     pub spend: SpendConfig,
+    pub scheduler: crate::scheduler::SchedulerConfig,
     pub catalog: Catalog,
 }
 
@@ -200,6 +201,14 @@ impl RawConfig {
             self.spend.maintenance_interval_ms >= 100,
             "spend.maintenance_interval_ms must be at least 100",
         );
+        check(
+            self.scheduler.tick_ms >= 10,
+            "scheduler.tick_ms must be at least 10",
+        );
+        check(
+            self.scheduler.lease_ttl_ms >= 3 * self.scheduler.tick_ms,
+            "scheduler.lease_ttl_ms must be at least 3 ticks (scheduler.tick_ms)",
+        );
         let catalog = match Catalog::from_raw(&self.providers, &self.models, &self.policies) {
             Ok(c) => Some(c),
             Err(CatalogError(list)) => {
@@ -259,6 +268,13 @@ impl RawConfig {
                 reservation_ttl: ms(self.spend.reservation_ttl_ms),
                 ledger_retention_months: self.spend.ledger_retention_months,
                 maintenance_interval: ms(self.spend.maintenance_interval_ms),
+            },
+            scheduler: crate::scheduler::SchedulerConfig {
+                tick: ms(self.scheduler.tick_ms),
+                lease_ttl: chrono::Duration::milliseconds(
+                    i64::try_from(self.scheduler.lease_ttl_ms).unwrap_or(i64::MAX),
+                ),
+                max_message_bytes: self.queue.max_message_bytes,
             },
             catalog,
         }

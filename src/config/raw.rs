@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub webhooks: RawWebhooks,
     pub retry: RawRetry,
     pub spend: RawSpend,
+    pub scheduler: RawScheduler,
     pub providers: Vec<RawProvider>,
     pub models: Vec<RawModel>,
     pub policies: BTreeMap<String, RawPolicy>,
@@ -88,6 +89,22 @@ pub struct RawSpend {
     pub maintenance_interval_ms: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawScheduler {
+    pub tick_ms: u64,
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for RawScheduler {
+    fn default() -> Self {
+        Self {
+            tick_ms: 1_000,
+            lease_ttl_ms: 10_000,
+        }
+    }
+}
+
 /// A provider endpoint. `api_key_env` / `api_key_file` name where the key lives, never the key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +155,7 @@ impl Default for RawConfig {
             webhooks: RawWebhooks::default(),
             retry: RawRetry::default(),
             spend: RawSpend::default(),
+            scheduler: RawScheduler::default(),
             providers: vec![RawProvider {
                 name: "sim".into(),
                 kind: "openai".into(),

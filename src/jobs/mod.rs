@@ -5,6 +5,7 @@
 //! a [`PoisonReason`] and goes to the dead-letter queue, never into a handler.
 
 pub mod state;
+pub mod store;
 
 use std::collections::BTreeMap;
 

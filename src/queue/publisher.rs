@@ -71,13 +71,23 @@ impl Publisher {
         window: usize,
         progress: impl Fn(),
     ) -> (Vec<usize>, Option<QueueError>) {
-        use futures_util::stream::{self, StreamExt};
-        let mut results = stream::iter(jobs.iter().enumerate())
-            .map(|(i, job)| async move { (i, self.publish_job(job.kind, job.id, job.body).await) })
-            .buffer_unordered(window.max(1));
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        use futures_util::FutureExt;
+        let mut in_flight = FuturesUnordered::new();
+        let mut queued = jobs.iter().enumerate();
         let mut confirmed = Vec::with_capacity(jobs.len());
         let mut first_error = None;
-        while let Some((i, result)) = results.next().await {
+        loop {
+            while in_flight.len() < window.max(1) {
+                let Some((i, job)) = queued.next() else { break };
+                in_flight.push(
+                    self.publish_job(job.kind, job.id, job.body)
+                        .map(move |r| (i, r)),
+                );
+            }
+            let Some((i, result)) = in_flight.next().await else {
+                break;
+            };
             match result {
                 Ok(()) => {
                     confirmed.push(i);

@@ -1,0 +1,88 @@
+//! `/v1/pipelines`: a tenant's cron pipelines over HTTP (same rules as `ragq pipeline`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::{authenticate, ApiError, ApiState};
+use crate::scheduler::pipeline::{self, PipelineSpec};
+
+pub(crate) async fn create(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = authenticate(&state, &headers).await?;
+    let spec = PipelineSpec::from_json(&body).map_err(ApiError::BadRequest)?;
+    let p = pipeline::create(
+        &state.pool,
+        &tenant.id,
+        &spec,
+        Utc::now(),
+        state.max_message_bytes,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!(p))).into_response())
+}
+
+pub(crate) async fn list(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = authenticate(&state, &headers).await?;
+    Ok(Json(json!(
+        pipeline::list(&state.pool, Some(&tenant.id)).await?
+    )))
+}
+
+pub(crate) async fn runs(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = authenticate(&state, &headers).await?;
+    Ok(Json(json!(
+        pipeline::runs(&state.pool, &tenant.id, &name, 100).await?
+    )))
+}
+
+/// `pause`, `resume` or `trigger`.
+pub(crate) async fn act(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = authenticate(&state, &headers).await?;
+    let now = Utc::now();
+    match action.as_str() {
+        "pause" | "resume" => {
+            pipeline::set_enabled(&state.pool, &tenant.id, &name, action == "resume", now).await?;
+            Ok(Json(json!(
+                pipeline::get(&state.pool, &tenant.id, &name).await?
+            )))
+        }
+        "trigger" => {
+            let job = crate::scheduler::fire::trigger(
+                &state.pool,
+                &tenant.id,
+                &name,
+                now,
+                state.max_message_bytes,
+            )
+            .await?;
+            // Publish now rather than at the scheduler's next tick; if this fails the relay will.
+            if let Err(e) = crate::scheduler::outbox::relay(&state.pool, &state.publisher).await {
+                tracing::warn!(error = %e, "triggered run left for the scheduler's relay");
+            }
+            Ok(Json(json!({"job_id": job, "skipped": job.is_none()})))
+        }
+        other => Err(ApiError::NotFound(format!(
+            "no pipeline action `{other}`: use pause, resume or trigger"
+        ))),
+    }
+}

@@ -1,0 +1,380 @@
+//! Pipeline definitions: validated at creation (cron, time zone, template) so a bad one is refused
+//! with a clear message, never discovered at 02:00.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::cron::CronSchedule;
+use crate::jobs::JobMessage;
+
+/// What runs may do when the previous one has not finished.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, sqlx::Type,
+)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    Allow,
+    Forbid,
+    Replace,
+}
+
+/// What happens to slots missed while no scheduler ran.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, sqlx::Type,
+)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    Skip,
+    RunOnce,
+    RunAll,
+}
+
+/// A pipeline as created over the CLI or HTTP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub name: String,
+    pub cron: String,
+    #[serde(default = "utc")]
+    pub time_zone: String,
+    /// A job message without `id` and `tenant`.
+    pub job_template: Value,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "allow")]
+    pub overlap: Overlap,
+    #[serde(default = "run_once")]
+    pub missed: Missed,
+    #[serde(default = "ten")]
+    pub missed_limit: i32,
+    #[serde(default)]
+    pub starting_deadline_secs: Option<i32>,
+}
+
+impl PipelineSpec {
+    /// Parses a spec from JSON; errors name the field at fault (`overlap: unknown variant ...`).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                format!("pipeline spec: {}", e.inner())
+            } else {
+                format!("pipeline spec: {path}: {}", e.inner())
+            }
+        })
+    }
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+fn yes() -> bool {
+    true
+}
+fn allow() -> Overlap {
+    Overlap::Allow
+}
+fn run_once() -> Missed {
+    Missed::RunOnce
+}
+fn ten() -> i32 {
+    10
+}
+
+/// A stored pipeline.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Pipeline {
+    pub id: i64,
+    pub tenant_id: String,
+    pub name: String,
+    pub cron: String,
+    pub time_zone: String,
+    pub job_template: Value,
+    pub enabled: bool,
+    pub overlap: Overlap,
+    pub missed: Missed,
+    pub missed_limit: i32,
+    pub starting_deadline_secs: Option<i32>,
+    pub next_fire_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("invalid pipeline: {0}")]
+    Invalid(String),
+    #[error("pipeline `{0}` already exists")]
+    Exists(String),
+    #[error("no pipeline `{0}`")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// The job id of a run: derived from (pipeline, scheduled time), so enqueueing it again is a no-op.
+pub fn job_id(pipeline: &str, scheduled_at: DateTime<Utc>, manual: bool) -> String {
+    let at = scheduled_at.format("%Y%m%dT%H%M%S%.3fZ");
+    if manual {
+        format!("pl:{pipeline}:manual:{at}")
+    } else {
+        format!("pl:{pipeline}:{at}")
+    }
+}
+
+/// The job message of one run: the template with its placeholders filled, the id and the tenant.
+pub fn render(
+    p: &Pipeline,
+    scheduled_at: DateTime<Utc>,
+    manual: bool,
+    max_bytes: usize,
+) -> Result<(JobMessage, Vec<u8>), String> {
+    let tz = CronSchedule::parse(&p.cron, &p.time_zone)?.tz();
+    let local = scheduled_at.with_timezone(&tz);
+    let mut job = p.job_template.clone();
+    fill(
+        &mut job,
+        &local.to_rfc3339(),
+        &local.format("%Y-%m-%d").to_string(),
+    );
+    let obj = job
+        .as_object_mut()
+        .ok_or("job_template must be a JSON object")?;
+    for forbidden in ["id", "tenant"] {
+        if obj.contains_key(forbidden) {
+            return Err(format!(
+                "job_template must not set `{forbidden}`: ragq sets it per run"
+            ));
+        }
+    }
+    obj.insert("id".into(), job_id(&p.name, scheduled_at, manual).into());
+    obj.insert("tenant".into(), p.tenant_id.clone().into());
+    let body = serde_json::to_vec(&job).map_err(|e| e.to_string())?;
+    let message = JobMessage::parse(&body, max_bytes).map_err(|e| format!("job_template: {e}"))?;
+    Ok((message, body))
+}
+
+fn fill(v: &mut Value, time: &str, date: &str) {
+    match v {
+        Value::String(s) if s.contains("{{") => {
+            *s = s
+                .replace("{{scheduled_time}}", time)
+                .replace("{{scheduled_date}}", date);
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| fill(x, time, date)),
+        Value::Object(o) => o.values_mut().for_each(|x| fill(x, time, date)),
+        _ => {}
+    }
+}
+
+/// Creates a pipeline; its first slot is the first after `now`.
+pub async fn create(
+    pool: &PgPool,
+    tenant: &str,
+    spec: &PipelineSpec,
+    now: DateTime<Utc>,
+    max_bytes: usize,
+) -> Result<Pipeline, PipelineError> {
+    let invalid = PipelineError::Invalid;
+    let name_ok = !spec.name.is_empty()
+        && spec.name.len() <= 64
+        && spec
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !name_ok {
+        return Err(invalid(format!(
+            "name `{}`: 1 to 64 characters of [A-Za-z0-9._-]",
+            spec.name
+        )));
+    }
+    if !(1..=1000).contains(&spec.missed_limit) {
+        return Err(invalid("missed_limit must be between 1 and 1000".into()));
+    }
+    if spec.starting_deadline_secs.is_some_and(|d| d <= 0) {
+        return Err(invalid("starting_deadline_secs must be positive".into()));
+    }
+    let schedule = CronSchedule::parse(&spec.cron, &spec.time_zone).map_err(invalid)?;
+    let next = schedule
+        .next_after(now)
+        .ok_or_else(|| invalid(format!("`{}` never fires after {now}", spec.cron)))?;
+    let mut pipeline = Pipeline {
+        id: 0,
+        tenant_id: tenant.to_string(),
+        name: spec.name.clone(),
+        cron: spec.cron.clone(),
+        time_zone: spec.time_zone.clone(),
+        job_template: spec.job_template.clone(),
+        enabled: spec.enabled,
+        overlap: spec.overlap,
+        missed: spec.missed,
+        missed_limit: spec.missed_limit,
+        starting_deadline_secs: spec.starting_deadline_secs,
+        next_fire_at: next,
+    };
+    render(&pipeline, next, false, max_bytes).map_err(invalid)?;
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO pipelines (tenant_id, name, cron, time_zone, job_template, enabled, overlap, missed, \
+           missed_limit, starting_deadline_secs, next_fire_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (tenant_id, name) DO NOTHING RETURNING id",
+    )
+    .bind(tenant)
+    .bind(&spec.name)
+    .bind(&spec.cron)
+    .bind(&spec.time_zone)
+    .bind(&spec.job_template)
+    .bind(spec.enabled)
+    .bind(spec.overlap)
+    .bind(spec.missed)
+    .bind(spec.missed_limit)
+    .bind(spec.starting_deadline_secs)
+    .bind(next)
+    .fetch_optional(pool)
+    .await?;
+    pipeline.id = id.ok_or_else(|| PipelineError::Exists(spec.name.clone()))?;
+    Ok(pipeline)
+}
+
+pub(crate) const COLUMNS: &str =
+    "id, tenant_id, name, cron, time_zone, job_template, enabled, overlap, missed, \
+    missed_limit, starting_deadline_secs, next_fire_at";
+
+pub async fn list(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<Pipeline>, sqlx::Error> {
+    let sql = [
+        "SELECT ",
+        COLUMNS,
+        " FROM pipelines WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY tenant_id, name",
+    ]
+    .concat();
+    sqlx::query_as(&sql).bind(tenant).fetch_all(pool).await
+}
+
+pub async fn get(pool: &PgPool, tenant: &str, name: &str) -> Result<Pipeline, PipelineError> {
+    let sql = [
+        "SELECT ",
+        COLUMNS,
+        " FROM pipelines WHERE tenant_id = $1 AND name = $2",
+    ]
+    .concat();
+    sqlx::query_as(&sql)
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| PipelineError::NotFound(name.to_string()))
+}
+
+/// Pauses or resumes. Resuming starts from the next slot after `now`: slots while paused are not
+/// missed runs.
+pub async fn set_enabled(
+    pool: &PgPool,
+    tenant: &str,
+    name: &str,
+    enabled: bool,
+    now: DateTime<Utc>,
+) -> Result<(), PipelineError> {
+    let p = get(pool, tenant, name).await?;
+    let next = CronSchedule::parse(&p.cron, &p.time_zone)
+        .map_err(PipelineError::Invalid)?
+        .next_after(now)
+        .unwrap_or(p.next_fire_at);
+    sqlx::query(
+        "UPDATE pipelines SET enabled = $2, next_fire_at = CASE WHEN $2 AND NOT enabled THEN $3 ELSE next_fire_at END \
+         WHERE id = $1",
+    )
+    .bind(p.id)
+    .bind(enabled)
+    .bind(next)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One run and its job's outcome.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunView {
+    pub scheduled_at: DateTime<Utc>,
+    pub trigger: String,
+    pub state: String,
+    pub job_id: Option<String>,
+    pub reason: Option<String>,
+    pub job_state: Option<String>,
+    pub job_error: Option<String>,
+}
+
+pub async fn runs(
+    pool: &PgPool,
+    tenant: &str,
+    name: &str,
+    limit: i64,
+) -> Result<Vec<RunView>, PipelineError> {
+    let p = get(pool, tenant, name).await?;
+    Ok(sqlx::query_as(
+        "SELECT r.scheduled_at, r.trigger, r.state, r.job_id, r.reason, j.state AS job_state, j.error AS job_error \
+         FROM pipeline_runs r LEFT JOIN jobs j ON j.tenant_id = $2 AND j.id = r.job_id \
+         WHERE r.pipeline_id = $1 ORDER BY r.scheduled_at DESC LIMIT $3",
+    )
+    .bind(p.id)
+    .bind(tenant)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn pipeline(template: Value) -> Pipeline {
+        Pipeline {
+            id: 1,
+            tenant_id: "acme".into(),
+            name: "nightly".into(),
+            cron: "0 2 * * *".into(),
+            time_zone: "Europe/Lisbon".into(),
+            job_template: template,
+            enabled: true,
+            overlap: Overlap::Allow,
+            missed: Missed::RunOnce,
+            missed_limit: 10,
+            starting_deadline_secs: None,
+            next_fire_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn template_gets_the_scheduled_time_in_the_pipeline_zone() {
+        let p = pipeline(serde_json::json!({
+            "kind": "batch.complete",
+            "input": {"prompts": [{"prompt": "Summarise the tickets of {{scheduled_date}} (as of {{scheduled_time}})"}]}
+        }));
+        let at = Utc
+            .with_ymd_and_hms(2026, 7, 1, 1, 0, 0)
+            .single()
+            .unwrap_or_default();
+        let (job, _) = render(&p, at, false, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(job.id, "pl:nightly:20260701T010000.000Z");
+        assert_eq!(job.tenant, "acme");
+        let prompt = &job.batch_input().unwrap_or_else(|e| panic!("{e}")).prompts[0].prompt;
+        assert_eq!(
+            prompt,
+            "Summarise the tickets of 2026-07-01 (as of 2026-07-01T02:00:00+01:00)"
+        );
+    }
+
+    #[test]
+    fn invalid_templates_are_refused_with_the_reason() {
+        let at = Utc::now();
+        let no_prompts =
+            pipeline(serde_json::json!({"kind": "batch.complete", "input": {"prompts": []}}));
+        assert!(render(&no_prompts, at, false, 1 << 20).is_err_and(|e| e.contains("prompts")));
+        let sets_id =
+            pipeline(serde_json::json!({"id": "x", "kind": "batch.complete", "input": {}}));
+        assert!(render(&sets_id, at, false, 1 << 20).is_err_and(|e| e.contains("`id`")));
+        assert!(render(&pipeline(serde_json::json!([1])), at, false, 1 << 20).is_err());
+    }
+}
