@@ -49,6 +49,10 @@ fn spec(
 }
 
 fn scheduler(env: &TestEnv, clock: &Arc<ManualClock>) -> Scheduler {
+    scheduler_on(env, clock, env.pool.clone())
+}
+
+fn scheduler_on(env: &TestEnv, clock: &Arc<ManualClock>, pool: sqlx::PgPool) -> Scheduler {
     let publisher = Arc::new(ReconnectingPublisher::new(
         env.cfg.queue.clone(),
         "test-scheduler",
@@ -58,7 +62,23 @@ fn scheduler(env: &TestEnv, clock: &Arc<ManualClock>) -> Scheduler {
         lease_ttl: Duration::seconds(10),
         max_message_bytes: env.cfg.queue.max_message_bytes,
     };
-    Scheduler::new(env.pool.clone(), publisher, clock.clone(), cfg)
+    Scheduler::new(pool, publisher, clock.clone(), cfg)
+}
+
+/// A replica as a process would be: its own connections, which die with it.
+struct Replica {
+    scheduler: Scheduler,
+    pool: sqlx::PgPool,
+}
+
+async fn replica(env: &TestEnv, clock: &Arc<ManualClock>) -> Replica {
+    let mut db = env.cfg.database.clone();
+    db.max_connections = 3;
+    let pool = ragq::db::connect(&db).await.unwrap();
+    Replica {
+        scheduler: scheduler_on(env, clock, pool.clone()),
+        pool,
+    }
 }
 
 async fn create(env: &TestEnv, spec: &PipelineSpec, now: DateTime<Utc>) {
@@ -127,23 +147,22 @@ async fn two_schedulers_with_the_leader_killed_at_random_fire_every_slot_once() 
         clock.now(),
     )
     .await;
-    let mut replicas = [scheduler(&env, &clock), scheduler(&env, &clock)];
+    let mut replicas = vec![replica(&env, &clock).await, replica(&env, &clock).await];
     let mut kills = 0;
     const STEPS: usize = 120;
     for _ in 0..STEPS {
         clock.advance(Duration::seconds(60));
         let mut handles = Vec::new();
-        for replica in std::mem::replace(
-            &mut replicas,
-            [scheduler(&env, &clock), scheduler(&env, &clock)],
-        ) {
+        let pools: Vec<sqlx::PgPool> = replicas.iter().map(|r| r.pool.clone()).collect();
+        for r in replicas.drain(..) {
             handles.push(tokio::spawn(async move {
-                let _ = replica.tick().await;
-                replica
+                let _ = r.scheduler.tick().await;
+                r
             }));
         }
         // Now and then, kill one replica at a random instant of its tick (it may hold the lease,
-        // be mid-transaction, or be publishing), and start a fresh one in its place.
+        // be mid-transaction, or be publishing): its task stops and its connections close, as a
+        // crashed process's do; a fresh replica takes its place.
         let victim = rand::thread_rng().gen_range(0..6);
         if victim < 2 {
             tokio::time::sleep(StdDuration::from_micros(
@@ -153,14 +172,24 @@ async fn two_schedulers_with_the_leader_killed_at_random_fire_every_slot_once() 
             handles[victim].abort();
             kills += 1;
         }
-        for (i, h) in handles.into_iter().enumerate() {
-            replicas[i] = h.await.unwrap_or_else(|_| scheduler(&env, &clock));
+        let mut dead = Vec::new();
+        for (h, pool) in handles.into_iter().zip(pools) {
+            match h.await {
+                Ok(r) => replicas.push(r),
+                Err(_) => {
+                    tokio::time::timeout(StdDuration::from_secs(5), pool.close())
+                        .await
+                        .expect("a dead replica's connections close");
+                    dead.push(replica(&env, &clock).await);
+                }
+            }
         }
+        replicas.extend(dead);
     }
     // The survivors catch up on what the last kills left (the lease of a dead leader expires).
     clock.advance(Duration::seconds(11));
     for r in &replicas {
-        r.tick().await.unwrap();
+        r.scheduler.tick().await.unwrap();
     }
     assert!(kills > 10, "the test killed replicas ({kills})");
 

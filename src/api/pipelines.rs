@@ -67,14 +67,15 @@ pub(crate) async fn act(
             )))
         }
         "trigger" => {
-            let job = crate::scheduler::fire::trigger(
-                &state.pool,
-                &tenant.id,
-                &name,
-                now,
-                state.max_message_bytes,
-            )
-            .await?;
+            // Run the transaction in its own task: a client that disconnects must not cancel it
+            // mid-BEGIN (sqlx 0.8 then leaves the pooled connection inside a transaction).
+            let (pool, tenant_id) = (state.pool.clone(), tenant.id.clone());
+            let max = state.max_message_bytes;
+            let job = tokio::spawn(async move {
+                crate::scheduler::fire::trigger(&pool, &tenant_id, &name, now, max).await
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
             // Publish now rather than at the scheduler's next tick; if this fails the relay will.
             if let Err(e) = crate::scheduler::outbox::relay(&state.pool, &state.publisher).await {
                 tracing::warn!(error = %e, "triggered run left for the scheduler's relay");
