@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::queue::{admin, publisher::ReconnectingPublisher};
+use crate::scheduler::pipeline::PipelineSpec;
 use crate::sim::SimOptions;
 use crate::spend::budget::{usd, BudgetSpec, OnLimit};
 use crate::spend::report::{self, Dimension, ReportQuery};
@@ -99,8 +100,29 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
         pids.push(stack.spawn("worker", &[])?);
     }
     pids.push(stack.spawn("api", &[("RAGQ_QUEUE__URL", api_amqp.as_str())])?);
+    // The scheduler publishes as the same trusted user as the api.
+    pids.push(stack.spawn("scheduler", &[("RAGQ_QUEUE__URL", api_amqp.as_str())])?);
+    let digest = PipelineSpec::from_json(
+        serde_json::json!({
+            "name": "status-digest", "cron": "*/2 * * * * *", "time_zone": "Europe/Lisbon", "missed": "skip",
+            "job_template": {"kind": "batch.complete", "webhook_url": receiver.url(),
+                "input": {"prompts": [{"prompt": "Write the status digest for {{scheduled_time}}"}]},
+                "tags": {"feature": "digest"}}
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    crate::scheduler::pipeline::create(
+        &pool,
+        "globex",
+        &digest,
+        chrono::Utc::now(),
+        stack.cfg.queue.max_message_bytes,
+    )
+    .await?;
     println!(
-        "started: sim provider at {} ({} ms latency, {:.0}% 500s, {:.0}% 429s), webhook receiver at {}, {} workers and an api (pids {})",
+        "started: sim provider at {} ({} ms latency, {:.0}% 500s, {:.0}% 429s), webhook receiver at {}, {} workers, an api and a scheduler (pids {}); globex's pipeline `status-digest` fires every 2 s",
         sim.base_url(),
         args.sim.latency_ms,
         args.sim.error_rate * 100.0,
@@ -230,11 +252,17 @@ async fn submit_and_wait(
     println!("submitted: {} jobs for acme over AMQP, {} for globex over HTTP, 1 doomed job, 2 bad messages", args.jobs + 1, args.jobs);
 
     let deadline = Instant::now() + Duration::from_secs(120);
-    let done = || {
+    let done = || async {
         let hooks = demo.receiver.received();
-        job_hooks(&hooks) >= expected && alerts(&hooks).len() >= 3
+        let runs = count(
+            &demo.pool,
+            "SELECT count(*) FROM jobs WHERE id LIKE 'pl:%' AND state = 'succeeded'",
+        )
+        .await
+        .unwrap_or(0);
+        job_hooks(&hooks) >= expected && alerts(&hooks).len() >= 3 && runs >= 2
     };
-    while !done() {
+    while !done().await {
         anyhow::ensure!(
             Instant::now() < deadline,
             "only {} of {expected} webhooks arrived in time",
@@ -243,9 +271,43 @@ async fn submit_and_wait(
         anyhow::ensure!(!cancel.is_cancelled(), "interrupted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Pause the pipeline and let its last runs finish, so the summary sees a quiet system.
+    crate::scheduler::pipeline::set_enabled(
+        &demo.pool,
+        "globex",
+        "status-digest",
+        false,
+        chrono::Utc::now(),
+    )
+    .await?;
+    while count(
+        &demo.pool,
+        "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')",
+    )
+    .await?
+        > 0
+        || demo.receiver.received().len() < job_hooks_expected(demo).await? + 3
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "pipeline runs did not finish in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Let the deliveries' rows settle (the receiver answers before the sender records the attempt).
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(expected)
+}
+
+/// Webhooks every job with a webhook should have produced (all of the demo's jobs have one).
+async fn job_hooks_expected(demo: &Demo) -> anyhow::Result<usize> {
+    Ok(usize::try_from(
+        count(
+            &demo.pool,
+            "SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'failed')",
+        )
+        .await?,
+    )?)
 }
 
 async fn wait_for_api(
@@ -322,6 +384,16 @@ async fn print_summary(
         println!("  failed {id}: {code}: {error}");
     }
 
+    let runs: Vec<(chrono::DateTime<chrono::Utc>, String, String)> = sqlx::query_as(
+        "SELECT r.scheduled_at, r.job_id, j.state FROM pipeline_runs r JOIN jobs j ON j.id = r.job_id ORDER BY 1",
+    )
+    .fetch_all(&demo.pool)
+    .await?;
+    println!("\n== pipelines (globex `status-digest`, every 2 s, fired by the scheduler's leader through its outbox)");
+    for (at, job, state) in &runs {
+        println!("  run {}  job {job}: {state}", at.to_rfc3339());
+    }
+
     println!("\n== spend (daily aggregates kept in step with the ledger; exact micro-dollars)");
     let dims = [Dimension::Tenant, Dimension::Feature, Dimension::Model];
     let q = ReportQuery {
@@ -374,7 +446,7 @@ async fn check_promises(
 ) -> anyhow::Result<()> {
     let (succeeded, failed, unfinished): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'failed'), \
-         count(*) FILTER (WHERE state NOT IN ('succeeded', 'failed')) FROM jobs",
+         count(*) FILTER (WHERE state NOT IN ('succeeded', 'failed')) FROM jobs WHERE id NOT LIKE 'pl:%'",
     )
     .fetch_one(&demo.pool)
     .await?;
@@ -382,6 +454,17 @@ async fn check_promises(
     let mut broken = Vec::new();
     if (succeeded, failed, unfinished) != (2 * jobs, 1, 0) {
         broken.push(format!("expected {} succeeded, 1 failed, 0 unfinished; got {succeeded}, {failed}, {unfinished}", 2 * jobs));
+    }
+    let (runs, run_jobs_ok): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE j.state = 'succeeded') FROM pipeline_runs r \
+         JOIN jobs j ON j.tenant_id = 'globex' AND j.id = r.job_id",
+    )
+    .fetch_one(&demo.pool)
+    .await?;
+    if runs < 2 || run_jobs_ok != runs {
+        broken.push(format!(
+            "{runs} pipeline runs, {run_jobs_ok} of their jobs succeeded"
+        ));
     }
     // Each answered call booked exactly once (no process was killed, so none was lost).
     let booked = count(&demo.pool, "SELECT count(*) FROM provider_calls").await?;
@@ -404,12 +487,15 @@ async fn check_promises(
     let hooks = demo.receiver.received();
     let ids: std::collections::HashSet<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
     let unverified = hooks.iter().filter(|h| h.verified != Some(true)).count();
-    if unverified > 0 || ids.len() != hooks.len() || job_hooks(&hooks) != 2 * args.jobs + 1 {
+    if unverified > 0
+        || ids.len() != hooks.len()
+        || job_hooks(&hooks) != 2 * args.jobs + 1 + usize::try_from(runs)?
+    {
         broken.push(format!(
             "{} webhooks ({} distinct ids, {unverified} unverified) for {} finished jobs",
             hooks.len(),
             ids.len(),
-            2 * args.jobs + 1
+            2 * args.jobs + 1 + usize::try_from(runs)?
         ));
     }
     let thresholds: Vec<i64> = alerts(&hooks).iter().map(|a| a.0).collect();
@@ -422,7 +508,7 @@ async fn check_promises(
         broken.push(format!("expected 2 dead letters, found {dead_letters}"));
     }
     if broken.is_empty() {
-        println!("\n== checks\nall passed: every job finished once, every answered call booked once, results equal the ledger, every webhook verified, each budget alert fired once, both bad messages dead-lettered");
+        println!("\n== checks\nall passed: every job and pipeline run finished once, every answered call booked once, results equal the ledger, every webhook verified, each budget alert fired once, both bad messages dead-lettered");
         Ok(())
     } else {
         anyhow::bail!("demo checks failed:\n  - {}", broken.join("\n  - "))
