@@ -94,6 +94,15 @@ impl LocalStack {
         Ok(pid)
     }
 
+    /// Kills one process with SIGKILL (a crash) and waits for it to die.
+    pub async fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|c| c.id() == Some(pid)) {
+            let mut child = self.children.swap_remove(i);
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
     /// SIGTERM to every process, then a bounded wait (workers drain in-flight jobs first).
     pub async fn stop_all(&mut self) {
         for child in &mut self.children {

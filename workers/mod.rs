@@ -45,7 +45,8 @@ use crate::tenants::TenantDirectory;
 use crate::webhooks::{PendingDelivery, WebhookSender};
 
 use commit::{
-    Claim, ClaimRequest, CommitHandle, Finish, FinishResult, GroupCommit, NewDelivery, Outcome,
+    Claim, ClaimRequest, CommitError, CommitHandle, Finish, FinishResult, GroupCommit, NewDelivery,
+    Outcome,
 };
 use handler::{JobContext, JobError};
 
@@ -268,8 +269,14 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
             Ok(Claim::Run { attempt, admission }) => (attempt, admission),
             Ok(Claim::AlreadyFinished) => return Disposition::Ack,
             Ok(Claim::Busy) => return Disposition::Retry(ctx.cfg.queue.retry_delays[0]),
+            // The database refused this job's rows: retrying cannot help, so it is poison.
+            Err(CommitError::Refused(reason)) => {
+                return Disposition::DeadLetter(format!(
+                    "refused: the database rejected the job: {reason}"
+                ));
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot claim job");
+                tracing::warn!(error = %e, "cannot claim job; it will be redelivered");
                 return Disposition::Abandon;
             }
         };

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+mod faults;
 mod ledger;
 
 use crate::queue::publisher::{OutgoingJob, Publisher};
@@ -47,6 +48,10 @@ pub struct BenchArgs {
     /// Skip the raw broker baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Inject faults during the run (workers killed, RabbitMQ connections dropped, PostgreSQL
+    /// restarted, provider errors and hangs, webhook receiver down) and check every invariant after.
+    #[arg(long)]
+    pub faults: bool,
     /// Instead of the job path, benchmark the spend ledger with this many rows of history.
     #[arg(long)]
     pub ledger_rows: Option<i64>,
@@ -104,44 +109,21 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     if let Some(rows) = args.ledger_rows {
         return run_ledger(&args, rows).await;
     }
+    if args.faults {
+        return faults::run(&args, &cancel).await;
+    }
     anyhow::ensure!(
         args.jobs > 0 && args.workers > 0 && args.tenants > 0 && args.prompts > 0,
         "--jobs, --workers, --tenants and --prompts must be positive"
     );
-    let sim_options = SimOptions {
-        latency_ms: args.latency_ms,
-        ..SimOptions::default()
-    };
-    let sim = crate::sim::spawn("127.0.0.1:0", sim_options, cancel.clone()).await?;
-    let receiver = WebhookReceiver::spawn(cancel.clone()).await?;
-    let mut stack = LocalStack::prepare(&args.servers, "bench", |urls| {
-        bench_config(urls, &sim.base_url(), args.prefetch)
-    })
-    .await?;
-    let bodies = job_bodies(&stack, &receiver, &args).await?;
+    let Setup {
+        sim,
+        receiver,
+        mut stack,
+        bodies,
+    } = setup(&args, &cancel, bench_config).await?;
     let message_bytes = bodies.first().map_or(0, |(_, b)| b.len());
-    say(
-        &args,
-        format_args!(
-            "publishing {} jobs ({message_bytes} bytes each) for {} tenants",
-            args.jobs, args.tenants
-        ),
-    );
-    let conn = crate::queue::connect(&stack.cfg.queue.url, "ragq-bench", &cancel).await?;
-    let setup = conn.create_channel().await?;
-    crate::queue::topology::declare(&setup, &stack.cfg.queue).await?;
-    let publisher = Publisher::open(&conn, "guest").await?;
-    let outgoing: Vec<OutgoingJob<'_>> = bodies
-        .iter()
-        .map(|(id, body)| OutgoingJob {
-            kind: "batch.complete",
-            id,
-            body,
-        })
-        .collect();
-    if let (_, Some(e)) = publisher.publish_jobs(&outgoing, 512, || {}).await {
-        return Err(e).context("publishing the bench jobs");
-    }
+    let conn = publish(&args, &stack, &bodies, &cancel).await?;
 
     say(&args, format_args!("starting {} workers", args.workers));
     let mut pids = Vec::new();
@@ -234,6 +216,73 @@ async fn run_ledger(args: &BenchArgs, rows: i64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What every load run starts from.
+struct Setup {
+    sim: crate::sim::SimHandle,
+    receiver: WebhookReceiver,
+    stack: LocalStack,
+    bodies: Vec<(String, Vec<u8>)>,
+}
+
+/// Starts the sim provider and the receiver, prepares the stack with `config`, creates tenants
+/// and job bodies.
+async fn setup(
+    args: &BenchArgs,
+    cancel: &CancellationToken,
+    config: fn(&StackUrls, &str, u16) -> String,
+) -> anyhow::Result<Setup> {
+    let sim_options = SimOptions {
+        latency_ms: args.latency_ms,
+        ..SimOptions::default()
+    };
+    let sim = crate::sim::spawn("127.0.0.1:0", sim_options, cancel.clone()).await?;
+    let receiver = WebhookReceiver::spawn(cancel.clone()).await?;
+    let stack = LocalStack::prepare(&args.servers, "bench", |urls| {
+        config(urls, &sim.base_url(), args.prefetch)
+    })
+    .await?;
+    let bodies = job_bodies(&stack, &receiver, args).await?;
+    Ok(Setup {
+        sim,
+        receiver,
+        stack,
+        bodies,
+    })
+}
+
+/// Publishes every job (persistent, confirmed) before any worker starts; returns the connection.
+async fn publish(
+    args: &BenchArgs,
+    stack: &LocalStack,
+    bodies: &[(String, Vec<u8>)],
+    cancel: &CancellationToken,
+) -> anyhow::Result<lapin::Connection> {
+    let message_bytes = bodies.first().map_or(0, |(_, b)| b.len());
+    say(
+        args,
+        format_args!(
+            "publishing {} jobs ({message_bytes} bytes each) for {} tenants",
+            args.jobs, args.tenants
+        ),
+    );
+    let conn = crate::queue::connect(&stack.cfg.queue.url, "ragq-bench", cancel).await?;
+    let setup = conn.create_channel().await?;
+    crate::queue::topology::declare(&setup, &stack.cfg.queue).await?;
+    let publisher = Publisher::open(&conn, "guest").await?;
+    let outgoing: Vec<OutgoingJob<'_>> = bodies
+        .iter()
+        .map(|(id, body)| OutgoingJob {
+            kind: "batch.complete",
+            id,
+            body,
+        })
+        .collect();
+    if let (_, Some(e)) = publisher.publish_jobs(&outgoing, 512, || {}).await {
+        return Err(e).context("publishing the bench jobs");
+    }
+    Ok(conn)
 }
 
 fn say(args: &BenchArgs, what: std::fmt::Arguments<'_>) {

@@ -44,3 +44,8 @@ pub fn ensure_user(user: &str, password: &str, vhost: &str) -> Result<(), AdminE
 pub fn delete_vhost(vhost: &str) -> Result<(), AdminError> {
     rabbitmqctl(&["delete_vhost", vhost])
 }
+
+/// Makes the broker close every client connection of `vhost` (a connection-loss fault).
+pub fn close_all_connections(vhost: &str, why: &str) -> Result<(), AdminError> {
+    rabbitmqctl(&["close_all_connections", "--vhost", vhost, why])
+}

@@ -75,7 +75,14 @@ pub async fn fire_due(
     .await?;
     let mut runs = 0;
     for id in due {
-        runs += fire_one(pool, id, holder, now, max_bytes).await?;
+        match fire_one(pool, id, holder, now, max_bytes).await {
+            Ok(n) => runs += n,
+            Err(FireError::LostLease) => return Err(FireError::LostLease),
+            // One pipeline's failure must not hold up the others; it is tried again next tick.
+            Err(FireError::Db(e)) => {
+                tracing::warn!(pipeline_id = id, error = %e, "cannot fire pipeline; retrying next tick")
+            }
+        }
     }
     Ok(runs)
 }

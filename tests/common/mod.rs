@@ -342,63 +342,15 @@ impl TestEnv {
             .await
     }
 
-    /// The ledger invariants after any fault, for acme jobs of `prompts` prompts each: every booked
-    /// call was answered by the provider and is booked once; each job's final attempt booked all its
-    /// calls; answered calls left unbooked belong only to interrupted attempts; results equal the
-    /// ledger.
+    /// The ledger invariants after any fault, for jobs of `prompts` calls each (see
+    /// `ragq::spend::audit`): booked calls were answered, once; final attempts are fully booked;
+    /// answered calls left unbooked belong only to interrupted attempts; results equal the ledger.
     pub async fn assert_ledger_consistent(&self, prompts: usize) {
-        use std::collections::{HashMap, HashSet};
-        let booked: Vec<(String, i32, i32)> =
-            sqlx::query_as("SELECT job_id, attempt, call_index FROM provider_calls")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap();
-        let booked_ids: HashSet<String> = booked
-            .iter()
-            .map(|(j, a, c)| format!("acme/{j}/{a}/{c}"))
-            .collect();
-        assert_eq!(booked_ids.len(), booked.len());
-        let answered = self.sim.answered_call_ids();
-        let answered_set: HashSet<&String> = answered.iter().collect();
-        assert_eq!(
-            answered_set.len(),
-            answered.len(),
-            "no call id answered twice"
-        );
-        for id in &booked_ids {
-            assert!(answered_set.contains(id), "booked call {id} was answered");
-        }
-        let finals: HashMap<String, i32> =
-            sqlx::query_as::<_, (String, i32)>("SELECT id, attempts FROM jobs")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap()
-                .into_iter()
-                .collect();
-        for (job, attempt) in &finals {
-            for c in 0..prompts {
-                assert!(
-                    booked_ids.contains(&format!("acme/{job}/{attempt}/{c}")),
-                    "{job} attempt {attempt} call {c} booked"
-                );
-            }
-        }
-        for id in answered.iter().filter(|id| !booked_ids.contains(*id)) {
-            let parts: Vec<&str> = id.split('/').collect();
-            let attempt: i32 = parts[2].parse().unwrap();
-            assert!(
-                attempt < finals[parts[1]],
-                "unbooked call {id} belongs to an interrupted attempt"
-            );
-        }
-        let mismatched = self
-            .count(
-                "SELECT count(*) FROM jobs j WHERE (j.result->>'cost_micros')::int8 <> \
-                 (SELECT coalesce(sum(cost_micros), 0) FROM provider_calls p \
-                  WHERE p.job_id = j.id AND p.tenant_id = j.tenant_id AND p.attempt = j.attempts)",
-            )
-            .await;
-        assert_eq!(mismatched, 0, "results equal the ledger");
+        let audit = ragq::spend::audit::audit(&self.pool, &self.sim.answered_call_ids(), prompts)
+            .await
+            .unwrap();
+        assert!(audit.ok(), "{audit:#?}");
+        assert!(audit.booked_calls > 0);
     }
 }
 

@@ -1,0 +1,101 @@
+//! Auditing the ledger against what a provider really answered, after faults: the checks behind
+//! "every call booked once, none lost, none twice" in tests and in `ragq bench --faults`.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// What the audit found; `ok()` when nothing is wrong.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct LedgerAudit {
+    pub booked_calls: usize,
+    pub answered_calls: usize,
+    /// Booked calls the provider never answered (a booking out of thin air).
+    pub booked_not_answered: Vec<String>,
+    /// Calls answered twice under one id (the same call made twice).
+    pub answered_twice: Vec<String>,
+    /// Calls of a job's final attempt that are missing from the ledger.
+    pub final_attempt_unbooked: Vec<String>,
+    /// Answered, unbooked calls of a job's final attempt (lost spend).
+    pub lost: Vec<String>,
+    /// Succeeded jobs whose result's cost differs from their final attempt's ledger rows.
+    pub results_off_ledger: i64,
+}
+
+impl LedgerAudit {
+    pub fn ok(&self) -> bool {
+        self.booked_not_answered.is_empty()
+            && self.answered_twice.is_empty()
+            && self.final_attempt_unbooked.is_empty()
+            && self.lost.is_empty()
+            && self.results_off_ledger == 0
+    }
+}
+
+/// Audits every job in the database against `answered`, the call ids (`tenant/job/attempt/index`)
+/// the provider answered, for jobs of `calls_per_job` calls each.
+pub async fn audit(
+    pool: &PgPool,
+    answered: &[String],
+    calls_per_job: usize,
+) -> Result<LedgerAudit, sqlx::Error> {
+    let booked: Vec<(String, String, i32, i32)> =
+        sqlx::query_as("SELECT tenant_id, job_id, attempt, call_index FROM provider_calls")
+            .fetch_all(pool)
+            .await?;
+    let booked: HashSet<String> = booked
+        .iter()
+        .map(|(t, j, a, c)| format!("{t}/{j}/{a}/{c}"))
+        .collect();
+    let mut seen = HashSet::new();
+    let answered_twice: Vec<String> = answered
+        .iter()
+        .filter(|id| !seen.insert(id.as_str()))
+        .cloned()
+        .collect();
+    let answered_set: HashSet<&str> = answered.iter().map(String::as_str).collect();
+    let finals: HashMap<(String, String), i32> = sqlx::query_as::<_, (String, String, i32)>(
+        "SELECT tenant_id, id, attempts FROM jobs WHERE state = 'succeeded'",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(t, j, a)| ((t, j), a))
+    .collect();
+    let final_attempt_unbooked: Vec<String> = finals
+        .iter()
+        .flat_map(|((t, j), a)| (0..calls_per_job).map(move |c| format!("{t}/{j}/{a}/{c}")))
+        .filter(|id| !booked.contains(id))
+        .collect();
+    let lost: Vec<String> = answered
+        .iter()
+        .filter(|id| !booked.contains(*id))
+        .filter(|id| {
+            let p: Vec<&str> = id.split('/').collect();
+            let attempt: i32 = p.get(2).and_then(|a| a.parse().ok()).unwrap_or(0);
+            p.len() == 4 && finals.get(&(p[0].to_string(), p[1].to_string())) == Some(&attempt)
+        })
+        .cloned()
+        .collect();
+    let results_off_ledger: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j WHERE j.state = 'succeeded' AND (j.result->>'cost_micros')::int8 <> \
+         (SELECT coalesce(sum(cost_micros), 0) FROM provider_calls p \
+          WHERE p.tenant_id = j.tenant_id AND p.job_id = j.id AND p.attempt = j.attempts)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(LedgerAudit {
+        booked_calls: booked.len(),
+        answered_calls: answered_set.len(),
+        booked_not_answered: booked
+            .iter()
+            .filter(|id| !answered_set.contains(id.as_str()))
+            .cloned()
+            .collect(),
+        answered_twice,
+        final_attempt_unbooked,
+        lost,
+        results_off_ledger,
+    })
+}
