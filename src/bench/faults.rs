@@ -20,6 +20,9 @@ use crate::stack::{sim_catalog_toml, StackUrls};
 pub struct FaultReport {
     pub jobs: usize,
     pub faults: Vec<(String, f64)>,
+    /// Jobs not yet finished when the last fault (the PostgreSQL restart) began: a run that had
+    /// finished its work before the faults proves nothing, and is reported as a failure.
+    pub unfinished_at_last_fault: i64,
     pub succeeded: i64,
     pub failed: i64,
     pub unfinished: i64,
@@ -121,6 +124,11 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
     receiver.refuse_next(500);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    let unfinished_at_last_fault: i64 =
+        sqlx::query_scalar("SELECT $1 - count(*) FROM jobs WHERE state IN ('succeeded', 'failed')")
+            .bind(i64::try_from(args.jobs)?)
+            .fetch_one(&stack.pool)
+            .await?;
     fault("PostgreSQL restarts", Instant::now());
     restart_postgres()?;
 
@@ -136,7 +144,7 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
     }
     stack.stop_all().await;
     finished?;
-    let report = check(
+    let mut report = check(
         &stack.pool,
         args,
         &sim.answered_call_ids(),
@@ -145,6 +153,8 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
         started,
     )
     .await?;
+    report.unfinished_at_last_fault = unfinished_at_last_fault;
+    report.ok &= unfinished_at_last_fault > 0;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -234,6 +244,7 @@ async fn check(
     Ok(FaultReport {
         jobs: args.jobs,
         faults,
+        unfinished_at_last_fault: 0,
         succeeded,
         failed,
         unfinished,
@@ -251,6 +262,10 @@ fn print(r: &FaultReport) {
     for (name, at) in &r.faults {
         println!("  at {at:>5.1} s  {name}");
     }
+    println!(
+        "{} jobs were still unfinished when the last fault began",
+        r.unfinished_at_last_fault
+    );
     println!(
         "jobs: {} succeeded, {} failed with a reason, {} unfinished",
         r.succeeded, r.failed, r.unfinished
