@@ -1,0 +1,133 @@
+//! Criterion micro-benchmarks of the pure functions on every job's path:
+//! `cargo bench --bench hot_paths` (figures in BENCHMARKS.md).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+
+use chrono::{TimeZone, Utc};
+use criterion::{criterion_group, criterion_main, Criterion};
+use ragq::jobs::JobMessage;
+use ragq::providers::{ChatMessage, ChatRequest};
+use ragq::scheduler::cron::CronSchedule;
+use ragq::spend::budget::{admit, AdmissionRequest, BudgetState, Estimate, OnLimit};
+use ragq::spend::Price;
+use serde_json::json;
+
+fn job(prompts: usize) -> Vec<u8> {
+    let prompts: Vec<_> = (0..prompts)
+        .map(|i| json!({"prompt": format!("Summarise support ticket {i}: the customer cannot export last month's invoices as CSV")}))
+        .collect();
+    json!({"id": "bench-1", "tenant": "tenant-0001", "kind": "batch.complete", "webhook_url": "http://127.0.0.1:9/hook",
+           "input": {"prompts": prompts, "max_tokens": 32}, "tags": {"feature": "bench", "plan": "pro"}})
+    .to_string()
+    .into_bytes()
+}
+
+fn parsing(c: &mut Criterion) {
+    let small = job(1);
+    let large = job(100);
+    c.bench_function("parse job message, 1 prompt (333 B)", |b| {
+        b.iter(|| JobMessage::parse(black_box(&small), 1 << 20).unwrap())
+    });
+    c.bench_function("parse job message, 100 prompts (11 KiB)", |b| {
+        b.iter(|| JobMessage::parse(black_box(&large), 1 << 20).unwrap())
+    });
+}
+
+fn signing(c: &mut Criterion) {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let payload = vec![b'x'; 1024];
+    c.bench_function("sign webhook, 1 KiB payload", |b| {
+        b.iter(|| {
+            ragq::webhooks::signature::sign(secret, "msg_1", 1_764_000_000, black_box(&payload))
+                .unwrap()
+        })
+    });
+}
+
+fn routing(c: &mut Criterion) {
+    let request = ChatRequest {
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: "Summarise support ticket 42 in one line".into(),
+        }],
+        max_tokens: Some(256),
+        temperature: None,
+        call_id: None,
+    };
+    let prices: Vec<Price> = (0..50u64)
+        .map(|i| Price {
+            input_micros_per_mtok: 100_000 * (i + 1),
+            output_micros_per_mtok: 400_000 * (i + 1),
+        })
+        .collect();
+    c.bench_function("budget cap filter over a 50-model policy", |b| {
+        b.iter(|| {
+            let cap = black_box(2_000);
+            prices
+                .iter()
+                .filter(|p| request.worst_case_micros(p) <= cap)
+                .count()
+        })
+    });
+    let input = JobMessage::parse(&job(10), 1 << 20)
+        .unwrap()
+        .batch_input()
+        .unwrap();
+    c.bench_function("estimate a 10-prompt job over 50 models", |b| {
+        b.iter(|| ragq::workers::batch_complete::estimate(black_box(&input), &prices, 1024))
+    });
+}
+
+fn admission(c: &mut Criterion) {
+    let budget = |id: i64, feature: &str| BudgetState {
+        id,
+        tenant_id: "acme".into(),
+        feature: feature.into(),
+        period: "month".into(),
+        period_start: chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+        hard_limit_micros: Some(i64::MAX / 4),
+        job_quota: Some(1 << 40),
+        token_quota: None,
+        on_limit: OnLimit::Fail,
+        cost_micros: 0,
+        tokens: 0,
+        jobs: 0,
+        reserved_micros: 0,
+        reserved_tokens: 0,
+        reserved_jobs: 0,
+    };
+    let asks: Vec<AdmissionRequest<'_>> = (0..256)
+        .map(|_| AdmissionRequest {
+            tenant: "acme",
+            feature: "faq",
+            estimate: Estimate {
+                max_micros: 1_000,
+                min_micros: 100,
+                tokens: 2_000,
+                calls: 2,
+            },
+        })
+        .collect();
+    c.bench_function("admit a 256-job claim batch against 2 budgets", |b| {
+        b.iter(|| {
+            let mut states = vec![budget(1, ""), budget(2, "faq")];
+            admit(&mut states, black_box(&asks))
+        })
+    });
+}
+
+fn scheduling(c: &mut Criterion) {
+    let nightly = CronSchedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+    let at = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap();
+    c.bench_function("next slot of a nightly schedule in Europe/Berlin", |b| {
+        b.iter(|| nightly.next_after(black_box(at)))
+    });
+    let dst = Utc.with_ymd_and_hms(2026, 3, 29, 0, 30, 0).unwrap();
+    c.bench_function("next slot across a daylight-saving change", |b| {
+        b.iter(|| nightly.next_after(black_box(dst)))
+    });
+}
+
+criterion_group!(benches, parsing, signing, routing, admission, scheduling);
+criterion_main!(benches);
