@@ -150,14 +150,22 @@ pub async fn free_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// The catalog both runs use: two sim models of different prices behind the sim provider.
+/// The catalog both runs use: two sim models of different prices behind the sim provider, and the
+/// default policies over them.
 pub fn sim_catalog_toml(sim_url: &str) -> String {
+    sim_models_toml(sim_url, 5000)
+        + "[policies.cost-optimized]\nmodels = [\"sim-small\", \"sim-large\"]\n\
+           [policies.reliable]\nmodels = [\"sim-large\", \"sim-small\"]\n"
+}
+
+/// The sim provider (calls time out after `timeout_ms`) and its two models, without policies.
+pub fn sim_models_toml(sim_url: &str, timeout_ms: u64) -> String {
     format!(
         r#"[[providers]]
 name = "sim"
 kind = "openai"
 base_url = "{sim_url}"
-timeout_ms = 5000
+timeout_ms = {timeout_ms}
 [[models]]
 name = "sim-small"
 provider = "sim"
@@ -172,10 +180,6 @@ model_id = "sim-large"
 input_price_micros_per_mtok = 2500000
 output_price_micros_per_mtok = 10000000
 context_window = 128000
-[policies.cost-optimized]
-models = ["sim-small", "sim-large"]
-[policies.reliable]
-models = ["sim-large", "sim-small"]
 "#
     )
 }

@@ -13,7 +13,7 @@ use super::{publish, say, setup, BenchArgs};
 use crate::queue::admin;
 use crate::sim::SimOptions;
 use crate::spend::audit::{self, LedgerAudit};
-use crate::stack::{sim_catalog_toml, StackUrls};
+use crate::stack::{sim_models_toml, StackUrls};
 
 /// What the fault run found.
 #[derive(Debug, Serialize)]
@@ -63,7 +63,8 @@ max_elapsed_ms = 3000
 {catalog}"#,
         db = urls.database,
         queue = urls.queue,
-        catalog = sim_catalog_toml(sim_url).replace("timeout_ms = 5000", "timeout_ms = 1000"),
+        catalog = sim_models_toml(sim_url, 1000)
+            + "[policies.cost-optimized]\nmodels = [\"sim-small\", \"sim-large\"]\n",
     )
 }
 

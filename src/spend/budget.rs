@@ -472,7 +472,8 @@ pub struct BudgetSpec {
 }
 
 /// Creates or replaces the budget for (tenant, feature, period); a new budget starts with the
-/// period's spend so far, read from the daily aggregates. Returns its id.
+/// period's spend so far, read from the daily aggregates, and alerts at once for thresholds that
+/// spend already passed. Returns its id.
 pub async fn set(pool: &sqlx::PgPool, spec: &BudgetSpec) -> Result<i64, BudgetError> {
     spec.validate().map_err(BudgetError::Invalid)?;
     let mut tx = pool.begin().await?;
@@ -516,6 +517,8 @@ pub async fn set(pool: &sqlx::PgPool, spec: &BudgetSpec) -> Result<i64, BudgetEr
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    // Spend may already be past some thresholds: alert now, not at the tenant's next call.
+    fire_alerts(&mut tx, &[spec.tenant.as_str()]).await?;
     tx.commit().await?;
     Ok(id)
 }

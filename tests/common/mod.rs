@@ -89,32 +89,13 @@ max_attempts = 6
 initial_interval_ms = 20
 max_interval_ms = 200
 max_elapsed_ms = 1500
-[[providers]]
-name = "sim"
-kind = "openai"
-base_url = "{}"
-timeout_ms = 2000
-[[models]]
-name = "sim-small"
-provider = "sim"
-model_id = "sim-small"
-input_price_micros_per_mtok = 150000
-output_price_micros_per_mtok = 600000
-context_window = 16384
-[[models]]
-name = "sim-large"
-provider = "sim"
-model_id = "sim-large"
-input_price_micros_per_mtok = 2500000
-output_price_micros_per_mtok = 10000000
-context_window = 128000
-[policies.cost-optimized]
+{models}[policies.cost-optimized]
 models = ["sim-small"]
 [policies.with-fallback]
 models = ["sim-small", "sim-large"]
 {sections}
 "#,
-            sim.base_url()
+            models = ragq::stack::sim_models_toml(&sim.base_url(), 2000),
         );
         let cfg = Config::from_toml(&config_toml).expect("test config is valid");
         let pool = ragq::db::connect(&cfg.database).await.expect("database");
