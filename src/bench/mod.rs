@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 mod faults;
+mod latency;
 mod ledger;
 
 use crate::queue::publisher::{OutgoingJob, Publisher};
@@ -55,6 +56,10 @@ pub struct BenchArgs {
     /// Instead of the job path, benchmark the spend ledger with this many rows of history.
     #[arg(long)]
     pub ledger_rows: Option<i64>,
+    /// Instead of draining a full queue, publish at this many jobs per second with workers running
+    /// and report end-to-end latency (publish to webhook) and the platform's overhead.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -111,6 +116,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     }
     if args.faults {
         return faults::run(&args, &cancel).await;
+    }
+    if let Some(rate) = args.rate {
+        return latency::run(&args, rate, &cancel).await;
     }
     anyhow::ensure!(
         args.jobs > 0 && args.workers > 0 && args.tenants > 0 && args.prompts > 0,
