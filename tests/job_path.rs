@@ -338,3 +338,46 @@ async fn webhooks_are_retried_until_the_receiver_accepts() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_requeued_past_the_delivery_limit_is_dead_lettered_by_the_broker() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    // No worker: a consumer that dies holding the message is played by nack with requeue.
+    let env = TestEnv::new("delivery_limit = 2").await;
+    let conn = env.amqp().await;
+    let body = env.job("acme", "crashes-workers", 1).to_string();
+    env.publish_raw(&conn, "batch.complete", body.as_bytes(), Some("guest"))
+        .await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut deliveries = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match ch
+            .basic_get("ragq.jobs".into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            Some(m) => {
+                deliveries += 1;
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                m.delivery.acker.nack(requeue).await.unwrap();
+            }
+            None if deliveries > 0 => break,
+            None => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(
+        deliveries, 3,
+        "delivered once, then redelivered up to the limit of 2"
+    );
+    let dead = env.dead_letters(&conn).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1, body.as_bytes());
+    assert_eq!(
+        dead[0].0, None,
+        "dead-lettered by the broker: the reason is its x-death header"
+    );
+}

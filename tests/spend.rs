@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use chrono::TimeZone;
+use chrono::{Datelike, TimeZone};
 use common::{spawn_worker_process, TestEnv};
 use ragq::providers::Usage;
 use ragq::sim::{Fault, SimOptions};
@@ -460,4 +460,83 @@ async fn reports_match_a_hand_computed_fixture() {
         report::query(&env.pool, &other).await.unwrap().is_empty(),
         "one tenant's spend is not another's"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_ledger_partitions_and_keeps_the_aggregates() {
+    let env = TestEnv::new("").await;
+    // Three months of history, each in its own partition. The DDL is built from dates computed
+    // here (identifiers cannot be bound), never from input.
+    let now = chrono::Utc::now();
+    let months_ago = |m: u32| {
+        chrono::Utc
+            .with_ymd_and_hms(now.year(), now.month(), 1, 12, 0, 0)
+            .unwrap()
+            .checked_sub_months(chrono::Months::new(m))
+            .unwrap()
+    };
+    for m in 1..=3u32 {
+        let start = months_ago(m);
+        let name = format!("provider_calls_{}", start.format("%Y_%m"));
+        let end = start.checked_add_months(chrono::Months::new(1)).unwrap();
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE {name} PARTITION OF provider_calls FOR VALUES FROM ('{}') TO ('{}')",
+            start.format("%Y-%m-01"),
+            end.format("%Y-%m-01")
+        ))
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    let rows: Vec<LedgerEntry> = (0..=3u32)
+        .map(|m| LedgerEntry {
+            occurred_at: months_ago(m),
+            ..entry(
+                &format!("j{m}"),
+                0,
+                "faq",
+                "sim-small",
+                1,
+                (1_000, 0),
+                SMALL,
+            )
+        })
+        .collect();
+    let mut conn = env.pool.acquire().await.unwrap();
+    let refs: Vec<&LedgerEntry> = rows.iter().collect();
+    assert_eq!(
+        ragq::spend::ledger::write(&mut conn, &refs).await.unwrap(),
+        4
+    );
+
+    // Keep 2 months: this one and the last; the two before go, with their rows.
+    ragq::spend::maintenance::maintain_ledger(&env.pool, 2)
+        .await
+        .unwrap();
+    assert_eq!(env.count("SELECT count(*) FROM provider_calls").await, 2);
+    let kept: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'provider_calls'::regclass ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    for m in 2..=3u32 {
+        let gone = format!("provider_calls_{}", months_ago(m).format("%Y_%m"));
+        assert!(!kept.contains(&gone), "{gone} dropped: {kept:?}");
+    }
+    assert!(kept.contains(&format!("provider_calls_{}", months_ago(1).format("%Y_%m"))));
+    // Reports still see all four calls: the daily aggregates are kept.
+    let all = report::query(
+        &env.pool,
+        &ReportQuery {
+            tenant: Some("acme".into()),
+            from: None,
+            to: None,
+            group_by: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((all[0].calls, all[0].cost_micros), (4, 4 * 150));
 }
