@@ -381,3 +381,71 @@ async fn a_message_requeued_past_the_delivery_limit_is_dead_lettered_by_the_brok
         "dead-lettered by the broker: the reason is its x-death header"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_routed_to_an_anthropic_provider_is_answered_and_booked() {
+    // The key comes from the environment variable the config names, never from the file.
+    std::env::set_var("RAGQ_TEST_ANTHROPIC_KEY", "sk-ant-test");
+    let env = TestEnv::with_sections(
+        "",
+        r#"[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "{sim_url}"
+api_key_env = "RAGQ_TEST_ANTHROPIC_KEY"
+timeout_ms = 2000
+[[models]]
+name = "claude-sim"
+provider = "claude"
+model_id = "claude-sim-1"
+input_price_micros_per_mtok = 3000000
+output_price_micros_per_mtok = 15000000
+context_window = 200000
+[policies.claude-first]
+models = ["claude-sim", "sim-small"]
+"#,
+    )
+    .await;
+    let (_stop, _worker) = env.start_worker();
+    let conn = env.amqp().await;
+    let mut job = env.job("acme", "claude-1", 2);
+    job["policy"] = "claude-first".into();
+    job["input"]["system"] = "Answer in one line.".into();
+    env.publish_raw(
+        &conn,
+        "batch.complete",
+        job.to_string().as_bytes(),
+        Some("guest"),
+    )
+    .await;
+    env.wait_until(20, "job finished", || async {
+        env.job_state("acme", "claude-1").await.as_deref() == Some("succeeded")
+    })
+    .await;
+    let result: serde_json::Value =
+        sqlx::query_scalar("SELECT result FROM jobs WHERE id = 'claude-1'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let first = &result["completions"][0];
+    assert_eq!(first["model"], "claude-sim");
+    assert_eq!(first["provider"], "claude");
+    assert!(first["content"]
+        .as_str()
+        .unwrap()
+        .contains("question 0 of job claude-1"));
+    let booked: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT model, input_price_micros_per_mtok, cost_micros FROM provider_calls WHERE job_id = 'claude-1'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(booked.len(), 2);
+    assert!(booked
+        .iter()
+        .all(|(m, p, c)| m == "claude-sim" && *p == 3_000_000 && *c > 0));
+    assert_eq!(
+        result["cost_micros"].as_i64().unwrap(),
+        booked.iter().map(|b| b.2).sum::<i64>()
+    );
+}

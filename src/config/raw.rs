@@ -110,7 +110,7 @@ impl Default for RawScheduler {
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub name: String,
-    /// API shape: `openai` (chat completions) for now.
+    /// API shape: `openai` (chat completions) or `anthropic` (messages).
     pub kind: String,
     pub base_url: String,
     #[serde(default)]

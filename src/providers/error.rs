@@ -69,6 +69,33 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
     Some(delta.to_std().unwrap_or(Duration::ZERO))
 }
 
+/// Turns an error status and body into a typed error, keeping the provider's message short. Both
+/// API shapes wrap their message as `{"error": {"message": ...}}`.
+pub fn error_from_status(
+    provider: &str,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<std::time::Duration>,
+) -> ProviderError {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: Detail,
+    }
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        message: String,
+    }
+    let message = serde_json::from_slice::<Envelope>(body)
+        .map(|e| e.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect());
+    ProviderError::Status {
+        provider: provider.to_string(),
+        status,
+        message,
+        retry_after,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,9 @@
 //! [`ProviderError`] that knows whether trying again can help. Retries and failover are not here: the
 //! router owns them, so attempts never multiply across layers.
 
+pub mod anthropic;
 pub mod error;
+pub mod http;
 pub mod openai;
 
 use std::time::Duration;
@@ -82,12 +84,14 @@ pub struct ProviderEndpoint {
 #[derive(Debug, Clone)]
 pub enum ProviderClient {
     OpenAi(openai::OpenAiClient),
+    Anthropic(anthropic::AnthropicClient),
 }
 
 impl ProviderClient {
     pub fn name(&self) -> &str {
         match self {
             Self::OpenAi(c) => c.name(),
+            Self::Anthropic(c) => c.name(),
         }
     }
 
@@ -99,6 +103,7 @@ impl ProviderClient {
     ) -> Result<ChatResponse, ProviderError> {
         match self {
             Self::OpenAi(c) => c.chat(model_id, request).await,
+            Self::Anthropic(c) => c.chat(model_id, request).await,
         }
     }
 }

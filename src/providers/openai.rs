@@ -6,11 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::parse_retry_after;
+use super::http::exchange;
 use super::{ChatMessage, ChatRequest, ChatResponse, ProviderEndpoint, ProviderError, Usage};
 
-/// Header carrying ragq's id for one call.
-pub const CALL_ID_HEADER: &str = "x-ragq-call-id";
+pub use super::http::CALL_ID_HEADER;
 
 /// Client for one OpenAI-compatible endpoint; cheap to clone (shares the connection pool).
 #[derive(Debug, Clone)]
@@ -77,47 +76,15 @@ impl OpenAiClient {
         model_id: &str,
         request: &ChatRequest,
     ) -> Result<ChatResponse, ProviderError> {
-        let body = build_request(model_id, request);
         let mut http = self
             .http
             .post(&self.chat_url)
-            .timeout(self.endpoint.timeout)
-            .json(&body);
+            .json(&build_request(model_id, request));
         if let Some(key) = &self.endpoint.api_key {
             http = http.bearer_auth(key.expose());
         }
-        if let Some(id) = &request.call_id {
-            http = http.header(CALL_ID_HEADER, id);
-        }
-        let response = http.send().await.map_err(|e| self.transport_error(e))?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e))?;
-        if !(200..300).contains(&status) {
-            return Err(error_from_status(self.name(), status, &bytes, retry_after));
-        }
+        let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
         parse_response(self.name(), &bytes)
-    }
-
-    fn transport_error(&self, e: reqwest::Error) -> ProviderError {
-        if e.is_timeout() {
-            ProviderError::Timeout {
-                provider: self.endpoint.name.clone(),
-                timeout_ms: u64::try_from(self.endpoint.timeout.as_millis()).unwrap_or(u64::MAX),
-            }
-        } else {
-            ProviderError::Connect {
-                provider: self.endpoint.name.clone(),
-                message: e.to_string(),
-            }
-        }
     }
 }
 
@@ -158,35 +125,10 @@ pub fn parse_response(provider: &str, body: &[u8]) -> Result<ChatResponse, Provi
     })
 }
 
-/// Turns an error status and body into a typed error, keeping the provider's message short.
-pub fn error_from_status(
-    provider: &str,
-    status: u16,
-    body: &[u8],
-    retry_after: Option<std::time::Duration>,
-) -> ProviderError {
-    #[derive(Deserialize)]
-    struct Envelope {
-        error: Detail,
-    }
-    #[derive(Deserialize)]
-    struct Detail {
-        message: String,
-    }
-    let message = serde_json::from_slice::<Envelope>(body)
-        .map(|e| e.error.message)
-        .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect());
-    ProviderError::Status {
-        provider: provider.to_string(),
-        status,
-        message,
-        retry_after,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::error::error_from_status;
     use std::time::Duration;
 
     #[test]

@@ -16,6 +16,7 @@ pub struct CatalogError(pub Vec<String>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
     OpenAi,
+    Anthropic,
 }
 
 #[derive(Debug, Clone)]
@@ -140,9 +141,10 @@ impl Catalog {
 fn provider_spec(p: &RawProvider) -> Result<ProviderSpec, String> {
     let kind = match p.kind.as_str() {
         "openai" => ProviderKind::OpenAi,
+        "anthropic" => ProviderKind::Anthropic,
         other => {
             return Err(format!(
-                "providers.{}.kind: unknown API shape `{other}` (expected `openai`)",
+                "providers.{}.kind: unknown API shape `{other}` (expected `openai` or `anthropic`)",
                 p.name
             ))
         }

@@ -19,6 +19,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::config::RetryConfig;
+use crate::providers::anthropic::AnthropicClient;
 use crate::providers::openai::OpenAiClient;
 use crate::providers::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 use crate::spend::Price;
@@ -117,6 +118,10 @@ impl Router {
                     ProviderKind::OpenAi => {
                         ProviderClient::OpenAi(OpenAiClient::new(p.endpoint.clone(), http.clone()))
                     }
+                    ProviderKind::Anthropic => ProviderClient::Anthropic(AnthropicClient::new(
+                        p.endpoint.clone(),
+                        http.clone(),
+                    )),
                 };
                 (p.endpoint.name.clone(), client)
             })

@@ -20,9 +20,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::providers::anthropic;
 use crate::providers::openai::{
     WireChatRequest, WireChatResponse, WireChoice, WireMessage, WireUsage,
 };
+use crate::providers::ChatMessage;
 
 /// Fault rates and latency; every rate is a probability in 0..=1.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
@@ -128,6 +130,7 @@ pub async fn spawn(
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/messages", post(messages))
         .route("/sim/script", post(add_script))
         .route("/sim/stats", get(stats))
         .with_state(state.clone());
@@ -187,8 +190,77 @@ async fn chat(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    answer(&state, &headers, || {
+        let request: WireChatRequest =
+            serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;
+        if request.messages.is_empty() {
+            return Err("messages must not be empty".into());
+        }
+        Ok((reply(&request), |r: WireChatResponse| {
+            Json(r).into_response()
+        }))
+    })
+    .await
+}
+
+/// `POST /v1/messages`: the same model behind Anthropic's Messages shape.
+async fn messages(
+    State(state): State<Arc<SimState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    answer(&state, &headers, || {
+        let wire: anthropic::WireRequest =
+            serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;
+        let mut messages: Vec<ChatMessage> = wire
+            .system
+            .map(|content| ChatMessage {
+                role: "system".into(),
+                content,
+            })
+            .into_iter()
+            .collect();
+        messages.extend(wire.messages.into_iter().map(|m| ChatMessage {
+            role: m.role,
+            content: m.content,
+        }));
+        let request = WireChatRequest {
+            model: wire.model,
+            messages,
+            max_tokens: Some(wire.max_tokens),
+            temperature: wire.temperature,
+        };
+        let render = |r: WireChatResponse| {
+            let text = r
+                .choices
+                .into_iter()
+                .next()
+                .and_then(|c| c.message.content)
+                .unwrap_or_default();
+            let usage = r.usage.map(
+                |u| json!({"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}),
+            );
+            Json(json!({"type": "message", "role": "assistant",
+                        "content": [{"type": "text", "text": text}], "usage": usage}))
+            .into_response()
+        };
+        if request.messages.iter().all(|m| m.role == "system") {
+            return Err("messages must hold at least one user message".into());
+        }
+        Ok((reply(&request), render))
+    })
+    .await
+}
+
+/// Applies this request's fault and latency, then answers with `build`'s reply rendered in its
+/// API shape, recording the call id of every success.
+async fn answer<B, R>(state: &SimState, headers: &axum::http::HeaderMap, build: B) -> Response
+where
+    B: FnOnce() -> Result<(WireChatResponse, R), String>,
+    R: FnOnce(WireChatResponse) -> Response,
+{
     state.requests.fetch_add(1, Ordering::Relaxed);
-    let (fault, latency_ms) = next_fault(&state);
+    let (fault, latency_ms) = next_fault(state);
     if latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(latency_ms)).await;
     }
@@ -207,21 +279,18 @@ async fn chat(
         }
         None => {}
     }
-    let request: WireChatRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(400, &format!("invalid request: {e}")),
+    let (response, render) = match build() {
+        Ok(built) => built,
+        Err(refused) => return error(400, &refused),
     };
-    if request.messages.is_empty() {
-        return error(400, "messages must not be empty");
-    }
     state.successes.fetch_add(1, Ordering::Relaxed);
     let call_id = headers
-        .get(crate::providers::openai::CALL_ID_HEADER)
+        .get(crate::providers::http::CALL_ID_HEADER)
         .and_then(|v| v.to_str().ok());
     if let (Some(id), Ok(mut ids)) = (call_id, state.answered_call_ids.lock()) {
         ids.push(id.to_string());
     }
-    Json(reply(&request)).into_response()
+    render(response)
 }
 
 fn error(status: u16, message: &str) -> Response {
@@ -279,7 +348,6 @@ pub fn reply(request: &WireChatRequest) -> WireChatResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::ChatMessage;
 
     #[test]
     fn replies_are_deterministic_and_carry_usage() {

@@ -96,6 +96,7 @@ models = ["sim-small", "sim-large"]
 {sections}
 "#,
             models = ragq::stack::sim_models_toml(&sim.base_url(), 2000),
+            sections = sections.replace("{sim_url}", &sim.base_url()),
         );
         let cfg = Config::from_toml(&config_toml).expect("test config is valid");
         let pool = ragq::db::connect(&cfg.database).await.expect("database");
