@@ -132,13 +132,43 @@ pub struct RawModel {
     pub input_price_micros_per_mtok: u64,
     pub output_price_micros_per_mtok: u64,
     pub context_window: u32,
+    /// Higher is better; policies may require a minimum.
+    #[serde(default = "default_quality_tier")]
+    pub quality_tier: u8,
+    /// Where the model runs (`eu`, `us`, ...); policies may restrict regions.
+    #[serde(default = "default_region")]
+    pub region: String,
 }
 
-/// A named routing policy: the candidate models, best first.
+/// A named routing policy: the candidate models, how to rank them, and constraints.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub models: Vec<String>,
+    /// `ordered` (as listed), `cost`, `latency` or `reliable`.
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+    #[serde(default)]
+    pub min_quality: Option<u8>,
+    #[serde(default)]
+    pub regions: Option<Vec<String>>,
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+    /// Candidates tried per call at most (the first plus fallbacks).
+    #[serde(default)]
+    pub fallback_depth: Option<usize>,
+}
+
+fn default_quality_tier() -> u8 {
+    1
+}
+
+fn default_region() -> String {
+    "global".into()
+}
+
+fn default_strategy() -> String {
+    "ordered".into()
 }
 
 fn default_provider_timeout_ms() -> u64 {
@@ -171,17 +201,27 @@ impl Default for RawConfig {
             policies: BTreeMap::from([
                 (
                     "cost-optimized".to_string(),
-                    RawPolicy {
-                        models: vec!["sim-small".into(), "sim-large".into()],
-                    },
+                    RawPolicy::ordered(&["sim-small", "sim-large"]),
                 ),
                 (
                     "reliable".to_string(),
-                    RawPolicy {
-                        models: vec!["sim-large".into(), "sim-small".into()],
-                    },
+                    RawPolicy::ordered(&["sim-large", "sim-small"]),
                 ),
             ]),
+        }
+    }
+}
+
+impl RawPolicy {
+    /// A policy trying `models` in the listed order, without constraints.
+    pub fn ordered(models: &[&str]) -> Self {
+        Self {
+            models: models.iter().map(|m| m.to_string()).collect(),
+            strategy: default_strategy(),
+            min_quality: None,
+            regions: None,
+            providers: None,
+            fallback_depth: None,
         }
     }
 }
@@ -194,6 +234,8 @@ fn sim_model(name: &str, input: u64, output: u64, context_window: u32) -> RawMod
         input_price_micros_per_mtok: input,
         output_price_micros_per_mtok: output,
         context_window,
+        quality_tier: default_quality_tier(),
+        region: default_region(),
     }
 }
 

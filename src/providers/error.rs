@@ -32,6 +32,16 @@ impl ProviderError {
         }
     }
 
+    /// Whether the failure says something about the provider's health (an outage, a timeout, a
+    /// broken answer) rather than about the request (4xx) or our pace (429); circuit breakers
+    /// count only these.
+    pub fn is_provider_fault(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => *status >= 500,
+            Self::Timeout { .. } | Self::Connect { .. } | Self::InvalidResponse { .. } => true,
+        }
+    }
+
     /// The delay the provider asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -33,13 +33,33 @@ pub struct ModelSpec {
     pub model_id: String,
     pub price: Price,
     pub context_window: u32,
+    pub quality_tier: u8,
+    pub region: String,
 }
 
-/// A named policy: candidate models in the order they are tried.
+/// How a policy ranks the candidates left after its constraints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// As listed.
+    Ordered,
+    /// Lowest expected cost: the call's worst-case cost, with the observed chance of failing over.
+    Cost,
+    /// Lowest observed p95 latency (untried models first, to learn them).
+    Latency,
+    /// Lowest observed failure rate.
+    Reliable,
+}
+
+/// A named policy: candidate models, ranking and constraints.
 #[derive(Debug, Clone)]
 pub struct RoutingPolicy {
     pub name: String,
     pub models: Vec<String>,
+    pub strategy: Strategy,
+    pub min_quality: Option<u8>,
+    pub regions: Option<Vec<String>>,
+    pub providers: Option<Vec<String>>,
+    pub fallback_depth: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,6 +103,8 @@ impl Catalog {
                     output_micros_per_mtok: m.output_price_micros_per_mtok,
                 },
                 context_window: m.context_window,
+                quality_tier: m.quality_tier,
+                region: m.region.clone(),
             };
             if catalog.models.insert(m.name.clone(), spec).is_some() {
                 problems.push(format!("models: `{}` is defined twice", m.name));
@@ -97,11 +119,36 @@ impl Catalog {
                     problems.push(format!("policies.{name}.models: unknown model `{model}`"));
                 }
             }
+            let strategy = match policy.strategy.as_str() {
+                "ordered" => Strategy::Ordered,
+                "cost" => Strategy::Cost,
+                "latency" => Strategy::Latency,
+                "reliable" => Strategy::Reliable,
+                other => {
+                    problems.push(format!(
+                        "policies.{name}.strategy: `{other}` is not one of ordered, cost, latency, reliable"
+                    ));
+                    Strategy::Ordered
+                }
+            };
+            if policy.fallback_depth == Some(0) {
+                problems.push(format!("policies.{name}.fallback_depth must be at least 1"));
+            }
+            for p in policy.providers.iter().flatten() {
+                if catalog.provider(p).is_none() {
+                    problems.push(format!("policies.{name}.providers: unknown provider `{p}`"));
+                }
+            }
             catalog.policies.insert(
                 name.clone(),
                 RoutingPolicy {
                     name: name.clone(),
                     models: policy.models.clone(),
+                    strategy,
+                    min_quality: policy.min_quality,
+                    regions: policy.regions.clone(),
+                    providers: policy.providers.clone(),
+                    fallback_depth: policy.fallback_depth,
                 },
             );
         }
@@ -118,6 +165,10 @@ impl Catalog {
 
     pub fn providers(&self) -> &[ProviderSpec] {
         &self.providers
+    }
+
+    pub fn model_names(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
     }
 
     pub fn model(&self, name: &str) -> Option<&ModelSpec> {

@@ -10,9 +10,10 @@
 //! [`Router::chat`] and the [`RoutedCall`] it returns.
 
 pub mod catalog;
+pub mod health;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -23,7 +24,8 @@ use crate::providers::anthropic::AnthropicClient;
 use crate::providers::openai::OpenAiClient;
 use crate::providers::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 use crate::spend::Price;
-use catalog::{Catalog, ModelSpec, ProviderKind};
+use catalog::{Catalog, ModelSpec, ProviderKind, RoutingPolicy, Strategy};
+use health::ModelHealth;
 
 /// What happened to one candidate model, for the job's result.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -100,6 +102,8 @@ pub struct Router {
     catalog: Arc<Catalog>,
     clients: HashMap<String, ProviderClient>,
     retry: RetryConfig,
+    /// Per model: error rate, latency and circuit breaker, learned from every call.
+    health: HashMap<String, Mutex<ModelHealth>>,
 }
 
 impl Router {
@@ -126,10 +130,15 @@ impl Router {
                 (p.endpoint.name.clone(), client)
             })
             .collect();
+        let health = catalog
+            .model_names()
+            .map(|m| (m.to_string(), Mutex::new(ModelHealth::default())))
+            .collect();
         Self {
             catalog,
             clients,
             retry,
+            health,
         }
     }
 
@@ -158,27 +167,20 @@ impl Router {
         request: &ChatRequest,
         cost_cap_micros: Option<i64>,
     ) -> Result<RoutedCall, RouteError> {
-        let candidates = &self
+        let spec = self
             .catalog
             .policy(policy)
-            .ok_or_else(|| RouteError::UnknownPolicy(policy.to_string()))?
-            .models;
-        let mut trace = Vec::with_capacity(candidates.len());
+            .ok_or_else(|| RouteError::UnknownPolicy(policy.to_string()))?;
+        let mut trace = Vec::with_capacity(spec.models.len());
+        let candidates = self.candidates(spec, request, cost_cap_micros, &mut trace);
         let mut last = None;
         let mut any_retryable = false;
-        for name in candidates {
-            let Some((model, client)) = self.resolve(name) else {
+        let mut circuit_open = false;
+        for (model, client) in candidates {
+            if !self.with_health(&model.name, |h| h.admit(Instant::now())) {
+                trace.push(candidate(model, 0, "skipped: circuit open".into()));
+                circuit_open = true;
                 continue;
-            };
-            if let Some(cap) = cost_cap_micros {
-                let worst = request.worst_case_micros(&model.price);
-                if worst > cap {
-                    let why = format!(
-                        "skipped: worst case {worst} micro-dollars is over the budget cap {cap}"
-                    );
-                    trace.push(candidate(model, 0, why));
-                    continue;
-                }
             }
             let span = tracing::info_span!("provider_call", model = %model.name, provider = %model.provider);
             let started = Instant::now();
@@ -186,6 +188,14 @@ impl Router {
                 .call_with_backoff(client, model, request)
                 .instrument(span)
                 .await;
+            let latency = started.elapsed();
+            let fault = result
+                .as_ref()
+                .err()
+                .is_some_and(ProviderError::is_provider_fault);
+            self.with_health(&model.name, |h| {
+                h.record(Instant::now(), result.is_ok(), fault, latency)
+            });
             match result {
                 Ok(response) => {
                     trace.push(candidate(model, attempts, "ok".into()));
@@ -194,7 +204,7 @@ impl Router {
                         model: model.name.clone(),
                         provider: model.provider.clone(),
                         price: model.price,
-                        latency: started.elapsed(),
+                        latency,
                         trace,
                     });
                 }
@@ -205,14 +215,123 @@ impl Router {
                 }
             }
         }
-        let (None, Some(cap)) = (&last, cost_cap_micros) else {
-            return Err(exhausted(policy, last, any_retryable, trace));
-        };
-        Err(RouteError::OverBudget {
-            policy: policy.to_string(),
-            cap_micros: cap,
-            trace,
-        })
+        match (&last, cost_cap_micros) {
+            // Nothing was called because every usable model's circuit is open: try again later.
+            (None, _) if circuit_open => Err(exhausted(policy, Some(circuits_open()), true, trace)),
+            (None, Some(cap)) => Err(RouteError::OverBudget {
+                policy: policy.to_string(),
+                cap_micros: cap,
+                trace,
+            }),
+            _ => Err(exhausted(policy, last, any_retryable, trace)),
+        }
+    }
+
+    /// The policy's candidates for this request, constraints applied (each skip traced with its
+    /// reason), ranked by its strategy, cut to its fallback depth.
+    fn candidates<'a>(
+        &'a self,
+        policy: &RoutingPolicy,
+        request: &ChatRequest,
+        cost_cap_micros: Option<i64>,
+        trace: &mut Vec<CandidateTrace>,
+    ) -> Vec<(&'a ModelSpec, &'a ProviderClient)> {
+        let needed = request.max_input_tokens() + u64::from(request.max_tokens.unwrap_or(0));
+        let mut out = Vec::with_capacity(policy.models.len());
+        for name in &policy.models {
+            let Some((model, client)) = self.resolve(name) else {
+                continue;
+            };
+            let worst = request.worst_case_micros(&model.price);
+            let skip = if policy.min_quality.is_some_and(|q| model.quality_tier < q) {
+                Some(format!(
+                    "skipped: quality tier {} is below the policy's minimum",
+                    model.quality_tier
+                ))
+            } else if policy
+                .regions
+                .as_ref()
+                .is_some_and(|r| !r.contains(&model.region))
+            {
+                Some(format!(
+                    "skipped: region `{}` is not allowed by the policy",
+                    model.region
+                ))
+            } else if policy
+                .providers
+                .as_ref()
+                .is_some_and(|p| !p.contains(&model.provider))
+            {
+                Some(format!(
+                    "skipped: provider `{}` is not allowed by the policy",
+                    model.provider
+                ))
+            } else if needed > u64::from(model.context_window) {
+                Some(format!(
+                    "skipped: needs up to {needed} tokens, context window is {}",
+                    model.context_window
+                ))
+            } else if cost_cap_micros.is_some_and(|cap| worst > cap) {
+                Some(format!(
+                    "skipped: worst case {worst} micro-dollars is over the budget cap {}",
+                    cost_cap_micros.unwrap_or(0)
+                ))
+            } else {
+                None
+            };
+            match skip {
+                Some(why) => trace.push(candidate(model, 0, why)),
+                None => out.push((model, client, worst)),
+            }
+        }
+        self.rank(policy.strategy, &mut out);
+        out.truncate(policy.fallback_depth.unwrap_or(usize::MAX));
+        out.into_iter().map(|(m, c, _)| (m, c)).collect()
+    }
+
+    /// Orders candidates (model, client, worst-case cost) by `strategy` from what health knows.
+    fn rank(&self, strategy: Strategy, candidates: &mut [(&ModelSpec, &ProviderClient, i64)]) {
+        let rate = |m: &ModelSpec| self.with_health(&m.name, |h| h.failure_rate());
+        match strategy {
+            Strategy::Ordered => {}
+            Strategy::Cost => {
+                let costs: Vec<i64> = candidates.iter().map(|c| c.2).collect();
+                let cheapest_other = |own: i64| {
+                    let mut sorted = costs.clone();
+                    sorted.sort_unstable();
+                    sorted.into_iter().find(|c| *c != own).unwrap_or(own)
+                };
+                let mut keyed: Vec<(f64, usize)> = candidates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        (
+                            health::expected_cost(c.2, rate(c.0), cheapest_other(c.2)),
+                            i,
+                        )
+                    })
+                    .collect();
+                keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                reorder(candidates, keyed.into_iter().map(|k| k.1).collect());
+            }
+            Strategy::Latency => {
+                candidates.sort_by_key(|c| {
+                    self.with_health(&c.0.name, |h| h.p95())
+                        .unwrap_or(Duration::ZERO)
+                });
+            }
+            Strategy::Reliable => {
+                candidates.sort_by(|a, b| rate(a.0).total_cmp(&rate(b.0)));
+            }
+        }
+    }
+
+    fn with_health<T>(&self, model: &str, f: impl FnOnce(&mut ModelHealth) -> T) -> T {
+        let mut fresh = ModelHealth::default();
+        match self.health.get(model).map(|m| m.lock()) {
+            Some(Ok(mut h)) => f(&mut h),
+            _ => f(&mut fresh),
+        }
     }
 
     fn resolve(&self, model: &str) -> Option<(&ModelSpec, &ProviderClient)> {
@@ -278,6 +397,20 @@ fn summary(trace: &[CandidateTrace]) -> String {
         .map(|c| format!("{}: {}", c.model, c.outcome))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Puts `items` in the order of `order` (a permutation of their indexes).
+fn reorder<T: Copy>(items: &mut [T], order: Vec<usize>) {
+    let ordered: Vec<T> = order.into_iter().map(|i| items[i]).collect();
+    items.copy_from_slice(&ordered);
+}
+
+/// The error of a call that found every candidate's circuit open.
+fn circuits_open() -> ProviderError {
+    ProviderError::Connect {
+        provider: "-".into(),
+        message: "every candidate's circuit breaker is open".into(),
+    }
 }
 
 /// Every candidate was tried and failed (or the policy had none usable).

@@ -1,0 +1,152 @@
+//! Routing across two providers (two sim instances of different price, region and quality, in the
+//! two API shapes) over the real services: cost ranking, constraints, failover and the breaker.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::TestEnv;
+use ragq::sim::{SimHandle, SimOptions};
+
+/// The env's own sim serves `sim-small` (cheap, global, tier 1); `dear` is another sim instance
+/// behind the Anthropic shape (20x the price, EU, tier 3).
+async fn two_providers() -> (TestEnv, SimHandle) {
+    let dear = ragq::sim::spawn(
+        "127.0.0.1:0",
+        SimOptions::default(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let sections = format!(
+        r#"[[providers]]
+name = "dear-sim"
+kind = "anthropic"
+base_url = "{}"
+timeout_ms = 2000
+[[models]]
+name = "dear"
+provider = "dear-sim"
+model_id = "dear-1"
+input_price_micros_per_mtok = 3000000
+output_price_micros_per_mtok = 12000000
+context_window = 100000
+quality_tier = 3
+region = "eu"
+[policies.cheapest]
+models = ["dear", "sim-small"]
+strategy = "cost"
+[policies.eu-only]
+models = ["sim-small", "dear"]
+regions = ["eu"]
+[policies.premium]
+models = ["sim-small", "dear"]
+min_quality = 2
+"#,
+        dear.base_url()
+    );
+    (TestEnv::with_sections("", &sections).await, dear)
+}
+
+async fn run_jobs(env: &TestEnv, prefix: &str, policy: &str, n: usize) {
+    let conn = env.amqp().await;
+    for i in 0..n {
+        let mut job = env.job("acme", &format!("{prefix}-{i}"), 1);
+        job["policy"] = policy.into();
+        env.publish_raw(
+            &conn,
+            "batch.complete",
+            job.to_string().as_bytes(),
+            Some("guest"),
+        )
+        .await;
+    }
+    let pattern = format!("{prefix}-%");
+    env.wait_until(40, "jobs succeeded", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM jobs WHERE id LIKE $1 AND state = 'succeeded'",
+        )
+        .bind(&pattern)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+            == n as i64
+    })
+    .await;
+}
+
+async fn models_used(env: &TestEnv, prefix: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT DISTINCT model FROM provider_calls WHERE job_id LIKE $1 ORDER BY 1")
+        .bind(format!("{prefix}-%"))
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_policy_picks_the_cheapest_healthy_model_whatever_the_listed_order() {
+    let (env, dear) = two_providers().await;
+    let (_stop, _worker) = env.start_worker();
+    run_jobs(&env, "cheap", "cheapest", 5).await;
+    assert_eq!(models_used(&env, "cheap").await, vec!["sim-small"]);
+    assert_eq!(dear.counts().0, 0, "the dear provider was never called");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_and_quality_constraints_are_never_violated() {
+    let (env, dear) = two_providers().await;
+    let (_stop, _worker) = env.start_worker();
+    run_jobs(&env, "eu", "eu-only", 3).await;
+    run_jobs(&env, "premium", "premium", 3).await;
+    assert_eq!(models_used(&env, "eu").await, vec!["dear"]);
+    assert_eq!(models_used(&env, "premium").await, vec!["dear"]);
+    assert_eq!(
+        env.sim.counts().0,
+        0,
+        "the global, tier-1 model was never called"
+    );
+    assert_eq!(dear.counts().1, 6);
+    let trace: serde_json::Value = sqlx::query_scalar(
+        "SELECT result->'completions'->0->'routing' FROM jobs WHERE id = 'eu-0'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        trace[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("region `global` is not allowed"),
+        "{trace}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_on_500s_then_the_breaker_skips_the_failing_model_without_calling_it() {
+    let (env, _dear) = two_providers().await;
+    env.sim.set_options(SimOptions {
+        error_rate: 1.0,
+        ..SimOptions::default()
+    });
+    let (_stop, _worker) = env.start_worker();
+    // Every call to the cheap model fails (after in-call retries) and fails over to `dear`.
+    run_jobs(&env, "first", "cheapest", 8).await;
+    assert_eq!(models_used(&env, "first").await, vec!["dear"]);
+    let calls_when_open = env.sim.counts().0;
+    assert!(calls_when_open >= 5);
+    // The breaker is open now: the cheap model is skipped without a call.
+    run_jobs(&env, "later", "cheapest", 5).await;
+    assert_eq!(
+        env.sim.counts().0,
+        calls_when_open,
+        "no call reached the failing provider"
+    );
+    let trace: serde_json::Value = sqlx::query_scalar(
+        "SELECT result->'completions'->0->'routing' FROM jobs WHERE id = 'later-4'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(trace[0]["model"], "sim-small", "{trace}");
+    assert_eq!(trace[0]["outcome"], "skipped: circuit open");
+    assert_eq!(trace[1]["outcome"], "ok");
+}
