@@ -89,6 +89,8 @@ pub enum TenantCommand {
     },
     /// Set (or with no URL, clear) where a tenant's budget alerts are POSTed.
     AlertWebhook { id: String, url: Option<String> },
+    /// Move a tenant to a plan (routing policies may restrict models per plan).
+    Plan { id: String, plan: String },
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -167,6 +169,10 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
             println!("api key:        {}", created.api_key.expose());
             println!("webhook secret: {}", created.tenant.webhook_secret.expose());
             println!("(shown once; ragq stores only a hash of the API key)");
+        }
+        TenantCommand::Plan { id, plan } => {
+            crate::tenants::set_plan(&pool, &id, &plan).await?;
+            println!("tenant `{id}` is on plan `{plan}`");
         }
         TenantCommand::AlertWebhook { id, url } => {
             crate::tenants::set_alert_webhook(&pool, &id, url.as_deref()).await?;

@@ -41,6 +41,9 @@ regions = ["eu"]
 [policies.premium]
 models = ["sim-small", "dear"]
 min_quality = 2
+[policies.best-first]
+models = ["dear", "sim-small"]
+plans = {{ free = ["sim-small"] }}
 "#,
         dear.base_url()
     );
@@ -149,4 +152,31 @@ async fn failover_on_500s_then_the_breaker_skips_the_failing_model_without_calli
     assert_eq!(trace[0]["model"], "sim-small", "{trace}");
     assert_eq!(trace[0]["outcome"], "skipped: circuit open");
     assert_eq!(trace[1]["outcome"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_allow_list_restricts_its_tenants_models() {
+    let (env, dear) = two_providers().await;
+    // Before the worker starts: workers cache tenants (and their plans) for 30 s.
+    ragq::tenants::set_plan(&env.pool, "acme", "free")
+        .await
+        .unwrap();
+    let (_stop, _worker) = env.start_worker();
+    run_jobs(&env, "free", "best-first", 3).await;
+    assert_eq!(models_used(&env, "free").await, vec!["sim-small"]);
+    assert_eq!(
+        dear.counts().0,
+        0,
+        "a free tenant never reaches the model its plan excludes"
+    );
+    let trace: serde_json::Value = sqlx::query_scalar(
+        "SELECT result->'completions'->0->'routing' FROM jobs WHERE id = 'free-0'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        trace[0]["outcome"], "skipped: plan `free` may not use this model",
+        "{trace}"
+    );
 }

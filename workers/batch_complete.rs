@@ -125,7 +125,7 @@ async fn answer(
 ) -> Result<Value, JobError> {
     let call = ctx
         .router
-        .chat(&ctx.job.policy, &request, ctx.cost_cap_micros)
+        .chat(&ctx.job.policy, &request, ctx.scope)
         .await?;
     ctx.book(index, &call).await?;
     Ok(json!({

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::jobs::JobMessage;
-use crate::routing::{RouteError, RoutedCall, Router};
+use crate::routing::{CallScope, RouteError, RoutedCall, Router};
 use crate::spend::LedgerEntry;
 
 use super::commit::{CommitError, CommitHandle};
@@ -14,8 +14,8 @@ pub struct JobContext<'a> {
     pub attempt: i32,
     pub router: &'a Router,
     pub commits: &'a CommitHandle,
-    /// Set when the job's budget forced a downgrade: each call's worst-case cost must fit it.
-    pub cost_cap_micros: Option<i64>,
+    /// The tenant's plan and, after a budget downgrade, the per-call cost cap.
+    pub scope: CallScope<'a>,
     /// `max_tokens` for calls whose job sets none, so every call's worst case is bounded.
     pub default_max_output_tokens: u32,
 }

@@ -39,9 +39,9 @@ use crate::config::Config;
 use crate::jobs::{JobKind, JobMessage, PoisonReason};
 use crate::queue::topology::{self, DEAD_LETTER_EXCHANGE, JOBS_QUEUE};
 use crate::queue::{self, Publisher, QueueError};
-use crate::routing::Router;
+use crate::routing::{CallScope, Router};
 use crate::spend::budget::{Admission, Estimate};
-use crate::tenants::TenantDirectory;
+use crate::tenants::{Tenant, TenantDirectory};
 use crate::webhooks::{PendingDelivery, WebhookSender};
 
 use commit::{
@@ -254,12 +254,11 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
     };
     let span = tracing::info_span!("job", job_id = %job.id, tenant = %job.tenant, kind = job.kind.as_str());
     async move {
-        if let Err(reason) = authorize(ctx, delivery, &job).await {
-            return match reason {
-                Some(reason) => dead_letter(&reason),
-                None => Disposition::Abandon,
-            };
-        }
+        let tenant = match authorize(ctx, delivery, &job).await {
+            Ok(tenant) => tenant,
+            Err(Some(reason)) => return dead_letter(&reason),
+            Err(None) => return Disposition::Abandon,
+        };
         let claim = ClaimRequest {
             estimate: estimate(ctx, &job),
             job,
@@ -280,7 +279,7 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
                 return Disposition::Abandon;
             }
         };
-        run_attempt(ctx, &claim.job, attempt, admission).await
+        run_attempt(ctx, &claim.job, &tenant.plan, attempt, admission).await
     }
     .instrument(span)
     .await
@@ -309,7 +308,7 @@ async fn authorize(
     ctx: &WorkerContext,
     delivery: &Delivery,
     job: &JobMessage,
-) -> Result<(), Option<PoisonReason>> {
+) -> Result<Tenant, Option<PoisonReason>> {
     let tenant = match ctx.tenants.get(&job.tenant).await {
         Ok(Some(t)) => t,
         Ok(None) => return Err(Some(PoisonReason::UnknownTenant(job.tenant.clone()))),
@@ -325,7 +324,7 @@ async fn authorize(
     };
     let trusted = ctx.cfg.queue.trusted_publishers.iter().any(|t| t == user);
     if trusted || tenant.amqp_user.as_deref() == Some(user) {
-        Ok(())
+        Ok(tenant)
     } else {
         Err(Some(PoisonReason::Unauthorized(format!(
             "AMQP user `{user}` may not publish for tenant `{}`",
@@ -338,6 +337,7 @@ async fn authorize(
 async fn run_attempt(
     ctx: &WorkerContext,
     job: &JobMessage,
+    plan: &str,
     attempt: i32,
     admission: Admission,
 ) -> Disposition {
@@ -356,7 +356,10 @@ async fn run_attempt(
                 attempt,
                 router: &ctx.router,
                 commits: &ctx.commits,
-                cost_cap_micros,
+                scope: CallScope {
+                    plan: Some(plan),
+                    cost_cap_micros,
+                },
                 default_max_output_tokens: ctx.cfg.spend.default_max_output_tokens,
             };
             run_handler(&context).await

@@ -157,6 +157,9 @@ pub struct RawPolicy {
     /// Candidates tried per call at most (the first plus fallbacks).
     #[serde(default)]
     pub fallback_depth: Option<usize>,
+    /// Plan name -> the only models tenants on that plan may use.
+    #[serde(default)]
+    pub plans: BTreeMap<String, Vec<String>>,
 }
 
 fn default_quality_tier() -> u8 {
@@ -222,6 +225,7 @@ impl RawPolicy {
             regions: None,
             providers: None,
             fallback_depth: None,
+            plans: BTreeMap::new(),
         }
     }
 }

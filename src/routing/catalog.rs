@@ -60,6 +60,8 @@ pub struct RoutingPolicy {
     pub regions: Option<Vec<String>>,
     pub providers: Option<Vec<String>>,
     pub fallback_depth: Option<usize>,
+    /// Plan name -> the only models tenants on that plan may use (plans not listed: any).
+    pub plans: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -134,6 +136,13 @@ impl Catalog {
             if policy.fallback_depth == Some(0) {
                 problems.push(format!("policies.{name}.fallback_depth must be at least 1"));
             }
+            for (plan, models) in &policy.plans {
+                for m in models.iter().filter(|m| !policy.models.contains(m)) {
+                    problems.push(format!(
+                        "policies.{name}.plans.{plan}: `{m}` is not one of the policy's models"
+                    ));
+                }
+            }
             for p in policy.providers.iter().flatten() {
                 if catalog.provider(p).is_none() {
                     problems.push(format!("policies.{name}.providers: unknown provider `{p}`"));
@@ -149,6 +158,7 @@ impl Catalog {
                     regions: policy.regions.clone(),
                     providers: policy.providers.clone(),
                     fallback_depth: policy.fallback_depth,
+                    plans: policy.plans.clone(),
                 },
             );
         }

@@ -96,6 +96,14 @@ impl RouteError {
     }
 }
 
+/// Who a call is for: the tenant's plan (policies may restrict models per plan) and, after a budget
+/// downgrade, the most each call may cost in the worst case.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallScope<'a> {
+    pub plan: Option<&'a str>,
+    pub cost_cap_micros: Option<i64>,
+}
+
 /// Routes calls over the catalog's providers; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Router {
@@ -165,14 +173,15 @@ impl Router {
         &self,
         policy: &str,
         request: &ChatRequest,
-        cost_cap_micros: Option<i64>,
+        scope: CallScope<'_>,
     ) -> Result<RoutedCall, RouteError> {
+        let cost_cap_micros = scope.cost_cap_micros;
         let spec = self
             .catalog
             .policy(policy)
             .ok_or_else(|| RouteError::UnknownPolicy(policy.to_string()))?;
         let mut trace = Vec::with_capacity(spec.models.len());
-        let candidates = self.candidates(spec, request, cost_cap_micros, &mut trace);
+        let candidates = self.candidates(spec, request, scope, &mut trace);
         let mut last = None;
         let mut any_retryable = false;
         let mut circuit_open = false;
@@ -233,9 +242,14 @@ impl Router {
         &'a self,
         policy: &RoutingPolicy,
         request: &ChatRequest,
-        cost_cap_micros: Option<i64>,
+        scope: CallScope<'_>,
         trace: &mut Vec<CandidateTrace>,
     ) -> Vec<(&'a ModelSpec, &'a ProviderClient)> {
+        let cost_cap_micros = scope.cost_cap_micros;
+        let plan_allows = |model: &str| {
+            let allowed = scope.plan.and_then(|p| policy.plans.get(p));
+            allowed.is_none_or(|list| list.iter().any(|m| m == model))
+        };
         let needed = request.max_input_tokens() + u64::from(request.max_tokens.unwrap_or(0));
         let mut out = Vec::with_capacity(policy.models.len());
         for name in &policy.models {
@@ -265,6 +279,11 @@ impl Router {
                 Some(format!(
                     "skipped: provider `{}` is not allowed by the policy",
                     model.provider
+                ))
+            } else if !plan_allows(&model.name) {
+                Some(format!(
+                    "skipped: plan `{}` may not use this model",
+                    scope.plan.unwrap_or_default()
                 ))
             } else if needed > u64::from(model.context_window) {
                 Some(format!(

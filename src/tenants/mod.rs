@@ -79,6 +79,25 @@ pub async fn create(
     })
 }
 
+/// Moves a tenant to another plan (policies may restrict models per plan); workers see it within
+/// their tenant cache's lifetime (30 s).
+pub async fn set_plan(pool: &PgPool, id: &str, plan: &str) -> Result<(), TenantError> {
+    if plan.is_empty() || plan.len() > 64 {
+        return Err(TenantError::Invalid(format!(
+            "plan `{plan}`: 1 to 64 characters"
+        )));
+    }
+    let updated = sqlx::query("UPDATE tenants SET plan = $2 WHERE id = $1")
+        .bind(id)
+        .bind(plan)
+        .execute(pool)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return Err(TenantError::Unknown(id.to_string()));
+    }
+    Ok(())
+}
+
 /// Sets (or clears) the URL a tenant's budget alerts are POSTed to.
 pub async fn set_alert_webhook(
     pool: &PgPool,
