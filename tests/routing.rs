@@ -44,6 +44,12 @@ min_quality = 2
 [policies.best-first]
 models = ["dear", "sim-small"]
 plans = {{ free = ["sim-small"] }}
+[policies.shadowed]
+models = ["sim-small"]
+shadow = {{ model = "dear", share = 1.0 }}
+[policies.split]
+models = ["sim-small", "dear"]
+ab = [{{ model = "sim-small", weight = 1 }}, {{ model = "dear", weight = 1 }}]
 "#,
         dear.base_url()
     );
@@ -178,5 +184,68 @@ async fn a_plan_allow_list_restricts_its_tenants_models() {
     assert_eq!(
         trace[0]["outcome"], "skipped: plan `free` may not use this model",
         "{trace}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_copies_are_booked_but_never_returned() {
+    let (env, dear) = two_providers().await;
+    let (_stop, _worker) = env.start_worker();
+    run_jobs(&env, "shadow", "shadowed", 4).await;
+    assert_eq!(
+        dear.counts().1,
+        4,
+        "every call was copied to the shadow model"
+    );
+    let result: serde_json::Value =
+        sqlx::query_scalar("SELECT result FROM jobs WHERE id = 'shadow-0'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let completion = &result["completions"][0];
+    assert_eq!(
+        completion["model"], "sim-small",
+        "the answer is the primary's"
+    );
+    assert!(
+        !completion["content"].as_str().unwrap().contains("dear-1"),
+        "never the shadow's"
+    );
+    assert_eq!(completion["shadow"]["model"], "dear");
+    let shadow_rows = env
+        .count(
+            "SELECT count(*) FROM provider_calls WHERE model = 'dear' AND tags->>'shadow' = 'true'",
+        )
+        .await;
+    assert_eq!(shadow_rows, 4, "each shadow call is a ledger row, tagged");
+    // Both providers' answers against the ledger: every booked call (shadow too) was answered.
+    let answered = [env.sim.answered_call_ids(), dear.answered_call_ids()].concat();
+    let audit = ragq::spend::audit::audit(&env.pool, &answered, 1)
+        .await
+        .unwrap();
+    assert!(audit.ok(), "{audit:#?}");
+    assert_eq!(audit.booked_calls, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_split_sends_first_calls_to_both_arms() {
+    let (env, _dear) = two_providers().await;
+    let (_stop, _worker) = env.start_worker();
+    run_jobs(&env, "ab", "split", 24).await;
+    let per_model: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT model, count(*) FROM provider_calls WHERE job_id LIKE 'ab-%' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(per_model.len(), 2, "{per_model:?}");
+    assert!(
+        per_model.iter().all(|(_, n)| *n >= 4),
+        "both arms get a share: {per_model:?}"
+    );
+    assert_eq!(
+        per_model.iter().map(|p| p.1).sum::<i64>(),
+        24,
+        "one call per job, no failover"
     );
 }

@@ -11,7 +11,7 @@ use crate::providers::{ChatMessage, ChatRequest, Usage};
 use crate::spend::budget::Estimate;
 use crate::spend::Price;
 
-use super::handler::{JobContext, JobError};
+use super::handler::{JobContext, JobError, SHADOW_CALL_OFFSET};
 
 /// Prompts of one job in flight at once.
 const PROMPT_CONCURRENCY: usize = 4;
@@ -123,19 +123,38 @@ async fn answer(
     index: usize,
     request: ChatRequest,
 ) -> Result<Value, JobError> {
-    let call = ctx
+    let shadow_id = Some(ctx.call_id(SHADOW_CALL_OFFSET + index));
+    let routed = ctx
         .router
-        .chat(&ctx.job.policy, &request, ctx.scope)
-        .await?;
-    ctx.book(index, &call).await?;
+        .chat(&ctx.job.policy, &request, ctx.scope, shadow_id)
+        .await;
+    // A shadow copy is booked whatever happened to the primary call: its spend is real.
+    let shadow = match &routed.shadow {
+        Some(s) => {
+            ctx.book(SHADOW_CALL_OFFSET + index, &s.into()).await?;
+            let cost = s.price.cost_micros(s.response.usage);
+            Some((
+                cost,
+                json!({"model": s.model, "usage": s.response.usage, "cost_micros": cost,
+                               "latency_ms": s.latency.as_millis() as u64}),
+            ))
+        }
+        None => None,
+    };
+    let call = routed.primary?;
+    ctx.book(index, &(&call).into()).await?;
+    let own = call.price.cost_micros(call.response.usage);
+    let shadow_cost = shadow.as_ref().map_or(0, |s| s.0);
     Ok(json!({
         "index": index,
         "content": call.response.content,
         "model": call.model,
         "provider": call.provider,
         "usage": call.response.usage,
-        "cost_micros": call.price.cost_micros(call.response.usage),
+        // This prompt's cost: its answer's, plus its shadow copy's if there was one.
+        "cost_micros": own + shadow_cost,
         "routing": call.trace,
+        "shadow": shadow.map(|s| s.1),
     }))
 }
 

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use crate::jobs::JobMessage;
-use crate::routing::{CallScope, RouteError, RoutedCall, Router};
-use crate::spend::LedgerEntry;
+use crate::providers::Usage;
+use crate::routing::{CallScope, RouteError, RoutedCall, Router, ShadowCall};
+use crate::spend::{LedgerEntry, Price};
 
 use super::commit::{CommitError, CommitHandle};
 
@@ -30,24 +31,68 @@ impl JobContext<'_> {
     }
 
     /// Books a successful provider call under this attempt; `call_index` must be stable for the
-    /// call within the attempt (the prompt's index, say) so that a re-write is a no-op.
-    pub async fn book(&self, call_index: usize, call: &RoutedCall) -> Result<(), JobError> {
+    /// call within the attempt (the prompt's index, say) so that a re-write is a no-op. Shadow
+    /// copies are booked at [`SHADOW_CALL_OFFSET`] + index, tagged `shadow`.
+    pub async fn book(&self, call_index: usize, call: &BookedCall<'_>) -> Result<(), JobError> {
+        let mut tags = serde_json::to_value(&self.job.tags).unwrap_or_default();
+        if call_index >= SHADOW_CALL_OFFSET {
+            if let Some(t) = tags.as_object_mut() {
+                t.insert("shadow".into(), "true".into());
+            }
+        }
         let entry = LedgerEntry {
             tenant_id: self.job.tenant.clone(),
             job_id: self.job.id.clone(),
             attempt: self.attempt,
             call_index: i32::try_from(call_index).unwrap_or(i32::MAX),
-            provider: call.provider.clone(),
-            model: call.model.clone(),
+            provider: call.provider.to_string(),
+            model: call.model.to_string(),
             feature: self.job.feature().to_string(),
             occurred_at: chrono::Utc::now(),
-            usage: call.response.usage,
+            usage: call.usage,
             price: call.price,
-            cost_micros: call.price.cost_micros(call.response.usage),
+            cost_micros: call.price.cost_micros(call.usage),
             latency_ms: i32::try_from(call.latency.as_millis()).unwrap_or(i32::MAX),
-            tags: serde_json::to_value(&self.job.tags).unwrap_or_default(),
+            tags,
         };
         self.commits.book(entry).await.map_err(JobError::from)
+    }
+}
+
+/// Call indexes of shadow copies start here, apart from the job's own calls.
+pub const SHADOW_CALL_OFFSET: usize = 1_000_000;
+
+/// What the ledger needs of an answered call, primary or shadow.
+#[derive(Debug, Clone, Copy)]
+pub struct BookedCall<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub usage: Usage,
+    pub price: Price,
+    pub latency: Duration,
+}
+
+impl<'a> From<&'a RoutedCall> for BookedCall<'a> {
+    fn from(c: &'a RoutedCall) -> Self {
+        Self {
+            provider: &c.provider,
+            model: &c.model,
+            usage: c.response.usage,
+            price: c.price,
+            latency: c.latency,
+        }
+    }
+}
+
+impl<'a> From<&'a ShadowCall> for BookedCall<'a> {
+    fn from(c: &'a ShadowCall) -> Self {
+        Self {
+            provider: &c.provider,
+            model: &c.model,
+            usage: c.response.usage,
+            price: c.price,
+            latency: c.latency,
+        }
     }
 }
 

@@ -293,7 +293,14 @@ fn estimate(ctx: &WorkerContext, job: &JobMessage) -> Estimate {
     match job.kind {
         JobKind::BatchComplete => job
             .batch_input()
-            .map(|input| batch_complete::estimate(&input, &prices, max_output))
+            .map(|input| {
+                let own = batch_complete::estimate(&input, &prices, max_output);
+                // A shadow copy may be made of every call: its worst case is reserved too.
+                match ctx.router.shadow_price(&job.policy) {
+                    Some(p) => own.plus(&batch_complete::estimate(&input, &[p], max_output)),
+                    None => own,
+                }
+            })
             .unwrap_or_default(),
     }
 }

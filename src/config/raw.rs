@@ -160,6 +160,27 @@ pub struct RawPolicy {
     /// Plan name -> the only models tenants on that plan may use.
     #[serde(default)]
     pub plans: BTreeMap<String, Vec<String>>,
+    /// Copy a share of calls to a candidate model: booked, timed, never returned.
+    #[serde(default)]
+    pub shadow: Option<RawShadow>,
+    /// Weighted split of which model is tried first.
+    #[serde(default)]
+    pub ab: Vec<RawAbArm>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub model: String,
+    /// Share of calls copied, in (0, 1].
+    pub share: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAbArm {
+    pub model: String,
+    pub weight: u32,
 }
 
 fn default_quality_tier() -> u8 {
@@ -226,6 +247,8 @@ impl RawPolicy {
             providers: None,
             fallback_depth: None,
             plans: BTreeMap::new(),
+            shadow: None,
+            ab: Vec::new(),
         }
     }
 }

@@ -62,6 +62,10 @@ pub struct RoutingPolicy {
     pub fallback_depth: Option<usize>,
     /// Plan name -> the only models tenants on that plan may use (plans not listed: any).
     pub plans: BTreeMap<String, Vec<String>>,
+    /// (model, share of calls copied to it).
+    pub shadow: Option<(String, f64)>,
+    /// (model, weight): which candidate goes first, split by weight.
+    pub ab: Vec<(String, u32)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -136,6 +140,31 @@ impl Catalog {
             if policy.fallback_depth == Some(0) {
                 problems.push(format!("policies.{name}.fallback_depth must be at least 1"));
             }
+            if let Some(shadow) = &policy.shadow {
+                if !catalog.models.contains_key(&shadow.model) {
+                    problems.push(format!(
+                        "policies.{name}.shadow.model: unknown model `{}`",
+                        shadow.model
+                    ));
+                }
+                if !(shadow.share > 0.0 && shadow.share <= 1.0) {
+                    problems.push(format!("policies.{name}.shadow.share must be in (0, 1]"));
+                }
+            }
+            for arm in &policy.ab {
+                if !policy.models.contains(&arm.model) {
+                    problems.push(format!(
+                        "policies.{name}.ab: `{}` is not one of the policy's models",
+                        arm.model
+                    ));
+                }
+                if arm.weight == 0 {
+                    problems.push(format!(
+                        "policies.{name}.ab: the weight of `{}` must be positive",
+                        arm.model
+                    ));
+                }
+            }
             for (plan, models) in &policy.plans {
                 for m in models.iter().filter(|m| !policy.models.contains(m)) {
                     problems.push(format!(
@@ -159,6 +188,12 @@ impl Catalog {
                     providers: policy.providers.clone(),
                     fallback_depth: policy.fallback_depth,
                     plans: policy.plans.clone(),
+                    shadow: policy.shadow.as_ref().map(|s| (s.model.clone(), s.share)),
+                    ab: policy
+                        .ab
+                        .iter()
+                        .map(|a| (a.model.clone(), a.weight))
+                        .collect(),
                 },
             );
         }

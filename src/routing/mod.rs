@@ -36,6 +36,23 @@ pub struct CandidateTrace {
     pub outcome: String,
 }
 
+/// What a call produced: the primary outcome, and the shadow copy's if one was made.
+#[derive(Debug)]
+pub struct Routed {
+    pub primary: Result<RoutedCall, RouteError>,
+    pub shadow: Option<ShadowCall>,
+}
+
+/// A shadow copy's answer: booked and timed, never returned to the job.
+#[derive(Debug, Clone)]
+pub struct ShadowCall {
+    pub response: ChatResponse,
+    pub model: String,
+    pub provider: String,
+    pub price: Price,
+    pub latency: Duration,
+}
+
 /// A successful call: the answer, who gave it, and what it cost.
 #[derive(Debug, Clone)]
 pub struct RoutedCall {
@@ -169,7 +186,88 @@ impl Router {
 
     /// Answers one chat request under a policy. With `cost_cap_micros` (a budget downgrade), only
     /// candidates whose worst-case cost for this request fits the cap are tried.
+    /// Answers one chat request under a policy, and copies it to the policy's shadow model when
+    /// this call falls in the shadow share (never under a budget cap). `shadow_call_id`
+    /// identifies the copy to the provider. The shadow's outcome comes back beside the primary's
+    /// even when the primary fails, so its cost is always booked.
     pub async fn chat(
+        &self,
+        policy: &str,
+        request: &ChatRequest,
+        scope: CallScope<'_>,
+        shadow_call_id: Option<String>,
+    ) -> Routed {
+        let target = self.shadow_target(policy, request, scope);
+        let primary = self.route(policy, request, scope);
+        let Some((model, client)) = target else {
+            return Routed {
+                primary: primary.await,
+                shadow: None,
+            };
+        };
+        let copy = ChatRequest {
+            call_id: shadow_call_id,
+            ..request.clone()
+        };
+        let (primary, shadow) = tokio::join!(primary, self.shadow_call(model, client, &copy));
+        Routed { primary, shadow }
+    }
+
+    /// The shadow model for this call, if the policy has one and the call falls in its share.
+    fn shadow_target(
+        &self,
+        policy: &str,
+        request: &ChatRequest,
+        scope: CallScope<'_>,
+    ) -> Option<(&ModelSpec, &ProviderClient)> {
+        let (model, share) = self.catalog.policy(policy)?.shadow.as_ref()?;
+        let chosen = scope.cost_cap_micros.is_none()
+            && unit_hash(request.call_id.as_deref(), "shadow") < *share;
+        chosen.then(|| self.resolve(model)).flatten()
+    }
+
+    /// One attempt, no retries or failover: a shadow must not cost more than the share asked.
+    async fn shadow_call(
+        &self,
+        model: &ModelSpec,
+        client: &ProviderClient,
+        request: &ChatRequest,
+    ) -> Option<ShadowCall> {
+        if !self.with_health(&model.name, |h| h.admit(Instant::now())) {
+            return None;
+        }
+        let started = Instant::now();
+        let result = client.chat(&model.model_id, request).await;
+        let latency = started.elapsed();
+        let fault = result
+            .as_ref()
+            .err()
+            .is_some_and(ProviderError::is_provider_fault);
+        self.with_health(&model.name, |h| {
+            h.record(Instant::now(), result.is_ok(), fault, latency)
+        });
+        match result {
+            Ok(response) => Some(ShadowCall {
+                response,
+                model: model.name.clone(),
+                provider: model.provider.clone(),
+                price: model.price,
+                latency,
+            }),
+            Err(e) => {
+                tracing::debug!(model = %model.name, error = %e, "shadow call failed");
+                None
+            }
+        }
+    }
+
+    /// The worst-case price of the policy's shadow model, for budget estimates.
+    pub fn shadow_price(&self, policy: &str) -> Option<Price> {
+        let (model, _) = self.catalog.policy(policy)?.shadow.as_ref()?;
+        self.catalog.model(model).map(|m| m.price)
+    }
+
+    async fn route(
         &self,
         policy: &str,
         request: &ChatRequest,
@@ -304,6 +402,9 @@ impl Router {
             }
         }
         self.rank(policy.strategy, &mut out);
+        if !policy.ab.is_empty() {
+            ab_first(&policy.ab, request.call_id.as_deref(), &mut out);
+        }
         out.truncate(policy.fallback_depth.unwrap_or(usize::MAX));
         out.into_iter().map(|(m, c, _)| (m, c)).collect()
     }
@@ -416,6 +517,39 @@ fn summary(trace: &[CandidateTrace]) -> String {
         .map(|c| format!("{}: {}", c.model, c.outcome))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A number in [0, 1) fixed by the call id (and `salt`), so splits are stable and testable.
+fn unit_hash(call_id: Option<&str>, salt: &str) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (call_id, salt).hash(&mut h);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Moves the A/B arm this call falls in (by weight, among the arms still candidates) to the front.
+fn ab_first(
+    arms: &[(String, u32)],
+    call_id: Option<&str>,
+    candidates: &mut [(&ModelSpec, &ProviderClient, i64)],
+) {
+    let present: Vec<&(String, u32)> = arms
+        .iter()
+        .filter(|(m, _)| candidates.iter().any(|c| &c.0.name == m))
+        .collect();
+    let total: u64 = present.iter().map(|(_, w)| u64::from(*w)).sum();
+    if total == 0 {
+        return;
+    }
+    let mut point = (unit_hash(call_id, "ab") * total as f64) as u64;
+    let chosen = present.iter().find(|(_, w)| {
+        let hit = point < u64::from(*w);
+        point = point.saturating_sub(u64::from(*w));
+        hit
+    });
+    if let Some(i) = chosen.and_then(|(m, _)| candidates.iter().position(|c| &c.0.name == m)) {
+        candidates[..=i].rotate_right(1);
+    }
 }
 
 /// Puts `items` in the order of `order` (a permutation of their indexes).

@@ -25,6 +25,18 @@ pub struct Estimate {
     pub calls: i64,
 }
 
+impl Estimate {
+    /// Both bounds of `self` and `other` together (calls made in addition, like shadow copies).
+    pub fn plus(&self, other: &Estimate) -> Estimate {
+        Estimate {
+            max_micros: self.max_micros.saturating_add(other.max_micros),
+            min_micros: self.min_micros.saturating_add(other.min_micros),
+            tokens: self.tokens.saturating_add(other.tokens),
+            calls: self.calls,
+        }
+    }
+}
+
 /// What happens when a job does not fit a hard limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
