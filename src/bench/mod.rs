@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod faults;
 mod latency;
 mod ledger;
+mod routing_day;
 
 use crate::queue::publisher::{OutgoingJob, Publisher};
 use crate::sim::SimOptions;
@@ -53,6 +54,10 @@ pub struct BenchArgs {
     /// restarted, provider errors and hangs, webhook receiver down) and check every invariant after.
     #[arg(long)]
     pub faults: bool,
+    /// Route a simulated day of mixed traffic through two providers (the cheap one failing 20% of
+    /// calls) and compare cost-optimized routing with always using the most expensive model.
+    #[arg(long)]
+    pub routing_day: bool,
     /// Instead of the job path, benchmark the spend ledger with this many rows of history.
     #[arg(long)]
     pub ledger_rows: Option<i64>,
@@ -116,6 +121,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     }
     if args.faults {
         return faults::run(&args, &cancel).await;
+    }
+    if args.routing_day {
+        return routing_day::run(&args, &cancel).await;
     }
     if let Some(rate) = args.rate {
         return latency::run(&args, rate, &cancel).await;
