@@ -9,7 +9,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{say, BenchArgs};
-use crate::queue::publisher::{OutgoingJob, Publisher};
 use crate::sim::SimOptions;
 use crate::spend::budget::usd;
 use crate::stack::LocalStack;
@@ -129,21 +128,7 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
             args.jobs
         ),
     );
-    let conn = crate::queue::connect(&stack.cfg.queue.url, "ragq-bench", cancel).await?;
-    let setup = conn.create_channel().await?;
-    crate::queue::topology::declare(&setup, &stack.cfg.queue).await?;
-    let publisher = Publisher::open(&conn, "guest").await?;
-    let outgoing: Vec<OutgoingJob<'_>> = bodies
-        .iter()
-        .map(|(id, body)| OutgoingJob {
-            kind: "batch.complete",
-            id,
-            body,
-        })
-        .collect();
-    if let (_, Some(e)) = publisher.publish_jobs(&outgoing, 512, || {}).await {
-        return Err(e.into());
-    }
+    let conn = super::publish(args, &stack, &bodies, cancel).await?;
     for _ in 0..args.workers {
         stack.spawn("worker", &[])?;
     }
