@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod faults;
 mod latency;
 mod ledger;
+mod router;
 mod routing_day;
 
 use crate::queue::publisher::{OutgoingJob, Publisher};
@@ -54,6 +55,9 @@ pub struct BenchArgs {
     /// restarted, provider errors and hangs, webhook receiver down) and check every invariant after.
     #[arg(long)]
     pub faults: bool,
+    /// Time the routing decision alone (50-model catalog, cost-ranked policy) as quantiles.
+    #[arg(long)]
+    pub router: bool,
     /// Route a simulated day of mixed traffic through two providers (the cheap one failing 20% of
     /// calls) and compare cost-optimized routing with always using the most expensive model.
     #[arg(long)]
@@ -121,6 +125,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     }
     if args.faults {
         return faults::run(&args, &cancel).await;
+    }
+    if args.router {
+        return router::run(args.json);
     }
     if args.routing_day {
         return routing_day::run(&args, &cancel).await;

@@ -261,6 +261,27 @@ impl Router {
         }
     }
 
+    /// The routing decision alone, as a call would make it now: the models it would try, in order,
+    /// and why the others were skipped. For operators (a dry run) and for measuring the decision.
+    pub fn plan(
+        &self,
+        policy: &str,
+        request: &ChatRequest,
+        scope: CallScope<'_>,
+    ) -> Result<(Vec<String>, Vec<CandidateTrace>), RouteError> {
+        let spec = self
+            .catalog
+            .policy(policy)
+            .ok_or_else(|| RouteError::UnknownPolicy(policy.to_string()))?;
+        let mut skipped = Vec::new();
+        let order = self
+            .candidates(spec, request, scope, &mut skipped)
+            .into_iter()
+            .map(|(m, _)| m.name.clone())
+            .collect();
+        Ok((order, skipped))
+    }
+
     /// The worst-case price of the policy's shadow model, for budget estimates.
     pub fn shadow_price(&self, policy: &str) -> Option<Price> {
         let (model, _) = self.catalog.policy(policy)?.shadow.as_ref()?;
@@ -415,11 +436,23 @@ impl Router {
         match strategy {
             Strategy::Ordered => {}
             Strategy::Cost => {
-                let costs: Vec<i64> = candidates.iter().map(|c| c.2).collect();
+                // The cheapest alternative to each candidate: the cheapest overall, or the second
+                // cheapest for the cheapest itself (two passes, not a sort per candidate).
+                let mut two = [i64::MAX; 2];
+                for c in candidates.iter() {
+                    if c.2 < two[0] {
+                        two = [c.2, two[0]];
+                    } else if c.2 < two[1] {
+                        two[1] = c.2;
+                    }
+                }
                 let cheapest_other = |own: i64| {
-                    let mut sorted = costs.clone();
-                    sorted.sort_unstable();
-                    sorted.into_iter().find(|c| *c != own).unwrap_or(own)
+                    let other = if own == two[0] { two[1] } else { two[0] };
+                    if other == i64::MAX {
+                        own
+                    } else {
+                        other
+                    }
                 };
                 let mut keyed: Vec<(f64, usize)> = candidates
                     .iter()
