@@ -55,10 +55,8 @@ async fn submit_over_http_then_read_the_outcome() {
     .await;
     assert_eq!(status, 200);
 
-    env.wait_until(20, "job done", || async {
-        env.job_state("globex", "http-1").await.as_deref() == Some("succeeded")
-    })
-    .await;
+    env.wait_for_state("globex", "http-1", "succeeded", 20)
+        .await;
     let (status, body) = call(http.get(format!("{base}/v1/jobs/http-1")).bearer_auth(&key)).await;
     assert_eq!(status, 200);
     assert_eq!(body["state"], "succeeded");

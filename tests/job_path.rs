@@ -13,13 +13,7 @@ async fn plain_amqp_publish_is_processed_and_its_webhook_is_signed() {
     let (_stop, _worker) = env.start_worker();
     let conn = env.amqp().await;
     let job = env.job("acme", "plain-1", 3);
-    env.publish_raw(
-        &conn,
-        "batch.complete",
-        job.to_string().as_bytes(),
-        Some("guest"),
-    )
-    .await;
+    env.publish_job(&conn, &job).await;
 
     env.wait_until(20, "webhook", || async { !env.received().is_empty() })
         .await;
@@ -98,10 +92,7 @@ async fn same_job_id_twice_runs_once_and_books_once() {
     env.publish_raw(&conn, "batch.complete", body.as_bytes(), Some("guest"))
         .await;
     let (_stop, _worker) = env.start_worker();
-    env.wait_until(20, "job finished", || async {
-        env.job_state("acme", "dup-1").await.as_deref() == Some("succeeded")
-    })
-    .await;
+    env.wait_for_state("acme", "dup-1", "succeeded", 20).await;
     // Publish a third copy after it finished: acknowledged without running.
     env.publish_raw(&conn, "batch.complete", body.as_bytes(), Some("guest"))
         .await;
@@ -168,17 +159,10 @@ async fn poison_messages_are_dead_lettered_with_their_reason() {
         env.publish_raw(&conn, "batch.complete", body, *user).await;
     }
     // A good job after the poison: the worker is still alive and serving.
-    env.publish_raw(
-        &conn,
-        "batch.complete",
-        env.job("acme", "after-poison", 1).to_string().as_bytes(),
-        Some("guest"),
-    )
-    .await;
-    env.wait_until(20, "good job", || async {
-        env.job_state("acme", "after-poison").await.as_deref() == Some("succeeded")
-    })
-    .await;
+    env.publish_job(&conn, &env.job("acme", "after-poison", 1))
+        .await;
+    env.wait_for_state("acme", "after-poison", "succeeded", 20)
+        .await;
     let mut dead = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while dead.len() < cases.len() && std::time::Instant::now() < deadline {
@@ -217,17 +201,8 @@ async fn provider_500s_then_success_and_429_with_retry_after_are_retried() {
     let (_stop, _worker) = env.start_worker();
     let conn = env.amqp().await;
     let started = std::time::Instant::now();
-    env.publish_raw(
-        &conn,
-        "batch.complete",
-        env.job("acme", "flaky-1", 1).to_string().as_bytes(),
-        Some("guest"),
-    )
-    .await;
-    env.wait_until(20, "job finished", || async {
-        env.job_state("acme", "flaky-1").await.as_deref() == Some("succeeded")
-    })
-    .await;
+    env.publish_job(&conn, &env.job("acme", "flaky-1", 1)).await;
+    env.wait_for_state("acme", "flaky-1", "succeeded", 20).await;
     // Retry-After: 1 was honoured (the retry waited at least a second).
     assert!(started.elapsed() >= std::time::Duration::from_secs(1));
     assert_eq!(env.sim.counts(), (4, 1), "three failures then one success");
@@ -258,17 +233,10 @@ async fn an_outage_longer_than_the_call_budget_goes_through_the_retry_queue() {
     env.set_outage(15);
     let (_stop, _worker) = env.start_worker();
     let conn = env.amqp().await;
-    env.publish_raw(
-        &conn,
-        "batch.complete",
-        env.job("acme", "outage-1", 1).to_string().as_bytes(),
-        Some("guest"),
-    )
-    .await;
-    env.wait_until(30, "job finished", || async {
-        env.job_state("acme", "outage-1").await.as_deref() == Some("succeeded")
-    })
-    .await;
+    env.publish_job(&conn, &env.job("acme", "outage-1", 1))
+        .await;
+    env.wait_for_state("acme", "outage-1", "succeeded", 30)
+        .await;
     let attempts = env
         .count("SELECT attempts::int8 FROM jobs WHERE id = 'outage-1'")
         .await;
@@ -289,13 +257,8 @@ async fn permanent_provider_errors_fail_the_job_with_a_webhook() {
     env.sim.script([Fault::Status { status: 400 }]);
     let (_stop, _worker) = env.start_worker();
     let conn = env.amqp().await;
-    env.publish_raw(
-        &conn,
-        "batch.complete",
-        env.job("acme", "rejected-1", 1).to_string().as_bytes(),
-        Some("guest"),
-    )
-    .await;
+    env.publish_job(&conn, &env.job("acme", "rejected-1", 1))
+        .await;
     env.wait_until(20, "webhook", || async { !env.received().is_empty() })
         .await;
     let body: serde_json::Value = serde_json::from_str(&env.received()[0].body).unwrap();
@@ -314,13 +277,8 @@ async fn webhooks_are_retried_until_the_receiver_accepts() {
     env.hooks.refuse_next(3);
     let (_stop, _worker) = env.start_worker();
     let conn = env.amqp().await;
-    env.publish_raw(
-        &conn,
-        "batch.complete",
-        env.job("acme", "hook-retry", 1).to_string().as_bytes(),
-        Some("guest"),
-    )
-    .await;
+    env.publish_job(&conn, &env.job("acme", "hook-retry", 1))
+        .await;
     env.wait_until(20, "webhook delivered", || async {
         env.received().len() == 1
     })
@@ -411,17 +369,9 @@ models = ["claude-sim", "sim-small"]
     let mut job = env.job("acme", "claude-1", 2);
     job["policy"] = "claude-first".into();
     job["input"]["system"] = "Answer in one line.".into();
-    env.publish_raw(
-        &conn,
-        "batch.complete",
-        job.to_string().as_bytes(),
-        Some("guest"),
-    )
-    .await;
-    env.wait_until(20, "job finished", || async {
-        env.job_state("acme", "claude-1").await.as_deref() == Some("succeeded")
-    })
-    .await;
+    env.publish_job(&conn, &job).await;
+    env.wait_for_state("acme", "claude-1", "succeeded", 20)
+        .await;
     let result: serde_json::Value =
         sqlx::query_scalar("SELECT result FROM jobs WHERE id = 'claude-1'")
             .fetch_one(&env.pool)

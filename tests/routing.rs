@@ -61,13 +61,7 @@ async fn run_jobs(env: &TestEnv, prefix: &str, policy: &str, n: usize) {
     for i in 0..n {
         let mut job = env.job("acme", &format!("{prefix}-{i}"), 1);
         job["policy"] = policy.into();
-        env.publish_raw(
-            &conn,
-            "batch.complete",
-            job.to_string().as_bytes(),
-            Some("guest"),
-        )
-        .await;
+        env.publish_job(&conn, &job).await;
     }
     let pattern = format!("{prefix}-%");
     env.wait_until(40, "jobs succeeded", || async {

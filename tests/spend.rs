@@ -42,13 +42,7 @@ fn estimate_of(job: &serde_json::Value, prices: &[Price]) -> budget::Estimate {
 async fn publish(env: &TestEnv, jobs: &[serde_json::Value]) {
     let conn = env.amqp().await;
     for job in jobs {
-        env.publish_raw(
-            &conn,
-            "batch.complete",
-            job.to_string().as_bytes(),
-            Some("guest"),
-        )
-        .await;
+        env.publish_job(&conn, job).await;
     }
 }
 
@@ -212,10 +206,7 @@ async fn each_alert_threshold_fires_once_per_period() {
         &[same_size_job(&env, "probe", "chat", "cost-optimized")],
     )
     .await;
-    env.wait_until(20, "probe", || async {
-        env.job_state("acme", "probe").await.as_deref() == Some("succeeded")
-    })
-    .await;
+    env.wait_for_state("acme", "probe", "succeeded", 20).await;
     let per_job = env
         .count("SELECT sum(cost_micros)::int8 FROM provider_calls")
         .await;

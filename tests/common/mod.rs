@@ -319,6 +319,26 @@ impl TestEnv {
         let _ = conn.close(200, "published".into()).await;
     }
 
+    /// Publishes a job message as acme's AMQP user would.
+    pub async fn publish_job(&self, conn: &Connection, job: &serde_json::Value) {
+        self.publish_raw(
+            conn,
+            "batch.complete",
+            job.to_string().as_bytes(),
+            Some("guest"),
+        )
+        .await;
+    }
+
+    /// Waits until job `id` of `tenant` is in `state`; panics after `secs`.
+    pub async fn wait_for_state(&self, tenant: &str, id: &str, state: &str, secs: u64) {
+        let what = format!("job {id} {state}");
+        self.wait_until(secs, &what, || async {
+            self.job_state(tenant, id).await.as_deref() == Some(state)
+        })
+        .await;
+    }
+
     pub async fn finished_jobs(&self) -> i64 {
         self.count("SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'failed')")
             .await
