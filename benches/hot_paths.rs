@@ -54,6 +54,7 @@ fn routing(c: &mut Criterion) {
         max_tokens: Some(256),
         temperature: None,
         call_id: None,
+        counted_input_tokens: None,
     };
     let prices: Vec<Price> = (0..50u64)
         .map(|i| Price {

@@ -166,7 +166,10 @@ claim_lease_ms = 5000
 initial_interval_ms = 50
 max_interval_ms = 1000
 max_elapsed_ms = 5000
+[retrieval]
+path = "{vectors}"
 {catalog}"#,
+        vectors = urls.vectors,
         db = urls.database,
         queue = urls.queue,
         catalog = sim_catalog_toml(sim_url),
@@ -195,7 +198,7 @@ async fn submit_and_wait(
         serde_json::json!({
             "id": format!("{tenant}-{i}"), "tenant": tenant, "kind": "batch.complete", "policy": policy,
             "webhook_url": hook, "input": {"system": "You are a support assistant.", "prompts": prompts},
-            "tags": {"feature": if i % 2 == 0 { "support-summaries" } else { "faq" }, "plan": "pro"}
+            "tags": {"feature": if i.is_multiple_of(2) { "support-summaries" } else { "faq" }, "plan": "pro"}
         })
     };
     // acme publishes straight to RabbitMQ as AMQP user `guest`.
@@ -248,7 +251,8 @@ async fn submit_and_wait(
     publisher
         .publish_job("batch.complete", "globex-99", spoofed.as_bytes())
         .await?;
-    let expected = 2 * args.jobs + 1;
+    ask_the_handbook(demo, &publisher, cancel).await?;
+    let expected = 2 * args.jobs + 1 + RAG_JOBS;
     println!("submitted: {} jobs for acme over AMQP, {} for globex over HTTP, 1 doomed job, 2 bad messages", args.jobs + 1, args.jobs);
 
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -297,6 +301,62 @@ async fn submit_and_wait(
     // Let the deliveries' rows settle (the receiver answers before the sender records the attempt).
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(expected)
+}
+
+/// The retrieval jobs the demo runs: one ingest, then two questions.
+const RAG_JOBS: usize = 3;
+
+/// acme indexes its handbook (an `ingest` job), then asks two questions about it (`rag.answer`).
+async fn ask_the_handbook(
+    demo: &Demo,
+    publisher: &ReconnectingPublisher,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let hook = demo.receiver.url();
+    let handbook = serde_json::json!([
+        {"id": "refunds", "metadata": {"team": "billing"}, "text":
+            "Refunds are paid to the original card within 14 days of the returned item arriving. \
+             Digital goods are refunded only when the download never worked; open a support ticket."},
+        {"id": "shipping", "metadata": {"team": "logistics"}, "text":
+            "Orders ship from Lisbon. Shipping inside the EU takes 3 working days; elsewhere 7 to 10."},
+        {"id": "passwords", "metadata": {"team": "security"}, "text":
+            "To reset a password, use the link on the sign-in page; the link expires after 30 minutes."},
+    ]);
+    let ingest = serde_json::json!({"id": "acme-handbook", "tenant": "acme", "kind": "ingest",
+        "webhook_url": hook, "input": {"collection": "handbook", "documents": handbook}});
+    publisher
+        .publish_job("ingest", "acme-handbook", ingest.to_string().as_bytes())
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(
+        &demo.pool,
+        "SELECT count(*) FROM jobs WHERE id = 'acme-handbook' AND state IN ('succeeded', 'failed')",
+    )
+    .await?
+        == 0
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the handbook ingest did not finish"
+        );
+        anyhow::ensure!(!cancel.is_cancelled(), "interrupted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (id, question) in [
+        ("acme-ask-refunds", "How many days do refunds take?"),
+        (
+            "acme-ask-shipping",
+            "How long does shipping inside the EU take?",
+        ),
+    ] {
+        let ask = serde_json::json!({"id": id, "tenant": "acme", "kind": "rag.answer",
+            "webhook_url": hook, "tags": {"feature": "handbook-qa"},
+            "input": {"collection": "handbook", "question": question, "top_k": 2}});
+        publisher
+            .publish_job("rag.answer", id, ask.to_string().as_bytes())
+            .await?;
+    }
+    Ok(())
 }
 
 /// Webhooks every job with a webhook should have produced (all of the demo's jobs have one).
@@ -412,6 +472,48 @@ async fn print_summary(
     )
     .fetch_one(&demo.pool)
     .await?;
+    println!("\n== retrieval (acme's handbook: ingest, then rag.answer on the embedded qdrant-edge store)");
+    let rag: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT id, result FROM jobs WHERE kind IN ('ingest', 'rag.answer') AND result IS NOT NULL ORDER BY created_at",
+    )
+    .fetch_all(&demo.pool)
+    .await?;
+    for (id, r) in rag {
+        match r["answer"].as_str() {
+            Some(answer) => {
+                let cited: Vec<String> = r["citations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        format!(
+                            "[{}] {}#{} ({:.2})",
+                            c["n"],
+                            c["document_id"].as_str().unwrap_or("?"),
+                            c["chunk_index"],
+                            c["score"].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect();
+                println!(
+                    "  {id}: {answer}\n    cites {}; {} ms (embed {}, search {}, model {})",
+                    cited.join(", "),
+                    r["timings_ms"]["total"],
+                    r["timings_ms"]["embed"],
+                    r["timings_ms"]["search"],
+                    r["timings_ms"]["model"]
+                );
+            }
+            None => println!(
+                "  {id}: {} chunks from {} documents, {} embedding calls, {} micro-dollars",
+                r["chunks"],
+                r["documents"].as_array().map_or(0, Vec::len),
+                r["embedding_calls"],
+                r["cost_micros"]
+            ),
+        }
+    }
+
     println!("\n== webhooks");
     println!("{} received, {verified} with a valid Standard Webhooks signature; {delivered} deliveries marked delivered after {attempts} attempts", hooks.len());
     for (pct, cost) in alerts(&hooks) {
@@ -452,8 +554,9 @@ async fn check_promises(
     .await?;
     let jobs = i64::try_from(args.jobs)?;
     let mut broken = Vec::new();
-    if (succeeded, failed, unfinished) != (2 * jobs, 1, 0) {
-        broken.push(format!("expected {} succeeded, 1 failed, 0 unfinished; got {succeeded}, {failed}, {unfinished}", 2 * jobs));
+    let rag = i64::try_from(RAG_JOBS)?;
+    if (succeeded, failed, unfinished) != (2 * jobs + rag, 1, 0) {
+        broken.push(format!("expected {} succeeded, 1 failed, 0 unfinished; got {succeeded}, {failed}, {unfinished}", 2 * jobs + rag));
     }
     let (runs, run_jobs_ok): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE j.state = 'succeeded') FROM pipeline_runs r \
@@ -489,13 +592,13 @@ async fn check_promises(
     let unverified = hooks.iter().filter(|h| h.verified != Some(true)).count();
     if unverified > 0
         || ids.len() != hooks.len()
-        || job_hooks(&hooks) != 2 * args.jobs + 1 + usize::try_from(runs)?
+        || job_hooks(&hooks) != 2 * args.jobs + 1 + RAG_JOBS + usize::try_from(runs)?
     {
         broken.push(format!(
             "{} webhooks ({} distinct ids, {unverified} unverified) for {} finished jobs",
             hooks.len(),
             ids.len(),
-            2 * args.jobs + 1 + usize::try_from(runs)?
+            2 * args.jobs + 1 + RAG_JOBS + usize::try_from(runs)?
         ));
     }
     let thresholds: Vec<i64> = alerts(&hooks).iter().map(|a| a.0).collect();

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod jobs;
 pub mod providers;
 pub mod queue;
+pub mod retrieval;
 pub mod routing;
 pub mod scheduler;
 pub mod secret;

@@ -29,6 +29,8 @@ pub struct ServerArgs {
 pub struct StackUrls {
     pub database: String,
     pub queue: String,
+    /// A fresh directory for the embedded vector store (`[retrieval] path`).
+    pub vectors: String,
 }
 
 /// A prepared stack and the processes it started.
@@ -52,14 +54,20 @@ impl LocalStack {
         let db = format!("ragq_{name}");
         let vhost = format!("ragq-{name}");
         admin::recreate_vhost(&vhost, "guest")?;
+        let dir = std::env::temp_dir().join(format!("ragq-{name}"));
+        let vectors = dir.join("vectors");
+        if vectors.exists() {
+            std::fs::remove_dir_all(&vectors)
+                .with_context(|| format!("clearing {}", vectors.display()))?;
+        }
+        std::fs::create_dir_all(&dir)?;
         let urls = StackUrls {
             database: format!("{}/{db}", servers.postgres.trim_end_matches('/')),
             queue: format!("{}/{vhost}", servers.amqp.trim_end_matches('/')),
+            vectors: vectors.display().to_string(),
         };
         let toml = config(&urls);
         let cfg = Config::from_toml(&toml)?;
-        let dir = std::env::temp_dir().join(format!("ragq-{name}"));
-        std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("ragq.toml");
         std::fs::write(&config_path, &toml)?;
         drop_database(&servers.postgres, &db).await?;
@@ -158,7 +166,8 @@ pub fn sim_catalog_toml(sim_url: &str) -> String {
            [policies.reliable]\nmodels = [\"sim-large\", \"sim-small\"]\n"
 }
 
-/// The sim provider (calls time out after `timeout_ms`) and its two models, without policies.
+/// The sim provider (calls time out after `timeout_ms`), its two chat models and its embeddings
+/// model, without policies.
 pub fn sim_models_toml(sim_url: &str, timeout_ms: u64) -> String {
     format!(
         r#"[[providers]]
@@ -180,6 +189,15 @@ model_id = "sim-large"
 input_price_micros_per_mtok = 2500000
 output_price_micros_per_mtok = 10000000
 context_window = 128000
+[[models]]
+name = "sim-embed"
+provider = "sim"
+model_id = "sim-embed"
+input_price_micros_per_mtok = 20000
+output_price_micros_per_mtok = 0
+context_window = 8191
+capabilities = ["embeddings"]
+dimensions = 256
 "#
     )
 }

@@ -6,20 +6,6 @@ mod common;
 use common::TestEnv;
 use serde_json::{json, Value};
 
-async fn serve_api(env: &TestEnv) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = ragq::api::router(&env.api_config(), env.pool.clone());
-    let cancel = env.cancel.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
-            .unwrap();
-    });
-    format!("http://{addr}")
-}
-
 async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
@@ -29,7 +15,7 @@ async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_over_http_then_read_the_outcome() {
     let env = TestEnv::new("").await;
-    let base = serve_api(&env).await;
+    let base = env.serve_api().await;
     let (_stop, _worker) = env.start_worker();
     let http = reqwest::Client::new();
     let key = env.api_key("globex");
@@ -81,7 +67,7 @@ async fn submit_over_http_then_read_the_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_a_4xx_that_names_the_problem() {
     let env = TestEnv::new("").await;
-    let base = serve_api(&env).await;
+    let base = env.serve_api().await;
     let http = reqwest::Client::new();
     let key = env.api_key("acme");
     let url = format!("{base}/v1/jobs");

@@ -31,6 +31,7 @@ fn requests(
             max_tokens: Some(input.max_tokens.unwrap_or(default_max_output_tokens)),
             temperature: input.temperature,
             call_id: call_id(index),
+            counted_input_tokens: None,
         })
         .collect()
 }

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::jobs::JobMessage;
 use crate::providers::Usage;
-use crate::routing::{CallScope, RouteError, RoutedCall, Router, ShadowCall};
+use crate::retrieval::{LazyStore, RetrievalConfig, StoreError};
+use crate::routing::{CallScope, EmbeddedCall, RouteError, RoutedCall, Router, ShadowCall};
 use crate::spend::{LedgerEntry, Price};
 
 use super::commit::{CommitError, CommitHandle};
@@ -19,6 +20,8 @@ pub struct JobContext<'a> {
     pub scope: CallScope<'a>,
     /// `max_tokens` for calls whose job sets none, so every call's worst case is bounded.
     pub default_max_output_tokens: u32,
+    pub retrieval: &'a RetrievalConfig,
+    pub vectors: &'a LazyStore,
 }
 
 impl JobContext<'_> {
@@ -84,6 +87,18 @@ impl<'a> From<&'a RoutedCall> for BookedCall<'a> {
     }
 }
 
+impl<'a> From<&'a EmbeddedCall> for BookedCall<'a> {
+    fn from(c: &'a EmbeddedCall) -> Self {
+        Self {
+            provider: &c.provider,
+            model: &c.model,
+            usage: c.response.usage,
+            price: c.price,
+            latency: c.latency,
+        }
+    }
+}
+
 impl<'a> From<&'a ShadowCall> for BookedCall<'a> {
     fn from(c: &'a ShadowCall) -> Self {
         Self {
@@ -108,6 +123,11 @@ pub struct JobError {
 }
 
 impl JobError {
+    /// A job whose input breaks a rule: it fails at once with the rule in its reason.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::permanent("invalid_input", message)
+    }
+
     pub fn permanent(code: &str, message: impl Into<String>) -> Self {
         Self {
             code: code.to_string(),
@@ -125,6 +145,17 @@ impl From<RouteError> for JobError {
             message: e.to_string(),
             retryable: e.is_retryable(),
             retry_after: e.retry_after(),
+        }
+    }
+}
+
+impl From<StoreError> for JobError {
+    fn from(e: StoreError) -> Self {
+        Self {
+            code: e.code().to_string(),
+            message: e.to_string(),
+            retryable: e.is_retryable(),
+            retry_after: None,
         }
     }
 }

@@ -19,6 +19,8 @@
 pub mod batch_complete;
 pub mod commit;
 pub mod handler;
+pub mod ingest;
+pub mod rag_answer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,7 @@ use crate::config::Config;
 use crate::jobs::{JobKind, JobMessage, PoisonReason};
 use crate::queue::topology::{self, DEAD_LETTER_EXCHANGE, JOBS_QUEUE};
 use crate::queue::{self, Publisher, QueueError};
+use crate::retrieval::LazyStore;
 use crate::routing::{CallScope, Router};
 use crate::spend::budget::{Admission, Estimate};
 use crate::tenants::{Tenant, TenantDirectory};
@@ -57,6 +60,7 @@ struct WorkerContext {
     tenants: TenantDirectory,
     commits: CommitHandle,
     webhooks: mpsc::Sender<PendingDelivery>,
+    vectors: LazyStore,
 }
 
 /// How a delivery is settled once its processing is over.
@@ -97,6 +101,7 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     ));
     let ctx = Arc::new(WorkerContext {
         router: Router::new(Arc::new(cfg.catalog.clone()), cfg.retry.clone()),
+        vectors: LazyStore::new(cfg.retrieval.store.clone()),
         cfg,
         tenants,
         commits,
@@ -259,6 +264,9 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
             Err(Some(reason)) => return dead_letter(&reason),
             Err(None) => return Disposition::Abandon,
         };
+        if let Some(d) = pass_on_if_store_held_elsewhere(ctx, &job).await {
+            return d;
+        }
         let claim = ClaimRequest {
             estimate: estimate(ctx, &job),
             job,
@@ -285,6 +293,25 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
     .await
 }
 
+/// An embedded vector store serves one process. A worker that cannot take it hands retrieval jobs
+/// back through a retry queue before claiming them (no attempt is spent), so they reach the worker
+/// that holds it. Several workers that all need retrieval should use a Qdrant server instead.
+async fn pass_on_if_store_held_elsewhere(
+    ctx: &WorkerContext,
+    job: &JobMessage,
+) -> Option<Disposition> {
+    if !matches!(job.kind, JobKind::Ingest | JobKind::RagAnswer) {
+        return None;
+    }
+    match ctx.vectors.get().await {
+        Err(e @ crate::retrieval::StoreError::Locked { .. }) => {
+            tracing::info!(reason = %e, "passing a retrieval job on to the worker holding the vector store");
+            Some(Disposition::Retry(ctx.cfg.queue.retry_delays[0]))
+        }
+        _ => None,
+    }
+}
+
 /// The job's worst-case cost, to reserve against its budgets (zero when its input or policy is
 /// unusable: it fails before making any call).
 fn estimate(ctx: &WorkerContext, job: &JobMessage) -> Estimate {
@@ -302,7 +329,43 @@ fn estimate(ctx: &WorkerContext, job: &JobMessage) -> Estimate {
                 }
             })
             .unwrap_or_default(),
+        JobKind::Ingest => job
+            .ingest_input()
+            .map(|input| {
+                let r = &ctx.cfg.retrieval;
+                ingest::estimate(&input, r.chunk, embedding_price(ctx), r.embed_batch)
+            })
+            .unwrap_or_default(),
+        JobKind::RagAnswer => job
+            .rag_input()
+            .map(|input| {
+                let window = ctx.router.min_context_window(&job.policy).unwrap_or(0);
+                let max_tokens = input
+                    .max_tokens
+                    .unwrap_or(ctx.cfg.retrieval.answer_max_tokens);
+                let own =
+                    rag_answer::estimate(&input, window, max_tokens, &prices, embedding_price(ctx));
+                match ctx.router.shadow_price(&job.policy) {
+                    Some(p) => own.plus(&rag_answer::estimate(
+                        &input,
+                        window,
+                        max_tokens,
+                        &[p],
+                        crate::spend::Price::default(),
+                    )),
+                    None => own,
+                }
+            })
+            .unwrap_or_default(),
     }
+}
+
+fn embedding_price(ctx: &WorkerContext) -> crate::spend::Price {
+    ctx.cfg
+        .catalog
+        .model(&ctx.cfg.retrieval.embedding_model)
+        .map(|m| m.price)
+        .unwrap_or_default()
 }
 
 fn dead_letter(reason: &PoisonReason) -> Disposition {
@@ -368,6 +431,8 @@ async fn run_attempt(
                     cost_cap_micros,
                 },
                 default_max_output_tokens: ctx.cfg.spend.default_max_output_tokens,
+                retrieval: &ctx.cfg.retrieval,
+                vectors: &ctx.vectors,
             };
             run_handler(&context).await
         }
@@ -457,6 +522,14 @@ async fn run_handler(ctx: &JobContext<'_>) -> Result<serde_json::Value, JobError
                 .batch_input()
                 .map_err(|m| JobError::permanent("invalid_input", m))?;
             batch_complete::run(ctx, input).await
+        }
+        JobKind::Ingest => {
+            let input = ctx.job.ingest_input().map_err(JobError::invalid)?;
+            ingest::run(ctx, input).await
+        }
+        JobKind::RagAnswer => {
+            let input = ctx.job.rag_input().map_err(JobError::invalid)?;
+            rag_answer::run(ctx, input).await
         }
     }
 }

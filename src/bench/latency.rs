@@ -34,7 +34,7 @@ pub struct Quantiles {
     pub p99: f64,
 }
 
-fn quantiles(mut v: Vec<f64>) -> Quantiles {
+pub fn quantiles(mut v: Vec<f64>) -> Quantiles {
     if v.is_empty() {
         return Quantiles::default();
     }

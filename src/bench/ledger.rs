@@ -126,7 +126,12 @@ fn entry(writer: usize, seq: usize) -> LedgerEntry {
         call_index: 0,
         provider: "sim".into(),
         model: "sim-small".into(),
-        feature: if seq % 2 == 0 { "faq" } else { "search" }.into(),
+        feature: if seq.is_multiple_of(2) {
+            "faq"
+        } else {
+            "search"
+        }
+        .into(),
         occurred_at: chrono::Utc::now(),
         usage,
         price,

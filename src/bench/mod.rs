@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod faults;
 mod latency;
 mod ledger;
+mod retrieval;
 mod router;
 mod routing_day;
 
@@ -69,6 +70,11 @@ pub struct BenchArgs {
     /// and report end-to-end latency (publish to webhook) and the platform's overhead.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Instead of the job path, benchmark retrieval on the embedded store with this many chunks:
+    /// ingest rate, search latency with and without the tenant filter, recall@10, and the steps
+    /// of `rag.answer`.
+    #[arg(long)]
+    pub rag_chunks: Option<usize>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -125,6 +131,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     }
     if args.faults {
         return faults::run(&args, &cancel).await;
+    }
+    if let Some(chunks) = args.rag_chunks {
+        return retrieval::run(chunks, args.json, &cancel).await;
     }
     if args.router {
         return router::run(args.json);

@@ -52,6 +52,7 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         max_tokens: Some(256),
         temperature: None,
         call_id: Some("acme/job-1/1/0".into()),
+        counted_input_tokens: None,
     };
     let scope = CallScope {
         plan: Some("pro"),

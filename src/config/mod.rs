@@ -37,6 +37,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub spend: SpendConfig,
     pub scheduler: crate::scheduler::SchedulerConfig,
+    pub retrieval: crate::retrieval::RetrievalConfig,
     pub catalog: Catalog,
 }
 
@@ -216,13 +217,19 @@ impl RawConfig {
                 None
             }
         };
-        match catalog {
-            Some(catalog) if problems.is_empty() => Ok(self.into_config(catalog)),
+        let retrieval = match &catalog {
+            Some(catalog) => retrieval_config(&self.retrieval, catalog, &mut problems),
+            None => None,
+        };
+        match (catalog, retrieval) {
+            (Some(catalog), Some(retrieval)) if problems.is_empty() => {
+                Ok(self.into_config(catalog, retrieval))
+            }
             _ => Err(ConfigError::Invalid(problems)),
         }
     }
 
-    fn into_config(self, catalog: Catalog) -> Config {
+    fn into_config(self, catalog: Catalog, retrieval: crate::retrieval::RetrievalConfig) -> Config {
         let ms = Duration::from_millis;
         Config {
             database: DatabaseConfig {
@@ -276,9 +283,142 @@ impl RawConfig {
                 ),
                 max_message_bytes: self.queue.max_message_bytes,
             },
+            retrieval,
             catalog,
         }
     }
+}
+
+/// Validates `[retrieval]` against the catalog, adding every problem to `problems`.
+fn retrieval_config(
+    raw: &raw::RawRetrieval,
+    catalog: &Catalog,
+    problems: &mut Vec<String>,
+) -> Option<crate::retrieval::RetrievalConfig> {
+    use crate::retrieval::{chunk::ChunkSpec, PromptTemplate, RetrievalConfig, StoreConfig};
+    let start = problems.len();
+    let store = match raw.store.as_str() {
+        "embedded" => StoreConfig::Embedded {
+            path: PathBuf::from(&raw.path),
+        },
+        "qdrant" => {
+            let api_key = raw.qdrant_api_key_env.as_ref().and_then(|var| {
+                let key = std::env::var(var).ok().map(crate::secret::Secret::new);
+                if key.is_none() {
+                    problems.push(format!(
+                        "retrieval.qdrant_api_key_env: environment variable {var} is not set"
+                    ));
+                }
+                key
+            });
+            StoreConfig::Qdrant {
+                url: raw.qdrant_url.clone(),
+                api_key,
+            }
+        }
+        other => {
+            problems.push(format!(
+                "retrieval.store: `{other}` is not one of embedded, qdrant"
+            ));
+            return None;
+        }
+    };
+    let model = catalog.model(&raw.embedding_model);
+    let dimensions = model.and_then(|m| m.embedding_dimensions);
+    match model {
+        None => problems.push(format!(
+            "retrieval.embedding_model: unknown model `{}`",
+            raw.embedding_model
+        )),
+        Some(_) if dimensions.is_none() => problems.push(format!(
+            "retrieval.embedding_model: `{}` has no embeddings capability",
+            raw.embedding_model
+        )),
+        Some(m) if catalog.provider(&m.provider).map(|p| p.kind)
+            != Some(crate::routing::catalog::ProviderKind::OpenAi) =>
+        {
+            problems.push(format!(
+                "retrieval.embedding_model: `{}` is served by an API shape without embeddings (use an openai-shaped provider)",
+                raw.embedding_model
+            ))
+        }
+        Some(_) => {}
+    }
+    let mut check = |ok: bool, msg: &str| {
+        if !ok {
+            problems.push(msg.to_string());
+        }
+    };
+    check(
+        (1..=2048).contains(&raw.embed_batch),
+        "retrieval.embed_batch must be between 1 and 2048",
+    );
+    check(
+        (16..=8192).contains(&raw.chunk_tokens),
+        "retrieval.chunk_tokens must be between 16 and 8192",
+    );
+    check(
+        raw.chunk_overlap_tokens < raw.chunk_tokens / 2,
+        "retrieval.chunk_overlap_tokens must be under half of retrieval.chunk_tokens",
+    );
+    check(
+        raw.max_document_bytes >= 1024,
+        "retrieval.max_document_bytes must be at least 1024",
+    );
+    check(
+        raw.max_documents_per_job >= 1,
+        "retrieval.max_documents_per_job must be at least 1",
+    );
+    check(
+        raw.default_top_k >= 1 && raw.default_top_k <= raw.max_top_k,
+        "retrieval.default_top_k must be between 1 and retrieval.max_top_k",
+    );
+    check(
+        raw.answer_max_tokens >= 1,
+        "retrieval.answer_max_tokens must be at least 1",
+    );
+    check(
+        raw.templates.contains_key("default"),
+        "retrieval.templates must define `default`",
+    );
+    for (name, t) in &raw.templates {
+        if !(t.user.contains("{context}") && t.user.contains("{question}")) {
+            problems.push(format!(
+                "retrieval.templates.{name}.user must contain {{context}} and {{question}}"
+            ));
+        }
+    }
+    if problems.len() > start {
+        return None;
+    }
+    Some(RetrievalConfig {
+        store,
+        embedding_model: raw.embedding_model.clone(),
+        dimensions: dimensions.unwrap_or(0),
+        embed_batch: raw.embed_batch,
+        chunk: ChunkSpec {
+            tokens: raw.chunk_tokens,
+            overlap: raw.chunk_overlap_tokens,
+        },
+        max_document_bytes: raw.max_document_bytes,
+        max_documents_per_job: raw.max_documents_per_job,
+        default_top_k: raw.default_top_k,
+        max_top_k: raw.max_top_k,
+        answer_max_tokens: raw.answer_max_tokens,
+        templates: raw
+            .templates
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    PromptTemplate {
+                        system: t.system.clone(),
+                        user: t.user.clone(),
+                    },
+                )
+            })
+            .collect(),
+    })
 }
 
 /// Where the config file is looked for when `--config` is not given.

@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub retry: RawRetry,
     pub spend: RawSpend,
     pub scheduler: RawScheduler,
+    pub retrieval: RawRetrieval,
     pub providers: Vec<RawProvider>,
     pub models: Vec<RawModel>,
     pub policies: BTreeMap<String, RawPolicy>,
@@ -96,6 +97,69 @@ pub struct RawScheduler {
     pub lease_ttl_ms: u64,
 }
 
+/// Retrieval: the vector store, the embedding model, chunking, and `rag.answer` prompts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetrieval {
+    /// `embedded` (qdrant-edge under `path`) or `qdrant` (a server at `qdrant_url`).
+    pub store: String,
+    pub path: String,
+    pub qdrant_url: String,
+    /// Environment variable holding the Qdrant API key, if the server wants one.
+    pub qdrant_api_key_env: Option<String>,
+    /// The catalog model (capability `embeddings`) every collection is embedded with.
+    pub embedding_model: String,
+    /// Texts per embeddings call.
+    pub embed_batch: usize,
+    pub chunk_tokens: usize,
+    pub chunk_overlap_tokens: usize,
+    pub max_document_bytes: usize,
+    pub max_documents_per_job: usize,
+    pub default_top_k: usize,
+    pub max_top_k: usize,
+    /// `max_tokens` of a `rag.answer` call when the job sets none.
+    pub answer_max_tokens: u32,
+    /// Prompt templates by name; `user` must contain `{context}` and `{question}`.
+    pub templates: BTreeMap<String, RawTemplate>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplate {
+    pub system: String,
+    pub user: String,
+}
+
+impl Default for RawRetrieval {
+    fn default() -> Self {
+        Self {
+            store: "embedded".into(),
+            path: "data/vectors".into(),
+            qdrant_url: "http://127.0.0.1:6334".into(),
+            qdrant_api_key_env: None,
+            embedding_model: "sim-embed".into(),
+            embed_batch: 64,
+            chunk_tokens: 256,
+            chunk_overlap_tokens: 32,
+            max_document_bytes: 512 * 1024,
+            max_documents_per_job: 1_000,
+            default_top_k: 5,
+            max_top_k: 50,
+            answer_max_tokens: 512,
+            templates: BTreeMap::from([(
+                "default".to_string(),
+                RawTemplate {
+                    system:
+                        "Answer the question using only the numbered context passages. \
+                             Cite passages as [n]. If the context does not hold the answer, say so."
+                            .into(),
+                    user: "Context:\n{context}\n\nQuestion: {question}".into(),
+                },
+            )]),
+        }
+    }
+}
+
 impl Default for RawScheduler {
     fn default() -> Self {
         Self {
@@ -138,6 +202,16 @@ pub struct RawModel {
     /// Where the model runs (`eu`, `us`, ...); policies may restrict regions.
     #[serde(default = "default_region")]
     pub region: String,
+    /// What the model does: `chat` (the default) and/or `embeddings`.
+    #[serde(default = "default_capabilities")]
+    pub capabilities: Vec<String>,
+    /// Vector size of an embeddings model.
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+}
+
+fn default_capabilities() -> Vec<String> {
+    vec!["chat".into()]
 }
 
 /// A named routing policy: the candidate models, how to rank them, and constraints.
@@ -210,6 +284,7 @@ impl Default for RawConfig {
             retry: RawRetry::default(),
             spend: RawSpend::default(),
             scheduler: RawScheduler::default(),
+            retrieval: RawRetrieval::default(),
             providers: vec![RawProvider {
                 name: "sim".into(),
                 kind: "openai".into(),
@@ -221,6 +296,12 @@ impl Default for RawConfig {
             models: vec![
                 sim_model("sim-small", 150_000, 600_000, 16_384),
                 sim_model("sim-large", 2_500_000, 10_000_000, 128_000),
+                RawModel {
+                    capabilities: vec!["embeddings".into()],
+                    dimensions: Some(256),
+                    output_price_micros_per_mtok: 0,
+                    ..sim_model("sim-embed", 20_000, 0, 8_191)
+                },
             ],
             policies: BTreeMap::from([
                 (
@@ -263,6 +344,8 @@ fn sim_model(name: &str, input: u64, output: u64, context_window: u32) -> RawMod
         context_window,
         quality_tier: default_quality_tier(),
         region: default_region(),
+        capabilities: default_capabilities(),
+        dimensions: None,
     }
 }
 

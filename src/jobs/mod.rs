@@ -23,12 +23,20 @@ pub const MAX_PROMPTS: usize = 1_000;
 pub enum JobKind {
     #[serde(rename = "batch.complete")]
     BatchComplete,
+    /// Index documents into a collection (and remove others).
+    #[serde(rename = "ingest")]
+    Ingest,
+    /// Answer a question from a collection's chunks, with citations.
+    #[serde(rename = "rag.answer")]
+    RagAnswer,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BatchComplete => "batch.complete",
+            Self::Ingest => "ingest",
+            Self::RagAnswer => "rag.answer",
         }
     }
 }
@@ -72,6 +80,53 @@ pub struct BatchCompleteInput {
 #[serde(deny_unknown_fields)]
 pub struct Prompt {
     pub prompt: String,
+}
+
+/// Input of an `ingest` job: documents to (re)index and document ids to remove, in one collection.
+/// Content rules (empty or oversized text) are checked by the handler, so such a job fails with
+/// a reason its owner can read instead of vanishing into the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestInput {
+    pub collection: String,
+    #[serde(default)]
+    pub documents: Vec<Document>,
+    /// Ids of documents to remove.
+    #[serde(default)]
+    pub delete: Vec<String>,
+}
+
+/// One document: the tenant's id for it, its text, and metadata searches may filter on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    pub id: String,
+    pub text: String,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Input of a `rag.answer` job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RagAnswerInput {
+    pub collection: String,
+    pub question: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// Chunks scoring below this (cosine similarity) are left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_threshold: Option<f32>,
+    /// Conditions on document metadata; the tenant condition is always added by the worker.
+    #[serde(default)]
+    pub filter: crate::retrieval::MetadataFilter,
+    /// Prompt template name (`default` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
 }
 
 /// Why a message cannot become a job; the text is the dead-letter reason.
@@ -145,7 +200,19 @@ impl JobMessage {
         }
         match self.kind {
             JobKind::BatchComplete => self.batch_input().map(|_| ()),
+            JobKind::Ingest => self.ingest_input().map(|_| ()),
+            JobKind::RagAnswer => self.rag_input().map(|_| ()),
         }
+    }
+
+    /// The typed input of an `ingest` job (its shape only; see [`IngestInput`]).
+    pub fn ingest_input(&self) -> Result<IngestInput, String> {
+        serde_json::from_value(self.input.clone()).map_err(|e| format!("input: {e}"))
+    }
+
+    /// The typed input of a `rag.answer` job (its shape only).
+    pub fn rag_input(&self) -> Result<RagAnswerInput, String> {
+        serde_json::from_value(self.input.clone()).map_err(|e| format!("input: {e}"))
     }
 
     /// The typed input of a `batch.complete` job.

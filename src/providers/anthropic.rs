@@ -166,6 +166,7 @@ mod tests {
             max_tokens: None,
             temperature: Some(0.2),
             call_id: None,
+            counted_input_tokens: None,
         };
         let wire = build_request("claude-x", &req);
         assert_eq!(wire.system.as_deref(), Some("Be brief."));

@@ -5,6 +5,7 @@
 //! router owns them, so attempts never multiply across layers.
 
 pub mod anthropic;
+pub mod embeddings;
 pub mod error;
 pub mod http;
 pub mod openai;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use embeddings::{EmbeddingRequest, EmbeddingResponse};
 pub use error::ProviderError;
 
 use crate::secret::Secret;
@@ -33,6 +35,10 @@ pub struct ChatRequest {
     /// Identifies this call (tenant/job/attempt/index) to providers that log or dedupe by it; sent as
     /// the `x-ragq-call-id` header.
     pub call_id: Option<String>,
+    /// The prompt's tokens as counted by ragq's tokenizer, when the caller counted them (a prompt
+    /// assembled to fill a context window); the context-window check then uses this count
+    /// instead of the byte bound.
+    pub counted_input_tokens: Option<u64>,
 }
 
 /// Tokens a message costs beyond its text (role and framing); generous for every known API shape.
@@ -46,6 +52,12 @@ impl ChatRequest {
             .iter()
             .map(|m| m.content.len() as u64 + MESSAGE_OVERHEAD_TOKENS)
             .sum()
+    }
+
+    /// The input tokens to check against a context window: the counted ones if known.
+    pub fn context_input_tokens(&self) -> u64 {
+        self.counted_input_tokens
+            .unwrap_or_else(|| self.max_input_tokens())
     }
 
     /// The most this request can cost at `price`, given its `max_tokens` (required for a bound).
@@ -104,6 +116,22 @@ impl ProviderClient {
         match self {
             Self::OpenAi(c) => c.chat(model_id, request).await,
             Self::Anthropic(c) => c.chat(model_id, request).await,
+        }
+    }
+
+    /// One embeddings call, no retries. The Anthropic API has no embeddings endpoint; the config
+    /// refuses embedding models there, so this is a guard, not a path.
+    pub async fn embed(
+        &self,
+        model_id: &str,
+        request: &EmbeddingRequest,
+    ) -> Result<EmbeddingResponse, ProviderError> {
+        match self {
+            Self::OpenAi(c) => c.embed(model_id, request).await,
+            Self::Anthropic(c) => Err(ProviderError::InvalidResponse {
+                provider: c.name().to_string(),
+                message: "the Anthropic API has no embeddings endpoint".into(),
+            }),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::embeddings::{self, EmbeddingRequest, EmbeddingResponse};
 use super::http::exchange;
 use super::{ChatMessage, ChatRequest, ChatResponse, ProviderEndpoint, ProviderError, Usage};
 
@@ -17,6 +18,7 @@ pub struct OpenAiClient {
     endpoint: ProviderEndpoint,
     http: reqwest::Client,
     chat_url: String,
+    embeddings_url: String,
 }
 
 /// The request body of `POST /chat/completions`.
@@ -60,10 +62,12 @@ impl OpenAiClient {
             "{}/chat/completions",
             endpoint.base_url.trim_end_matches('/')
         );
+        let embeddings_url = format!("{}/embeddings", endpoint.base_url.trim_end_matches('/'));
         Self {
             endpoint,
             http,
             chat_url,
+            embeddings_url,
         }
     }
 
@@ -85,6 +89,22 @@ impl OpenAiClient {
         }
         let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
         parse_response(self.name(), &bytes)
+    }
+
+    pub async fn embed(
+        &self,
+        model_id: &str,
+        request: &EmbeddingRequest,
+    ) -> Result<EmbeddingResponse, ProviderError> {
+        let mut http = self
+            .http
+            .post(&self.embeddings_url)
+            .json(&embeddings::build_request(model_id, request));
+        if let Some(key) = &self.endpoint.api_key {
+            http = http.bearer_auth(key.expose());
+        }
+        let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
+        embeddings::parse_response(self.name(), request.inputs.len(), &bytes)
     }
 }
 
@@ -141,6 +161,7 @@ mod tests {
             max_tokens: Some(5),
             temperature: None,
             call_id: None,
+            counted_input_tokens: None,
         };
         let json = serde_json::to_value(build_request("m1", &req)).expect("json");
         assert_eq!(json["model"], "m1");

@@ -35,6 +35,10 @@ pub struct ModelSpec {
     pub context_window: u32,
     pub quality_tier: u8,
     pub region: String,
+    /// Whether it answers chat requests (policies list only these).
+    pub chat: bool,
+    /// The vector size, for a model that makes embeddings.
+    pub embedding_dimensions: Option<usize>,
 }
 
 /// How a policy ranks the candidates left after its constraints.
@@ -100,6 +104,21 @@ impl Catalog {
             if m.context_window == 0 {
                 problems.push(format!("models.{}.context_window must be positive", m.name));
             }
+            for c in &m.capabilities {
+                if c != "chat" && c != "embeddings" {
+                    problems.push(format!(
+                        "models.{}.capabilities: `{c}` is not one of chat, embeddings",
+                        m.name
+                    ));
+                }
+            }
+            let embeddings = m.capabilities.iter().any(|c| c == "embeddings");
+            if embeddings && m.dimensions.is_none_or(|d| d == 0) {
+                problems.push(format!(
+                    "models.{}.dimensions: an embeddings model must give its vector size",
+                    m.name
+                ));
+            }
             let spec = ModelSpec {
                 name: m.name.clone(),
                 provider: m.provider.clone(),
@@ -111,6 +130,8 @@ impl Catalog {
                 context_window: m.context_window,
                 quality_tier: m.quality_tier,
                 region: m.region.clone(),
+                chat: m.capabilities.iter().any(|c| c == "chat"),
+                embedding_dimensions: m.dimensions.filter(|_| embeddings),
             };
             if catalog.models.insert(m.name.clone(), spec).is_some() {
                 problems.push(format!("models: `{}` is defined twice", m.name));
@@ -121,8 +142,14 @@ impl Catalog {
                 problems.push(format!("policies.{name}.models must not be empty"));
             }
             for model in &policy.models {
-                if !catalog.models.contains_key(model) {
-                    problems.push(format!("policies.{name}.models: unknown model `{model}`"));
+                match catalog.models.get(model) {
+                    None => {
+                        problems.push(format!("policies.{name}.models: unknown model `{model}`"))
+                    }
+                    Some(m) if !m.chat => problems.push(format!(
+                        "policies.{name}.models: `{model}` has no chat capability"
+                    )),
+                    Some(_) => {}
                 }
             }
             let strategy = match policy.strategy.as_str() {

@@ -22,7 +22,9 @@ use tracing::Instrument;
 use crate::config::RetryConfig;
 use crate::providers::anthropic::AnthropicClient;
 use crate::providers::openai::OpenAiClient;
-use crate::providers::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
+use crate::providers::{
+    ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ProviderClient, ProviderError,
+};
 use crate::spend::Price;
 use catalog::{Catalog, ModelSpec, ProviderKind, RoutingPolicy, Strategy};
 use health::ModelHealth;
@@ -47,6 +49,16 @@ pub struct Routed {
 #[derive(Debug, Clone)]
 pub struct ShadowCall {
     pub response: ChatResponse,
+    pub model: String,
+    pub provider: String,
+    pub price: Price,
+    pub latency: Duration,
+}
+
+/// A successful embeddings call.
+#[derive(Debug, Clone)]
+pub struct EmbeddedCall {
+    pub response: EmbeddingResponse,
     pub model: String,
     pub provider: String,
     pub price: Price,
@@ -261,6 +273,61 @@ impl Router {
         }
     }
 
+    /// Embeds texts with one named model. Embeddings never fail over to another model: vectors
+    /// of different models do not compare, so a collection is bound to its model. Retryable
+    /// errors are retried with backoff like chat calls, and the model's health learns from them.
+    pub async fn embed(
+        &self,
+        model: &str,
+        request: &EmbeddingRequest,
+    ) -> Result<EmbeddedCall, RouteError> {
+        let Some((spec, client)) = self.resolve(model) else {
+            return Err(RouteError::UnknownPolicy(format!(
+                "embedding model {model}"
+            )));
+        };
+        let exhausted_by = |e: ProviderError, attempts: u32| {
+            let trace = vec![candidate(spec, attempts, format!("{}: {e}", e.code()))];
+            let retryable = e.is_retryable();
+            exhausted(model, Some(e), retryable, trace)
+        };
+        if !self.with_health(&spec.name, |h| h.admit(Instant::now())) {
+            return Err(exhausted_by(circuits_open(), 0));
+        }
+        let started = Instant::now();
+        let (result, attempts) = self
+            .with_backoff(|| client.embed(&spec.model_id, request))
+            .await;
+        let latency = started.elapsed();
+        let fault = result
+            .as_ref()
+            .err()
+            .is_some_and(ProviderError::is_provider_fault);
+        self.with_health(&spec.name, |h| {
+            h.record(Instant::now(), result.is_ok(), fault, latency)
+        });
+        match result {
+            Ok(response) => Ok(EmbeddedCall {
+                response,
+                model: spec.name.clone(),
+                provider: spec.provider.clone(),
+                price: spec.price,
+                latency,
+            }),
+            Err(e) => Err(exhausted_by(e, attempts)),
+        }
+    }
+
+    /// The smallest context window among a policy's candidates: a prompt that fits it fits any.
+    pub fn min_context_window(&self, policy: &str) -> Option<u32> {
+        let p = self.catalog.policy(policy)?;
+        p.models
+            .iter()
+            .filter_map(|m| self.catalog.model(m))
+            .map(|m| m.context_window)
+            .min()
+    }
+
     /// The routing decision alone, as a call would make it now: the models it would try, in order,
     /// and why the others were skipped. For operators (a dry run) and for measuring the decision.
     pub fn plan(
@@ -369,7 +436,7 @@ impl Router {
             let allowed = scope.plan.and_then(|p| policy.plans.get(p));
             allowed.is_none_or(|list| list.iter().any(|m| m == model))
         };
-        let needed = request.max_input_tokens() + u64::from(request.max_tokens.unwrap_or(0));
+        let needed = request.context_input_tokens() + u64::from(request.max_tokens.unwrap_or(0));
         let mut out = Vec::with_capacity(policy.models.len());
         for name in &policy.models {
             let Some((model, client)) = self.resolve(name) else {
@@ -499,6 +566,17 @@ impl Router {
         model: &ModelSpec,
         request: &ChatRequest,
     ) -> (Result<ChatResponse, ProviderError>, u32) {
+        self.with_backoff(|| client.chat(&model.model_id, request))
+            .await
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the time budget is spent, backing off
+    /// exponentially with jitter and honouring Retry-After. Returns the attempt count.
+    async fn with_backoff<T, F, Fut>(&self, call: F) -> (Result<T, ProviderError>, u32)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
         let started = Instant::now();
         let budget = self.retry.max_elapsed;
         let attempts = std::sync::atomic::AtomicU32::new(0);
@@ -513,8 +591,7 @@ impl Router {
         };
         let op = || async {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            client
-                .chat(&model.model_id, request)
+            call()
                 .await
                 .map_err(|e| classify_for_backoff(e, started.elapsed(), budget))
         };

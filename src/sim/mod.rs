@@ -1,4 +1,4 @@
-//! `ragq sim-provider`: an OpenAI-compatible chat-completions server for demos, tests and benchmarks.
+//! `ragq sim-provider`: an OpenAI-compatible chat-completions and embeddings server for demos, tests and benchmarks.
 //!
 //! Replies are deterministic (a function of the model and the prompt) and carry usage, so spend can be
 //! checked exactly. Faults are injected at random rates (500s, 429s with Retry-After, hangs past any
@@ -21,6 +21,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::providers::anthropic;
+use crate::providers::embeddings::{
+    WireEmbedding, WireEmbeddingRequest, WireEmbeddingResponse, WireEmbeddingUsage,
+};
 use crate::providers::openai::{
     WireChatRequest, WireChatResponse, WireChoice, WireMessage, WireUsage,
 };
@@ -131,6 +134,7 @@ pub async fn spawn(
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
+        .route("/v1/embeddings", post(embeddings))
         .route("/sim/script", post(add_script))
         .route("/sim/stats", get(stats))
         .with_state(state.clone());
@@ -252,12 +256,81 @@ async fn messages(
     .await
 }
 
+/// `POST /v1/embeddings`: deterministic vectors in which texts sharing words are close.
+async fn embeddings(
+    State(state): State<Arc<SimState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    answer(&state, &headers, || {
+        let request: WireEmbeddingRequest =
+            serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;
+        if request.input.is_empty() || request.input.iter().any(|t| t.trim().is_empty()) {
+            return Err("input must hold non-empty texts".into());
+        }
+        let dimension = embedding_dimension(&request.model);
+        let data = request
+            .input
+            .iter()
+            .enumerate()
+            .map(|(index, text)| WireEmbedding {
+                index,
+                embedding: embed(text, dimension),
+            })
+            .collect();
+        let prompt_tokens = request.input.iter().map(|t| count_tokens(t)).sum();
+        let response = WireEmbeddingResponse {
+            data,
+            usage: Some(WireEmbeddingUsage { prompt_tokens }),
+        };
+        Ok((response, |r: WireEmbeddingResponse| Json(r).into_response()))
+    })
+    .await
+}
+
+/// The sim's embedding size for a model: a trailing `-<n>` in its id, else 256.
+pub fn embedding_dimension(model: &str) -> usize {
+    model
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .filter(|&n: &usize| (2..=4096).contains(&n))
+        .unwrap_or(256)
+}
+
+/// A deterministic embedding: each lowercased word adds a signed unit at a hashed coordinate
+/// (feature hashing), then the vector is normalized. Texts sharing words have positive cosine
+/// similarity, growing with the words they share.
+pub fn embed(text: &str, dimension: usize) -> Vec<f32> {
+    let mut v = vec![0f32; dimension];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let h = fnv1a(word.to_lowercase().as_bytes());
+        let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+        v[(h % dimension as u64) as usize] += sign;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    } else {
+        v[0] = 1.0;
+    }
+    v
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Applies this request's fault and latency, then answers with `build`'s reply rendered in its
 /// API shape, recording the call id of every success.
-async fn answer<B, R>(state: &SimState, headers: &axum::http::HeaderMap, build: B) -> Response
+async fn answer<T, B, R>(state: &SimState, headers: &axum::http::HeaderMap, build: B) -> Response
 where
-    B: FnOnce() -> Result<(WireChatResponse, R), String>,
-    R: FnOnce(WireChatResponse) -> Response,
+    B: FnOnce() -> Result<(T, R), String>,
+    R: FnOnce(T) -> Response,
 {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let (fault, latency_ms) = next_fault(state);
@@ -368,6 +441,19 @@ mod tests {
         let usage = a.usage.expect("usage");
         assert_eq!(usage.prompt_tokens, 5 + 3);
         assert_eq!(usage.completion_tokens, count_tokens(&text));
+    }
+
+    #[test]
+    fn embeddings_bring_texts_that_share_words_close() {
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let q = embed("How long do refunds take?", 256);
+        let near = embed("Refunds take 14 days to arrive.", 256);
+        let far = embed("Our office dog is called Biscuit.", 256);
+        assert!((dot(&q, &q) - 1.0).abs() < 1e-5, "unit length");
+        assert!(dot(&q, &near) > dot(&q, &far) + 0.2);
+        assert_eq!(embed("same words", 64), embed("Same, words!", 64));
+        assert_eq!(embedding_dimension("sim-embed"), 256);
+        assert_eq!(embedding_dimension("sim-embed-64"), 64);
     }
 
     #[test]

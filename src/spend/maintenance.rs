@@ -24,7 +24,7 @@ pub async fn run(pool: PgPool, cfg: SpendConfig, cancel: CancellationToken) {
         if let Err(e) = expire_reservations(&pool).await {
             tracing::warn!(error = %e, "cannot expire budget reservations");
         }
-        if ticks % partition_every.max(1) == 0 {
+        if ticks.is_multiple_of(partition_every.max(1)) {
             if let Err(e) = maintain_ledger(&pool, cfg.ledger_retention_months).await {
                 tracing::warn!(error = %e, "cannot maintain ledger partitions");
             }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::providers::Usage;
 
 /// Catalog prices in micro-dollars per million tokens ($0.15 / Mtok is 150_000).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Price {
     pub input_micros_per_mtok: u64,
     pub output_micros_per_mtok: u64,

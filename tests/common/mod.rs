@@ -30,6 +30,12 @@ pub struct TestEnv {
     pub tenants: Vec<NewTenant>,
 }
 
+fn vectors_dir(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join(format!("ragq-test-{tag}"))
+        .join("vectors")
+}
+
 fn rabbitmqctl(args: &[&str]) {
     let out = std::process::Command::new("rabbitmqctl")
         .args(args)
@@ -50,6 +56,12 @@ impl TestEnv {
 
     /// Like [`TestEnv::new`], with whole TOML sections (such as `[spend]`) added to the config.
     pub async fn with_sections(queue_extra: &str, sections: &str) -> Self {
+        Self::with_retrieval(queue_extra, sections, "").await
+    }
+
+    /// Like [`TestEnv::with_sections`], with keys added to `[retrieval]` (whose embedded store
+    /// lives in a directory of this test's own, [`TestEnv::vectors_dir`]).
+    pub async fn with_retrieval(queue_extra: &str, sections: &str, retrieval: &str) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
@@ -89,6 +101,9 @@ max_attempts = 6
 initial_interval_ms = 20
 max_interval_ms = 200
 max_elapsed_ms = 1500
+[retrieval]
+path = "{vectors}"
+{retrieval}
 {models}[policies.cost-optimized]
 models = ["sim-small"]
 [policies.with-fallback]
@@ -96,6 +111,7 @@ models = ["sim-small", "sim-large"]
 {sections}
 "#,
             models = ragq::stack::sim_models_toml(&sim.base_url(), 2000),
+            vectors = vectors_dir(&tag).display(),
             sections = sections.replace("{sim_url}", &sim.base_url()),
         );
         let cfg = Config::from_toml(&config_toml).expect("test config is valid");
@@ -140,6 +156,46 @@ models = ["sim-small", "sim-large"]
         let mut cfg = self.cfg.clone();
         cfg.queue.url = format!("amqp://{user}:api-pw@127.0.0.1:5672/{}", self.vhost);
         cfg
+    }
+
+    /// Serves the HTTP api in-process; returns its base URL.
+    pub async fn serve_api(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = ragq::api::router(&self.api_config(), self.pool.clone());
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { cancel.cancelled().await })
+                .await
+                .unwrap();
+        });
+        format!("http://{addr}")
+    }
+
+    /// Submits a job over HTTP with the tenant's API key (the body's `tenant` is dropped: the
+    /// key names it); panics unless it is accepted.
+    pub async fn submit_http(&self, base: &str, tenant: &str, job: &serde_json::Value) {
+        let mut job = job.clone();
+        job.as_object_mut().unwrap().remove("tenant");
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/v1/jobs"))
+            .bearer_auth(self.api_key(tenant))
+            .json(&job)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            202,
+            "{}",
+            resp.text().await.unwrap()
+        );
+    }
+
+    /// Where this test's embedded vector store lives.
+    pub fn vectors_dir(&self) -> std::path::PathBuf {
+        vectors_dir(&self.tag)
     }
 
     pub fn secret(&self, tenant: &str) -> String {

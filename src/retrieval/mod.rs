@@ -1,0 +1,428 @@
+//! Retrieval: tenants' documents as chunks in a vector store, and the search that grounds answers.
+//!
+//! One interface, [`VectorStore`], with two implementations that behave the same: [`embedded`]
+//! (qdrant-edge on local disk, for one machine) and [`remote`] (a Qdrant server or cluster through
+//! qdrant-client). Following Qdrant's multitenancy guidance, a collection holds every tenant's
+//! chunks with the tenant as an indexed payload field; the tenant condition is added here, from the
+//! job's authenticated tenant, and a caller's metadata filter can only narrow it.
+
+pub mod chunk;
+pub mod embedded;
+pub mod remote;
+pub mod tokens;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the vectors live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    Embedded {
+        path: std::path::PathBuf,
+    },
+    Qdrant {
+        url: String,
+        api_key: Option<crate::secret::Secret>,
+    },
+}
+
+/// A `rag.answer` prompt: `user` holds `{context}` and `{question}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptTemplate {
+    pub system: String,
+    pub user: String,
+}
+
+/// Retrieval settings, validated.
+#[derive(Debug, Clone)]
+pub struct RetrievalConfig {
+    pub store: StoreConfig,
+    pub embedding_model: String,
+    pub dimensions: usize,
+    pub embed_batch: usize,
+    pub chunk: chunk::ChunkSpec,
+    pub max_document_bytes: usize,
+    pub max_documents_per_job: usize,
+    pub default_top_k: usize,
+    pub max_top_k: usize,
+    pub answer_max_tokens: u32,
+    pub templates: BTreeMap<String, PromptTemplate>,
+}
+
+impl VectorStore {
+    /// Opens the configured store. The embedded one takes its directory's lock for this process.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        match config {
+            StoreConfig::Embedded { path } => Ok(Self::Embedded(Arc::new(
+                embedded::EmbeddedStore::open(path)?,
+            ))),
+            StoreConfig::Qdrant { url, api_key } => Ok(Self::Qdrant(remote::QdrantStore::connect(
+                url,
+                api_key.as_ref().map(|k| k.expose()),
+            )?)),
+        }
+    }
+}
+
+/// The store a worker opens on its first retrieval job, so workers that never see one (or cannot
+/// take an embedded store another process holds) run every other kind as usual. A failed open is
+/// not remembered: the next job tries again.
+#[derive(Debug)]
+pub struct LazyStore {
+    config: StoreConfig,
+    store: tokio::sync::OnceCell<VectorStore>,
+}
+
+impl LazyStore {
+    pub fn new(config: StoreConfig) -> Self {
+        Self {
+            config,
+            store: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub async fn get(&self) -> Result<&VectorStore, StoreError> {
+        self.store
+            .get_or_try_init(|| async { VectorStore::open(&self.config) })
+            .await
+    }
+}
+
+/// Payload fields of every point.
+pub const TENANT_FIELD: &str = "tenant";
+pub const DOCUMENT_FIELD: &str = "document_id";
+pub const CHUNK_FIELD: &str = "chunk_index";
+pub const TEXT_FIELD: &str = "text";
+pub const METADATA_FIELD: &str = "metadata";
+
+/// One chunk to store: where it comes from, its text, and its embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkPoint {
+    pub document_id: String,
+    pub chunk_index: u32,
+    pub text: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub vector: Vec<f32>,
+}
+
+/// A chunk found by a search.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    pub document_id: String,
+    pub chunk_index: u32,
+    pub score: f32,
+    pub text: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A metadata value a filter matches exactly, or any of several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FilterValue {
+    Text(String),
+    Integer(i64),
+    Bool(bool),
+    AnyText(Vec<String>),
+    AnyInteger(Vec<i64>),
+}
+
+/// Conditions on `metadata.<key>`, all of which must hold.
+pub type MetadataFilter = BTreeMap<String, FilterValue>;
+
+/// One search, always scoped to one tenant.
+#[derive(Debug, Clone)]
+pub struct SearchQuery<'a> {
+    pub tenant: &'a str,
+    pub vector: &'a [f32],
+    pub top_k: usize,
+    pub score_threshold: Option<f32>,
+    pub filter: &'a MetadataFilter,
+    /// Exact (brute-force) search instead of the HNSW index: for measuring recall.
+    pub exact: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("unknown collection `{0}`")]
+    UnknownCollection(String),
+    #[error("collection `{collection}` holds {existing}-dimensional vectors, but the embedding model makes {requested}-dimensional ones")]
+    DimensionMismatch {
+        collection: String,
+        existing: usize,
+        requested: usize,
+    },
+    #[error("the embedded vector store at {path} is open in another process; it serves one process at a time (use store = \"qdrant\" for several workers)")]
+    Locked { path: String },
+    #[error("invalid request to the vector store: {0}")]
+    Invalid(String),
+    #[error("vector store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Locked { .. })
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownCollection(_) => "unknown_collection",
+            Self::DimensionMismatch { .. } => "dimension_mismatch",
+            Self::Locked { .. } => "vector_store_locked",
+            Self::Invalid(_) => "invalid_input",
+            Self::Unavailable(_) => "vector_store_unavailable",
+        }
+    }
+}
+
+/// The configured store; cheap to clone.
+#[derive(Clone)]
+pub enum VectorStore {
+    Embedded(Arc<embedded::EmbeddedStore>),
+    Qdrant(remote::QdrantStore),
+}
+
+impl std::fmt::Debug for VectorStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded(s) => write!(f, "VectorStore::Embedded({})", s.root().display()),
+            Self::Qdrant(_) => write!(f, "VectorStore::Qdrant"),
+        }
+    }
+}
+
+impl VectorStore {
+    /// Creates the collection for `dimension`-sized cosine vectors if it does not exist; a
+    /// collection of another dimension is an error.
+    pub async fn ensure_collection(&self, name: &str, dimension: usize) -> Result<(), StoreError> {
+        check_collection_name(name)?;
+        match self {
+            Self::Embedded(s) => s.ensure_collection(name, dimension).await,
+            Self::Qdrant(s) => s.ensure_collection(name, dimension).await,
+        }
+    }
+
+    /// Stores a document's chunks for `tenant`, replacing whatever it held before under that id.
+    pub async fn replace_document(
+        &self,
+        collection: &str,
+        tenant: &str,
+        document_id: &str,
+        chunks: Vec<ChunkPoint>,
+    ) -> Result<(), StoreError> {
+        check_collection_name(collection)?;
+        match self {
+            Self::Embedded(s) => {
+                s.replace_document(collection, tenant, document_id, chunks)
+                    .await
+            }
+            Self::Qdrant(s) => {
+                s.replace_document(collection, tenant, document_id, chunks)
+                    .await
+            }
+        }
+    }
+
+    /// Removes the tenant's documents with these ids (ids it does not have are ignored).
+    pub async fn delete_documents(
+        &self,
+        collection: &str,
+        tenant: &str,
+        document_ids: &[String],
+    ) -> Result<(), StoreError> {
+        check_collection_name(collection)?;
+        match self {
+            Self::Embedded(s) => s.delete_documents(collection, tenant, document_ids).await,
+            Self::Qdrant(s) => s.delete_documents(collection, tenant, document_ids).await,
+        }
+    }
+
+    /// The tenant's best chunks for the query, best first. A collection the tenant has no chunks
+    /// in is unknown to it, whatever other tenants hold.
+    pub async fn search(
+        &self,
+        collection: &str,
+        query: &SearchQuery<'_>,
+    ) -> Result<Vec<Hit>, StoreError> {
+        check_collection_name(collection)?;
+        check_filter(query.filter)?;
+        match self {
+            Self::Embedded(s) => s.search(collection, query).await,
+            Self::Qdrant(s) => s.search(collection, query).await,
+        }
+    }
+
+    /// How many chunks the tenant has in the collection (0 when it does not exist).
+    pub async fn count(&self, collection: &str, tenant: &str) -> Result<u64, StoreError> {
+        check_collection_name(collection)?;
+        match self {
+            Self::Embedded(s) => s.count(collection, tenant).await,
+            Self::Qdrant(s) => s.count(collection, tenant).await,
+        }
+    }
+}
+
+/// Collection names: 1 to 64 of `[a-z0-9_-]`, so they are safe as directory and Qdrant names.
+pub fn check_collection_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "collection: 1 to 64 characters of [a-z0-9_-], got {name:?}"
+        )))
+    }
+}
+
+/// Filter keys name metadata fields: `[A-Za-z0-9_-]`, so a key cannot reach outside `metadata`.
+pub fn check_filter(filter: &MetadataFilter) -> Result<(), StoreError> {
+    for key in filter.keys() {
+        let ok = !key.is_empty()
+            && key.len() <= 64
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(StoreError::Invalid(format!(
+                "filter key {key:?}: 1 to 64 characters of [A-Za-z0-9_-]"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A chunk's point id: the same for the same tenant, document and chunk, so re-ingesting
+/// overwrites in place.
+pub fn point_id(tenant: &str, document_id: &str, chunk_index: u32) -> uuid::Uuid {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [tenant.as_bytes(), document_id.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(chunk_index.to_le_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// The payload stored with a chunk.
+pub fn payload(tenant: &str, chunk: &ChunkPoint) -> serde_json::Value {
+    serde_json::json!({
+        TENANT_FIELD: tenant,
+        DOCUMENT_FIELD: chunk.document_id,
+        CHUNK_FIELD: chunk.chunk_index,
+        TEXT_FIELD: chunk.text,
+        METADATA_FIELD: chunk.metadata,
+    })
+}
+
+/// Reads a hit back from a stored payload.
+pub fn hit_from_payload(score: f32, payload: &serde_json::Map<String, serde_json::Value>) -> Hit {
+    let text = |k: &str| {
+        payload
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Hit {
+        document_id: text(DOCUMENT_FIELD),
+        chunk_index: payload
+            .get(CHUNK_FIELD)
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0),
+        score,
+        text: text(TEXT_FIELD),
+        metadata: payload
+            .get(METADATA_FIELD)
+            .and_then(|v| v.as_object())
+            .cloned()
+            .unwrap_or_default(),
+    }
+}
+
+/// One condition of a store filter; both stores translate the same list, so they filter alike.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    Is(String, FilterValue),
+    /// An integer field at least this value.
+    AtLeast(String, i64),
+}
+
+/// A tenant's search conditions: the tenant first, then the caller's metadata conditions.
+pub fn tenant_filter(tenant: &str, filter: &MetadataFilter) -> Vec<Condition> {
+    let mut all = Vec::with_capacity(filter.len() + 1);
+    all.push(Condition::Is(
+        TENANT_FIELD.into(),
+        FilterValue::Text(tenant.into()),
+    ));
+    all.extend(
+        filter
+            .iter()
+            .map(|(k, v)| Condition::Is(format!("{METADATA_FIELD}.{k}"), v.clone())),
+    );
+    all
+}
+
+/// One tenant's chunks of some documents, optionally from a chunk index on.
+pub fn documents_filter(
+    tenant: &str,
+    document_ids: &[String],
+    from_chunk: Option<u32>,
+) -> Vec<Condition> {
+    let mut all = vec![
+        Condition::Is(TENANT_FIELD.into(), FilterValue::Text(tenant.into())),
+        Condition::Is(
+            DOCUMENT_FIELD.into(),
+            FilterValue::AnyText(document_ids.to_vec()),
+        ),
+    ];
+    if let Some(from) = from_chunk {
+        all.push(Condition::AtLeast(CHUNK_FIELD.into(), i64::from(from)));
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_ids_are_stable_and_distinct() {
+        assert_eq!(point_id("a", "d", 0), point_id("a", "d", 0));
+        assert_ne!(point_id("a", "d", 0), point_id("a", "d", 1));
+        assert_ne!(point_id("a", "d", 0), point_id("b", "d", 0));
+        // Length-prefixed parts: ("ab","c") and ("a","bc") differ.
+        assert_ne!(point_id("ab", "c", 0), point_id("a", "bc", 0));
+    }
+
+    #[test]
+    fn tenant_condition_comes_first_and_keys_stay_in_metadata() {
+        let mut f = MetadataFilter::new();
+        f.insert("lang".into(), FilterValue::Text("en".into()));
+        let q = tenant_filter("acme", &f);
+        assert_eq!(
+            q[0],
+            Condition::Is("tenant".into(), FilterValue::Text("acme".into()))
+        );
+        assert_eq!(
+            q[1],
+            Condition::Is("metadata.lang".into(), FilterValue::Text("en".into()))
+        );
+        let mut bad = MetadataFilter::new();
+        bad.insert("x.tenant".into(), FilterValue::Text("other".into()));
+        assert!(check_filter(&bad).is_err());
+        assert!(check_collection_name("Docs!").is_err());
+        assert!(check_collection_name("docs_v2").is_ok());
+    }
+}

@@ -1,0 +1,375 @@
+//! `rag.answer`: embed the question, search the tenant's chunks, assemble a prompt of the best
+//! chunks that fit the context budget (counted with the tokenizer), ask a model, and return the
+//! answer with its citations, usage and a timing split.
+//!
+//! The prompt is sized for the smallest context window among the policy's candidates, so any of
+//! them can take it. Under a budget downgrade (a per-call cost cap) the context shrinks first:
+//! fewer chunks, so the cheaper prompt may still fit the better model.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::jobs::RagAnswerInput;
+use crate::providers::{ChatMessage, ChatRequest, Usage};
+use crate::retrieval::tokens::{self, MESSAGE_OVERHEAD_TOKENS};
+use crate::retrieval::{check_collection_name, check_filter, Hit, PromptTemplate, SearchQuery};
+use crate::spend::budget::Estimate;
+use crate::spend::Price;
+
+use super::handler::{JobContext, JobError, SHADOW_CALL_OFFSET};
+
+/// Call indexes within an attempt: the question's embedding, then the answer.
+const EMBED_CALL: usize = 0;
+const ANSWER_CALL: usize = 1;
+
+/// Upper bounds: the question's embedding, and an answer whose prompt fills the smallest
+/// candidate window, on the priciest and cheapest candidates.
+pub fn estimate(
+    input: &RagAnswerInput,
+    window: u32,
+    max_tokens: u32,
+    prices: &[Price],
+    embed_price: Price,
+) -> Estimate {
+    let question = input.question.len() as u64 + MESSAGE_OVERHEAD_TOKENS;
+    let embed = embed_price.cost_micros(Usage {
+        input_tokens: question,
+        output_tokens: 0,
+    });
+    let answer = Usage {
+        input_tokens: u64::from(window),
+        output_tokens: u64::from(max_tokens),
+    };
+    let costs: Vec<i64> = prices.iter().map(|p| p.cost_micros(answer)).collect();
+    Estimate {
+        max_micros: embed + costs.iter().copied().max().unwrap_or(0),
+        min_micros: embed + costs.iter().copied().min().unwrap_or(0),
+        tokens: i64::try_from(question + answer.input_tokens + answer.output_tokens)
+            .unwrap_or(i64::MAX),
+        calls: 2,
+    }
+}
+
+pub async fn run(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, JobError> {
+    let started = Instant::now();
+    let cfg = ctx.retrieval;
+    let top_k = check(&input, ctx)?;
+    let template = cfg
+        .templates
+        .get(input.template.as_deref().unwrap_or("default"))
+        .ok_or_else(|| JobError::invalid("input.template: unknown template"))?;
+    let max_tokens = input.max_tokens.unwrap_or(cfg.answer_max_tokens);
+    let window = ctx.router.min_context_window(&ctx.job.policy).unwrap_or(0);
+    let budget = PromptBudget {
+        tokens: tokens::input_budget(window, max_tokens),
+        bytes: affordable_bytes(ctx, max_tokens),
+    };
+    let fixed = prompt_tokens(template, &input.question, "");
+    if fixed > budget.tokens {
+        return Err(JobError::permanent(
+            "question_too_long",
+            format!("the question and template need {fixed} tokens; the policy's smallest context window leaves {} for input", budget.tokens),
+        ));
+    }
+    let store = ctx.vectors.get().await?;
+
+    let embedded =
+        super::ingest::embed_texts(ctx, vec![input.question.clone()], EMBED_CALL).await?;
+    let embed_done = Instant::now();
+    let vector = embedded.vectors.first().cloned().unwrap_or_default();
+    let hits = store
+        .search(
+            &input.collection,
+            &SearchQuery {
+                tenant: &ctx.job.tenant,
+                vector: &vector,
+                top_k,
+                score_threshold: input.score_threshold,
+                filter: &input.filter,
+                exact: false,
+            },
+        )
+        .await?;
+    let search_done = Instant::now();
+    let mut usage = Usage {
+        input_tokens: embedded.input_tokens,
+        output_tokens: 0,
+    };
+    let mut cost_micros = embedded.cost_micros;
+    let timings = |model_done: Instant| {
+        json!({
+            "embed": ms(embed_done - started),
+            "search": ms(search_done - embed_done),
+            "model": ms(model_done - search_done),
+            "total": ms(model_done - started),
+        })
+    };
+    if hits.is_empty() {
+        return Ok(json!({
+            "answer": null,
+            "reason": "no chunk of the collection matched the question and filter",
+            "citations": [], "usage": usage, "cost_micros": cost_micros,
+            "timings_ms": timings(Instant::now()),
+        }));
+    }
+    let prompt = assemble(template, &input.question, &hits, budget);
+    if prompt.used == 0 {
+        return Err(JobError::permanent(
+            "context_too_small",
+            "not even the best chunk fits the context the policy and budget leave",
+        ));
+    }
+    let request = ChatRequest {
+        messages: prompt.messages,
+        max_tokens: Some(max_tokens),
+        temperature: input.temperature,
+        call_id: Some(ctx.call_id(ANSWER_CALL)),
+        counted_input_tokens: Some(prompt.tokens),
+    };
+    let routed = ctx
+        .router
+        .chat(
+            &ctx.job.policy,
+            &request,
+            ctx.scope,
+            Some(ctx.call_id(SHADOW_CALL_OFFSET + ANSWER_CALL)),
+        )
+        .await;
+    if let Some(s) = &routed.shadow {
+        ctx.book(SHADOW_CALL_OFFSET + ANSWER_CALL, &s.into())
+            .await?;
+        cost_micros += s.price.cost_micros(s.response.usage);
+    }
+    let call = routed.primary?;
+    ctx.book(ANSWER_CALL, &(&call).into()).await?;
+    let model_done = Instant::now();
+    usage.input_tokens += call.response.usage.input_tokens;
+    usage.output_tokens += call.response.usage.output_tokens;
+    cost_micros += call.price.cost_micros(call.response.usage);
+    let citations: Vec<Value> = hits[..prompt.used]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| json!({"n": i + 1, "document_id": h.document_id, "chunk_index": h.chunk_index, "score": h.score}))
+        .collect();
+    Ok(json!({
+        "answer": call.response.content,
+        "citations": citations,
+        "chunks_found": hits.len(),
+        "model": call.model,
+        "provider": call.provider,
+        "usage": usage,
+        "cost_micros": cost_micros,
+        "prompt_tokens_counted": prompt.tokens,
+        "timings_ms": timings(model_done),
+        "routing": call.trace,
+    }))
+}
+
+/// The job's content rules; returns the top-k to search for.
+fn check(input: &RagAnswerInput, ctx: &JobContext<'_>) -> Result<usize, JobError> {
+    let cfg = ctx.retrieval;
+    check_collection_name(&input.collection).map_err(|e| JobError::invalid(e.to_string()))?;
+    check_filter(&input.filter).map_err(|e| JobError::invalid(e.to_string()))?;
+    if input.question.trim().is_empty() {
+        return Err(JobError::invalid("input.question is empty"));
+    }
+    let top_k = input.top_k.unwrap_or(cfg.default_top_k);
+    if !(1..=cfg.max_top_k).contains(&top_k) {
+        return Err(JobError::invalid(format!(
+            "input.top_k: between 1 and {}, got {top_k}",
+            cfg.max_top_k
+        )));
+    }
+    if input
+        .score_threshold
+        .is_some_and(|t| !(-1.0..=1.0).contains(&t))
+    {
+        return Err(JobError::invalid(
+            "input.score_threshold: a cosine similarity, between -1 and 1",
+        ));
+    }
+    if input.max_tokens == Some(0) {
+        return Err(JobError::invalid("input.max_tokens must be positive"));
+    }
+    if input.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        return Err(JobError::invalid(
+            "input.temperature must be between 0 and 2",
+        ));
+    }
+    Ok(top_k)
+}
+
+/// What the prompt may hold: counted tokens (the context window), and bytes (what a budget cap
+/// allows: the router bounds a call's cost by its bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct PromptBudget {
+    pub tokens: u64,
+    pub bytes: u64,
+}
+
+/// Under a budget cap, the prompt bytes the cheapest candidate can take within it.
+fn affordable_bytes(ctx: &JobContext<'_>, max_tokens: u32) -> u64 {
+    let Some(cap) = ctx.scope.cost_cap_micros else {
+        return u64::MAX;
+    };
+    let cap = u128::try_from(cap.max(0)).unwrap_or(0) * 1_000_000;
+    ctx.router
+        .candidate_prices(&ctx.job.policy)
+        .iter()
+        .filter(|p| p.input_micros_per_mtok > 0)
+        .map(|p| {
+            let output = u128::from(max_tokens) * u128::from(p.output_micros_per_mtok);
+            let input = cap.saturating_sub(output) / u128::from(p.input_micros_per_mtok);
+            u64::try_from(input).unwrap_or(u64::MAX)
+        })
+        .max()
+        .unwrap_or(u64::MAX)
+}
+
+/// An assembled prompt: its messages, how many of the hits it holds, and its counted tokens.
+#[derive(Debug)]
+pub struct Prompt {
+    pub messages: Vec<ChatMessage>,
+    pub used: usize,
+    pub tokens: u64,
+}
+
+/// Fills the template with the best hits, in order, while the prompt stays within `budget`.
+pub fn assemble(
+    template: &PromptTemplate,
+    question: &str,
+    hits: &[Hit],
+    budget: PromptBudget,
+) -> Prompt {
+    let mut tokens = prompt_tokens(template, question, "");
+    let mut bytes = (template.system.len() + template.user.len() + question.len()) as u64
+        + 2 * MESSAGE_OVERHEAD_TOKENS;
+    let mut context = String::new();
+    let mut used = 0;
+    for (i, hit) in hits.iter().enumerate() {
+        let passage = format!("[{}] {}\n\n", i + 1, hit.text.trim());
+        let (t, b) = (tokens::count(&passage), passage.len() as u64);
+        if tokens + t > budget.tokens || bytes + b > budget.bytes {
+            break;
+        }
+        tokens += t;
+        bytes += b;
+        context.push_str(&passage);
+        used += 1;
+    }
+    Prompt {
+        messages: messages(template, question, context.trim_end()),
+        used,
+        tokens,
+    }
+}
+
+fn messages(template: &PromptTemplate, question: &str, context: &str) -> Vec<ChatMessage> {
+    let user = template
+        .user
+        .replace("{context}", context)
+        .replace("{question}", question);
+    vec![
+        ChatMessage {
+            role: "system".into(),
+            content: template.system.clone(),
+        },
+        ChatMessage {
+            role: "user".into(),
+            content: user,
+        },
+    ]
+}
+
+fn prompt_tokens(template: &PromptTemplate, question: &str, context: &str) -> u64 {
+    messages(template, question, context)
+        .iter()
+        .map(|m| tokens::count(&m.content) + MESSAGE_OVERHEAD_TOKENS)
+        .sum()
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(text: &str) -> Hit {
+        Hit {
+            document_id: "d".into(),
+            chunk_index: 0,
+            score: 0.9,
+            text: text.into(),
+            metadata: Default::default(),
+        }
+    }
+
+    fn template() -> PromptTemplate {
+        PromptTemplate {
+            system: "Answer from the context.".into(),
+            user: "Context:\n{context}\n\nQuestion: {question}".into(),
+        }
+    }
+
+    #[test]
+    fn assembles_best_hits_within_the_counted_budget() {
+        let hits: Vec<Hit> = (0..10)
+            .map(|i| hit(&format!("passage {i} {}", "about refunds ".repeat(20))))
+            .collect();
+        let unlimited = PromptBudget {
+            tokens: u64::MAX,
+            bytes: u64::MAX,
+        };
+        let all = assemble(&template(), "How do refunds work?", &hits, unlimited);
+        assert_eq!(all.used, 10);
+        let counted: u64 = all
+            .messages
+            .iter()
+            .map(|m| tokens::count(&m.content) + MESSAGE_OVERHEAD_TOKENS)
+            .sum();
+        // Passages are counted one by one; joined, BPE may merge across their seams a little.
+        assert!(
+            counted <= all.tokens && all.tokens <= counted + 10,
+            "{counted} vs {}",
+            all.tokens
+        );
+        let tight = PromptBudget {
+            tokens: all.tokens / 2,
+            bytes: u64::MAX,
+        };
+        let half = assemble(&template(), "How do refunds work?", &hits, tight);
+        assert!(half.used > 0 && half.used < 10);
+        assert!(half.tokens <= tight.tokens);
+        assert!(half.messages[1].content.contains("[1] passage 0"));
+        assert!(!half.messages[1].content.contains("passage 9"));
+        let poor = PromptBudget {
+            tokens: u64::MAX,
+            bytes: 200,
+        };
+        assert_eq!(assemble(&template(), "q", &hits, poor).used, 0);
+    }
+
+    #[test]
+    fn estimate_covers_the_embedding_and_a_full_window() {
+        let input = RagAnswerInput {
+            collection: "docs".into(),
+            question: "q".repeat(92),
+            top_k: None,
+            score_threshold: None,
+            filter: Default::default(),
+            template: None,
+            max_tokens: None,
+            temperature: None,
+        };
+        let price = Price {
+            input_micros_per_mtok: 1_000_000,
+            output_micros_per_mtok: 2_000_000,
+        };
+        let e = estimate(&input, 10_000, 500, &[price], price);
+        assert_eq!(e.max_micros, 96 + 10_000 + 1_000, "92 bytes + 4 of framing");
+        assert_eq!(e.calls, 2);
+    }
+}
