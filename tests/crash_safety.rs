@@ -27,8 +27,13 @@ async fn sigkilled_worker_loses_no_job_and_books_each_call_once() {
     env.publish_jobs("crash", JOBS as usize, PROMPTS).await;
 
     let mut first = spawn_worker_process(&config);
-    env.wait_until(30, "some jobs done", || async {
+    // Kill while attempts are running (claimed, not finished), so that some are run again.
+    env.wait_until(30, "some jobs done and others running", || async {
         env.finished_jobs().await >= 5
+            && env
+                .count("SELECT count(*) FROM jobs WHERE state = 'running'")
+                .await
+                > 0
     })
     .await;
     first.start_kill().unwrap();

@@ -55,6 +55,51 @@ fn cases() -> Vec<(&'static str, Value)> {
         ),
         ("tag not a string", with(&|v| v["tags"] = json!({"n": 1}))),
         (
+            "ingest",
+            json!({"id": "i", "tenant": "acme", "kind": "ingest", "input": {"collection": "docs",
+                "documents": [{"id": "a", "text": "t", "metadata": {"lang": "en"}}], "delete": ["b"]}}),
+        ),
+        (
+            "ingest without collection",
+            json!({"id": "i", "tenant": "acme", "kind": "ingest", "input": {"documents": []}}),
+        ),
+        (
+            "ingest document without text",
+            json!({"id": "i", "tenant": "acme", "kind": "ingest", "input": {"collection": "docs",
+                "documents": [{"id": "a"}]}}),
+        ),
+        (
+            "ingest document with unknown field",
+            json!({"id": "i", "tenant": "acme", "kind": "ingest", "input": {"collection": "docs",
+                "documents": [{"id": "a", "text": "t", "title": "x"}]}}),
+        ),
+        (
+            "rag.answer",
+            json!({"id": "r", "tenant": "acme", "kind": "rag.answer", "input": {"collection": "docs",
+                "question": "why?", "top_k": 3, "score_threshold": 0.2, "template": "default",
+                "filter": {"lang": "en", "year": 2026, "public": true, "team": ["a", "b"], "n": [1, 2]},
+                "max_tokens": 100, "temperature": 0.1}}),
+        ),
+        (
+            "rag.answer filter with an object value",
+            json!({"id": "r", "tenant": "acme", "kind": "rag.answer", "input": {"collection": "docs",
+                "question": "why?", "filter": {"lang": {"$ne": "en"}}}}),
+        ),
+        (
+            "rag.answer filter with a float",
+            json!({"id": "r", "tenant": "acme", "kind": "rag.answer", "input": {"collection": "docs",
+                "question": "why?", "filter": {"score": 1.5}}}),
+        ),
+        (
+            "rag.answer negative top_k",
+            json!({"id": "r", "tenant": "acme", "kind": "rag.answer", "input": {"collection": "docs",
+                "question": "why?", "top_k": -1}}),
+        ),
+        (
+            "rag.answer without question",
+            json!({"id": "r", "tenant": "acme", "kind": "rag.answer", "input": {"collection": "docs"}}),
+        ),
+        (
             "zero max_tokens",
             with(&|v| v["input"]["max_tokens"] = 0.into()),
         ),
