@@ -130,5 +130,49 @@ fn scheduling(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parsing, signing, routing, admission, scheduling);
+fn retrieval(c: &mut Criterion) {
+    use ragq::retrieval::{chunk, Hit, PromptTemplate};
+    use ragq::workers::rag_answer::{assemble, PromptBudget};
+    let template = PromptTemplate {
+        system: "Answer using only the numbered context passages. Cite passages as [n].".into(),
+        user: "Context:\n{context}\n\nQuestion: {question}".into(),
+    };
+    let hits: Vec<Hit> = (0..5)
+        .map(|i| Hit {
+            document_id: format!("doc-{i}"),
+            chunk_index: 0,
+            score: 0.8,
+            text: format!("Passage {i}: refunds are paid to the original card within 14 days of the return arriving. ").repeat(10),
+            metadata: Default::default(),
+        })
+        .collect();
+    let budget = PromptBudget {
+        tokens: 15_000,
+        bytes: u64::MAX,
+    };
+    c.bench_function(
+        "assemble a rag.answer prompt from 5 chunks (counted tokens)",
+        |b| {
+            b.iter(|| {
+                assemble(
+                    &template,
+                    black_box("How long do refunds take?"),
+                    &hits,
+                    budget,
+                )
+            })
+        },
+    );
+    let document = "Refunds are paid to the original card within 14 days. ".repeat(400);
+    let spec = chunk::ChunkSpec {
+        tokens: 256,
+        overlap: 32,
+    };
+    c.bench_function(
+        "chunk a 22 KB document (256-token chunks, 32 overlap)",
+        |b| b.iter(|| chunk::split(black_box(&document), spec)),
+    );
+}
+
+criterion_group!(benches, parsing, signing, routing, admission, scheduling, retrieval);
 criterion_main!(benches);
