@@ -243,3 +243,67 @@ async fn an_ab_split_sends_first_calls_to_both_arms() {
         "one call per job, no failover"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_share_a_rate_limit_through_a_429_storm() {
+    // A model limited to 300 requests a minute (5/s for everyone together), a provider answering
+    // 30% of requests with 429, and two worker processes.
+    let sections = r#"[[models]]
+name = "sim-paced"
+provider = "sim"
+model_id = "sim-paced"
+input_price_micros_per_mtok = 150000
+output_price_micros_per_mtok = 600000
+context_window = 16384
+rpm = 300
+[policies.paced]
+models = ["sim-paced"]
+"#;
+    let env = TestEnv::with_sections("", sections).await;
+    env.sim.set_options(SimOptions {
+        rate_limit_rate: 0.3,
+        retry_after_secs: 1,
+        ..SimOptions::default()
+    });
+    let config = env.config_file();
+    let _workers = [
+        common::spawn_worker_process(&config),
+        common::spawn_worker_process(&config),
+    ];
+    env.wait_until(20, "both workers hold a lease", || async {
+        env.count("SELECT count(*) FROM worker_leases WHERE expires_at > now()")
+            .await
+            == 2
+    })
+    .await;
+    // Each worker learns it has half the limit at its next heartbeat.
+    tokio::time::sleep(ragq::routing::share::HEARTBEAT + std::time::Duration::from_millis(500))
+        .await;
+    let before = env.sim.arrivals().len();
+    run_jobs(&env, "paced", "paced", 30).await;
+
+    let arrivals = env.sim.arrivals()[before..].to_vec();
+    assert!(arrivals.len() >= 30, "every job made its call");
+    // In any 2-second window: 2 s at 5/s, plus each worker's one-second burst (2.5 each).
+    let window = std::time::Duration::from_secs(2);
+    let worst = arrivals
+        .iter()
+        .map(|t| {
+            arrivals
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        worst <= 15,
+        "{worst} requests in a 2 s window; the limit allows 10 (+5 burst)"
+    );
+    let span = *arrivals.last().unwrap() - arrivals[0];
+    assert!(
+        span >= std::time::Duration::from_secs(4),
+        "{} requests were spread over {span:?}, not sent at once",
+        arrivals.len()
+    );
+}

@@ -107,6 +107,20 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
         commits,
         webhooks: hook_tx,
     });
+    // This worker's share of the models' rate limits, from the live-worker heartbeat.
+    let worker_id = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    let first_share = crate::routing::share::heartbeat(&pool, &worker_id).await;
+    if let Ok(live) = first_share {
+        ctx.router.set_rate_share(1.0 / live.max(1) as f64);
+    }
+    let share_cancel = CancellationToken::new();
+    let share_ctx = Arc::clone(&ctx);
+    let share_task = tokio::spawn(crate::routing::share::run(
+        pool.clone(),
+        worker_id,
+        move |share| share_ctx.router.set_rate_share(share),
+        share_cancel.clone(),
+    ));
     let tasks = TaskTracker::new();
     consume_until_cancelled(&ctx, &tasks, &cancel).await;
 
@@ -125,6 +139,8 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     let _ = hook_task.await;
     upkeep_cancel.cancel();
     let _ = upkeep_task.await;
+    share_cancel.cancel();
+    let _ = share_task.await;
     drop(ctx);
     let _ = commit_task.await;
     Ok(())

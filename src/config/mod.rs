@@ -103,6 +103,7 @@ pub struct RetryConfig {
     pub initial_interval: Duration,
     pub max_interval: Duration,
     pub max_elapsed: Duration,
+    pub pace_max_wait: Duration,
     pub multiplier: f64,
     pub randomization_factor: f64,
 }
@@ -267,6 +268,7 @@ impl RawConfig {
                 initial_interval: ms(self.retry.initial_interval_ms),
                 max_interval: ms(self.retry.max_interval_ms),
                 max_elapsed: ms(self.retry.max_elapsed_ms),
+                pace_max_wait: ms(self.retry.pace_max_wait_ms),
                 multiplier: self.retry.multiplier,
                 randomization_factor: self.retry.randomization_factor,
             },

@@ -77,6 +77,9 @@ pub struct RawRetry {
     pub initial_interval_ms: u64,
     pub max_interval_ms: u64,
     pub max_elapsed_ms: u64,
+    /// The longest a call waits in-process for its slot under a model's rate limit; a later slot
+    /// sends the call to the next candidate, or the job back to the queue with that delay.
+    pub pace_max_wait_ms: u64,
     pub multiplier: f64,
     pub randomization_factor: f64,
 }
@@ -208,6 +211,12 @@ pub struct RawModel {
     /// Vector size of an embeddings model.
     #[serde(default)]
     pub dimensions: Option<usize>,
+    /// The provider's requests-per-minute limit for this model, shared by all live workers.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// The provider's tokens-per-minute limit (input plus maximum output), shared likewise.
+    #[serde(default)]
+    pub tpm: Option<u64>,
 }
 
 fn default_capabilities() -> Vec<String> {
@@ -346,6 +355,8 @@ fn sim_model(name: &str, input: u64, output: u64, context_window: u32) -> RawMod
         region: default_region(),
         capabilities: default_capabilities(),
         dimensions: None,
+        rpm: None,
+        tpm: None,
     }
 }
 
@@ -422,6 +433,7 @@ impl Default for RawRetry {
             initial_interval_ms: 200,
             max_interval_ms: 5_000,
             max_elapsed_ms: 30_000,
+            pace_max_wait_ms: 30_000,
             multiplier: 2.0,
             randomization_factor: 0.5,
         }

@@ -39,6 +39,9 @@ pub struct ModelSpec {
     pub chat: bool,
     /// The vector size, for a model that makes embeddings.
     pub embedding_dimensions: Option<usize>,
+    /// Requests and tokens per minute the provider allows (all workers together).
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
 }
 
 /// How a policy ranks the candidates left after its constraints.
@@ -132,7 +135,12 @@ impl Catalog {
                 region: m.region.clone(),
                 chat: m.capabilities.iter().any(|c| c == "chat"),
                 embedding_dimensions: m.dimensions.filter(|_| embeddings),
+                rpm: m.rpm,
+                tpm: m.tpm,
             };
+            if m.rpm == Some(0) || m.tpm == Some(0) {
+                problems.push(format!("models.{}: rpm and tpm must be positive", m.name));
+            }
             if catalog.models.insert(m.name.clone(), spec).is_some() {
                 problems.push(format!("models: `{}` is defined twice", m.name));
             }

@@ -11,6 +11,8 @@
 
 pub mod catalog;
 pub mod health;
+pub mod pace;
+pub mod share;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ use crate::providers::{
 use crate::spend::Price;
 use catalog::{Catalog, ModelSpec, ProviderKind, RoutingPolicy, Strategy};
 use health::ModelHealth;
+use pace::ModelPace;
 
 /// What happened to one candidate model, for the job's result.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -141,6 +144,8 @@ pub struct Router {
     retry: RetryConfig,
     /// Per model: error rate, latency and circuit breaker, learned from every call.
     health: HashMap<String, Mutex<ModelHealth>>,
+    /// Per model with rate limits: this worker's pacing under its share of them.
+    pace: HashMap<String, Mutex<ModelPace>>,
 }
 
 impl Router {
@@ -171,11 +176,64 @@ impl Router {
             .model_names()
             .map(|m| (m.to_string(), Mutex::new(ModelHealth::default())))
             .collect();
+        let now = Instant::now();
+        let pace = catalog
+            .model_names()
+            .filter_map(|m| catalog.model(m))
+            .filter(|m| m.rpm.is_some() || m.tpm.is_some())
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    Mutex::new(ModelPace::new(m.rpm, m.tpm, 1.0, now)),
+                )
+            })
+            .collect();
         Self {
             catalog,
             clients,
             retry,
             health,
+            pace,
+        }
+    }
+
+    /// Sets this worker's share of every model's rate limits (1 / live workers).
+    pub fn set_rate_share(&self, share: f64) {
+        for p in self.pace.values() {
+            if let Ok(mut p) = p.lock() {
+                p.set_share(share.clamp(0.0, 1.0));
+            }
+        }
+    }
+
+    /// Reserves a slot for a call of up to `tokens` tokens under the model's rate limits and
+    /// waits for it. A slot further away than `retry.pace_max_wait` is not taken: the attempt
+    /// fails as rate-limited with that delay (the next candidate, or the queue, takes over).
+    async fn paced(&self, model: &str, tokens: u64) -> Result<(), ProviderError> {
+        let Some(pace) = self.pace.get(model) else {
+            return Ok(());
+        };
+        let reserved = match pace.lock() {
+            Ok(mut p) => p.reserve(tokens, Instant::now(), self.retry.pace_max_wait),
+            Err(_) => Ok(Duration::ZERO),
+        };
+        let wait = reserved.map_err(paced_out)?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
+    /// A 429 with Retry-After pauses the model for every call of this worker.
+    fn note_rate_limit<T>(&self, model: &str, result: &Result<T, ProviderError>) {
+        let Err(error) = result else {
+            return;
+        };
+        let (Some(wait), Some(pace)) = (rate_limit_wait(error), self.pace.get(model)) else {
+            return;
+        };
+        if let Ok(mut p) = pace.lock() {
+            p.pause_until(Instant::now() + wait);
         }
     }
 
@@ -294,9 +352,16 @@ impl Router {
         if !self.with_health(&spec.name, |h| h.admit(Instant::now())) {
             return Err(exhausted_by(circuits_open(), 0));
         }
+        // Texts never hold more tokens than bytes: a sound bound for the token limit.
+        let tokens = request.inputs.iter().map(|t| t.len() as u64).sum();
         let started = Instant::now();
         let (result, attempts) = self
-            .with_backoff(|| client.embed(&spec.model_id, request))
+            .with_backoff(|| async {
+                self.paced(&spec.name, tokens).await?;
+                let r = client.embed(&spec.model_id, request).await;
+                self.note_rate_limit(&spec.name, &r);
+                r
+            })
             .await;
         let latency = started.elapsed();
         let fault = result
@@ -566,8 +631,15 @@ impl Router {
         model: &ModelSpec,
         request: &ChatRequest,
     ) -> (Result<ChatResponse, ProviderError>, u32) {
-        self.with_backoff(|| client.chat(&model.model_id, request))
-            .await
+        let tokens = request.context_input_tokens() + u64::from(request.max_tokens.unwrap_or(0));
+        self.with_backoff(|| async {
+            // Every attempt, retries included, takes a slot under the model's rate limits.
+            self.paced(&model.name, tokens).await?;
+            let r = client.chat(&model.model_id, request).await;
+            self.note_rate_limit(&model.name, &r);
+            r
+        })
+        .await
     }
 
     /// Runs `call` until it succeeds, fails for good, or the time budget is spent, backing off
@@ -666,6 +738,28 @@ fn ab_first(
 fn reorder<T: Copy>(items: &mut [T], order: Vec<usize>) {
     let ordered: Vec<T> = order.into_iter().map(|i| items[i]).collect();
     items.copy_from_slice(&ordered);
+}
+
+/// The error of a call whose every candidate is paced out until `wait` from now.
+fn paced_out(wait: Duration) -> ProviderError {
+    ProviderError::Status {
+        provider: "-".into(),
+        status: 429,
+        message: "every candidate is at its rate limit (paced by ragq, not sent)".into(),
+        retry_after: Some(wait),
+    }
+}
+
+/// The pause a provider asked for with a 429.
+fn rate_limit_wait(error: &ProviderError) -> Option<Duration> {
+    match error {
+        ProviderError::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => *retry_after,
+        _ => None,
+    }
 }
 
 /// The error of a call that found every candidate's circuit open.

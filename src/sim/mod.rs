@@ -73,6 +73,8 @@ struct SimState {
     requests: AtomicU64,
     successes: AtomicU64,
     answered_call_ids: Mutex<Vec<String>>,
+    /// When each request arrived (for checking pacing).
+    arrivals: Mutex<Vec<std::time::Instant>>,
 }
 
 /// A running sim provider.
@@ -111,6 +113,15 @@ impl SimHandle {
     }
 
     /// Requests received, and those answered successfully.
+    /// When each request arrived, in order.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.state
+            .arrivals
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
     pub fn counts(&self) -> (u64, u64) {
         (
             self.state.requests.load(Ordering::Relaxed),
@@ -333,6 +344,9 @@ where
     R: FnOnce(T) -> Response,
 {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut a) = state.arrivals.lock() {
+        a.push(std::time::Instant::now());
+    }
     let (fault, latency_ms) = next_fault(state);
     if latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(latency_ms)).await;
