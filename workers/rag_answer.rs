@@ -283,10 +283,7 @@ fn messages(template: &PromptTemplate, question: &str, context: &str) -> Vec<Cha
 }
 
 fn prompt_tokens(template: &PromptTemplate, question: &str, context: &str) -> u64 {
-    messages(template, question, context)
-        .iter()
-        .map(|m| tokens::count(&m.content) + MESSAGE_OVERHEAD_TOKENS)
-        .sum()
+    tokens::count_messages(&messages(template, question, context))
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -325,11 +322,7 @@ mod tests {
         };
         let all = assemble(&template(), "How do refunds work?", &hits, unlimited);
         assert_eq!(all.used, 10);
-        let counted: u64 = all
-            .messages
-            .iter()
-            .map(|m| tokens::count(&m.content) + MESSAGE_OVERHEAD_TOKENS)
-            .sum();
+        let counted = tokens::count_messages(&all.messages);
         // Passages are counted one by one; joined, BPE may merge across their seams a little.
         assert!(
             counted <= all.tokens && all.tokens <= counted + 10,

@@ -551,7 +551,8 @@ impl Router {
             };
             match skip {
                 Some(why) => trace.push(candidate(model, 0, why)),
-                None => out.push((model, client, worst)),
+                // Ranked by the expected cost: counted prompt tokens when the caller counted them.
+                None => out.push((model, client, request.expected_micros(&model.price))),
             }
         }
         self.rank(policy.strategy, &mut out);
