@@ -209,9 +209,9 @@ impl Router {
     /// Reserves a slot for a call of up to `tokens` tokens under the model's rate limits and
     /// waits for it. A slot further away than `retry.pace_max_wait` is not taken: the attempt
     /// fails as rate-limited with that delay (the next candidate, or the queue, takes over).
-    async fn paced(&self, model: &str, tokens: u64) -> Result<(), ProviderError> {
+    async fn paced(&self, model: &str, tokens: u64) -> Result<Duration, ProviderError> {
         let Some(pace) = self.pace.get(model) else {
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
         let reserved = match pace.lock() {
             Ok(mut p) => p.reserve(tokens, Instant::now(), self.retry.pace_max_wait),
@@ -221,7 +221,7 @@ impl Router {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        Ok(())
+        Ok(wait)
     }
 
     /// A 429 with Retry-After pauses the model for every call of this worker.
@@ -356,8 +356,7 @@ impl Router {
         let tokens = request.inputs.iter().map(|t| t.len() as u64).sum();
         let started = Instant::now();
         let (result, attempts) = self
-            .with_backoff(|| async {
-                self.paced(&spec.name, tokens).await?;
+            .with_backoff((&spec.name, tokens), || async {
                 let r = client.embed(&spec.model_id, request).await;
                 self.note_rate_limit(&spec.name, &r);
                 r
@@ -633,9 +632,8 @@ impl Router {
         request: &ChatRequest,
     ) -> (Result<ChatResponse, ProviderError>, u32) {
         let tokens = request.context_input_tokens() + u64::from(request.max_tokens.unwrap_or(0));
-        self.with_backoff(|| async {
-            // Every attempt, retries included, takes a slot under the model's rate limits.
-            self.paced(&model.name, tokens).await?;
+        // Every attempt, retries included, takes a slot under the model's rate limits.
+        self.with_backoff((&model.name, tokens), || async {
             let r = client.chat(&model.model_id, request).await;
             self.note_rate_limit(&model.name, &r);
             r
@@ -644,8 +642,15 @@ impl Router {
     }
 
     /// Runs `call` until it succeeds, fails for good, or the time budget is spent, backing off
-    /// exponentially with jitter and honouring Retry-After. Returns the attempt count.
-    async fn with_backoff<T, F, Fut>(&self, call: F) -> (Result<T, ProviderError>, u32)
+    /// exponentially with jitter and honouring Retry-After. Each attempt first takes a slot under
+    /// `pace`'s rate limits (model, tokens); time spent waiting for slots is bounded on its own
+    /// (`retry.pace_max_wait` per attempt) and not charged to the retry budget, so a busy model
+    /// does not turn one 429 into a failed call. Returns the attempt count.
+    async fn with_backoff<T, F, Fut>(
+        &self,
+        pace: (&str, u64),
+        call: F,
+    ) -> (Result<T, ProviderError>, u32)
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
@@ -653,20 +658,34 @@ impl Router {
         let started = Instant::now();
         let budget = self.retry.max_elapsed;
         let attempts = std::sync::atomic::AtomicU32::new(0);
+        let paced_nanos = std::sync::atomic::AtomicU64::new(0);
+        let elapsed = || {
+            let paced = paced_nanos.load(std::sync::atomic::Ordering::Relaxed);
+            started
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(paced))
+        };
         let policy = backoff::ExponentialBackoff {
             initial_interval: self.retry.initial_interval,
             current_interval: self.retry.initial_interval,
             max_interval: self.retry.max_interval,
             multiplier: self.retry.multiplier,
             randomization_factor: self.retry.randomization_factor,
-            max_elapsed_time: Some(budget),
+            // The budget is enforced below, net of pacing waits.
+            max_elapsed_time: None,
             ..backoff::ExponentialBackoff::default()
         };
         let op = || async {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let slept = self
+                .paced(pace.0, pace.1)
+                .await
+                .map_err(|e| classify_for_backoff(e, elapsed(), budget))?;
+            let nanos = u64::try_from(slept.as_nanos()).unwrap_or(u64::MAX);
+            paced_nanos.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
             call()
                 .await
-                .map_err(|e| classify_for_backoff(e, started.elapsed(), budget))
+                .map_err(|e| classify_for_backoff(e, elapsed(), budget))
         };
         let notify = |e: ProviderError, wait: Duration| {
             tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "provider call failed, retrying");
@@ -689,6 +708,7 @@ fn classify_for_backoff(
     match e.retry_after() {
         Some(wait) if elapsed + wait > budget => backoff::Error::permanent(e),
         Some(wait) => backoff::Error::retry_after(e, wait),
+        None if elapsed >= budget => backoff::Error::permanent(e),
         None => backoff::Error::transient(e),
     }
 }
