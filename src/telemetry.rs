@@ -6,7 +6,7 @@ pub fn init(json: bool) {
     // lapin's own logger reports a graceful close as an error; every lapin failure that matters
     // reaches ragq as a Result and is logged once, where it is handled.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=off"));
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=off,qdrant_edge=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

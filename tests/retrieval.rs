@@ -219,7 +219,7 @@ async fn shared_suite(store: &VectorStore, collection: &str) {
 #[tokio::test]
 async fn embedded_store_passes_the_shared_suite() {
     let dir = tempdir("suite");
-    let store = VectorStore::Embedded(std::sync::Arc::new(EmbeddedStore::open(&dir).unwrap()));
+    let store = VectorStore::Embedded(std::sync::Arc::new(EmbeddedStore::open(&dir, 128).unwrap()));
     shared_suite(&store, "docs").await;
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
@@ -234,7 +234,12 @@ async fn qdrant_server_store_passes_the_shared_suite() {
     let key = std::env::var("QDRANT_API_KEY")
         .ok()
         .map(ragq::secret::Secret::new);
-    let store = VectorStore::open(&StoreConfig::Qdrant { url, api_key: key }).unwrap();
+    let store = VectorStore::open(&StoreConfig::Qdrant {
+        url,
+        api_key: key,
+        hnsw_ef: 128,
+    })
+    .unwrap();
     let collection = format!(
         "ragq-test-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -245,9 +250,12 @@ async fn qdrant_server_store_passes_the_shared_suite() {
 #[tokio::test]
 async fn embedded_store_survives_a_restart_and_admits_one_process() {
     let dir = tempdir("restart");
-    let store = EmbeddedStore::open(&dir).unwrap();
+    let store = EmbeddedStore::open(&dir, 128).unwrap();
     assert!(
-        matches!(EmbeddedStore::open(&dir), Err(StoreError::Locked { .. })),
+        matches!(
+            EmbeddedStore::open(&dir, 128),
+            Err(StoreError::Locked { .. })
+        ),
         "a second opener is refused while the first holds the store"
     );
     let store = VectorStore::Embedded(std::sync::Arc::new(store));
@@ -259,7 +267,8 @@ async fn embedded_store_survives_a_restart_and_admits_one_process() {
         .unwrap();
     drop(store);
 
-    let reopened = VectorStore::Embedded(std::sync::Arc::new(EmbeddedStore::open(&dir).unwrap()));
+    let reopened =
+        VectorStore::Embedded(std::sync::Arc::new(EmbeddedStore::open(&dir, 128).unwrap()));
     let hits = search(
         &reopened,
         "docs",

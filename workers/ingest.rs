@@ -119,6 +119,8 @@ pub async fn run(ctx: &JobContext<'_>, input: IngestInput) -> Result<Value, JobE
             .delete_documents(&input.collection, &ctx.job.tenant, &input.delete)
             .await?;
     }
+    // Durable before the outcome commits: a succeeded ingest's chunks survive a crash.
+    store.flush(&input.collection).await?;
     Ok(json!({
         "collection": input.collection,
         "documents": indexed,

@@ -75,6 +75,9 @@ pub struct BenchArgs {
     /// of `rag.answer`.
     #[arg(long)]
     pub rag_chunks: Option<usize>,
+    /// HNSW beam width for `--rag-chunks` searches.
+    #[arg(long, default_value_t = 128)]
+    pub hnsw_ef: usize,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -133,7 +136,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         return faults::run(&args, &cancel).await;
     }
     if let Some(chunks) = args.rag_chunks {
-        return retrieval::run(chunks, args.json, &cancel).await;
+        return retrieval::run(chunks, args.hnsw_ef, args.json, &cancel).await;
     }
     if args.router {
         return router::run(args.json);

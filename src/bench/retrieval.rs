@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::{StreamExt, TryStreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -26,12 +27,14 @@ const TENANTS: usize = 10;
 const CHUNKS_PER_DOCUMENT: usize = 10;
 const VOCABULARY: usize = 5_000;
 const QUERIES: usize = 300;
+const DOCUMENTS_PER_JOB: usize = 100;
 
 #[derive(Debug, Serialize)]
 pub struct RetrievalReport {
     pub chunks: usize,
     pub tenants: usize,
     pub dimensions: usize,
+    pub hnsw_ef: usize,
     pub ingest_secs: f64,
     pub ingest_chunks_per_sec: f64,
     pub index_build_secs: f64,
@@ -45,14 +48,19 @@ pub struct RetrievalReport {
     pub answer_total_ms: Quantiles,
 }
 
-pub async fn run(chunks: usize, json: bool, cancel: &CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    chunks: usize,
+    hnsw_ef: usize,
+    json: bool,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     anyhow::ensure!(chunks >= 1_000, "--rag-chunks must be at least 1000");
     let sim = crate::sim::spawn("127.0.0.1:0", Default::default(), cancel.clone()).await?;
     let cfg = Config::from_toml(&crate::stack::sim_catalog_toml(&sim.base_url()))?;
     let router = Router::new(Arc::new(cfg.catalog.clone()), cfg.retry.clone());
     let dir = std::env::temp_dir().join(format!("ragq-bench-rag-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let embedded = Arc::new(EmbeddedStore::open(&dir)?);
+    let embedded = Arc::new(EmbeddedStore::open(&dir, hnsw_ef)?);
     let store = VectorStore::Embedded(Arc::clone(&embedded));
     let r = &cfg.retrieval;
     store.ensure_collection("bench", r.dimensions).await?;
@@ -62,53 +70,67 @@ pub async fn run(chunks: usize, json: bool, cancel: &CancellationToken) -> anyho
     let started = Instant::now();
     let mut ingested = 0;
     let mut samples = Vec::new();
-    for d in 0..documents {
-        let tenant = format!("t{}", d % TENANTS);
-        let texts: Vec<String> = (0..CHUNKS_PER_DOCUMENT)
-            .map(|_| passage(&mut rng))
-            .collect();
-        // The chunker runs on each passage as an ingest job's would (each is under a chunk).
-        let pieces: Vec<String> = texts
-            .iter()
-            .flat_map(|t| {
-                chunk::split(t, r.chunk)
-                    .into_iter()
-                    .map(|c| c.text.to_string())
+    let every = (documents / QUERIES).max(1);
+    // As `ingest` jobs of DOCUMENTS_PER_JOB documents: chunk, embed (a few batches in flight),
+    // store each document, flush once per job.
+    for first in (0..documents).step_by(DOCUMENTS_PER_JOB) {
+        let docs: Vec<(usize, Vec<String>)> = (first..(first + DOCUMENTS_PER_JOB).min(documents))
+            .map(|d| {
+                let texts = (0..CHUNKS_PER_DOCUMENT).map(|_| passage(&mut rng));
+                let pieces = texts
+                    .flat_map(|t| {
+                        chunk::split(&t, r.chunk)
+                            .into_iter()
+                            .map(|c| c.text.to_string())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                (d, pieces)
             })
             .collect();
-        let mut vectors = Vec::with_capacity(pieces.len());
-        for batch in pieces.chunks(r.embed_batch) {
-            let request = EmbeddingRequest {
-                inputs: batch.to_vec(),
-                call_id: None,
-            };
-            vectors.extend(
-                router
-                    .embed(&r.embedding_model, &request)
-                    .await?
-                    .response
-                    .vectors,
-            );
-        }
-        let points: Vec<ChunkPoint> = pieces
-            .iter()
-            .zip(vectors)
-            .enumerate()
-            .map(|(i, (text, vector))| ChunkPoint {
-                document_id: format!("doc-{d}"),
-                chunk_index: i as u32,
-                text: text.clone(),
-                metadata: Default::default(),
-                vector,
+        let all: Vec<String> = docs.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
+        let batches: Vec<Vec<String>> = all.chunks(r.embed_batch).map(<[String]>::to_vec).collect();
+        let vectors: Vec<Vec<Vec<f32>>> = futures_util::stream::iter(batches)
+            .map(|inputs| {
+                let router = &router;
+                let model = &r.embedding_model;
+                async move {
+                    let request = EmbeddingRequest {
+                        inputs,
+                        call_id: None,
+                    };
+                    router
+                        .embed(model, &request)
+                        .await
+                        .map(|c| c.response.vectors)
+                }
             })
-            .collect();
-        if samples.len() < QUERIES && d % (documents / QUERIES).max(1) == 0 {
-            samples.push((tenant.clone(), query_from(&pieces[0], &mut rng)));
-        }
-        ingested += points.len();
-        store
-            .replace_document("bench", &tenant, &format!("doc-{d}"), points)
+            .buffered(4)
+            .try_collect()
             .await?;
+        let mut vectors = vectors.into_iter().flatten();
+        for (d, pieces) in docs {
+            let tenant = format!("t{}", d % TENANTS);
+            if samples.len() < QUERIES && d % every == 0 {
+                samples.push((tenant.clone(), query_from(&pieces[0], &mut rng)));
+            }
+            let points: Vec<ChunkPoint> = pieces
+                .into_iter()
+                .enumerate()
+                .map(|(i, text)| ChunkPoint {
+                    document_id: format!("doc-{d}"),
+                    chunk_index: i as u32,
+                    text,
+                    metadata: Default::default(),
+                    vector: vectors.next().unwrap_or_default(),
+                })
+                .collect();
+            ingested += points.len();
+            store
+                .replace_document("bench", &tenant, &format!("doc-{d}"), points)
+                .await?;
+        }
+        store.flush("bench").await?;
         if cancel.is_cancelled() {
             anyhow::bail!("cancelled");
         }
@@ -151,6 +173,7 @@ pub async fn run(chunks: usize, json: bool, cancel: &CancellationToken) -> anyho
         chunks: ingested,
         tenants: TENANTS,
         dimensions: r.dimensions,
+        hnsw_ef,
         ingest_secs,
         ingest_chunks_per_sec: ingested as f64 / ingest_secs,
         index_build_secs,

@@ -302,6 +302,7 @@ fn retrieval_config(
     let store = match raw.store.as_str() {
         "embedded" => StoreConfig::Embedded {
             path: PathBuf::from(&raw.path),
+            hnsw_ef: raw.hnsw_ef,
         },
         "qdrant" => {
             let api_key = raw.qdrant_api_key_env.as_ref().and_then(|var| {
@@ -316,6 +317,7 @@ fn retrieval_config(
             StoreConfig::Qdrant {
                 url: raw.qdrant_url.clone(),
                 api_key,
+                hnsw_ef: raw.hnsw_ef,
             }
         }
         other => {
@@ -351,6 +353,10 @@ fn retrieval_config(
             problems.push(msg.to_string());
         }
     };
+    check(
+        (1..=4096).contains(&raw.hnsw_ef),
+        "retrieval.hnsw_ef must be between 1 and 4096",
+    );
     check(
         (1..=2048).contains(&raw.embed_batch),
         "retrieval.embed_batch must be between 1 and 2048",

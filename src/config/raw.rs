@@ -110,6 +110,8 @@ pub struct RawRetrieval {
     pub qdrant_url: String,
     /// Environment variable holding the Qdrant API key, if the server wants one.
     pub qdrant_api_key_env: Option<String>,
+    /// HNSW beam width at search time (recall against speed).
+    pub hnsw_ef: usize,
     /// The catalog model (capability `embeddings`) every collection is embedded with.
     pub embedding_model: String,
     /// Texts per embeddings call.
@@ -140,6 +142,7 @@ impl Default for RawRetrieval {
             path: "data/vectors".into(),
             qdrant_url: "http://127.0.0.1:6334".into(),
             qdrant_api_key_env: None,
+            hnsw_ef: 128,
             embedding_model: "sim-embed".into(),
             embed_batch: 64,
             chunk_tokens: 256,

@@ -36,6 +36,8 @@ struct Collection {
 /// qdrant-edge collections under one directory, owned by this process.
 pub struct EmbeddedStore {
     root: PathBuf,
+    /// HNSW beam width at search time: higher finds more of the true nearest, slower.
+    hnsw_ef: usize,
     collections: Arc<Mutex<HashMap<String, Arc<Collection>>>>,
     indexer: CancellationToken,
     /// Held open for the store's life: its lock keeps other processes out.
@@ -51,7 +53,7 @@ impl Drop for EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (creating) the store at `root`; fails with [`StoreError::Locked`] if another process
     /// has it open. Starts the background index builder on the current tokio runtime.
-    pub fn open(root: &Path) -> Result<Self, StoreError> {
+    pub fn open(root: &Path, hnsw_ef: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root).map_err(|e| io_error(root, e))?;
         let lock_path = root.join(".lock");
         let lock = File::options()
@@ -67,6 +69,7 @@ impl EmbeddedStore {
         }
         let store = Self {
             root: root.to_path_buf(),
+            hnsw_ef,
             collections: Arc::default(),
             indexer: CancellationToken::new(),
             _lock: lock,
@@ -205,6 +208,7 @@ impl EmbeddedStore {
             filter,
             params: Some(SearchParams {
                 exact,
+                hnsw_ef: Some(self.hnsw_ef),
                 ..SearchParams::default()
             }),
             limit: top_k,
@@ -232,6 +236,20 @@ impl EmbeddedStore {
         };
         let filter = edge_filter(super::tenant_filter(tenant, &Default::default()))?;
         blocking(move || tenant_count(&c.shard, filter)).await
+    }
+
+    /// Flushes the collection's WAL and segments to disk; an ingest job calls it once, before its
+    /// outcome is committed, so committed chunks survive a crash of the machine.
+    pub async fn flush(&self, collection: &str) -> Result<(), StoreError> {
+        let Some(c) = self.existing(collection).await? else {
+            return Ok(());
+        };
+        blocking(move || {
+            let _writing = lock(&c.writing);
+            c.shard.flush();
+            Ok(())
+        })
+        .await
     }
 
     /// Builds pending indexes now, waiting for them (benchmarks and tests; workers build them in
@@ -335,8 +353,8 @@ fn tenant_count(shard: &EdgeShard, filter: Filter) -> Result<u64, StoreError> {
     Ok(n as u64)
 }
 
-/// Runs a write under the collection's write lock, then flushes it to disk before returning, so
-/// a committed job's chunks survive a crash.
+/// Runs a write under the collection's write lock. It is in the WAL (which survives the process)
+/// at once; [`EmbeddedStore::flush`] makes it survive the machine.
 async fn write(
     c: Arc<Collection>,
     op: impl FnOnce(&EdgeShard) -> qdrant_edge::OperationResult<()> + Send + 'static,
@@ -344,7 +362,6 @@ async fn write(
     blocking(move || {
         let _writing = lock(&c.writing);
         op(&c.shard).map_err(unavailable)?;
-        c.shard.flush();
         c.dirty.store(true, Ordering::Release);
         Ok(())
     })

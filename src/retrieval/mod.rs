@@ -21,10 +21,12 @@ use serde::{Deserialize, Serialize};
 pub enum StoreConfig {
     Embedded {
         path: std::path::PathBuf,
+        hnsw_ef: usize,
     },
     Qdrant {
         url: String,
         api_key: Option<crate::secret::Secret>,
+        hnsw_ef: usize,
     },
 }
 
@@ -55,12 +57,17 @@ impl VectorStore {
     /// Opens the configured store. The embedded one takes its directory's lock for this process.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         match config {
-            StoreConfig::Embedded { path } => Ok(Self::Embedded(Arc::new(
-                embedded::EmbeddedStore::open(path)?,
+            StoreConfig::Embedded { path, hnsw_ef } => Ok(Self::Embedded(Arc::new(
+                embedded::EmbeddedStore::open(path, *hnsw_ef)?,
             ))),
-            StoreConfig::Qdrant { url, api_key } => Ok(Self::Qdrant(remote::QdrantStore::connect(
+            StoreConfig::Qdrant {
+                url,
+                api_key,
+                hnsw_ef,
+            } => Ok(Self::Qdrant(remote::QdrantStore::connect(
                 url,
                 api_key.as_ref().map(|k| k.expose()),
+                *hnsw_ef,
             )?)),
         }
     }
@@ -252,6 +259,15 @@ impl VectorStore {
         match self {
             Self::Embedded(s) => s.search(collection, query).await,
             Self::Qdrant(s) => s.search(collection, query).await,
+        }
+    }
+
+    /// Makes the collection's writes durable on disk (the Qdrant server's writes already are).
+    pub async fn flush(&self, collection: &str) -> Result<(), StoreError> {
+        check_collection_name(collection)?;
+        match self {
+            Self::Embedded(s) => s.flush(collection).await,
+            Self::Qdrant(_) => Ok(()),
         }
     }
 

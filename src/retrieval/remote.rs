@@ -20,12 +20,13 @@ use super::{ChunkPoint, FilterValue, Hit, SearchQuery, StoreError};
 #[derive(Clone)]
 pub struct QdrantStore {
     client: std::sync::Arc<Qdrant>,
+    hnsw_ef: u64,
 }
 
 impl QdrantStore {
     /// Connects lazily: the first operation opens the channel. The API key is sent as a header
     /// and never logged.
-    pub fn connect(url: &str, api_key: Option<&str>) -> Result<Self, StoreError> {
+    pub fn connect(url: &str, api_key: Option<&str>, hnsw_ef: usize) -> Result<Self, StoreError> {
         let mut builder = Qdrant::from_url(url);
         if let Some(key) = api_key {
             builder = builder.api_key(key.to_string());
@@ -33,6 +34,7 @@ impl QdrantStore {
         let client = builder.build().map_err(unavailable)?;
         Ok(Self {
             client: std::sync::Arc::new(client),
+            hnsw_ef: hnsw_ef as u64,
         })
     }
 
@@ -192,7 +194,11 @@ impl QdrantStore {
                     query.filter,
                 )))
                 .with_payload(true)
-                .params(SearchParamsBuilder::default().exact(query.exact));
+                .params(
+                    SearchParamsBuilder::default()
+                        .exact(query.exact)
+                        .hnsw_ef(self.hnsw_ef),
+                );
         if let Some(t) = query.score_threshold {
             request = request.score_threshold(t);
         }
