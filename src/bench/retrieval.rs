@@ -38,6 +38,8 @@ pub struct RetrievalReport {
     pub ingest_secs: f64,
     pub ingest_chunks_per_sec: f64,
     pub index_build_secs: f64,
+    pub segments: usize,
+    pub indexed_vectors: usize,
     pub search_tenant_filter_ms: Quantiles,
     pub search_no_filter_ms: Quantiles,
     pub recall_at_10_tenant_filter: f64,
@@ -139,6 +141,7 @@ pub async fn run(
     let started = Instant::now();
     embedded.build_indexes_now().await?;
     let index_build_secs = started.elapsed().as_secs_f64();
+    let (segments, _, indexed_vectors) = embedded.stats("bench").await?;
 
     let mut with_filter = Vec::new();
     let mut without = Vec::new();
@@ -177,6 +180,8 @@ pub async fn run(
         ingest_secs,
         ingest_chunks_per_sec: ingested as f64 / ingest_secs,
         index_build_secs,
+        segments,
+        indexed_vectors,
         search_tenant_filter_ms: quantiles(with_filter),
         search_no_filter_ms: quantiles(without),
         recall_at_10_tenant_filter: hit_f as f64 / total_f.max(1) as f64,
@@ -310,10 +315,13 @@ fn print(r: &RetrievalReport) {
         r.chunks, r.tenants, r.dimensions
     );
     println!(
-        "  ingest                 {:.0} chunks/s ({:.1} s: chunk, embed via sim HTTP, upsert)",
+        "  ingest                 {:.0} chunks/s ({:.1} s: chunk, embed via sim HTTP, upsert, flush per 100-document job)",
         r.ingest_chunks_per_sec, r.ingest_secs
     );
-    println!("  HNSW index build       {:.1} s", r.index_build_secs);
+    println!(
+        "  HNSW index build       {:.1} s after ingest ({} segments, {} vectors indexed)",
+        r.index_build_secs, r.segments, r.indexed_vectors
+    );
     println!("  search, tenant filter  {}", q(&r.search_tenant_filter_ms));
     println!("  search, no filter      {}", q(&r.search_no_filter_ms));
     println!(

@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ChunkPoint, Hit, SearchQuery, StoreError};
 
-/// How long writes must pause before indexes are (re)built.
+/// How long writes must pause before indexes are (re)built; under continuous writes, they are
+/// rebuilt at most every [`INDEX_MAX_STALENESS`] (a build holds the collection's writes).
 const INDEX_DELAY: Duration = Duration::from_secs(2);
+const INDEX_MAX_STALENESS: Duration = Duration::from_secs(60);
 
 struct Collection {
     shard: EdgeShard,
@@ -31,6 +33,8 @@ struct Collection {
     writing: Mutex<()>,
     /// Written since the last index build.
     dirty: AtomicBool,
+    /// When it was last written (for building indexes once writes pause).
+    last_write: Mutex<std::time::Instant>,
 }
 
 /// qdrant-edge collections under one directory, owned by this process.
@@ -238,6 +242,17 @@ impl EmbeddedStore {
         blocking(move || tenant_count(&c.shard, filter)).await
     }
 
+    /// (segments, points, indexed vectors) of a collection, for benchmarks and operators.
+    pub async fn stats(&self, collection: &str) -> Result<(usize, usize, usize), StoreError> {
+        let c = self.collection(collection).await?;
+        let info = c.shard.info();
+        Ok((
+            info.segments_count,
+            info.points_count,
+            info.indexed_vectors_count,
+        ))
+    }
+
     /// Flushes the collection's WAL and segments to disk; an ingest job calls it once, before its
     /// outcome is committed, so committed chunks survive a crash of the machine.
     pub async fn flush(&self, collection: &str) -> Result<(), StoreError> {
@@ -301,6 +316,7 @@ impl EmbeddedStore {
                 shard,
                 writing: Mutex::new(()),
                 dirty: AtomicBool::new(false),
+                last_write: Mutex::new(std::time::Instant::now()),
             });
             open.insert(name, Arc::clone(&c));
             Ok(Some(c))
@@ -363,6 +379,7 @@ async fn write(
         let _writing = lock(&c.writing);
         op(&c.shard).map_err(unavailable)?;
         c.dirty.store(true, Ordering::Release);
+        *lock(&c.last_write) = std::time::Instant::now();
         Ok(())
     })
     .await
@@ -374,6 +391,7 @@ async fn build_indexes(
     collections: std::sync::Weak<Mutex<HashMap<String, Arc<Collection>>>>,
     cancel: CancellationToken,
 ) {
+    let mut last_build = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -382,12 +400,23 @@ async fn build_indexes(
         let Some(collections) = collections.upgrade() else {
             return;
         };
+        let now = std::time::Instant::now();
+        if now.duration_since(last_build) < INDEX_DELAY {
+            continue;
+        }
+        let stale = now.duration_since(last_build) >= INDEX_MAX_STALENESS;
         let dirty: Vec<Arc<Collection>> = lock(&collections)
             .values()
-            .filter(|c| c.dirty.swap(false, Ordering::AcqRel))
+            .filter(|c| {
+                let paused = now.duration_since(*lock(&c.last_write)) >= INDEX_DELAY;
+                (paused || stale) && c.dirty.swap(false, Ordering::AcqRel)
+            })
             .cloned()
             .collect();
         drop(collections);
+        if !dirty.is_empty() {
+            last_build = now;
+        }
         for c in dirty {
             let built = blocking(move || {
                 let _writing = lock(&c.writing);
