@@ -23,6 +23,7 @@ pub mod stack;
 pub mod submit;
 pub mod telemetry;
 pub mod tenants;
+pub mod tokens;
 pub mod webhooks;
 
 #[path = "../workers/mod.rs"]

@@ -26,16 +26,13 @@ fn requests(
         .prompts
         .iter()
         .enumerate()
-        .map(|(index, prompt)| {
-            let messages = messages(input.system.as_deref(), &prompt.prompt);
-            ChatRequest {
-                // Counted once here: the router ranks by it and checks context windows with it.
-                counted_input_tokens: Some(crate::retrieval::tokens::count_messages(&messages)),
-                messages,
-                max_tokens: Some(input.max_tokens.unwrap_or(default_max_output_tokens)),
-                temperature: input.temperature,
-                call_id: call_id(index),
-            }
+        .map(|(index, prompt)| ChatRequest {
+            messages: messages(input.system.as_deref(), &prompt.prompt),
+            max_tokens: Some(input.max_tokens.unwrap_or(default_max_output_tokens)),
+            temperature: input.temperature,
+            call_id: call_id(index),
+            // The router counts when its ranking needs it (a cost policy with a choice).
+            counted_input_tokens: None,
         })
         .collect()
 }

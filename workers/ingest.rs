@@ -248,10 +248,7 @@ mod tests {
         assert_eq!(e.tokens, 3_000 * 256 / 192 + 1);
         assert_eq!(e.max_micros, e.tokens);
         let real = chunk::split(&input.documents[0].text, spec);
-        let real_tokens: u64 = real
-            .iter()
-            .map(|c| crate::retrieval::tokens::count(c.text))
-            .sum();
+        let real_tokens: u64 = real.iter().map(|c| crate::tokens::count(c.text)).sum();
         assert!(real_tokens as i64 <= e.tokens);
     }
 }

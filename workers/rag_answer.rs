@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 
 use crate::jobs::RagAnswerInput;
 use crate::providers::{ChatMessage, ChatRequest, Usage};
-use crate::retrieval::tokens::{self, MESSAGE_OVERHEAD_TOKENS};
 use crate::retrieval::{check_collection_name, check_filter, Hit, PromptTemplate, SearchQuery};
 use crate::spend::budget::Estimate;
 use crate::spend::Price;
+use crate::tokens::{self, MESSAGE_OVERHEAD_TOKENS};
 
 use super::handler::{JobContext, JobError, SHADOW_CALL_OFFSET};
 

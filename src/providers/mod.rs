@@ -60,15 +60,6 @@ impl ChatRequest {
             .unwrap_or_else(|| self.max_input_tokens())
     }
 
-    /// The cost this request is expected to have at `price`, for ranking candidates: the counted
-    /// prompt tokens if known (else the byte bound) and `max_tokens` of output.
-    pub fn expected_micros(&self, price: &crate::spend::Price) -> i64 {
-        price.cost_micros(Usage {
-            input_tokens: self.context_input_tokens(),
-            output_tokens: u64::from(self.max_tokens.unwrap_or(0)),
-        })
-    }
-
     /// The most this request can cost at `price`, given its `max_tokens` (required for a bound).
     pub fn worst_case_micros(&self, price: &crate::spend::Price) -> i64 {
         price.cost_micros(Usage {

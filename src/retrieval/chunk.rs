@@ -20,7 +20,7 @@ pub struct TextChunk<'a> {
 /// Splits `text` into chunks of at most `spec.tokens` tokens, each starting `spec.overlap` tokens
 /// before the previous one ended. Whitespace-only chunks are dropped.
 pub fn split<'a>(text: &'a str, spec: ChunkSpec) -> Vec<TextChunk<'a>> {
-    let ends = super::tokens::token_ends(text);
+    let ends = crate::tokens::token_ends(text);
     let size = spec.tokens.max(1);
     let step = size.saturating_sub(spec.overlap).max(1);
     let mut chunks = Vec::new();
@@ -82,7 +82,7 @@ mod tests {
         assert!(chunks.len() > 1);
         for (i, c) in chunks.iter().enumerate() {
             assert_eq!(c.index, i);
-            assert!(super::super::tokens::count(c.text) <= 64 + 1, "{}", c.text);
+            assert!(crate::tokens::count(c.text) <= 64 + 1, "{}", c.text);
         }
         // Consecutive chunks share text: the overlap.
         for pair in chunks.windows(2) {

@@ -9,7 +9,6 @@
 pub mod chunk;
 pub mod embedded;
 pub mod remote;
-pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

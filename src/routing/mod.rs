@@ -550,8 +550,20 @@ impl Router {
             };
             match skip {
                 Some(why) => trace.push(candidate(model, 0, why)),
-                // Ranked by the expected cost: counted prompt tokens when the caller counted them.
-                None => out.push((model, client, request.expected_micros(&model.price))),
+                None => out.push((model, client, worst)),
+            }
+        }
+        if policy.strategy == Strategy::Cost && out.len() > 1 {
+            // Cost ranking uses the expected cost: prompt tokens counted (once per call, only
+            // when there is a choice to make), `max_tokens` of output.
+            let usage = crate::providers::Usage {
+                input_tokens: request
+                    .counted_input_tokens
+                    .unwrap_or_else(|| crate::tokens::count_messages(&request.messages)),
+                output_tokens: u64::from(request.max_tokens.unwrap_or(0)),
+            };
+            for c in out.iter_mut() {
+                c.2 = c.0.price.cost_micros(usage);
             }
         }
         self.rank(policy.strategy, &mut out);

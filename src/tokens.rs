@@ -1,7 +1,10 @@
 //! Token counting with a real BPE tokenizer (o200k_base, OpenAI's current encoding).
 //!
-//! Chunk sizes and context budgets are counted, not guessed from bytes. Other vendors' tokenizers
-//! differ by a few percent, so context budgets keep [`CONTEXT_MARGIN_PERCENT`] in reserve.
+//! Chunk sizes, context budgets and cost ranking are counted, not guessed from bytes. Other
+//! vendors' tokenizers differ by a few percent, so context budgets keep [`CONTEXT_MARGIN_PERCENT`]
+//! in reserve. The tokenizer's tables (tens of MB) load on first use, so a worker that never
+//! counts never pays for them; counting costs microseconds per prompt, so the job path counts only
+//! where the answer depends on it.
 
 use tiktoken_rs::CoreBPE;
 
