@@ -158,6 +158,12 @@ pub async fn embed_texts(
     texts: Vec<String>,
     first_call_index: usize,
 ) -> Result<Embedded, JobError> {
+    let Some(model) = ctx.retrieval.embedding_model.as_deref() else {
+        return Err(JobError::permanent(
+            "retrieval_not_configured",
+            "the model catalog has no embeddings model: add one with capabilities = [\"embeddings\"] and its dimensions",
+        ));
+    };
     let batch = ctx.retrieval.embed_batch;
     let batches: Vec<Vec<String>> = texts.chunks(batch).map(<[String]>::to_vec).collect();
     let calls = batches.len();
@@ -168,10 +174,7 @@ pub async fn embed_texts(
                 inputs,
                 call_id: Some(ctx.call_id(index)),
             };
-            let call = ctx
-                .router
-                .embed(&ctx.retrieval.embedding_model, &request)
-                .await?;
+            let call = ctx.router.embed(model, &request).await?;
             ctx.book(index, &(&call).into()).await?;
             let cost = call.price.cost_micros(call.response.usage);
             Ok::<_, JobError>((
@@ -203,7 +206,7 @@ pub async fn embed_texts(
             "dimension_mismatch",
             format!(
                 "embedding model `{}` returned {}-dimensional vectors; the catalog says {}",
-                ctx.retrieval.embedding_model,
+                model,
                 v.len(),
                 ctx.retrieval.dimensions
             ),

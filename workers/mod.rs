@@ -379,7 +379,13 @@ fn estimate(ctx: &WorkerContext, job: &JobMessage) -> Estimate {
 fn embedding_price(ctx: &WorkerContext) -> crate::spend::Price {
     ctx.cfg
         .catalog
-        .model(&ctx.cfg.retrieval.embedding_model)
+        .model(
+            ctx.cfg
+                .retrieval
+                .embedding_model
+                .as_deref()
+                .unwrap_or_default(),
+        )
         .map(|m| m.price)
         .unwrap_or_default()
 }

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures_util::{StreamExt, TryStreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -65,6 +66,10 @@ pub async fn run(
     let embedded = Arc::new(EmbeddedStore::open(&dir, hnsw_ef)?);
     let store = VectorStore::Embedded(Arc::clone(&embedded));
     let r = &cfg.retrieval;
+    let embedding_model = r
+        .embedding_model
+        .clone()
+        .context("the sim catalog has an embeddings model")?;
     store.ensure_collection("bench", r.dimensions).await?;
 
     let mut rng = StdRng::seed_from_u64(7);
@@ -95,7 +100,7 @@ pub async fn run(
         let vectors: Vec<Vec<Vec<f32>>> = futures_util::stream::iter(batches)
             .map(|inputs| {
                 let router = &router;
-                let model = &r.embedding_model;
+                let model = &embedding_model;
                 async move {
                     let request = EmbeddingRequest {
                         inputs,
@@ -225,7 +230,7 @@ impl AnswerTimes {
             call_id: None,
         };
         let vector = router
-            .embed(&r.embedding_model, &request)
+            .embed(r.embedding_model.as_deref().unwrap_or_default(), &request)
             .await?
             .response
             .vectors;

@@ -327,26 +327,31 @@ fn retrieval_config(
             return None;
         }
     };
-    let model = catalog.model(&raw.embedding_model);
+    let model = match &raw.embedding_model {
+        Some(name) => match catalog.model(name) {
+            Some(m) => Some(m),
+            None => {
+                problems.push(format!("retrieval.embedding_model: unknown model `{name}`"));
+                None
+            }
+        },
+        None => catalog.first_embeddings_model(),
+    };
     let dimensions = model.and_then(|m| m.embedding_dimensions);
     match model {
-        None => problems.push(format!(
-            "retrieval.embedding_model: unknown model `{}`",
-            raw.embedding_model
-        )),
-        Some(_) if dimensions.is_none() => problems.push(format!(
+        Some(m) if dimensions.is_none() => problems.push(format!(
             "retrieval.embedding_model: `{}` has no embeddings capability",
-            raw.embedding_model
+            m.name
         )),
         Some(m) if catalog.provider(&m.provider).map(|p| p.kind)
             != Some(crate::routing::catalog::ProviderKind::OpenAi) =>
         {
             problems.push(format!(
                 "retrieval.embedding_model: `{}` is served by an API shape without embeddings (use an openai-shaped provider)",
-                raw.embedding_model
+                m.name
             ))
         }
-        Some(_) => {}
+        _ => {}
     }
     let mut check = |ok: bool, msg: &str| {
         if !ok {
@@ -401,7 +406,7 @@ fn retrieval_config(
     }
     Some(RetrievalConfig {
         store,
-        embedding_model: raw.embedding_model.clone(),
+        embedding_model: model.map(|m| m.name.clone()),
         dimensions: dimensions.unwrap_or(0),
         embed_batch: raw.embed_batch,
         chunk: ChunkSpec {
@@ -463,6 +468,25 @@ mod tests {
         assert!(text.contains("queue.prefetch"), "{text}");
         assert!(text.contains("queue.retry_delays_ms"), "{text}");
         assert!(text.contains("worker.max_attempts"), "{text}");
+    }
+
+    #[test]
+    fn retrieval_takes_the_first_embeddings_model_or_stays_off_without_one() {
+        let cfg = Config::from_toml("").expect("defaults");
+        assert_eq!(cfg.retrieval.embedding_model.as_deref(), Some("sim-embed"));
+        assert_eq!(cfg.retrieval.dimensions, 256);
+        let chat_only = "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\n\
+            [[models]]\nname = \"m\"\nprovider = \"p\"\nmodel_id = \"m\"\n\
+            input_price_micros_per_mtok = 1\noutput_price_micros_per_mtok = 1\ncontext_window = 100\n\
+            [policies.cost-optimized]\nmodels = [\"m\"]\n";
+        let cfg = Config::from_toml(chat_only).expect("a chat-only catalog is valid");
+        assert_eq!(cfg.retrieval.embedding_model, None);
+        let named = format!("{chat_only}[retrieval]\nembedding_model = \"m\"\n");
+        let err = Config::from_toml(&named).expect_err("not an embeddings model");
+        assert!(
+            err.to_string().contains("no embeddings capability"),
+            "{err}"
+        );
     }
 
     #[test]

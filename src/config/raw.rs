@@ -112,8 +112,9 @@ pub struct RawRetrieval {
     pub qdrant_api_key_env: Option<String>,
     /// HNSW beam width at search time (recall against speed).
     pub hnsw_ef: usize,
-    /// The catalog model (capability `embeddings`) every collection is embedded with.
-    pub embedding_model: String,
+    /// The catalog model (capability `embeddings`) every collection is embedded with; when unset,
+    /// the catalog's first embeddings model, and with none, retrieval jobs fail saying so.
+    pub embedding_model: Option<String>,
     /// Texts per embeddings call.
     pub embed_batch: usize,
     pub chunk_tokens: usize,
@@ -143,7 +144,7 @@ impl Default for RawRetrieval {
             qdrant_url: "http://127.0.0.1:6334".into(),
             qdrant_api_key_env: None,
             hnsw_ef: 128,
-            embedding_model: "sim-embed".into(),
+            embedding_model: None,
             embed_batch: 64,
             chunk_tokens: 256,
             chunk_overlap_tokens: 32,

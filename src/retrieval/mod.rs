@@ -40,7 +40,8 @@ pub struct PromptTemplate {
 #[derive(Debug, Clone)]
 pub struct RetrievalConfig {
     pub store: StoreConfig,
-    pub embedding_model: String,
+    /// None when the catalog has no embeddings model: retrieval jobs then fail saying so.
+    pub embedding_model: Option<String>,
     pub dimensions: usize,
     pub embed_batch: usize,
     pub chunk: chunk::ChunkSpec,

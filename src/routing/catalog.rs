@@ -79,6 +79,8 @@ pub struct RoutingPolicy {
 pub struct Catalog {
     providers: Vec<ProviderSpec>,
     models: HashMap<String, ModelSpec>,
+    /// Model names in the order the config lists them.
+    order: Vec<String>,
     policies: HashMap<String, RoutingPolicy>,
 }
 
@@ -141,6 +143,7 @@ impl Catalog {
             if m.rpm == Some(0) || m.tpm == Some(0) {
                 problems.push(format!("models.{}: rpm and tpm must be positive", m.name));
             }
+            catalog.order.push(m.name.clone());
             if catalog.models.insert(m.name.clone(), spec).is_some() {
                 problems.push(format!("models: `{}` is defined twice", m.name));
             }
@@ -249,6 +252,14 @@ impl Catalog {
 
     pub fn model_names(&self) -> impl Iterator<Item = &str> {
         self.models.keys().map(String::as_str)
+    }
+
+    /// The first embeddings model in the catalog's order, if any.
+    pub fn first_embeddings_model(&self) -> Option<&ModelSpec> {
+        self.order
+            .iter()
+            .filter_map(|n| self.models.get(n))
+            .find(|m| m.embedding_dimensions.is_some())
     }
 
     pub fn model(&self, name: &str) -> Option<&ModelSpec> {
