@@ -309,13 +309,7 @@ impl Router {
         let started = Instant::now();
         let result = client.chat(&model.model_id, request).await;
         let latency = started.elapsed();
-        let fault = result
-            .as_ref()
-            .err()
-            .is_some_and(ProviderError::is_provider_fault);
-        self.with_health(&model.name, |h| {
-            h.record(Instant::now(), result.is_ok(), fault, latency)
-        });
+        self.learn(&model.name, &result, latency);
         match result {
             Ok(response) => Some(ShadowCall {
                 response,
@@ -363,13 +357,7 @@ impl Router {
             })
             .await;
         let latency = started.elapsed();
-        let fault = result
-            .as_ref()
-            .err()
-            .is_some_and(ProviderError::is_provider_fault);
-        self.with_health(&spec.name, |h| {
-            h.record(Instant::now(), result.is_ok(), fault, latency)
-        });
+        self.learn(&spec.name, &result, latency);
         match result {
             Ok(response) => Ok(EmbeddedCall {
                 response,
@@ -448,13 +436,7 @@ impl Router {
                 .instrument(span)
                 .await;
             let latency = started.elapsed();
-            let fault = result
-                .as_ref()
-                .err()
-                .is_some_and(ProviderError::is_provider_fault);
-            self.with_health(&model.name, |h| {
-                h.record(Instant::now(), result.is_ok(), fault, latency)
-            });
+            self.learn(&model.name, &result, latency);
             match result {
                 Ok(response) => {
                     trace.push(candidate(model, attempts, "ok".into()));
@@ -621,6 +603,17 @@ impl Router {
                 candidates.sort_by(|a, b| rate(a.0).total_cmp(&rate(b.0)));
             }
         }
+    }
+
+    /// Teaches the model's health what a call did (faults count toward its breaker).
+    fn learn<T>(&self, model: &str, result: &Result<T, ProviderError>, latency: Duration) {
+        let fault = result
+            .as_ref()
+            .err()
+            .is_some_and(ProviderError::is_provider_fault);
+        self.with_health(model, |h| {
+            h.record(Instant::now(), result.is_ok(), fault, latency)
+        });
     }
 
     fn with_health<T>(&self, model: &str, f: impl FnOnce(&mut ModelHealth) -> T) -> T {
