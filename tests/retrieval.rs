@@ -519,3 +519,56 @@ async fn bad_retrieval_input_fails_the_job_with_a_reason() {
     stop.cancel();
     worker.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_collection_made_with_another_embedding_size_fails_the_job_by_name() {
+    // The worker embeds with a 64-dimensional model; the sim makes 64-dimensional vectors for
+    // a model id ending in `-64`.
+    let models = r#"[[models]]
+name = "sim-embed-64"
+provider = "sim"
+model_id = "sim-embed-64"
+input_price_micros_per_mtok = 20000
+output_price_micros_per_mtok = 0
+context_window = 8191
+capabilities = ["embeddings"]
+dimensions = 64
+"#;
+    let env =
+        common::TestEnv::with_retrieval("", models, "embedding_model = \"sim-embed-64\"").await;
+    let (stop, worker) = env.start_worker();
+    let conn = env.amqp().await;
+    let docs = json!([{"id": "a", "text": "Refunds take 14 days."}]);
+    env.publish_job(&conn, &ingest_job("acme", "small", docs.clone()))
+        .await;
+    env.wait_for_state("acme", "small", "succeeded", 30).await;
+    stop.cancel();
+    worker.await.unwrap();
+
+    // The same store, now with the 256-dimensional model.
+    let mut cfg = env.cfg.clone();
+    cfg.retrieval.embedding_model = Some("sim-embed".into());
+    cfg.retrieval.dimensions = 256;
+    let token = env.cancel.child_token();
+    let pool = env.pool.clone();
+    let t = token.clone();
+    let worker = tokio::spawn(async move { ragq::workers::run(cfg, pool, t).await.unwrap() });
+    env.publish_job(&conn, &ingest_job("acme", "big", docs))
+        .await;
+    env.publish_job(
+        &conn,
+        &rag_job(&env, "acme", "ask", "How long do refunds take?"),
+    )
+    .await;
+    for id in ["big", "ask"] {
+        env.wait_for_state("acme", id, "failed", 30).await;
+        let (code, message) = error_of(&env, "acme", id).await;
+        assert_eq!(code, "dimension_mismatch", "{id}: {message}");
+        assert!(
+            message.contains("64") && message.contains("256"),
+            "{message}"
+        );
+    }
+    token.cancel();
+    worker.await.unwrap();
+}
