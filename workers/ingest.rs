@@ -97,7 +97,8 @@ pub async fn run(ctx: &JobContext<'_>, input: IngestInput) -> Result<Value, JobE
                 .map(move |c| (d, c))
         })
         .collect();
-    let vectors = embed_all(ctx, &texts).await?;
+    let owned = texts.iter().map(|(_, c)| c.text.to_string()).collect();
+    let vectors = embed_texts(ctx, owned, 0).await?;
     if !input.documents.is_empty() {
         store
             .ensure_collection(&input.collection, cfg.dimensions)
@@ -213,14 +214,6 @@ pub async fn embed_texts(
         ));
     }
     Ok(out)
-}
-
-async fn embed_all(
-    ctx: &JobContext<'_>,
-    texts: &[(usize, chunk::TextChunk<'_>)],
-) -> Result<Embedded, JobError> {
-    let owned = texts.iter().map(|(_, c)| c.text.to_string()).collect();
-    embed_texts(ctx, owned, 0).await
 }
 
 #[cfg(test)]

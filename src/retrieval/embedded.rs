@@ -166,20 +166,15 @@ impl EmbeddedStore {
         query: &SearchQuery<'_>,
     ) -> Result<Vec<Hit>, StoreError> {
         let conditions = super::tenant_filter(query.tenant, query.filter);
-        let hits = self
-            .search_conditions(
-                collection,
-                query.vector,
-                query.top_k,
-                query.score_threshold,
-                conditions,
-                query.exact,
-            )
-            .await?;
-        if hits.is_empty() && self.count(collection, query.tenant).await? == 0 {
-            return Err(StoreError::UnknownCollection(collection.to_string()));
-        }
-        Ok(hits)
+        self.search_conditions(
+            collection,
+            query.vector,
+            query.top_k,
+            query.score_threshold,
+            conditions,
+            query.exact,
+        )
+        .await
     }
 
     /// A search under raw conditions (none: the whole collection). Jobs search through

@@ -256,10 +256,15 @@ impl VectorStore {
     ) -> Result<Vec<Hit>, StoreError> {
         check_collection_name(collection)?;
         check_filter(query.filter)?;
-        match self {
-            Self::Embedded(s) => s.search(collection, query).await,
-            Self::Qdrant(s) => s.search(collection, query).await,
+        let hits = match self {
+            Self::Embedded(s) => s.search(collection, query).await?,
+            Self::Qdrant(s) => s.search(collection, query).await?,
+        };
+        // Only an empty answer costs the extra count.
+        if hits.is_empty() && self.count(collection, query.tenant).await? == 0 {
+            return Err(StoreError::UnknownCollection(collection.to_string()));
         }
+        Ok(hits)
     }
 
     /// Makes the collection's writes durable on disk (the Qdrant server's writes already are).

@@ -207,9 +207,6 @@ impl QdrantStore {
             .search_points(request)
             .await
             .map_err(|e| self.missing_or_unavailable(collection, e))?;
-        if response.result.is_empty() && self.count(collection, query.tenant).await? == 0 {
-            return Err(StoreError::UnknownCollection(collection.to_string()));
-        }
         Ok(response
             .result
             .into_iter()
@@ -218,9 +215,6 @@ impl QdrantStore {
     }
 
     pub async fn count(&self, collection: &str, tenant: &str) -> Result<u64, StoreError> {
-        if self.dimension(collection).await?.is_none() {
-            return Ok(0);
-        }
         let filter = grpc_filter(super::tenant_filter(tenant, &Default::default()));
         let response = self
             .client
@@ -230,8 +224,13 @@ impl QdrantStore {
                     .exact(true),
             )
             .await
-            .map_err(unavailable)?;
-        Ok(response.result.map_or(0, |r| r.count))
+            .map_err(|e| self.missing_or_unavailable(collection, e));
+        // A collection that does not exist holds nothing of anyone's.
+        match response {
+            Ok(r) => Ok(r.result.map_or(0, |r| r.count)),
+            Err(StoreError::UnknownCollection(_)) => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 
     fn missing_or_unavailable(

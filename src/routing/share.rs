@@ -39,8 +39,9 @@ pub async fn leave(pool: &PgPool, worker_id: &str) -> Result<(), sqlx::Error> {
         .map(|_| ())
 }
 
-/// Keeps the lease and calls `set_share` with 1 / live workers until `cancel`, then leaves. With
-/// the database unreachable the last share stands (workers rarely come and go during an outage).
+/// Keeps the lease and calls `set_share` with 1 / live workers until `cancel`, then leaves. The
+/// caller took the first heartbeat before consuming, so this one waits a beat first. With the
+/// database unreachable the last share stands (workers rarely come and go during an outage).
 pub async fn run(
     pool: PgPool,
     worker_id: String,
