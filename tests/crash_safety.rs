@@ -20,7 +20,12 @@ fn with_latency(env: &TestEnv, ms: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_worker_loses_no_job_and_books_each_call_once() {
-    let env = TestEnv::new("").await;
+    // Intents of the killed worker are booked a second after it dies.
+    let env = TestEnv::with_sections(
+        "",
+        "[spend]\nreservation_ttl_ms = 1000\nmaintenance_interval_ms = 200\n",
+    )
+    .await;
     with_latency(&env, 30);
     let config = env.config_file();
     const JOBS: i64 = 60;
@@ -38,10 +43,17 @@ async fn sigkilled_worker_loses_no_job_and_books_each_call_once() {
     .await;
     first.start_kill().unwrap();
     first.wait().await.unwrap();
+    // Let Postgres finish whatever the dead worker had sent it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let done_at_kill = env.finished_jobs().await;
     assert!(
         done_at_kill < JOBS,
         "the kill landed mid-batch ({done_at_kill} done)"
+    );
+    let intents_at_kill = env.count("SELECT count(*) FROM call_intents").await;
+    assert!(
+        intents_at_kill > 0,
+        "the kill cut calls in flight, whose intents are left"
     );
 
     let _second = spawn_worker_process(&config);
@@ -60,7 +72,18 @@ async fn sigkilled_worker_loses_no_job_and_books_each_call_once() {
             > 0,
         "the kill interrupted running attempts, which were run again"
     );
-    env.assert_ledger_consistent(PROMPTS).await;
+    let audit = env.assert_ledger_consistent(PROMPTS).await;
+    assert_eq!(
+        i64::try_from(audit.estimated_calls).unwrap(),
+        intents_at_kill,
+        "each call cut by the kill is booked once, at its worst case: {audit:#?}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM provider_calls WHERE estimated AND cost_micros = 0")
+            .await,
+        0,
+        "an estimate carries the call's worst-case cost"
+    );
 }
 
 #[cfg(unix)]

@@ -572,3 +572,88 @@ dimensions = 64
     token.cancel();
     worker.await.unwrap();
 }
+
+/// A model at $100 per million tokens (100 micro-dollars a token) either way, so that a prompt's
+/// bytes move its cost well clear of rounding.
+const PRICEY: &str = r#"
+[[models]]
+name = "sim-pricey"
+provider = "sim"
+model_id = "sim-pricey"
+input_price_micros_per_mtok = 100000000
+output_price_micros_per_mtok = 100000000
+context_window = 8000
+[policies.pricey]
+models = ["sim-pricey"]
+"#;
+
+#[tokio::test]
+async fn a_budget_downgrade_shrinks_the_context_of_rag_answer() {
+    let retrieval = "chunk_tokens = 120\nchunk_overlap_tokens = 0\n\
+                     [retrieval.templates.default]\nsystem = \"Answer.\"\nuser = \"{context}\\n{question}\"\n";
+    let env = common::TestEnv::with_retrieval("", PRICEY, retrieval).await;
+    let (_stop, _worker) = env.start_worker();
+    let conn = env.amqp().await;
+    // Five one-chunk documents of about 390 bytes each.
+    let documents: Vec<serde_json::Value> = (0..5)
+        .map(|i| json!({"id": format!("refunds-{i}"), "text": format!("Policy {i}. {}", "Refunds are paid within 14 days. ".repeat(11))}))
+        .collect();
+    env.publish_job(&conn, &ingest_job("acme", "ingest", json!(documents)))
+        .await;
+    env.wait_for_state("acme", "ingest", "succeeded", 30).await;
+    assert_eq!(result(&env, "acme", "ingest").await["chunks"], 5);
+    let ask = |id: &str| {
+        json!({"id": id, "tenant": "acme", "kind": "rag.answer", "policy": "pricey",
+               "input": {"collection": "handbook", "question": "When are refunds paid?",
+                         "top_k": 5, "max_tokens": 10}})
+    };
+    env.publish_job(&conn, &ask("free")).await;
+    env.wait_for_state("acme", "free", "succeeded", 30).await;
+    let free = result(&env, "acme", "free").await;
+    assert_eq!(free["citations"].as_array().unwrap().len(), 5, "{free}");
+
+    // Leave $0.20: $0.10 per call. The window's worst case (8,000 tokens, $0.80) does not fit, one
+    // chunk does; at 100 micro-dollars per byte (the bound), $0.10 covers about 990 bytes of
+    // prompt: the template and question (about 60) and two 400-byte passages, not three.
+    let spent = env
+        .count("SELECT coalesce(sum(cost_micros), 0)::int8 FROM provider_calls")
+        .await;
+    ragq::spend::budget::set(
+        &env.pool,
+        &ragq::spend::budget::BudgetSpec {
+            tenant: "acme".into(),
+            feature: String::new(),
+            period: "month".into(),
+            soft_limit_micros: None,
+            hard_limit_micros: Some(spent + 200_000),
+            job_quota: None,
+            token_quota: None,
+            alert_thresholds: vec![50, 80, 100],
+            on_limit: ragq::spend::budget::OnLimit::Downgrade,
+        },
+    )
+    .await
+    .unwrap();
+    env.publish_job(&conn, &ask("capped")).await;
+    env.wait_for_state("acme", "capped", "succeeded", 30).await;
+    let capped = result(&env, "acme", "capped").await;
+    let cited = capped["citations"].as_array().unwrap().len();
+    assert_eq!(
+        cited, 2,
+        "the context shrank to what the cap pays for: {capped}"
+    );
+    let answer_cost: i64 = sqlx::query_scalar(
+        "SELECT cost_micros FROM provider_calls WHERE job_id = 'capped' AND call_index = 1",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        answer_cost <= 100_000,
+        "the answer call kept to its cap: {answer_cost}"
+    );
+    assert!(
+        capped["cost_micros"].as_i64().unwrap() < free["cost_micros"].as_i64().unwrap(),
+        "{capped} vs {free}"
+    );
+}

@@ -183,10 +183,18 @@ async fn a_killed_workers_reservation_expires_and_nothing_is_booked_twice() {
             == 5
     })
     .await;
-    env.assert_ledger_consistent(1).await;
+    let audit = env.assert_ledger_consistent(1).await;
+    assert_eq!(
+        audit.estimated_calls, 5,
+        "the five calls cut by the kill are booked once each, at their worst case"
+    );
     let spent = env
         .count("SELECT sum(cost_micros)::int8 FROM provider_calls")
         .await;
+    let estimated = env
+        .count("SELECT sum(cost_micros)::int8 FROM provider_calls WHERE estimated")
+        .await;
+    assert_eq!(estimated, 5 * estimate_of(&jobs[0], &[SMALL]).max_micros);
     env.wait_until(10, "settled", || async {
         usage(&env, id).await == (spent, 0, 0, 5)
     })
@@ -383,14 +391,18 @@ async fn reports_match_a_hand_computed_fixture() {
     let mut conn = env.pool.acquire().await.unwrap();
     let refs: Vec<&LedgerEntry> = rows.iter().collect();
     assert_eq!(
-        ragq::spend::ledger::write(&mut conn, &refs).await.unwrap(),
+        ragq::spend::ledger::write(&mut conn, &refs)
+            .await
+            .unwrap()
+            .rows,
         4
     );
     // A re-write after a crash changes nothing.
     assert_eq!(
         ragq::spend::ledger::write(&mut conn, &refs[..2])
             .await
-            .unwrap(),
+            .unwrap()
+            .rows,
         0
     );
 
@@ -496,7 +508,10 @@ async fn retention_drops_old_ledger_partitions_and_keeps_the_aggregates() {
     let mut conn = env.pool.acquire().await.unwrap();
     let refs: Vec<&LedgerEntry> = rows.iter().collect();
     assert_eq!(
-        ragq::spend::ledger::write(&mut conn, &refs).await.unwrap(),
+        ragq::spend::ledger::write(&mut conn, &refs)
+            .await
+            .unwrap()
+            .rows,
         4
     );
 

@@ -11,7 +11,7 @@ use crate::providers::{ChatMessage, ChatRequest, Usage};
 use crate::spend::budget::Estimate;
 use crate::spend::Price;
 
-use super::handler::{JobContext, JobError, SHADOW_CALL_OFFSET};
+use super::handler::{JobContext, JobError};
 
 /// Prompts of one job in flight at once.
 const PROMPT_CONCURRENCY: usize = 4;
@@ -125,26 +125,16 @@ async fn answer(
     index: usize,
     request: ChatRequest,
 ) -> Result<Value, JobError> {
-    let shadow_id = Some(ctx.call_id(SHADOW_CALL_OFFSET + index));
-    let routed = ctx
-        .router
-        .chat(&ctx.job.policy, &request, ctx.scope, shadow_id)
-        .await;
-    // A shadow copy is booked whatever happened to the primary call: its spend is real.
-    let shadow = match &routed.shadow {
-        Some(s) => {
-            ctx.book(SHADOW_CALL_OFFSET + index, &s.into()).await?;
-            let cost = s.price.cost_micros(s.response.usage);
-            Some((
-                cost,
-                json!({"model": s.model, "usage": s.response.usage, "cost_micros": cost,
-                               "latency_ms": s.latency.as_millis() as u64}),
-            ))
-        }
-        None => None,
-    };
+    let routed = ctx.chat(index, &request).await?;
+    let shadow = routed.shadow.as_ref().map(|s| {
+        let cost = s.price.cost_micros(s.response.usage);
+        (
+            cost,
+            json!({"model": s.model, "usage": s.response.usage, "cost_micros": cost,
+                   "latency_ms": s.latency.as_millis() as u64}),
+        )
+    });
     let call = routed.primary?;
-    ctx.book(index, &(&call).into()).await?;
     let own = call.price.cost_micros(call.response.usage);
     let shadow_cost = shadow.as_ref().map_or(0, |s| s.0);
     Ok(json!({

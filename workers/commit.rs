@@ -95,6 +95,7 @@ type Reply<T> = oneshot::Sender<Result<T, CommitError>>;
 
 enum Op {
     Claim(ClaimRequest, Reply<Claim>),
+    Intend(Vec<LedgerEntry>, Reply<()>),
     Ledger(LedgerEntry),
     Finish(Outcome, Reply<FinishResult>),
     WebhookAttempt(AttemptRecord),
@@ -110,6 +111,7 @@ impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Op::Claim(c, _) => write!(f, "Claim({})", c.job.id),
+            Op::Intend(e, _) => write!(f, "Intend({} calls)", e.len()),
             Op::Ledger(e) => write!(f, "Ledger({}#{})", e.job_id, e.call_index),
             Op::Finish(o, _) => write!(f, "Finish({})", o.job_id),
             Op::WebhookAttempt(r) => write!(f, "WebhookAttempt({}#{})", r.delivery_id, r.attempt),
@@ -131,7 +133,19 @@ impl CommitHandle {
         rx.await.map_err(|_| gone())?
     }
 
-    /// Queues a ledger row; it commits before (or with) the outcome sent after it.
+    /// Records intents for calls about to be made; returns once they are durable, so the requests
+    /// may be sent (see [`crate::spend::intents`]).
+    pub async fn intend(&self, intents: Vec<LedgerEntry>) -> Result<(), CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Intend(intents, reply))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Queues a ledger row in place of its intent; it commits before (or with) the outcome sent
+    /// after it.
     pub async fn book(&self, entry: LedgerEntry) -> Result<(), CommitError> {
         self.tx.send(Op::Ledger(entry)).await.map_err(|_| gone())
     }
@@ -213,26 +227,40 @@ impl GroupCommit {
 
     async fn write(&self, ops: &[Op]) -> Result<Answers, sqlx::Error> {
         let mut claims = Vec::new();
+        let mut intents = Vec::new();
         let mut ledger = Vec::new();
         let mut outcomes = Vec::new();
         let mut hook_attempts = Vec::new();
         for op in ops {
             match op {
                 Op::Claim(c, _) => claims.push(c),
+                Op::Intend(e, _) => intents.extend(e),
                 Op::Ledger(e) => ledger.push(e),
                 Op::Finish(o, _) => outcomes.push(o),
                 Op::WebhookAttempt(r) => hook_attempts.push(r),
             }
         }
+        let mut tenants: Vec<&str> = (claims.iter().map(|c| c.job.tenant.as_str()))
+            .chain(ledger.iter().map(|e| e.tenant_id.as_str()))
+            .chain(outcomes.iter().map(|o| o.tenant_id.as_str()))
+            .collect();
+        tenants.sort_unstable();
+        tenants.dedup();
         let mut tx = self.pool.begin().await?;
-        let claim_answers = claim_jobs(&mut tx, &claims, self.reservation_ttl).await?;
+        budget::lock_in_order(&mut tx, &tenants).await?;
+        spend::intents::record(&mut tx, &intents).await?;
         if !ledger.is_empty() {
-            spend::ledger::write(&mut tx, &ledger).await?;
-            let mut tenants: Vec<&str> = ledger.iter().map(|e| e.tenant_id.as_str()).collect();
-            tenants.sort_unstable();
-            tenants.dedup();
-            budget::fire_alerts(&mut tx, &tenants).await?;
+            let booked = spend::ledger::settle(&mut tx, &ledger).await?;
+            if booked.rows < ledger.len() as u64 {
+                tracing::warn!(
+                    calls = ledger.len() as u64 - booked.rows,
+                    "answered calls not booked: booked already, or their intents had expired into estimates"
+                );
+            }
+            let booked: Vec<&str> = booked.tenants.iter().map(String::as_str).collect();
+            budget::fire_alerts(&mut tx, &booked).await?;
         }
+        let claim_answers = claim_jobs(&mut tx, &claims, self.reservation_ttl).await?;
         let finish_answers = finish_jobs(&mut tx, &outcomes, self.webhook_lease).await?;
         write_attempts(&mut tx, &hook_attempts).await?;
         tx.commit().await?;
@@ -259,6 +287,9 @@ fn answer(ops: Vec<Op>, answers: Answers) {
             Op::Finish(_, reply) => {
                 let _ = reply.send(finishes.next().ok_or_else(gone));
             }
+            Op::Intend(_, reply) => {
+                let _ = reply.send(Ok(()));
+            }
             Op::Ledger(_) | Op::WebhookAttempt(_) => {}
         }
     }
@@ -271,6 +302,9 @@ fn fail(ops: Vec<Op>, error: CommitError) {
                 let _ = reply.send(Err(error.clone()));
             }
             Op::Finish(_, reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Op::Intend(_, reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
             Op::Ledger(entry) => {
@@ -486,6 +520,17 @@ async fn finish_jobs(
     .fetch_all(&mut **tx)
     .await?;
     let committed: std::collections::HashSet<(String, String)> = committed.into_iter().collect();
+    // Every attempt that ends here, committed or fenced, booked its answered calls before this
+    // outcome: the intents it leaves are calls that failed without an answer.
+    let ended: Vec<spend::intents::AttemptKey<'_>> = outcomes
+        .iter()
+        .map(|o| spend::intents::AttemptKey {
+            tenant: &o.tenant_id,
+            job_id: &o.job_id,
+            attempt: o.attempt,
+        })
+        .collect();
+    spend::intents::discard(tx, &ended).await?;
     let took_effect: Vec<bool> = outcomes
         .iter()
         .map(|o| committed.contains(&(o.tenant_id.clone(), o.job_id.clone())))

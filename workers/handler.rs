@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use crate::jobs::JobMessage;
-use crate::providers::Usage;
+use crate::providers::embeddings::EmbeddingRequest;
+use crate::providers::{ChatRequest, Usage};
 use crate::retrieval::{LazyStore, RetrievalConfig, StoreError};
-use crate::routing::{CallScope, EmbeddedCall, RouteError, RoutedCall, Router, ShadowCall};
+use crate::routing::catalog::ModelSpec;
+use crate::routing::{CallScope, EmbeddedCall, RouteError, Routed, RoutedCall, Router, ShadowCall};
 use crate::spend::{LedgerEntry, Price};
 
 use super::commit::{CommitError, CommitHandle};
@@ -33,17 +35,80 @@ impl JobContext<'_> {
         )
     }
 
-    /// Books a successful provider call under this attempt; `call_index` must be stable for the
-    /// call within the attempt (the prompt's index, say) so that a re-write is a no-op. Shadow
-    /// copies are booked at [`SHADOW_CALL_OFFSET`] + index, tagged `shadow`.
-    pub async fn book(&self, call_index: usize, call: &BookedCall<'_>) -> Result<(), JobError> {
+    /// Makes chat call `index` under the job's policy, booked: an intent is recorded for it (and
+    /// for its shadow copy, if the policy may make one) before the request is sent, and the answers
+    /// are booked in their place. A shadow copy is booked whatever happened to the primary call:
+    /// its spend is real.
+    pub async fn chat(&self, index: usize, request: &ChatRequest) -> Result<Routed, JobError> {
+        let policy = &self.job.policy;
+        let worst = Usage {
+            input_tokens: request.max_input_tokens(),
+            output_tokens: u64::from(request.max_tokens.unwrap_or(0)),
+        };
+        let shadow_model = self
+            .router
+            .shadow_model(policy)
+            .filter(|_| self.scope.cost_cap_micros.is_none());
+        let intents = [
+            (index, self.router.priciest_candidate(policy, request)),
+            (SHADOW_CALL_OFFSET + index, shadow_model),
+        ]
+        .into_iter()
+        .filter_map(|(i, spec)| spec.map(|s| self.entry(i, &BookedCall::worst_case(s, worst))))
+        .collect();
+        self.commits.intend(intents).await?;
+        let shadow_id = Some(self.call_id(SHADOW_CALL_OFFSET + index));
+        let routed = self
+            .router
+            .chat(policy, request, self.scope, shadow_id)
+            .await;
+        if let Some(s) = &routed.shadow {
+            self.book(SHADOW_CALL_OFFSET + index, &s.into()).await?;
+        }
+        if let Ok(call) = &routed.primary {
+            self.book(index, &call.into()).await?;
+        }
+        Ok(routed)
+    }
+
+    /// Makes embeddings call `index` on `model`, booked like [`Self::chat`].
+    pub async fn embed(
+        &self,
+        index: usize,
+        model: &str,
+        request: &EmbeddingRequest,
+    ) -> Result<EmbeddedCall, JobError> {
+        if let Some(spec) = self.router.model(model) {
+            let worst = Usage {
+                // Texts never hold more tokens than bytes.
+                input_tokens: request.inputs.iter().map(|t| t.len() as u64).sum(),
+                output_tokens: 0,
+            };
+            let intent = self.entry(index, &BookedCall::worst_case(spec, worst));
+            self.commits.intend(vec![intent]).await?;
+        }
+        let call = self.router.embed(model, request).await?;
+        self.book(index, &(&call).into()).await?;
+        Ok(call)
+    }
+
+    /// Books an answered call under this attempt in place of its intent; `call_index` is stable
+    /// for the call within the attempt (the prompt's index, say), so a re-write is a no-op.
+    async fn book(&self, call_index: usize, call: &BookedCall<'_>) -> Result<(), JobError> {
+        let entry = self.entry(call_index, call);
+        self.commits.book(entry).await.map_err(JobError::from)
+    }
+
+    /// The ledger row of call `call_index`; shadow copies (at [`SHADOW_CALL_OFFSET`] + index) are
+    /// tagged `shadow`.
+    fn entry(&self, call_index: usize, call: &BookedCall<'_>) -> LedgerEntry {
         let mut tags = serde_json::to_value(&self.job.tags).unwrap_or_default();
         if call_index >= SHADOW_CALL_OFFSET {
             if let Some(t) = tags.as_object_mut() {
                 t.insert("shadow".into(), "true".into());
             }
         }
-        let entry = LedgerEntry {
+        LedgerEntry {
             tenant_id: self.job.tenant.clone(),
             job_id: self.job.id.clone(),
             attempt: self.attempt,
@@ -57,8 +122,7 @@ impl JobContext<'_> {
             cost_micros: call.price.cost_micros(call.usage),
             latency_ms: i32::try_from(call.latency.as_millis()).unwrap_or(i32::MAX),
             tags,
-        };
-        self.commits.book(entry).await.map_err(JobError::from)
+        }
     }
 }
 
@@ -73,6 +137,19 @@ pub struct BookedCall<'a> {
     pub usage: Usage,
     pub price: Price,
     pub latency: Duration,
+}
+
+impl<'a> BookedCall<'a> {
+    /// A call on `model` at the bound `usage`: what its intent records.
+    fn worst_case(model: &'a ModelSpec, usage: Usage) -> Self {
+        Self {
+            provider: &model.provider,
+            model: &model.name,
+            usage,
+            price: model.price,
+            latency: Duration::ZERO,
+        }
+    }
 }
 
 impl<'a> From<&'a RoutedCall> for BookedCall<'a> {

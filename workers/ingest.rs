@@ -175,8 +175,7 @@ pub async fn embed_texts(
                 inputs,
                 call_id: Some(ctx.call_id(index)),
             };
-            let call = ctx.router.embed(model, &request).await?;
-            ctx.book(index, &(&call).into()).await?;
+            let call = ctx.embed(index, model, &request).await?;
             let cost = call.price.cost_micros(call.response.usage);
             Ok::<_, JobError>((
                 call.response.vectors,

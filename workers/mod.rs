@@ -355,17 +355,18 @@ fn estimate(ctx: &WorkerContext, job: &JobMessage) -> Estimate {
         JobKind::RagAnswer => job
             .rag_input()
             .map(|input| {
-                let window = ctx.router.min_context_window(&job.policy).unwrap_or(0);
-                let max_tokens = input
-                    .max_tokens
-                    .unwrap_or(ctx.cfg.retrieval.answer_max_tokens);
-                let own =
-                    rag_answer::estimate(&input, window, max_tokens, &prices, embedding_price(ctx));
+                let shape = rag_answer::AnswerShape {
+                    window: ctx.router.min_context_window(&job.policy).unwrap_or(0),
+                    max_tokens: input
+                        .max_tokens
+                        .unwrap_or(ctx.cfg.retrieval.answer_max_tokens),
+                    min_context_tokens: ctx.cfg.retrieval.chunk.tokens as u64,
+                };
+                let own = rag_answer::estimate(&input, shape, &prices, embedding_price(ctx));
                 match ctx.router.shadow_price(&job.policy) {
                     Some(p) => own.plus(&rag_answer::estimate(
                         &input,
-                        window,
-                        max_tokens,
+                        shape,
                         &[p],
                         crate::spend::Price::default(),
                     )),

@@ -17,18 +17,29 @@ use crate::spend::budget::Estimate;
 use crate::spend::Price;
 use crate::tokens::{self, MESSAGE_OVERHEAD_TOKENS};
 
-use super::handler::{JobContext, JobError, SHADOW_CALL_OFFSET};
+use super::handler::{JobContext, JobError};
 
 /// Call indexes within an attempt: the question's embedding, then the answer.
 const EMBED_CALL: usize = 0;
 const ANSWER_CALL: usize = 1;
 
-/// Upper bounds: the question's embedding, and an answer whose prompt fills the smallest
-/// candidate window, on the priciest and cheapest candidates.
+/// The shape of a rag.answer call, for its cost bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerShape {
+    /// The policy's smallest context window: the most context a prompt may hold.
+    pub window: u32,
+    pub max_tokens: u32,
+    /// The least context worth answering from: one chunk.
+    pub min_context_tokens: u64,
+}
+
+/// Bounds of the job's cost. The upper one: the question's embedding, and an answer whose prompt
+/// fills the window, on the priciest candidate. The lower one, what a budget downgrade must leave
+/// room for: the answer on the cheapest candidate with one chunk of context, since under a cost cap
+/// the context shrinks to fit (see [`affordable_bytes`]).
 pub fn estimate(
     input: &RagAnswerInput,
-    window: u32,
-    max_tokens: u32,
+    shape: AnswerShape,
     prices: &[Price],
     embed_price: Price,
 ) -> Estimate {
@@ -37,15 +48,26 @@ pub fn estimate(
         input_tokens: question,
         output_tokens: 0,
     });
-    let answer = Usage {
-        input_tokens: u64::from(window),
-        output_tokens: u64::from(max_tokens),
+    let answer = |context: u64| Usage {
+        input_tokens: context,
+        output_tokens: u64::from(shape.max_tokens),
     };
-    let costs: Vec<i64> = prices.iter().map(|p| p.cost_micros(answer)).collect();
+    let full = answer(u64::from(shape.window));
+    let least = answer((question + shape.min_context_tokens).min(u64::from(shape.window)));
     Estimate {
-        max_micros: embed + costs.iter().copied().max().unwrap_or(0),
-        min_micros: embed + costs.iter().copied().min().unwrap_or(0),
-        tokens: i64::try_from(question + answer.input_tokens + answer.output_tokens)
+        max_micros: embed
+            + prices
+                .iter()
+                .map(|p| p.cost_micros(full))
+                .max()
+                .unwrap_or(0),
+        min_micros: embed
+            + prices
+                .iter()
+                .map(|p| p.cost_micros(least))
+                .min()
+                .unwrap_or(0),
+        tokens: i64::try_from(question + full.input_tokens + full.output_tokens)
             .unwrap_or(i64::MAX),
         calls: 2,
     }
@@ -127,22 +149,11 @@ pub async fn run(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, J
         call_id: Some(ctx.call_id(ANSWER_CALL)),
         counted_input_tokens: Some(prompt.tokens),
     };
-    let routed = ctx
-        .router
-        .chat(
-            &ctx.job.policy,
-            &request,
-            ctx.scope,
-            Some(ctx.call_id(SHADOW_CALL_OFFSET + ANSWER_CALL)),
-        )
-        .await;
+    let routed = ctx.chat(ANSWER_CALL, &request).await?;
     if let Some(s) = &routed.shadow {
-        ctx.book(SHADOW_CALL_OFFSET + ANSWER_CALL, &s.into())
-            .await?;
         cost_micros += s.price.cost_micros(s.response.usage);
     }
     let call = routed.primary?;
-    ctx.book(ANSWER_CALL, &(&call).into()).await?;
     let model_done = Instant::now();
     usage.input_tokens += call.response.usage.input_tokens;
     usage.output_tokens += call.response.usage.output_tokens;
@@ -361,8 +372,22 @@ mod tests {
             input_micros_per_mtok: 1_000_000,
             output_micros_per_mtok: 2_000_000,
         };
-        let e = estimate(&input, 10_000, 500, &[price], price);
+        let shape = AnswerShape {
+            window: 10_000,
+            max_tokens: 500,
+            min_context_tokens: 256,
+        };
+        let cheap = Price {
+            input_micros_per_mtok: 100_000,
+            output_micros_per_mtok: 200_000,
+        };
+        let e = estimate(&input, shape, &[price, cheap], price);
         assert_eq!(e.max_micros, 96 + 10_000 + 1_000, "92 bytes + 4 of framing");
+        assert_eq!(
+            e.min_micros,
+            96 + 35 + 100,
+            "the embedding, then (96 + 256) in and 500 out on the cheap model, half up"
+        );
         assert_eq!(e.calls, 2);
     }
 }

@@ -35,7 +35,8 @@ pub struct FaultReport {
 }
 
 /// Retries that outlast the faults below: webhooks retried quickly, provider calls with a short
-/// timeout so hangs fail over, and two prompts per job so an attempt can be cut mid-job.
+/// timeout so hangs fail over, and two prompts per job so an attempt can be cut mid-job. Intents of
+/// killed workers are booked 3 s after they die, so the audit sees them.
 fn fault_config(urls: &StackUrls, sim_url: &str, prefetch: u16) -> String {
     format!(
         r#"# Written by `ragq bench --faults`.
@@ -56,6 +57,9 @@ max_backoff_ms = 2000
 max_attempts = 40
 poll_interval_ms = 200
 claim_lease_ms = 3000
+[spend]
+reservation_ttl_ms = 3000
+maintenance_interval_ms = 500
 [retry]
 initial_interval_ms = 50
 max_interval_ms = 500
@@ -138,9 +142,10 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
         format_args!("faults done; waiting for every job to finish"),
     );
     let finished = wait_for_outcomes(&stack.pool, args.jobs, cancel).await;
-    // Webhooks refused or interrupted are retried by the poller; give them time to land.
+    // Webhooks refused or interrupted are retried by the poller, and intents left by killed
+    // workers are booked once they expire; give both time to land.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while pending_deliveries(&stack.pool).await? > 0 && Instant::now() < deadline {
+    while pending(&stack.pool).await? > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stack.stop_all().await;
@@ -203,12 +208,14 @@ async fn wait_for_outcomes(
     }
 }
 
-async fn pending_deliveries(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'")
-            .fetch_one(pool)
-            .await?,
+/// Webhook deliveries still to make, and call intents still to book.
+async fn pending(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM webhook_deliveries WHERE state = 'pending') \
+              + (SELECT count(*) FROM call_intents)",
     )
+    .fetch_one(pool)
+    .await?)
 }
 
 async fn check(
@@ -277,8 +284,12 @@ fn print(r: &FaultReport) {
     );
     let l = &r.ledger;
     println!(
-        "ledger: {} calls booked, {} answered; {} booked but never answered, {} answered twice, {} final-attempt calls unbooked, {} lost, {} results off the ledger",
-        l.booked_calls, l.answered_calls, l.booked_not_answered.len(), l.answered_twice.len(), l.final_attempt_unbooked.len(), l.lost.len(), l.results_off_ledger
+        "ledger: {} calls booked, {} answered; {} booked but never answered, {} answered twice, {} final-attempt calls unbooked, {} lost, {} results off the ledger, {} intents pending",
+        l.booked_calls, l.answered_calls, l.booked_not_answered.len(), l.answered_twice.len(), l.final_attempt_unbooked.len(), l.lost.len(), l.results_off_ledger, l.pending_intents
+    );
+    println!(
+        "estimated: {} calls of killed workers booked at their worst case ({} of them answered by the provider, so their spend would otherwise be lost)",
+        l.estimated_calls, l.estimated_answered
     );
     println!("invariants: {}", if r.ok { "all hold" } else { "BROKEN" });
 }

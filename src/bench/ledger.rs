@@ -2,8 +2,8 @@
 //!
 //! It fills the ledger with N rows spread over the last 60 days and 100 tenants (in SQL, quickly),
 //! gives every tenant a monthly budget, then measures: (1) ledger rows per second sustained by
-//! concurrent writers booking batches through the same statement workers use (which also advances
-//! daily aggregates and budget usage), and (2) the time a budget check adds to a job: admitting and
+//! concurrent writers booking batches as workers do (write-ahead intents in one commit, then the
+//! answered calls in their place, advancing daily aggregates and budget usage, in another), and (2) the time a budget check adds to a job: admitting and
 //! settling one job of a tenant with budgets, against the same for a tenant without, each in its own
 //! transaction as the claim and the outcome commit do.
 
@@ -152,8 +152,16 @@ async fn write_rate(pool: &PgPool) -> anyhow::Result<f64> {
             while started.elapsed() < WRITE_FOR {
                 let batch: Vec<LedgerEntry> = (0..BATCH).map(|i| entry(w, written + i)).collect();
                 let refs: Vec<&LedgerEntry> = batch.iter().collect();
+                // As a worker books: the intents commit before the calls, the answers after.
                 let mut tx = pool.begin().await?;
-                crate::spend::ledger::write(&mut tx, &refs).await?;
+                crate::spend::intents::record(&mut tx, &refs).await?;
+                tx.commit().await?;
+                let mut tx = pool.begin().await?;
+                let mut tenants: Vec<&str> = refs.iter().map(|r| r.tenant_id.as_str()).collect();
+                tenants.sort_unstable();
+                tenants.dedup();
+                crate::spend::budget::lock_in_order(&mut tx, &tenants).await?;
+                crate::spend::ledger::settle(&mut tx, &refs).await?;
                 tx.commit().await?;
                 written += BATCH;
             }

@@ -402,6 +402,28 @@ impl Router {
     }
 
     /// The worst-case price of the policy's shadow model, for budget estimates.
+    /// The model a call under `policy` may cost the most on: the candidate with the highest worst
+    /// case for `request`. Write-ahead intents record a call at this bound.
+    pub fn priciest_candidate(&self, policy: &str, request: &ChatRequest) -> Option<&ModelSpec> {
+        self.catalog
+            .policy(policy)?
+            .models
+            .iter()
+            .filter_map(|m| self.catalog.model(m))
+            .max_by_key(|m| request.worst_case_micros(&m.price))
+    }
+
+    /// The policy's shadow model, if it has one.
+    pub fn shadow_model(&self, policy: &str) -> Option<&ModelSpec> {
+        let (model, _) = self.catalog.policy(policy)?.shadow.as_ref()?;
+        self.catalog.model(model)
+    }
+
+    /// A model of the catalog by name.
+    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
+        self.catalog.model(name)
+    }
+
     pub fn shadow_price(&self, policy: &str) -> Option<Price> {
         let (model, _) = self.catalog.policy(policy)?.shadow.as_ref()?;
         self.catalog.model(model).map(|m| m.price)

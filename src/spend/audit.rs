@@ -11,13 +11,20 @@ use sqlx::PgPool;
 pub struct LedgerAudit {
     pub booked_calls: usize,
     pub answered_calls: usize,
-    /// Booked calls the provider never answered (a booking out of thin air).
+    /// Calls booked at their worst case from the intent of a worker that died.
+    pub estimated_calls: usize,
+    /// Of those, calls the provider had answered: spend the dead worker would have lost.
+    pub estimated_answered: usize,
+    /// Intents not yet booked or discarded (an audit runs once every job has finished and dead
+    /// workers' intents have expired, so there should be none).
+    pub pending_intents: i64,
+    /// Booked calls the provider never answered (a booking out of thin air), estimates apart.
     pub booked_not_answered: Vec<String>,
     /// Calls answered twice under one id (the same call made twice).
     pub answered_twice: Vec<String>,
     /// Calls of a job's final attempt that are missing from the ledger.
     pub final_attempt_unbooked: Vec<String>,
-    /// Answered, unbooked calls of a job's final attempt (lost spend).
+    /// Answered calls missing from the ledger, of any attempt (lost spend).
     pub lost: Vec<String>,
     /// Succeeded jobs whose result's cost differs from their final attempt's ledger rows.
     pub results_off_ledger: i64,
@@ -25,7 +32,8 @@ pub struct LedgerAudit {
 
 impl LedgerAudit {
     pub fn ok(&self) -> bool {
-        self.booked_not_answered.is_empty()
+        self.pending_intents == 0
+            && self.booked_not_answered.is_empty()
             && self.answered_twice.is_empty()
             && self.final_attempt_unbooked.is_empty()
             && self.lost.is_empty()
@@ -40,14 +48,17 @@ pub async fn audit(
     answered: &[String],
     calls_per_job: usize,
 ) -> Result<LedgerAudit, sqlx::Error> {
-    let booked: Vec<(String, String, i32, i32)> =
-        sqlx::query_as("SELECT tenant_id, job_id, attempt, call_index FROM provider_calls")
-            .fetch_all(pool)
-            .await?;
-    let booked: HashSet<String> = booked
-        .iter()
-        .map(|(t, j, a, c)| format!("{t}/{j}/{a}/{c}"))
-        .collect();
+    let rows: Vec<(String, String, i32, i32, bool)> = sqlx::query_as(
+        "SELECT tenant_id, job_id, attempt, call_index, estimated FROM provider_calls",
+    )
+    .fetch_all(pool)
+    .await?;
+    let id = |(t, j, a, c, _): &(String, String, i32, i32, bool)| format!("{t}/{j}/{a}/{c}");
+    let booked: HashSet<String> = rows.iter().map(id).collect();
+    let estimated: HashSet<String> = rows.iter().filter(|r| r.4).map(id).collect();
+    let pending_intents: i64 = sqlx::query_scalar("SELECT count(*) FROM call_intents")
+        .fetch_one(pool)
+        .await?;
     let mut seen = HashSet::new();
     let answered_twice: Vec<String> = answered
         .iter()
@@ -71,11 +82,6 @@ pub async fn audit(
     let lost: Vec<String> = answered
         .iter()
         .filter(|id| !booked.contains(*id))
-        .filter(|id| {
-            let p: Vec<&str> = id.split('/').collect();
-            let attempt: i32 = p.get(2).and_then(|a| a.parse().ok()).unwrap_or(0);
-            p.len() == 4 && finals.get(&(p[0].to_string(), p[1].to_string())) == Some(&attempt)
-        })
         .cloned()
         .collect();
     let results_off_ledger: i64 = sqlx::query_scalar(
@@ -88,9 +94,15 @@ pub async fn audit(
     Ok(LedgerAudit {
         booked_calls: booked.len(),
         answered_calls: answered_set.len(),
+        estimated_calls: estimated.len(),
+        estimated_answered: estimated
+            .iter()
+            .filter(|id| answered_set.contains(id.as_str()))
+            .count(),
+        pending_intents,
         booked_not_answered: booked
             .iter()
-            .filter(|id| !answered_set.contains(id.as_str()))
+            .filter(|id| !answered_set.contains(id.as_str()) && !estimated.contains(*id))
             .cloned()
             .collect(),
         answered_twice,

@@ -1,6 +1,6 @@
-//! Spend upkeep every worker runs: release reservations whose worker died, and keep the ledger's
-//! monthly partitions created ahead and pruned to the retention (serialized in Postgres, so any
-//! number of workers may run it).
+//! Spend upkeep every worker runs: release reservations whose worker died, book the call intents
+//! it left (as estimates), and keep the ledger's monthly partitions created ahead and pruned to the
+//! retention (serialized in Postgres, so any number of workers may run it).
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,9 @@ pub async fn run(pool: PgPool, cfg: SpendConfig, cancel: CancellationToken) {
         if let Err(e) = expire_reservations(&pool).await {
             tracing::warn!(error = %e, "cannot expire budget reservations");
         }
+        if let Err(e) = expire_intents(&pool, cfg.reservation_ttl).await {
+            tracing::warn!(error = %e, "cannot book the call intents of workers that died");
+        }
         if ticks.is_multiple_of(partition_every.max(1)) {
             if let Err(e) = maintain_ledger(&pool, cfg.ledger_retention_months).await {
                 tracing::warn!(error = %e, "cannot maintain ledger partitions");
@@ -41,6 +44,18 @@ pub async fn expire_reservations(pool: &PgPool) -> Result<i64, sqlx::Error> {
         tracing::info!(expired, "released budget reservations of workers that died");
     }
     Ok(expired)
+}
+
+/// Books the call intents of workers that died as estimated ledger rows; returns how many.
+pub async fn expire_intents(pool: &PgPool, ttl: std::time::Duration) -> Result<u64, sqlx::Error> {
+    let booked = super::intents::expire(pool, ttl).await?;
+    if booked.rows > 0 {
+        tracing::warn!(
+            calls = booked.rows,
+            "booked calls of workers that died before booking them, at their worst-case cost (estimated)"
+        );
+    }
+    Ok(booked.rows)
 }
 
 /// Creates upcoming ledger partitions and drops those past retention.

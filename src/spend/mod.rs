@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod budget;
 pub mod command;
+pub mod intents;
 pub mod ledger;
 pub mod maintenance;
 pub mod reconcile;

@@ -110,7 +110,7 @@ models = ["sim-small"]
 models = ["sim-small", "sim-large"]
 {sections}
 "#,
-            models = ragq::stack::sim_models_toml(&sim.base_url(), 2000),
+            models = ragq::stack::sim_models_toml(&sim.base_url(), 10_000),
             vectors = vectors_dir(&tag).display(),
             sections = sections.replace("{sim_url}", &sim.base_url()),
         );
@@ -386,13 +386,32 @@ impl TestEnv {
         .await;
     }
 
-    /// Waits until job `id` of `tenant` is in `state`; panics after `secs`.
+    /// Waits until job `id` of `tenant` is in `state`; panics after `secs`, or as soon as the job
+    /// ends in another state, naming the state and error it has.
     pub async fn wait_for_state(&self, tenant: &str, id: &str, state: &str, secs: u64) {
-        let what = format!("job {id} {state}");
-        self.wait_until(secs, &what, || async {
-            self.job_state(tenant, id).await.as_deref() == Some(state)
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let now: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT state, error_code, error FROM jobs WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap();
+            match &now {
+                Some((s, _, _)) if s == state => return,
+                Some((s, code, error)) if s == "succeeded" || s == "failed" => {
+                    panic!("job {id} ended {s}, not {state}: {code:?} {error:?}")
+                }
+                _ => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for job {id} to be {state}; it is {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn finished_jobs(&self) -> i64 {
@@ -403,12 +422,23 @@ impl TestEnv {
     /// The ledger invariants after any fault, for jobs of `prompts` calls each (see
     /// `ragq::spend::audit`): booked calls were answered, once; final attempts are fully booked;
     /// answered calls left unbooked belong only to interrupted attempts; results equal the ledger.
-    pub async fn assert_ledger_consistent(&self, prompts: usize) {
+    /// Audits the ledger against the calls the sim answered (see [`ragq::spend::audit`]).
+    /// Waits first for intents left by killed workers to be booked (tests that kill set a short
+    /// `spend.reservation_ttl_ms`).
+    pub async fn assert_ledger_consistent(
+        &self,
+        prompts: usize,
+    ) -> ragq::spend::audit::LedgerAudit {
+        self.wait_until(30, "every call intent booked or discarded", || async {
+            self.count("SELECT count(*) FROM call_intents").await == 0
+        })
+        .await;
         let audit = ragq::spend::audit::audit(&self.pool, &self.sim.answered_call_ids(), prompts)
             .await
             .unwrap();
         assert!(audit.ok(), "{audit:#?}");
         assert!(audit.booked_calls > 0);
+        audit
     }
 }
 

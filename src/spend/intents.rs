@@ -1,0 +1,100 @@
+//! Write-ahead call intents: a provider call is recorded, with its worst-case cost, before its
+//! request is sent, so that no call a provider may bill goes unbooked, whatever dies when.
+//!
+//! An intent ends in exactly one of three ways:
+//! - the answer is booked by [`super::ledger::settle`], which swaps the intent for the real row;
+//! - the attempt ends ([`discard`]): its answered calls were booked before its outcome, so the
+//!   intents left are calls that failed without an answer, which providers do not bill;
+//! - its worker died ([`expire`]): after the reservation TTL, once the attempt is no longer the job's
+//!   running one, the intent becomes an `estimated` ledger row at its worst case.
+
+use std::time::Duration;
+
+use super::ledger::{bind_rows, Booked, ADVANCE_TOTALS, BOUND_ROWS, COLUMNS, RETURNING};
+use super::LedgerEntry;
+
+/// Records intents (idempotent: an intent recorded twice is one).
+pub async fn record(
+    conn: &mut sqlx::PgConnection,
+    intents: &[&LedgerEntry],
+) -> Result<(), sqlx::Error> {
+    if intents.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO call_intents ({COLUMNS}) SELECT * FROM {BOUND_ROWS} ON CONFLICT DO NOTHING \
+         RETURNING 1"
+    );
+    bind_rows(sqlx::query_as::<_, (i32,)>(&sql), intents)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// One attempt of one job.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptKey<'a> {
+    pub tenant: &'a str,
+    pub job_id: &'a str,
+    pub attempt: i32,
+}
+
+/// Drops the intents left by attempts that ended: calls that failed without an answer.
+pub async fn discard(
+    conn: &mut sqlx::PgConnection,
+    attempts: &[AttemptKey<'_>],
+) -> Result<u64, sqlx::Error> {
+    if attempts.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(
+        "DELETE FROM call_intents c \
+         USING UNNEST($1::text[], $2::text[], $3::int[]) AS t(tenant_id, job_id, attempt) \
+         WHERE c.tenant_id = t.tenant_id AND c.job_id = t.job_id AND c.attempt = t.attempt",
+    )
+    .bind(attempts.iter().map(|a| a.tenant).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.job_id).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Intents of dead workers: older than `ttl`, and not of the attempt the job is running now.
+const EXPIRED: &str = "c.occurred_at < now() - make_interval(secs => $1::float8 / 1000) \
+    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = c.tenant_id AND j.id = c.job_id \
+      AND j.state = 'running' AND j.attempts = c.attempt)";
+
+/// Books the intents of dead workers as estimated ledger rows, in one transaction that takes the
+/// budget locks first like every other booking; returns what was booked.
+pub async fn expire(pool: &sqlx::PgPool, ttl: Duration) -> Result<Booked, sqlx::Error> {
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let mut tx = pool.begin().await?;
+    let tenants: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT DISTINCT c.tenant_id FROM call_intents c WHERE {EXPIRED}"
+    ))
+    .bind(ttl_ms)
+    .fetch_all(&mut *tx)
+    .await?;
+    if tenants.is_empty() {
+        return Ok(Booked::default());
+    }
+    let refs: Vec<&str> = tenants.iter().map(String::as_str).collect();
+    super::budget::lock_in_order(&mut tx, &refs).await?;
+    let (count, tenants): (i64, Vec<String>) = sqlx::query_as(&format!(
+        "WITH gone AS (DELETE FROM call_intents c WHERE {EXPIRED} RETURNING c.*), \
+         ins AS (INSERT INTO provider_calls ({COLUMNS}, estimated) \
+           SELECT {COLUMNS}, true FROM gone ORDER BY tenant_id, job_id, attempt, call_index \
+           ON CONFLICT DO NOTHING {RETURNING}) {ADVANCE_TOTALS}"
+    ))
+    .bind(ttl_ms)
+    .fetch_one(&mut *tx)
+    .await?;
+    let refs: Vec<&str> = tenants.iter().map(String::as_str).collect();
+    super::budget::fire_alerts(&mut tx, &refs).await?;
+    tx.commit().await?;
+    Ok(Booked {
+        rows: u64::try_from(count).unwrap_or(0),
+        tenants,
+    })
+}
