@@ -8,10 +8,12 @@ use serde_json::{json, Value};
 
 use crate::jobs::BatchCompleteInput;
 use crate::providers::{ChatMessage, ChatRequest, Usage};
+use crate::routing::Router;
 use crate::spend::budget::Estimate;
+use crate::spend::LedgerEntry;
 use crate::spend::Price;
 
-use super::handler::{JobContext, JobError};
+use super::handler::{AttemptOf, JobContext, JobError};
 
 /// Prompts of one job in flight at once.
 const PROMPT_CONCURRENCY: usize = 4;
@@ -61,6 +63,24 @@ pub fn estimate(
         tokens: i64::try_from(tokens).unwrap_or(i64::MAX),
         calls: i64::try_from(calls.len()).unwrap_or(i64::MAX),
     }
+}
+
+/// The intents the claim records, for the prompts the attempt sends first (see
+/// [`JobContext::declared_calls`]); returns them and how many calls they cover.
+pub fn claim_intents(
+    of: AttemptOf<'_>,
+    router: &Router,
+    input: &BatchCompleteInput,
+    default_max_output_tokens: u32,
+) -> (Vec<LedgerEntry>, usize) {
+    let first = input.prompts.len().min(PROMPT_CONCURRENCY);
+    let intents = requests(input, default_max_output_tokens, |_| None)
+        .iter()
+        .take(first)
+        .enumerate()
+        .flat_map(|(index, request)| of.chat_intents(router, index, request, true))
+        .collect();
+    (intents, first)
 }
 
 pub async fn run(ctx: &JobContext<'_>, input: BatchCompleteInput) -> Result<Value, JobError> {

@@ -23,12 +23,15 @@ use crate::webhooks::{write_attempts, AttemptLog, AttemptRecord};
 /// A worker's request to run a job it received.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
-    pub job: JobMessage,
+    pub job: std::sync::Arc<JobMessage>,
     /// The broker's redelivered flag: the previous holder of this very message is gone, so a job
     /// still marked `running` may be taken over.
     pub redelivered: bool,
     /// The job's worst-case cost, reserved against its budgets when it is claimed.
     pub estimate: Estimate,
+    /// Intents of the attempt's first calls (with attempt 0), recorded with the claim, numbered
+    /// with its attempt, if it is admitted.
+    pub intents: Vec<LedgerEntry>,
 }
 
 /// The answer to a claim.
@@ -456,7 +459,7 @@ async fn claim_jobs(
     let mut admissions = budget::reserve(tx, &to_admit, reservation_ttl)
         .await?
         .into_iter();
-    Ok(claims
+    let answers: Vec<Claim> = claims
         .iter()
         .zip(attempts)
         .map(|(c, attempt)| match attempt {
@@ -475,7 +478,24 @@ async fn claim_jobs(
             }
             None => Claim::Busy,
         })
-        .collect())
+        .collect();
+    let intents: Vec<LedgerEntry> = claims
+        .iter()
+        .zip(&answers)
+        .filter_map(|(c, answer)| match answer {
+            Claim::Run {
+                attempt,
+                admission: Admission::Admitted { .. },
+            } => Some(c.intents.iter().map(move |i| LedgerEntry {
+                attempt: *attempt,
+                ..i.clone()
+            })),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    spend::intents::record(tx, &intents.iter().collect::<Vec<_>>()).await?;
+    Ok(answers)
 }
 
 /// Commits outcomes fenced by attempt, and the webhook deliveries of those that took effect.

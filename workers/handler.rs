@@ -24,6 +24,9 @@ pub struct JobContext<'a> {
     pub default_max_output_tokens: u32,
     pub retrieval: &'a RetrievalConfig,
     pub vectors: &'a LazyStore,
+    /// Calls `0..declared_calls` (and their shadow copies) had their intents recorded with the
+    /// claim, so they are sent without a commit of their own.
+    pub declared_calls: usize,
 }
 
 impl JobContext<'_> {
@@ -36,31 +39,19 @@ impl JobContext<'_> {
     }
 
     /// Makes chat call `index` under the job's policy, booked: an intent is recorded for it (and
-    /// for its shadow copy, if the policy may make one) before the request is sent, and the answers
-    /// are booked in their place. A shadow copy is booked whatever happened to the primary call:
-    /// its spend is real.
+    /// for its shadow copy, if the policy may make one) before the request is sent, unless the
+    /// claim recorded them, and the answers are booked in their place. A shadow copy is booked
+    /// whatever happened to the primary call: its spend is real.
     pub async fn chat(&self, index: usize, request: &ChatRequest) -> Result<Routed, JobError> {
-        let policy = &self.job.policy;
-        let worst = Usage {
-            input_tokens: request.max_input_tokens(),
-            output_tokens: u64::from(request.max_tokens.unwrap_or(0)),
-        };
-        let shadow_model = self
-            .router
-            .shadow_model(policy)
-            .filter(|_| self.scope.cost_cap_micros.is_none());
-        let intents = [
-            (index, self.router.priciest_candidate(policy, request)),
-            (SHADOW_CALL_OFFSET + index, shadow_model),
-        ]
-        .into_iter()
-        .filter_map(|(i, spec)| spec.map(|s| self.entry(i, &BookedCall::worst_case(s, worst))))
-        .collect();
-        self.commits.intend(intents).await?;
+        if index >= self.declared_calls {
+            let shadow = self.scope.cost_cap_micros.is_none();
+            let intents = self.of().chat_intents(self.router, index, request, shadow);
+            self.commits.intend(intents).await?;
+        }
         let shadow_id = Some(self.call_id(SHADOW_CALL_OFFSET + index));
         let routed = self
             .router
-            .chat(policy, request, self.scope, shadow_id)
+            .chat(&self.job.policy, request, self.scope, shadow_id)
             .await;
         if let Some(s) = &routed.shadow {
             self.book(SHADOW_CALL_OFFSET + index, &s.into()).await?;
@@ -78,14 +69,9 @@ impl JobContext<'_> {
         model: &str,
         request: &EmbeddingRequest,
     ) -> Result<EmbeddedCall, JobError> {
-        if let Some(spec) = self.router.model(model) {
-            let worst = Usage {
-                // Texts never hold more tokens than bytes.
-                input_tokens: request.inputs.iter().map(|t| t.len() as u64).sum(),
-                output_tokens: 0,
-            };
-            let intent = self.entry(index, &BookedCall::worst_case(spec, worst));
-            self.commits.intend(vec![intent]).await?;
+        if index >= self.declared_calls {
+            let intents = self.of().embed_intent(self.router, index, model, request);
+            self.commits.intend(intents.into_iter().collect()).await?;
         }
         let call = self.router.embed(model, request).await?;
         self.book(index, &(&call).into()).await?;
@@ -95,13 +81,72 @@ impl JobContext<'_> {
     /// Books an answered call under this attempt in place of its intent; `call_index` is stable
     /// for the call within the attempt (the prompt's index, say), so a re-write is a no-op.
     async fn book(&self, call_index: usize, call: &BookedCall<'_>) -> Result<(), JobError> {
-        let entry = self.entry(call_index, call);
+        let entry = self.of().entry(call_index, call);
         self.commits.book(entry).await.map_err(JobError::from)
+    }
+
+    fn of(&self) -> AttemptOf<'_> {
+        AttemptOf {
+            job: self.job,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// One attempt of a job: what its ledger rows and intents are keyed by. The claim builds intents
+/// with attempt 0 and numbers them once it knows the attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptOf<'a> {
+    pub job: &'a JobMessage,
+    pub attempt: i32,
+}
+
+impl AttemptOf<'_> {
+    /// Intents of chat call `index`: the primary at its worst case on the policy's priciest
+    /// candidate, and the shadow copy's if the policy has one and `shadow` allows it.
+    pub fn chat_intents(
+        &self,
+        router: &Router,
+        index: usize,
+        request: &ChatRequest,
+        shadow: bool,
+    ) -> Vec<LedgerEntry> {
+        let policy = &self.job.policy;
+        let worst = Usage {
+            input_tokens: request.max_input_tokens(),
+            output_tokens: u64::from(request.max_tokens.unwrap_or(0)),
+        };
+        let shadow_model = router.shadow_model(policy).filter(|_| shadow);
+        [
+            (index, router.priciest_candidate(policy, request)),
+            (SHADOW_CALL_OFFSET + index, shadow_model),
+        ]
+        .into_iter()
+        .filter_map(|(i, spec)| spec.map(|s| self.entry(i, &BookedCall::worst_case(s, worst))))
+        .collect()
+    }
+
+    /// The intent of embeddings call `index` on `model` (none for a model the catalog lacks: that
+    /// call fails before any request).
+    pub fn embed_intent(
+        &self,
+        router: &Router,
+        index: usize,
+        model: &str,
+        request: &EmbeddingRequest,
+    ) -> Option<LedgerEntry> {
+        let worst = Usage {
+            // Texts never hold more tokens than bytes.
+            input_tokens: request.inputs.iter().map(|t| t.len() as u64).sum(),
+            output_tokens: 0,
+        };
+        let spec = router.model(model)?;
+        Some(self.entry(index, &BookedCall::worst_case(spec, worst)))
     }
 
     /// The ledger row of call `call_index`; shadow copies (at [`SHADOW_CALL_OFFSET`] + index) are
     /// tagged `shadow`.
-    fn entry(&self, call_index: usize, call: &BookedCall<'_>) -> LedgerEntry {
+    pub fn entry(&self, call_index: usize, call: &BookedCall<'_>) -> LedgerEntry {
         let mut tags = serde_json::to_value(&self.job.tags).unwrap_or_default();
         if call_index >= SHADOW_CALL_OFFSET {
             if let Some(t) = tags.as_object_mut() {
@@ -141,7 +186,7 @@ pub struct BookedCall<'a> {
 
 impl<'a> BookedCall<'a> {
     /// A call on `model` at the bound `usage`: what its intent records.
-    fn worst_case(model: &'a ModelSpec, usage: Usage) -> Self {
+    pub fn worst_case(model: &'a ModelSpec, usage: Usage) -> Self {
         Self {
             provider: &model.provider,
             model: &model.name,

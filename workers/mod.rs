@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::jobs::{JobKind, JobMessage, PoisonReason};
+use crate::jobs::{JobInput, JobKind, JobMessage, PoisonReason};
 use crate::queue::topology::{self, DEAD_LETTER_EXCHANGE, JOBS_QUEUE};
 use crate::queue::{self, Publisher, QueueError};
 use crate::retrieval::LazyStore;
@@ -51,7 +51,7 @@ use commit::{
     Claim, ClaimRequest, CommitError, CommitHandle, Finish, FinishResult, GroupCommit, NewDelivery,
     Outcome,
 };
-use handler::{JobContext, JobError};
+use handler::{AttemptOf, JobContext, JobError};
 
 /// Everything a job task needs, shared by all tasks of one worker.
 struct WorkerContext {
@@ -283,12 +283,21 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
         if let Some(d) = pass_on_if_store_held_elsewhere(ctx, &job).await {
             return d;
         }
-        let claim = ClaimRequest {
-            estimate: estimate(ctx, &job),
-            job,
-            redelivered: delivery.redelivered,
+        let input = job.typed_input();
+        let (intents, declared_calls) = match &input {
+            Ok(input) => claim_intents(ctx, &job, input),
+            Err(_) => (Vec::new(), 0),
         };
-        let (attempt, admission) = match ctx.commits.claim(claim.clone()).await {
+        let job = Arc::new(job);
+        let claim = ClaimRequest {
+            estimate: input
+                .as_ref()
+                .map_or_else(|_| Estimate::default(), |i| estimate(ctx, &job, i)),
+            job: Arc::clone(&job),
+            redelivered: delivery.redelivered,
+            intents,
+        };
+        let (attempt, admission) = match ctx.commits.claim(claim).await {
             Ok(Claim::Run { attempt, admission }) => (attempt, admission),
             Ok(Claim::AlreadyFinished) => return Disposition::Ack,
             Ok(Claim::Busy) => return Disposition::Retry(ctx.cfg.queue.retry_delays[0]),
@@ -303,7 +312,13 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
                 return Disposition::Abandon;
             }
         };
-        run_attempt(ctx, &claim.job, &tenant.plan, attempt, admission).await
+        let attempt = Attempt {
+            number: attempt,
+            admission,
+            input,
+            declared_calls,
+        };
+        run_attempt(ctx, &job, &tenant.plan, attempt).await
     }
     .instrument(span)
     .await
@@ -328,52 +343,69 @@ async fn pass_on_if_store_held_elsewhere(
     }
 }
 
-/// The job's worst-case cost, to reserve against its budgets (zero when its input or policy is
-/// unusable: it fails before making any call).
-fn estimate(ctx: &WorkerContext, job: &JobMessage) -> Estimate {
+/// The job's worst-case cost, to reserve against its budgets.
+fn estimate(ctx: &WorkerContext, job: &JobMessage, input: &JobInput) -> Estimate {
     let prices = ctx.router.candidate_prices(&job.policy);
     let max_output = ctx.cfg.spend.default_max_output_tokens;
-    match job.kind {
-        JobKind::BatchComplete => job
-            .batch_input()
-            .map(|input| {
-                let own = batch_complete::estimate(&input, &prices, max_output);
-                // A shadow copy may be made of every call: its worst case is reserved too.
-                match ctx.router.shadow_price(&job.policy) {
-                    Some(p) => own.plus(&batch_complete::estimate(&input, &[p], max_output)),
-                    None => own,
-                }
-            })
-            .unwrap_or_default(),
-        JobKind::Ingest => job
-            .ingest_input()
-            .map(|input| {
-                let r = &ctx.cfg.retrieval;
-                ingest::estimate(&input, r.chunk, embedding_price(ctx), r.embed_batch)
-            })
-            .unwrap_or_default(),
-        JobKind::RagAnswer => job
-            .rag_input()
-            .map(|input| {
-                let shape = rag_answer::AnswerShape {
-                    window: ctx.router.min_context_window(&job.policy).unwrap_or(0),
-                    max_tokens: input
-                        .max_tokens
-                        .unwrap_or(ctx.cfg.retrieval.answer_max_tokens),
-                    min_context_tokens: ctx.cfg.retrieval.chunk.tokens as u64,
-                };
-                let own = rag_answer::estimate(&input, shape, &prices, embedding_price(ctx));
-                match ctx.router.shadow_price(&job.policy) {
-                    Some(p) => own.plus(&rag_answer::estimate(
-                        &input,
-                        shape,
-                        &[p],
-                        crate::spend::Price::default(),
-                    )),
-                    None => own,
-                }
-            })
-            .unwrap_or_default(),
+    let shadow = ctx.router.shadow_price(&job.policy);
+    match input {
+        JobInput::Batch(input) => {
+            let own = batch_complete::estimate(input, &prices, max_output);
+            // A shadow copy may be made of every call: its worst case is reserved too.
+            match shadow {
+                Some(p) => own.plus(&batch_complete::estimate(input, &[p], max_output)),
+                None => own,
+            }
+        }
+        JobInput::Ingest(input) => {
+            let r = &ctx.cfg.retrieval;
+            ingest::estimate(input, r.chunk, embedding_price(ctx), r.embed_batch)
+        }
+        JobInput::Rag(input) => {
+            let shape = rag_answer::AnswerShape {
+                window: ctx.router.min_context_window(&job.policy).unwrap_or(0),
+                max_tokens: input
+                    .max_tokens
+                    .unwrap_or(ctx.cfg.retrieval.answer_max_tokens),
+                min_context_tokens: ctx.cfg.retrieval.chunk.tokens as u64,
+            };
+            let own = rag_answer::estimate(input, shape, &prices, embedding_price(ctx));
+            match shadow {
+                Some(p) => own.plus(&rag_answer::estimate(
+                    input,
+                    shape,
+                    &[p],
+                    crate::spend::Price::default(),
+                )),
+                None => own,
+            }
+        }
+    }
+}
+
+/// Intents for the calls an attempt makes first, recorded by its claim so that those calls need
+/// no commit of their own; and how many calls they cover (see [`JobContext::declared_calls`]).
+fn claim_intents(
+    ctx: &WorkerContext,
+    job: &JobMessage,
+    input: &JobInput,
+) -> (Vec<crate::spend::LedgerEntry>, usize) {
+    // The claim numbers the attempt.
+    let of = AttemptOf { job, attempt: 0 };
+    match input {
+        JobInput::Batch(input) => batch_complete::claim_intents(
+            of,
+            &ctx.router,
+            input,
+            ctx.cfg.spend.default_max_output_tokens,
+        ),
+        JobInput::Rag(input) => rag_answer::claim_intents(
+            of,
+            &ctx.router,
+            input,
+            ctx.cfg.retrieval.embedding_model.as_deref(),
+        ),
+        JobInput::Ingest(_) => (Vec::new(), 0),
     }
 }
 
@@ -427,15 +459,24 @@ async fn authorize(
 }
 
 /// Runs one attempt and commits its outcome; returns how to settle the delivery.
+/// An attempt the claim granted, with the job's input parsed once.
+struct Attempt {
+    number: i32,
+    admission: Admission,
+    input: Result<JobInput, String>,
+    /// Calls whose intents the claim recorded.
+    declared_calls: usize,
+}
+
 async fn run_attempt(
     ctx: &WorkerContext,
     job: &JobMessage,
     plan: &str,
-    attempt: i32,
-    admission: Admission,
+    granted: Attempt,
 ) -> Disposition {
+    let attempt = granted.number;
     let max_attempts = i32::try_from(ctx.cfg.worker.max_attempts).unwrap_or(i32::MAX);
-    let result = match admission {
+    let result = match granted.admission {
         _ if attempt > max_attempts => Err(JobError::permanent(
             "attempts_exhausted",
             format!(
@@ -456,8 +497,9 @@ async fn run_attempt(
                 default_max_output_tokens: ctx.cfg.spend.default_max_output_tokens,
                 retrieval: &ctx.cfg.retrieval,
                 vectors: &ctx.vectors,
+                declared_calls: granted.declared_calls,
             };
-            run_handler(&context).await
+            run_handler(&context, granted.input).await
         }
     };
     let (finish, delay) = match result {
@@ -531,29 +573,20 @@ async fn run_attempt(
     }
 }
 
-async fn run_handler(ctx: &JobContext<'_>) -> Result<serde_json::Value, JobError> {
+async fn run_handler(
+    ctx: &JobContext<'_>,
+    input: Result<JobInput, String>,
+) -> Result<serde_json::Value, JobError> {
     if !ctx.router.has_policy(&ctx.job.policy) {
         return Err(JobError::permanent(
             "unknown_policy",
             format!("unknown routing policy `{}`", ctx.job.policy),
         ));
     }
-    match ctx.job.kind {
-        JobKind::BatchComplete => {
-            let input = ctx
-                .job
-                .batch_input()
-                .map_err(|m| JobError::permanent("invalid_input", m))?;
-            batch_complete::run(ctx, input).await
-        }
-        JobKind::Ingest => {
-            let input = ctx.job.ingest_input().map_err(JobError::invalid)?;
-            ingest::run(ctx, input).await
-        }
-        JobKind::RagAnswer => {
-            let input = ctx.job.rag_input().map_err(JobError::invalid)?;
-            rag_answer::run(ctx, input).await
-        }
+    match input.map_err(JobError::invalid)? {
+        JobInput::Batch(input) => batch_complete::run(ctx, input).await,
+        JobInput::Ingest(input) => ingest::run(ctx, input).await,
+        JobInput::Rag(input) => rag_answer::run(ctx, input).await,
     }
 }
 

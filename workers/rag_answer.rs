@@ -11,13 +11,16 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::jobs::RagAnswerInput;
+use crate::providers::embeddings::EmbeddingRequest;
 use crate::providers::{ChatMessage, ChatRequest, Usage};
 use crate::retrieval::{check_collection_name, check_filter, Hit, PromptTemplate, SearchQuery};
+use crate::routing::Router;
 use crate::spend::budget::Estimate;
+use crate::spend::LedgerEntry;
 use crate::spend::Price;
 use crate::tokens::{self, MESSAGE_OVERHEAD_TOKENS};
 
-use super::handler::{JobContext, JobError};
+use super::handler::{AttemptOf, JobContext, JobError};
 
 /// Call indexes within an attempt: the question's embedding, then the answer.
 const EMBED_CALL: usize = 0;
@@ -70,6 +73,24 @@ pub fn estimate(
         tokens: i64::try_from(question + full.input_tokens + full.output_tokens)
             .unwrap_or(i64::MAX),
         calls: 2,
+    }
+}
+
+/// The intent the claim records: the question's embedding, the attempt's first call (see
+/// [`JobContext::declared_calls`]); returns it and how many calls it covers.
+pub fn claim_intents(
+    of: AttemptOf<'_>,
+    router: &Router,
+    input: &RagAnswerInput,
+    embedding_model: Option<&str>,
+) -> (Vec<LedgerEntry>, usize) {
+    let request = EmbeddingRequest {
+        inputs: vec![input.question.clone()],
+        call_id: None,
+    };
+    match embedding_model.and_then(|m| of.embed_intent(router, EMBED_CALL, m, &request)) {
+        Some(intent) => (vec![intent], EMBED_CALL + 1),
+        None => (Vec::new(), 0),
     }
 }
 

@@ -18,6 +18,14 @@ pub const MAX_TAGS: usize = 16;
 pub const MAX_TAG_LEN: usize = 64;
 pub const MAX_PROMPTS: usize = 1_000;
 
+/// A job's input, typed by its kind.
+#[derive(Debug, Clone)]
+pub enum JobInput {
+    Batch(BatchCompleteInput),
+    Ingest(IngestInput),
+    Rag(RagAnswerInput),
+}
+
 /// The job kinds this build runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobKind {
@@ -207,18 +215,27 @@ impl JobMessage {
 
     /// The typed input of an `ingest` job (its shape only; see [`IngestInput`]).
     pub fn ingest_input(&self) -> Result<IngestInput, String> {
-        serde_json::from_value(self.input.clone()).map_err(|e| format!("input: {e}"))
+        IngestInput::deserialize(&self.input).map_err(|e| format!("input: {e}"))
     }
 
     /// The typed input of a `rag.answer` job (its shape only).
     pub fn rag_input(&self) -> Result<RagAnswerInput, String> {
-        serde_json::from_value(self.input.clone()).map_err(|e| format!("input: {e}"))
+        RagAnswerInput::deserialize(&self.input).map_err(|e| format!("input: {e}"))
+    }
+
+    /// The typed input of the job's kind, parsed once per delivery.
+    pub fn typed_input(&self) -> Result<JobInput, String> {
+        Ok(match self.kind {
+            JobKind::BatchComplete => JobInput::Batch(self.batch_input()?),
+            JobKind::Ingest => JobInput::Ingest(self.ingest_input()?),
+            JobKind::RagAnswer => JobInput::Rag(self.rag_input()?),
+        })
     }
 
     /// The typed input of a `batch.complete` job.
     pub fn batch_input(&self) -> Result<BatchCompleteInput, String> {
-        let input: BatchCompleteInput =
-            serde_json::from_value(self.input.clone()).map_err(|e| format!("input: {e}"))?;
+        let input =
+            BatchCompleteInput::deserialize(&self.input).map_err(|e| format!("input: {e}"))?;
         if input.prompts.is_empty() || input.prompts.len() > MAX_PROMPTS {
             return Err(format!(
                 "input.prompts: between 1 and {MAX_PROMPTS} prompts"
