@@ -171,8 +171,7 @@ impl AttemptOf<'_> {
     }
 }
 
-/// Call indexes of shadow copies start here, apart from the job's own calls.
-pub const SHADOW_CALL_OFFSET: usize = 1_000_000;
+pub use crate::spend::SHADOW_CALL_OFFSET;
 
 /// What the ledger needs of an answered call, primary or shadow.
 #[derive(Debug, Clone, Copy)]

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use super::ledger::{bind_rows, Booked, ADVANCE_TOTALS, BOUND_ROWS, COLUMNS, RETURNING};
-use super::LedgerEntry;
+use super::ledger::{Booked, ADVANCE_TOTALS, COLUMNS, RETURNING};
+use super::{LedgerEntry, SHADOW_CALL_OFFSET};
 
 /// Records intents (idempotent: an intent recorded twice is one).
 pub async fn record(
@@ -21,13 +21,34 @@ pub async fn record(
     if intents.is_empty() {
         return Ok(());
     }
-    let sql = format!(
-        "INSERT INTO call_intents ({COLUMNS}) SELECT * FROM {BOUND_ROWS} ON CONFLICT DO NOTHING \
-         RETURNING 1"
-    );
-    bind_rows(sqlx::query_as::<_, (i32,)>(&sql), intents)
-        .fetch_all(&mut *conn)
-        .await?;
+    let big = |f: fn(&LedgerEntry) -> u64| {
+        intents
+            .iter()
+            .map(|r| i64::try_from(f(r)).unwrap_or(i64::MAX))
+            .collect::<Vec<i64>>()
+    };
+    sqlx::query(
+        "INSERT INTO call_intents (tenant_id, job_id, attempt, call_index, provider, model, \
+           input_tokens, output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok, \
+           cost_micros, occurred_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], \
+           $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::timestamptz[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(intents.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<_>>())
+    .bind(intents.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
+    .bind(intents.iter().map(|r| r.attempt).collect::<Vec<_>>())
+    .bind(intents.iter().map(|r| r.call_index).collect::<Vec<_>>())
+    .bind(intents.iter().map(|r| r.provider.as_str()).collect::<Vec<_>>())
+    .bind(intents.iter().map(|r| r.model.as_str()).collect::<Vec<_>>())
+    .bind(big(|r| r.usage.input_tokens))
+    .bind(big(|r| r.usage.output_tokens))
+    .bind(big(|r| r.price.input_micros_per_mtok))
+    .bind(big(|r| r.price.output_micros_per_mtok))
+    .bind(intents.iter().map(|r| r.cost_micros).collect::<Vec<_>>())
+    .bind(intents.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -84,10 +105,18 @@ pub async fn expire(pool: &sqlx::PgPool, ttl: Duration) -> Result<Booked, sqlx::
     let (count, tenants): (i64, Vec<String>) = sqlx::query_as(&format!(
         "WITH gone AS (DELETE FROM call_intents c WHERE {EXPIRED} RETURNING c.*), \
          ins AS (INSERT INTO provider_calls ({COLUMNS}, estimated) \
-           SELECT {COLUMNS}, true FROM gone ORDER BY tenant_id, job_id, attempt, call_index \
+           SELECT g.tenant_id, g.job_id, g.attempt, g.call_index, g.provider, g.model, \
+             coalesce(j.tags->>'feature', ''), g.input_tokens, g.output_tokens, \
+             g.input_price_micros_per_mtok, g.output_price_micros_per_mtok, g.cost_micros, 0, \
+             CASE WHEN g.call_index >= $2 THEN coalesce(j.tags, '{{}}') || '{{\"shadow\": \"true\"}}' \
+                  ELSE coalesce(j.tags, '{{}}') END, \
+             g.occurred_at, true \
+           FROM gone g LEFT JOIN jobs j ON j.tenant_id = g.tenant_id AND j.id = g.job_id \
+           ORDER BY g.tenant_id, g.job_id, g.attempt, g.call_index \
            ON CONFLICT DO NOTHING {RETURNING}) {ADVANCE_TOTALS}"
     ))
     .bind(ttl_ms)
+    .bind(i32::try_from(SHADOW_CALL_OFFSET).unwrap_or(i32::MAX))
     .fetch_one(&mut *tx)
     .await?;
     let refs: Vec<&str> = tenants.iter().map(String::as_str).collect();

@@ -21,7 +21,7 @@ pub(super) const COLUMNS: &str =
     cost_micros, latency_ms, tags, occurred_at";
 
 /// The rows bound as arrays $1..$15, as a table `t` with [`COLUMNS`].
-pub(super) const BOUND_ROWS: &str = "UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], \
+const BOUND_ROWS: &str = "UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], \
     $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int[], \
     $14::jsonb[], $15::timestamptz[]) AS t(tenant_id, job_id, attempt, call_index, provider, model, \
     feature, input_tokens, output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok, \
@@ -113,7 +113,7 @@ async fn run(
 }
 
 /// Binds `rows` as the arrays of [`BOUND_ROWS`].
-pub(super) fn bind_rows<'q, O>(
+fn bind_rows<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     rows: &[&'q LedgerEntry],
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {

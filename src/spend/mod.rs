@@ -35,6 +35,10 @@ impl Price {
     }
 }
 
+/// Call indexes of shadow copies start here, apart from a job's own calls; their rows are tagged
+/// `shadow`.
+pub const SHADOW_CALL_OFFSET: usize = 1_000_000;
+
 /// One provider call, as booked in `provider_calls`. Unique by (tenant, job, attempt, call index), so
 /// writing it again after a crash or retry is a no-op; `occurred_at` is fixed when the provider
 /// answered, so a re-write also lands in the same monthly partition.
