@@ -57,6 +57,8 @@ max_backoff_ms = 2000
 max_attempts = 40
 poll_interval_ms = 200
 claim_lease_ms = 3000
+[retrieval]
+path = "{vectors}"
 [spend]
 reservation_ttl_ms = 3000
 maintenance_interval_ms = 500
@@ -67,6 +69,7 @@ max_elapsed_ms = 3000
 {catalog}"#,
         db = urls.database,
         queue = urls.queue,
+        vectors = super::vectors_dir(),
         catalog = sim_models_toml(sim_url, 1000)
             + "[policies.cost-optimized]\nmodels = [\"sim-small\", \"sim-large\"]\n",
     )

@@ -159,7 +159,7 @@ pub async fn run(args: &BenchArgs, rate: f64, cancel: &CancellationToken) -> any
 /// wall-clock time (seconds since the epoch, to compare with Postgres timestamps).
 async fn pace(
     publisher: &Publisher,
-    bodies: &[(String, Vec<u8>)],
+    bodies: &[super::JobBody],
     rate: f64,
     cancel: &CancellationToken,
 ) -> anyhow::Result<HashMap<String, (Instant, f64)>> {
@@ -172,18 +172,11 @@ async fn pace(
         anyhow::ensure!(!cancel.is_cancelled(), "interrupted");
         let due = ((started.elapsed().as_secs_f64() * rate) as usize + 1).min(bodies.len());
         let slice = &bodies[next..due.max(next)];
-        let outgoing: Vec<OutgoingJob<'_>> = slice
-            .iter()
-            .map(|(id, body)| OutgoingJob {
-                kind: "batch.complete",
-                id,
-                body,
-            })
-            .collect();
+        let outgoing: Vec<OutgoingJob<'_>> = slice.iter().map(super::JobBody::outgoing).collect();
         let wall = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
         let at = Instant::now();
-        for (id, _) in slice {
-            sent.insert(id.clone(), (at, wall));
+        for b in slice {
+            sent.insert(b.id.clone(), (at, wall));
         }
         if let (_, Some(e)) = publisher.publish_jobs(&outgoing, 512, || {}).await {
             return Err(e.into());

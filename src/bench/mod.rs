@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod faults;
 mod latency;
 mod ledger;
+mod mix;
 mod retrieval;
 mod router;
 mod routing_day;
@@ -40,6 +41,11 @@ pub struct BenchArgs {
     /// Prompts per `batch.complete` job (one provider call each).
     #[arg(long, default_value_t = 1)]
     pub prompts: usize,
+    /// The job mix as kind=weight pairs: `batch` (batch.complete), `rag` (rag.answer over a corpus
+    /// stored before the run) and `ingest`. Retrieval jobs use the embedded store, which serves
+    /// one worker process: other workers pass them on to it.
+    #[arg(long, default_value = "batch=1")]
+    pub mix: String,
     /// Tenants the jobs are spread over.
     #[arg(long, default_value_t = 100)]
     pub tenants: usize,
@@ -91,6 +97,7 @@ pub struct BenchReport {
     pub jobs: usize,
     pub workers: usize,
     pub prompts_per_job: usize,
+    pub mix: String,
     pub provider_latency_ms: u64,
     pub message_bytes: usize,
     /// Jobs per second from the first claim to the last outcome commit.
@@ -101,11 +108,22 @@ pub struct BenchReport {
     pub in_worker_ms_p50: f64,
     pub in_worker_ms_p95: f64,
     pub in_worker_ms_p99: f64,
+    /// The same, per job kind.
+    pub by_kind: Vec<KindLatency>,
     pub worker_cpu_secs: Vec<f64>,
     pub worker_cpu_us_per_job: f64,
     pub worker_peak_rss_mb: Vec<f64>,
     pub baseline: Option<BaselineReport>,
     pub correctness: Correctness,
+}
+
+/// In-worker time of one job kind.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct KindLatency {
+    pub kind: String,
+    pub jobs: i64,
+    pub in_worker_ms_p50: f64,
+    pub in_worker_ms_p99: f64,
 }
 
 /// The broker alone: same bodies, quorum queue, persistent, confirms, manual acks.
@@ -157,7 +175,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         mut stack,
         bodies,
     } = setup(&args, &cancel, bench_config).await?;
-    let message_bytes = bodies.first().map_or(0, |(_, b)| b.len());
+    let message_bytes = bodies.first().map_or(0, |b| b.body.len());
     let conn = publish(&args, &stack, &bodies, &cancel).await?;
 
     say(&args, format_args!("starting {} workers", args.workers));
@@ -258,7 +276,14 @@ struct Setup {
     sim: crate::sim::SimHandle,
     receiver: WebhookReceiver,
     stack: LocalStack,
-    bodies: Vec<(String, Vec<u8>)>,
+    bodies: Vec<JobBody>,
+}
+
+/// One job of a load run, as published.
+pub struct JobBody {
+    pub id: String,
+    pub kind: &'static str,
+    pub body: Vec<u8>,
 }
 
 /// Starts the sim provider and the receiver, prepares the stack with `config`, creates tenants
@@ -278,7 +303,24 @@ async fn setup(
         config(urls, &sim.base_url(), args.prefetch)
     })
     .await?;
-    let bodies = job_bodies(&stack, &receiver, args).await?;
+    let mix = mix::Mix::parse(&args.mix).map_err(anyhow::Error::msg)?;
+    let tenants = create_tenants(&stack, &receiver, args.tenants).await?;
+    if mix.uses_retrieval() {
+        let r = &stack.cfg.retrieval;
+        if let crate::retrieval::StoreConfig::Embedded { path, .. } = &r.store {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        let store = crate::retrieval::VectorStore::open(&r.store)?;
+        let chunks = mix::store_corpus(&store, &tenants, r.chunk, r.dimensions).await?;
+        say(
+            args,
+            format_args!("stored a corpus of {chunks} chunks for rag.answer"),
+        );
+        if args.workers > 1 && matches!(r.store, crate::retrieval::StoreConfig::Embedded { .. }) {
+            say(args, format_args!("the embedded store serves one worker: the others pass retrieval jobs on to it through a retry queue"));
+        }
+    }
+    let bodies = job_bodies(&tenants, &receiver, args, mix);
     Ok(Setup {
         sim,
         receiver,
@@ -291,10 +333,10 @@ async fn setup(
 async fn publish(
     args: &BenchArgs,
     stack: &LocalStack,
-    bodies: &[(String, Vec<u8>)],
+    bodies: &[JobBody],
     cancel: &CancellationToken,
 ) -> anyhow::Result<lapin::Connection> {
-    let message_bytes = bodies.first().map_or(0, |(_, b)| b.len());
+    let message_bytes = bodies.first().map_or(0, |b| b.body.len());
     say(
         args,
         format_args!(
@@ -306,14 +348,7 @@ async fn publish(
     let setup = conn.create_channel().await?;
     crate::queue::topology::declare(&setup, &stack.cfg.queue).await?;
     let publisher = Publisher::open(&conn, "guest").await?;
-    let outgoing: Vec<OutgoingJob<'_>> = bodies
-        .iter()
-        .map(|(id, body)| OutgoingJob {
-            kind: "batch.complete",
-            id,
-            body,
-        })
-        .collect();
+    let outgoing: Vec<OutgoingJob<'_>> = bodies.iter().map(JobBody::outgoing).collect();
     if let (_, Some(e)) = publisher.publish_jobs(&outgoing, 512, || {}).await {
         return Err(e).context("publishing the bench jobs");
     }
@@ -324,6 +359,24 @@ fn say(args: &BenchArgs, what: std::fmt::Arguments<'_>) {
     if !args.json {
         println!("bench: {what}");
     }
+}
+
+impl JobBody {
+    fn outgoing(&self) -> OutgoingJob<'_> {
+        OutgoingJob {
+            kind: self.kind,
+            id: &self.id,
+            body: &self.body,
+        }
+    }
+}
+
+/// The embedded vector store of a load run, apart from anything else on the machine.
+fn vectors_dir() -> String {
+    std::env::temp_dir()
+        .join(format!("ragq-bench-vectors-{}", std::process::id()))
+        .display()
+        .to_string()
 }
 
 fn bench_config(urls: &StackUrls, sim_url: &str, prefetch: u16) -> String {
@@ -340,42 +393,57 @@ trusted_publishers = ["guest"]
 commit_batch_max = 512
 [webhooks]
 concurrency = 128
+[retrieval]
+path = "{vectors}"
 {catalog}"#,
         db = urls.database,
         queue = urls.queue,
+        vectors = vectors_dir(),
         catalog = sim_catalog_toml(sim_url),
     )
 }
 
-/// Creates the tenants and the job bodies, round-robin over tenants.
-async fn job_bodies(
+/// Creates the tenants, trusted by the receiver.
+async fn create_tenants(
     stack: &LocalStack,
     receiver: &WebhookReceiver,
-    args: &BenchArgs,
-) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut tenants = Vec::with_capacity(args.tenants);
-    for t in 0..args.tenants {
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut tenants = Vec::with_capacity(n);
+    for t in 0..n {
         let id = format!("tenant-{t:04}");
         let created = crate::tenants::create(&stack.pool, &id, &id, None).await?;
         receiver.trust(&id, created.tenant.webhook_secret.expose());
         tenants.push(id);
     }
+    Ok(tenants)
+}
+
+/// The job bodies of the mix, round-robin over tenants.
+fn job_bodies(
+    tenants: &[String],
+    receiver: &WebhookReceiver,
+    args: &BenchArgs,
+    mix: mix::Mix,
+) -> Vec<JobBody> {
     let hook = receiver.url();
-    Ok((0..args.jobs)
+    (0..args.jobs)
         .map(|i| {
             let tenant = &tenants[i % tenants.len()];
-            let prompts: Vec<_> = (0..args.prompts)
-                .map(|p| json!({"prompt": format!("Summarise support ticket {i}.{p}: the customer cannot export last month's invoices as CSV from the billing page and asks for a workaround")}))
-                .collect();
+            let kind = mix.kind_of(i);
             let id = format!("bench-{i}");
             let body = json!({
-                "id": id, "tenant": tenant, "kind": "batch.complete", "webhook_url": hook,
-                "input": {"prompts": prompts, "max_tokens": 32},
+                "id": id, "tenant": tenant, "kind": kind, "webhook_url": hook,
+                "input": mix::input(kind, i, args.prompts),
                 "tags": {"feature": "bench", "plan": "pro"}
             });
-            (id, body.to_string().into_bytes())
+            JobBody {
+                id,
+                kind,
+                body: body.to_string().into_bytes(),
+            }
         })
-        .collect())
+        .collect()
 }
 
 async fn wait_for_webhooks(
@@ -407,7 +475,7 @@ async fn wait_for_webhooks(
 /// Publishes the bodies to a fresh quorum queue with confirms, then consumes them with manual acks.
 async fn broker_baseline(
     conn: &lapin::Connection,
-    bodies: &[(String, Vec<u8>)],
+    bodies: &[JobBody],
     prefetch: u16,
 ) -> anyhow::Result<BaselineReport> {
     use lapin::options::{
@@ -431,7 +499,7 @@ async fn broker_baseline(
     let started = Instant::now();
     let env = crate::queue::publisher::Envelope::default();
     let published = futures_util::stream::iter(bodies)
-        .map(|(_, body)| publisher.publish("", QUEUE, body, &env))
+        .map(|b| publisher.publish("", QUEUE, &b.body, &env))
         .buffer_unordered(512)
         .filter(|r| std::future::ready(r.is_ok()))
         .count()
@@ -492,12 +560,21 @@ async fn report(
     )
     .fetch_one(&stack.pool)
     .await?;
+    let by_kind: Vec<KindLatency> = sqlx::query_as(
+        "SELECT kind, count(*) AS jobs, \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at) * 1000)::float8 AS in_worker_ms_p50, \
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at) * 1000)::float8 AS in_worker_ms_p99 \
+         FROM jobs WHERE state = 'succeeded' GROUP BY kind ORDER BY kind",
+    )
+    .fetch_all(&stack.pool)
+    .await?;
     let correctness = correctness(stack, args, receiver, provider_answers).await?;
     let cpu: Vec<f64> = usage.iter().map(|u| u.0).collect();
     Ok(BenchReport {
         jobs: args.jobs,
         workers: args.workers,
         prompts_per_job: args.prompts,
+        mix: args.mix.clone(),
         provider_latency_ms: args.latency_ms,
         message_bytes,
         jobs_per_sec: args.jobs as f64 / drain_secs,
@@ -505,6 +582,7 @@ async fn report(
         in_worker_ms_p50: p50,
         in_worker_ms_p95: p95,
         in_worker_ms_p99: p99,
+        by_kind,
         worker_cpu_us_per_job: cpu.iter().sum::<f64>() * 1e6 / args.jobs as f64,
         worker_cpu_secs: cpu,
         worker_peak_rss_mb: usage
@@ -540,7 +618,15 @@ async fn correctness(
         .len();
     let unverified = hooks.iter().filter(|h| h.verified != Some(true)).count();
     let jobs = args.jobs as i64;
-    let calls = jobs * args.prompts as i64;
+    // Calls each job must have made: one per prompt, two per answer (the question's embedding and
+    // the answer), and the embedding calls an ingest reports.
+    let calls: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(CASE kind WHEN 'batch.complete' THEN $1 WHEN 'rag.answer' THEN 2 \
+           ELSE (result->>'embedding_calls')::int8 END), 0)::int8 FROM jobs WHERE state = 'succeeded'",
+    )
+    .bind(args.prompts as i64)
+    .fetch_one(&stack.pool)
+    .await?;
     let ok = succeeded == jobs
         && not_succeeded == 0
         && ledger_rows == calls
@@ -569,13 +655,24 @@ fn print_table(r: &BenchReport) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("\n== ragq bench: {} batch.complete jobs x {} prompt(s), {} workers, provider latency {} ms, {} B messages", r.jobs, r.prompts_per_job, r.workers, r.provider_latency_ms, r.message_bytes);
+    println!("\n== ragq bench: {} jobs (mix {}, {} prompt(s) per batch), {} workers, provider latency {} ms, {} B messages", r.jobs, r.mix, r.prompts_per_job, r.workers, r.provider_latency_ms, r.message_bytes);
     println!("{:<34} {:>12.0}", "jobs per second", r.jobs_per_sec);
     println!("{:<34} {:>12.2}", "drain time (s)", r.drain_secs);
     println!(
         "{:<34} {:>12.1} / {:.1} / {:.1}",
         "in-worker ms p50 / p95 / p99", r.in_worker_ms_p50, r.in_worker_ms_p95, r.in_worker_ms_p99
     );
+    if r.by_kind.len() > 1 {
+        for k in &r.by_kind {
+            println!(
+                "{:<34} {:>12.1} / {:.1}  ({} jobs)",
+                format!("  {} ms p50 / p99", k.kind),
+                k.in_worker_ms_p50,
+                k.in_worker_ms_p99,
+                k.jobs
+            );
+        }
+    }
     println!(
         "{:<34} {:>12.0}",
         "worker CPU per job (us)", r.worker_cpu_us_per_job

@@ -99,7 +99,7 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
     let topics = [
         "refund", "invoice", "login", "export", "shipping", "upgrade", "outage",
     ];
-    let bodies: Vec<(String, Vec<u8>)> = (0..args.jobs)
+    let bodies: Vec<super::JobBody> = (0..args.jobs)
         .map(|i| {
             let policy = if i % 2 == 0 {
                 "cost-optimized"
@@ -118,7 +118,11 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
             let body = json!({"id": id, "tenant": format!("tenant-{:04}", i % args.tenants),
                 "kind": "batch.complete", "policy": policy,
                 "input": {"prompts": prompts, "max_tokens": 64}, "tags": {"feature": policy}});
-            (id, body.to_string().into_bytes())
+            super::JobBody {
+                id,
+                kind: "batch.complete",
+                body: body.to_string().into_bytes(),
+            }
         })
         .collect();
     say(
