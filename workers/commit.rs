@@ -250,7 +250,8 @@ impl GroupCommit {
         tenants.sort_unstable();
         tenants.dedup();
         let mut tx = self.pool.begin().await?;
-        budget::lock_in_order(&mut tx, &tenants).await?;
+        let budgeted = budget::lock_in_order(&mut tx, &tenants).await?;
+        let has_budget = |t: &str| budgeted.binary_search_by(|b| b.as_str().cmp(t)).is_ok();
         spend::intents::record(&mut tx, &intents).await?;
         if !ledger.is_empty() {
             let booked = spend::ledger::settle(&mut tx, &ledger).await?;
@@ -260,11 +261,14 @@ impl GroupCommit {
                     "answered calls not booked: booked already, or their intents had expired into estimates"
                 );
             }
-            let booked: Vec<&str> = booked.tenants.iter().map(String::as_str).collect();
-            budget::fire_alerts(&mut tx, &booked).await?;
+            let alerting: Vec<&str> = (booked.tenants.iter().map(String::as_str))
+                .filter(|t| has_budget(t))
+                .collect();
+            budget::fire_alerts(&mut tx, &alerting).await?;
         }
-        let claim_answers = claim_jobs(&mut tx, &claims, self.reservation_ttl).await?;
-        let finish_answers = finish_jobs(&mut tx, &outcomes, self.webhook_lease).await?;
+        let claim_answers = claim_jobs(&mut tx, &claims, &has_budget, self.reservation_ttl).await?;
+        let finish_answers =
+            finish_jobs(&mut tx, &outcomes, &has_budget, self.webhook_lease).await?;
         write_attempts(&mut tx, &hook_attempts).await?;
         tx.commit().await?;
         Ok(Answers {
@@ -343,6 +347,7 @@ type Tx<'a> = Transaction<'a, Postgres>;
 async fn claim_jobs(
     tx: &mut Tx<'_>,
     claims: &[&ClaimRequest],
+    has_budget: &(dyn Fn(&str) -> bool + Sync),
     reservation_ttl: Duration,
 ) -> Result<Vec<Claim>, sqlx::Error> {
     if claims.is_empty() {
@@ -446,6 +451,7 @@ async fn claim_jobs(
     let to_admit: Vec<budget::ReserveRequest<'_>> = claims
         .iter()
         .zip(&attempts)
+        .filter(|(c, _)| has_budget(&c.job.tenant))
         .filter_map(|(c, a)| {
             a.map(|attempt| budget::ReserveRequest {
                 tenant: &c.job.tenant,
@@ -465,9 +471,13 @@ async fn claim_jobs(
         .map(|(c, attempt)| match attempt {
             Some(attempt) => Claim::Run {
                 attempt,
-                admission: admissions.next().unwrap_or(Admission::Admitted {
-                    cost_cap_micros: None,
-                }),
+                // Admissions come in the order of the budgeted claims.
+                admission: has_budget(&c.job.tenant)
+                    .then(|| admissions.next())
+                    .flatten()
+                    .unwrap_or(Admission::Admitted {
+                        cost_cap_micros: None,
+                    }),
             },
             None if states
                 .get(&key(&c.job.tenant, &c.job.id))
@@ -502,6 +512,7 @@ async fn claim_jobs(
 async fn finish_jobs(
     tx: &mut Tx<'_>,
     outcomes: &[&Outcome],
+    has_budget: &(dyn Fn(&str) -> bool + Sync),
     webhook_lease: Duration,
 ) -> Result<Vec<FinishResult>, sqlx::Error> {
     if outcomes.is_empty() {
@@ -560,7 +571,7 @@ async fn finish_jobs(
     let settled: Vec<budget::ReleaseKey<'_>> = outcomes
         .iter()
         .zip(&took_effect)
-        .filter(|(_, ok)| **ok)
+        .filter(|(o, ok)| **ok && has_budget(&o.tenant_id))
         .map(|(o, _)| budget::ReleaseKey {
             tenant: &o.tenant_id,
             job_id: &o.job_id,

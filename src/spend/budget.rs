@@ -260,19 +260,28 @@ pub struct ReserveRequest<'a> {
 }
 
 /// Locks the budgets of `tenants` in id order, first thing in every transaction that touches budget
-/// usage or the ledger's aggregates. A batch touches a tenant's usage rows in several statements
-/// (claims reserve, bookings add, outcomes release) and its daily aggregates in between, so without
-/// one lock taken up front two batches could take those rows in opposite orders and deadlock. The
-/// lock (`FOR NO KEY UPDATE`) does not block the foreign-key checks of usage and reservation rows.
-pub async fn lock_in_order(conn: &mut PgConnection, tenants: &[&str]) -> Result<(), sqlx::Error> {
+/// usage or the ledger's aggregates, and returns the tenants that have budgets (sorted). A batch
+/// touches a tenant's usage rows in several statements (claims reserve, bookings add, outcomes
+/// release) and its daily aggregates in between, so without one lock taken up front two batches
+/// could take those rows in opposite orders and deadlock. The lock (`FOR NO KEY UPDATE`) does not
+/// block the foreign-key checks of usage and reservation rows. Tenants without budgets can hold no
+/// reservations, so the caller skips the budget statements for them.
+pub async fn lock_in_order(
+    conn: &mut PgConnection,
+    tenants: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
     if tenants.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    sqlx::query("SELECT id FROM budgets WHERE tenant_id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-        .bind(tenants)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(())
+    let mut budgeted: Vec<String> = sqlx::query_scalar(
+        "SELECT tenant_id FROM budgets WHERE tenant_id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(tenants)
+    .fetch_all(&mut *conn)
+    .await?;
+    budgeted.sort_unstable();
+    budgeted.dedup();
+    Ok(budgeted)
 }
 
 /// Admits a batch of claimed jobs (in the claim's transaction) and writes their reservations.
