@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,12 @@ struct Collection {
     dirty: AtomicBool,
     /// When it was last written (for building indexes once writes pause).
     last_write: Mutex<std::time::Instant>,
+    /// Writes applied so far, and how many of them a flush has made durable: a flush asked for
+    /// while another runs waits for it, then flushes only if writes it needs are still not durable,
+    /// so concurrent ingest jobs share flushes (like a group commit).
+    writes: AtomicU64,
+    durable: AtomicU64,
+    flushing: tokio::sync::Mutex<()>,
 }
 
 /// qdrant-edge collections under one directory, owned by this process.
@@ -248,15 +254,26 @@ impl EmbeddedStore {
         ))
     }
 
-    /// Flushes the collection's WAL and segments to disk; an ingest job calls it once, before its
-    /// outcome is committed, so committed chunks survive a crash of the machine.
+    /// Makes every write applied so far to the collection durable (WAL and segments on disk); an
+    /// ingest job calls it once, before its outcome is committed, so committed chunks survive a
+    /// crash of the machine. Concurrent callers share one flush.
     pub async fn flush(&self, collection: &str) -> Result<(), StoreError> {
         let Some(c) = self.existing(collection).await? else {
             return Ok(());
         };
+        let needed = c.writes.load(Ordering::Acquire);
+        let _turn = c.flushing.lock().await;
+        if c.durable.load(Ordering::Acquire) >= needed {
+            return Ok(());
+        }
+        let held = Arc::clone(&c);
         blocking(move || {
+            let c = held;
             let _writing = lock(&c.writing);
+            // Every write counted here is applied: writes count themselves under `writing`.
+            let covered = c.writes.load(Ordering::Acquire);
             c.shard.flush();
+            c.durable.fetch_max(covered, Ordering::AcqRel);
             Ok(())
         })
         .await
@@ -312,6 +329,9 @@ impl EmbeddedStore {
                 writing: Mutex::new(()),
                 dirty: AtomicBool::new(false),
                 last_write: Mutex::new(std::time::Instant::now()),
+                writes: AtomicU64::new(0),
+                durable: AtomicU64::new(0),
+                flushing: tokio::sync::Mutex::new(()),
             });
             open.insert(name, Arc::clone(&c));
             Ok(Some(c))
@@ -373,6 +393,7 @@ async fn write(
     blocking(move || {
         let _writing = lock(&c.writing);
         op(&c.shard).map_err(unavailable)?;
+        c.writes.fetch_add(1, Ordering::AcqRel);
         c.dirty.store(true, Ordering::Release);
         *lock(&c.last_write) = std::time::Instant::now();
         Ok(())
