@@ -27,3 +27,5 @@ CREATE TABLE call_intents (
 -- A ledger row booked from an intent whose answer was never seen: its tokens and cost are the
 -- call's worst case, not the provider's report. `ragq spend reconcile` shows what they came to.
 ALTER TABLE provider_calls ADD COLUMN estimated BOOLEAN NOT NULL DEFAULT false;
+-- Reconciliation reads them apart; they are rare, so a partial index keeps that cheap.
+CREATE INDEX provider_calls_estimated ON provider_calls (provider, occurred_at) WHERE estimated;

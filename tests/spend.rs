@@ -546,3 +546,60 @@ async fn retention_drops_old_ledger_partitions_and_keeps_the_aggregates() {
     .unwrap();
     assert_eq!((all[0].calls, all[0].cost_micros), (4, 4 * 150));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_lists_differences_and_names_the_estimated_part() {
+    let env = TestEnv::new("").await;
+    let booked = [
+        entry("j1", 0, "faq", "sim-small", 3, (1_000, 500), SMALL),
+        entry("j2", 0, "faq", "sim-large", 4, (100, 100), LARGE),
+    ];
+    let mut conn = env.pool.acquire().await.unwrap();
+    let refs: Vec<&LedgerEntry> = booked.iter().collect();
+    ragq::spend::ledger::write(&mut conn, &refs).await.unwrap();
+    // A call cut by a dead worker: its intent is booked as an estimate once it expires (its job
+    // is not running that attempt: there is no such job).
+    let cut = entry("cut", 0, "faq", "sim-small", 3, (2_000, 1_000), SMALL);
+    ragq::spend::intents::record(&mut conn, &[&cut])
+        .await
+        .unwrap();
+    drop(conn);
+    let expired = ragq::spend::intents::expire(&env.pool, Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(expired.rows, 1);
+
+    // The provider billed the two calls it answered, not the cut one.
+    let theirs = ragq::spend::reconcile::parse_export(
+        "date,model,tokens,cost\n2026-10-03,sim-small,1500,0.000450\n2026-10-04,sim-large,200,0.001250\n",
+    )
+    .unwrap();
+    let ids: std::collections::BTreeMap<String, String> =
+        [("sim-small", "sim-small"), ("sim-large", "sim-large")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+    let (from, to) = (
+        chrono::NaiveDate::from_ymd_opt(2026, 10, 3).unwrap(),
+        chrono::NaiveDate::from_ymd_opt(2026, 10, 4).unwrap(),
+    );
+    let ours = ragq::spend::reconcile::ledger_usage(&env.pool, "sim", &ids, from, to)
+        .await
+        .unwrap();
+    let mut diffs = ragq::spend::reconcile::compare(&ours, &theirs);
+    let estimates = ragq::spend::reconcile::ledger_estimates(&env.pool, "sim", &ids, from, to)
+        .await
+        .unwrap();
+    ragq::spend::reconcile::mark_estimates(&mut diffs, &estimates);
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    let d = &diffs[0];
+    assert_eq!((d.day, d.model.as_str()), (from, "sim-small"));
+    // 3000 tokens at the small prices: 300 + 600 micros.
+    assert_eq!(d.ours_estimated.tokens, 3_000);
+    assert_eq!(d.ours_estimated.cost_micros, 900);
+    assert_eq!(d.ours.tokens - d.theirs.tokens, d.ours_estimated.tokens);
+    assert_eq!(
+        d.ours.cost_micros - d.theirs.cost_micros,
+        d.ours_estimated.cost_micros
+    );
+}

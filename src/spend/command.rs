@@ -215,15 +215,26 @@ async fn reconcile_export(cfg: &Config, pool: &PgPool, a: &ReconcileArgs) -> any
     };
     let ids = cfg.catalog.model_ids(&a.provider);
     let ours = reconcile::ledger_usage(pool, &a.provider, &ids, from, to).await?;
-    let diffs = reconcile::compare(&ours, &theirs);
+    let mut diffs = reconcile::compare(&ours, &theirs);
+    let estimates = reconcile::ledger_estimates(pool, &a.provider, &ids, from, to).await?;
+    reconcile::mark_estimates(&mut diffs, &estimates);
     println!(
         "{} days x models compared ({from} to {to}); {} differ",
         ours.len().max(theirs.len()),
         diffs.len()
     );
     for d in &diffs {
+        let estimated = if d.ours_estimated.tokens > 0 {
+            format!(
+                "   (ledger includes {} tokens, {} estimated for calls cut by dead workers)",
+                d.ours_estimated.tokens,
+                usd(d.ours_estimated.cost_micros)
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{} {:<24} ledger {:>10} tokens {:>14}   export {:>10} tokens {:>14}",
+            "{} {:<24} ledger {:>10} tokens {:>14}   export {:>10} tokens {:>14}{estimated}",
             d.day,
             d.model,
             d.ours.tokens,

@@ -26,6 +26,9 @@ pub struct Difference {
     pub model: String,
     pub ours: DayUsage,
     pub theirs: DayUsage,
+    /// The part of `ours` booked as estimates (calls cut by a dead worker, at their worst case):
+    /// the usual reason the ledger is above the export.
+    pub ours_estimated: DayUsage,
 }
 
 /// Parses a provider's export; errors name the line and the problem.
@@ -97,9 +100,58 @@ pub fn compare(ours: &UsageByDayModel, theirs: &UsageByDayModel) -> Vec<Differen
                 model: k.1.clone(),
                 ours: a,
                 theirs: b,
+                ours_estimated: DayUsage::default(),
             })
         })
         .collect()
+}
+
+/// Fills in each difference's estimated part from `estimates` (see [`ledger_estimates`]).
+pub fn mark_estimates(diffs: &mut [Difference], estimates: &UsageByDayModel) {
+    for d in diffs {
+        if let Some(e) = estimates.get(&(d.day, d.model.clone())) {
+            d.ours_estimated = *e;
+        }
+    }
+}
+
+/// The ledger's estimated rows of one provider, by day and vendor model id (a partial index
+/// keeps this cheap: estimates are rare).
+pub async fn ledger_estimates(
+    pool: &sqlx::PgPool,
+    provider: &str,
+    model_ids: &BTreeMap<String, String>,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<UsageByDayModel, sqlx::Error> {
+    let rows: Vec<(NaiveDate, String, i64, i64)> = sqlx::query_as(
+        "SELECT (occurred_at AT TIME ZONE 'UTC')::date, model, \
+           sum(input_tokens + output_tokens)::int8, sum(cost_micros)::int8 \
+         FROM provider_calls WHERE estimated AND provider = $1 \
+           AND occurred_at >= ($2::date)::timestamp AT TIME ZONE 'UTC' \
+           AND occurred_at < ($3::date + 1)::timestamp AT TIME ZONE 'UTC' \
+         GROUP BY 1, 2",
+    )
+    .bind(provider)
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?;
+    Ok(by_vendor_model(rows, model_ids))
+}
+
+fn by_vendor_model(
+    rows: Vec<(NaiveDate, String, i64, i64)>,
+    model_ids: &BTreeMap<String, String>,
+) -> UsageByDayModel {
+    let mut out = UsageByDayModel::new();
+    for (day, model, tokens, cost) in rows {
+        let vendor = model_ids.get(&model).cloned().unwrap_or(model);
+        let e = out.entry((day, vendor)).or_default();
+        e.tokens += tokens;
+        e.cost_micros += cost;
+    }
+    out
 }
 
 /// The ledger's side: daily aggregates of one provider's calls, keyed by the vendor model id.
@@ -119,14 +171,7 @@ pub async fn ledger_usage(
     .bind(to)
     .fetch_all(pool)
     .await?;
-    let mut out = UsageByDayModel::new();
-    for (day, model, tokens, cost) in rows {
-        let vendor = model_ids.get(&model).cloned().unwrap_or(model);
-        let e = out.entry((day, vendor)).or_default();
-        e.tokens += tokens;
-        e.cost_micros += cost;
-    }
-    Ok(out)
+    Ok(by_vendor_model(rows, model_ids))
 }
 
 #[cfg(test)]
