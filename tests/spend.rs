@@ -583,11 +583,12 @@ async fn reconciliation_lists_differences_and_names_the_estimated_part() {
         chrono::NaiveDate::from_ymd_opt(2026, 10, 3).unwrap(),
         chrono::NaiveDate::from_ymd_opt(2026, 10, 4).unwrap(),
     );
-    let ours = ragq::spend::reconcile::ledger_usage(&env.pool, "sim", &ids, from, to)
+    use ragq::spend::reconcile::{ledger_usage, LedgerPart};
+    let ours = ledger_usage(&env.pool, LedgerPart::All, "sim", &ids, (from, to))
         .await
         .unwrap();
     let mut diffs = ragq::spend::reconcile::compare(&ours, &theirs);
-    let estimates = ragq::spend::reconcile::ledger_estimates(&env.pool, "sim", &ids, from, to)
+    let estimates = ledger_usage(&env.pool, LedgerPart::Estimated, "sim", &ids, (from, to))
         .await
         .unwrap();
     ragq::spend::reconcile::mark_estimates(&mut diffs, &estimates);

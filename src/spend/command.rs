@@ -214,9 +214,10 @@ async fn reconcile_export(cfg: &Config, pool: &PgPool, a: &ReconcileArgs) -> any
         anyhow::bail!("{}: the export has no rows", a.csv.display());
     };
     let ids = cfg.catalog.model_ids(&a.provider);
-    let ours = reconcile::ledger_usage(pool, &a.provider, &ids, from, to).await?;
+    let part = |p| reconcile::ledger_usage(pool, p, &a.provider, &ids, (from, to));
+    let ours = part(reconcile::LedgerPart::All).await?;
     let mut diffs = reconcile::compare(&ours, &theirs);
-    let estimates = reconcile::ledger_estimates(pool, &a.provider, &ids, from, to).await?;
+    let estimates = part(reconcile::LedgerPart::Estimated).await?;
     reconcile::mark_estimates(&mut diffs, &estimates);
     println!(
         "{} days x models compared ({from} to {to}); {} differ",

@@ -106,7 +106,7 @@ pub fn compare(ours: &UsageByDayModel, theirs: &UsageByDayModel) -> Vec<Differen
         .collect()
 }
 
-/// Fills in each difference's estimated part from `estimates` (see [`ledger_estimates`]).
+/// Fills in each difference's estimated part from `estimates` ([`LedgerPart::Estimated`]).
 pub fn mark_estimates(diffs: &mut [Difference], estimates: &UsageByDayModel) {
     for d in diffs {
         if let Some(e) = estimates.get(&(d.day, d.model.clone())) {
@@ -115,35 +115,56 @@ pub fn mark_estimates(diffs: &mut [Difference], estimates: &UsageByDayModel) {
     }
 }
 
-/// The ledger's estimated rows of one provider, by day and vendor model id (a partial index
-/// keeps this cheap: estimates are rare).
-pub async fn ledger_estimates(
-    pool: &sqlx::PgPool,
-    provider: &str,
-    model_ids: &BTreeMap<String, String>,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<UsageByDayModel, sqlx::Error> {
-    let rows: Vec<(NaiveDate, String, i64, i64)> = sqlx::query_as(
-        "SELECT (occurred_at AT TIME ZONE 'UTC')::date, model, \
-           sum(input_tokens + output_tokens)::int8, sum(cost_micros)::int8 \
-         FROM provider_calls WHERE estimated AND provider = $1 \
-           AND occurred_at >= ($2::date)::timestamp AT TIME ZONE 'UTC' \
-           AND occurred_at < ($3::date + 1)::timestamp AT TIME ZONE 'UTC' \
-         GROUP BY 1, 2",
-    )
-    .bind(provider)
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?;
-    Ok(by_vendor_model(rows, model_ids))
+/// Which of the ledger's calls to sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerPart {
+    /// Every call, from the daily aggregates.
+    All,
+    /// Only estimates (calls cut by a dead worker), from the ledger rows; a partial index keeps
+    /// this cheap, as estimates are rare.
+    Estimated,
 }
 
-fn by_vendor_model(
-    rows: Vec<(NaiveDate, String, i64, i64)>,
+/// The ledger's side: one provider's calls by day, keyed by the vendor model id.
+pub async fn ledger_usage(
+    pool: &sqlx::PgPool,
+    part: LedgerPart,
+    provider: &str,
     model_ids: &BTreeMap<String, String>,
-) -> UsageByDayModel {
+    days: (NaiveDate, NaiveDate),
+) -> Result<UsageByDayModel, sqlx::Error> {
+    let sql = match part {
+        LedgerPart::All => {
+            "SELECT day, model, sum(input_tokens + output_tokens)::int8, sum(cost_micros)::int8 \
+             FROM spend_daily WHERE provider = $1 AND day BETWEEN $2 AND $3 GROUP BY 1, 2"
+        }
+        LedgerPart::Estimated => {
+            "SELECT (occurred_at AT TIME ZONE 'UTC')::date, model, \
+               sum(input_tokens + output_tokens)::int8, sum(cost_micros)::int8 \
+             FROM provider_calls WHERE estimated AND provider = $1 \
+               AND occurred_at >= ($2::date)::timestamp AT TIME ZONE 'UTC' \
+               AND occurred_at < ($3::date + 1)::timestamp AT TIME ZONE 'UTC' \
+             GROUP BY 1, 2"
+        }
+    };
+    by_day_model(pool, sql, provider, model_ids, days).await
+}
+
+/// Runs `sql` (day, catalog model, tokens, cost for $1 provider, $2..$3 days) and keys its rows by
+/// the vendor model id.
+async fn by_day_model(
+    pool: &sqlx::PgPool,
+    sql: &'static str,
+    provider: &str,
+    model_ids: &BTreeMap<String, String>,
+    (from, to): (NaiveDate, NaiveDate),
+) -> Result<UsageByDayModel, sqlx::Error> {
+    let rows: Vec<(NaiveDate, String, i64, i64)> = sqlx::query_as(sql)
+        .bind(provider)
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await?;
     let mut out = UsageByDayModel::new();
     for (day, model, tokens, cost) in rows {
         let vendor = model_ids.get(&model).cloned().unwrap_or(model);
@@ -151,27 +172,7 @@ fn by_vendor_model(
         e.tokens += tokens;
         e.cost_micros += cost;
     }
-    out
-}
-
-/// The ledger's side: daily aggregates of one provider's calls, keyed by the vendor model id.
-pub async fn ledger_usage(
-    pool: &sqlx::PgPool,
-    provider: &str,
-    model_ids: &BTreeMap<String, String>,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<UsageByDayModel, sqlx::Error> {
-    let rows: Vec<(NaiveDate, String, i64, i64)> = sqlx::query_as(
-        "SELECT day, model, sum(input_tokens + output_tokens)::int8, sum(cost_micros)::int8 \
-         FROM spend_daily WHERE provider = $1 AND day BETWEEN $2 AND $3 GROUP BY 1, 2",
-    )
-    .bind(provider)
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?;
-    Ok(by_vendor_model(rows, model_ids))
+    Ok(out)
 }
 
 #[cfg(test)]
