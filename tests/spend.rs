@@ -560,7 +560,7 @@ async fn reconciliation_lists_differences_and_names_the_estimated_part() {
     // A call cut by a dead worker: its intent is booked as an estimate once it expires (its job
     // is not running that attempt: there is no such job).
     let cut = entry("cut", 0, "faq", "sim-small", 3, (2_000, 1_000), SMALL);
-    ragq::spend::intents::record(&mut conn, &[&cut])
+    ragq::spend::intents::record(&mut conn, &[ragq::spend::intents::CallIntent::from(&cut)])
         .await
         .unwrap();
     drop(conn);

@@ -10,7 +10,7 @@ use crate::jobs::BatchCompleteInput;
 use crate::providers::{ChatMessage, ChatRequest, Usage};
 use crate::routing::Router;
 use crate::spend::budget::Estimate;
-use crate::spend::LedgerEntry;
+use crate::spend::intents::CallIntent;
 use crate::spend::Price;
 
 use super::handler::{AttemptOf, JobContext, JobError};
@@ -72,7 +72,7 @@ pub fn claim_intents(
     router: &Router,
     input: &BatchCompleteInput,
     default_max_output_tokens: u32,
-) -> (Vec<LedgerEntry>, usize) {
+) -> (Vec<CallIntent>, usize) {
     let first = input.prompts.len().min(PROMPT_CONCURRENCY);
     let intents = requests(input, default_max_output_tokens, |_| None)
         .iter()

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{JobMessage, JobState};
 use crate::spend::budget::{self, Admission, Estimate};
+use crate::spend::intents::CallIntent;
 use crate::spend::{self, LedgerEntry};
 use crate::webhooks::{write_attempts, AttemptLog, AttemptRecord};
 
@@ -31,7 +32,7 @@ pub struct ClaimRequest {
     pub estimate: Estimate,
     /// Intents of the attempt's first calls (with attempt 0), recorded with the claim, numbered
     /// with its attempt, if it is admitted.
-    pub intents: Vec<LedgerEntry>,
+    pub intents: Vec<CallIntent>,
 }
 
 /// The answer to a claim.
@@ -98,7 +99,7 @@ type Reply<T> = oneshot::Sender<Result<T, CommitError>>;
 
 enum Op {
     Claim(ClaimRequest, Reply<Claim>),
-    Intend(Vec<LedgerEntry>, Reply<()>),
+    Intend(Vec<CallIntent>, Reply<()>),
     Ledger(LedgerEntry),
     Finish(Outcome, Reply<FinishResult>),
     WebhookAttempt(AttemptRecord),
@@ -128,23 +129,13 @@ fn gone() -> CommitError {
 
 impl CommitHandle {
     pub async fn claim(&self, req: ClaimRequest) -> Result<Claim, CommitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Claim(req, reply))
-            .await
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        self.ask(|reply| Op::Claim(req, reply)).await
     }
 
     /// Records intents for calls about to be made; returns once they are durable, so the requests
     /// may be sent (see [`crate::spend::intents`]).
-    pub async fn intend(&self, intents: Vec<LedgerEntry>) -> Result<(), CommitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Intend(intents, reply))
-            .await
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+    pub async fn intend(&self, intents: Vec<CallIntent>) -> Result<(), CommitError> {
+        self.ask(|reply| Op::Intend(intents, reply)).await
     }
 
     /// Queues a ledger row in place of its intent; it commits before (or with) the outcome sent
@@ -154,11 +145,13 @@ impl CommitHandle {
     }
 
     pub async fn finish(&self, outcome: Outcome) -> Result<FinishResult, CommitError> {
+        self.ask(|reply| Op::Finish(outcome, reply)).await
+    }
+
+    /// Queues a write and waits for the answer of the transaction that commits it.
+    async fn ask<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, CommitError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Finish(outcome, reply))
-            .await
-            .map_err(|_| gone())?;
+        self.tx.send(op(reply)).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 }
@@ -489,14 +482,14 @@ async fn claim_jobs(
             None => Claim::Busy,
         })
         .collect();
-    let intents: Vec<LedgerEntry> = claims
+    let intents: Vec<CallIntent> = claims
         .iter()
         .zip(&answers)
         .filter_map(|(c, answer)| match answer {
             Claim::Run {
                 attempt,
                 admission: Admission::Admitted { .. },
-            } => Some(c.intents.iter().map(move |i| LedgerEntry {
+            } => Some(c.intents.iter().map(move |i| CallIntent {
                 attempt: *attempt,
                 ..i.clone()
             })),
@@ -504,7 +497,7 @@ async fn claim_jobs(
         })
         .flatten()
         .collect();
-    spend::intents::record(tx, &intents.iter().collect::<Vec<_>>()).await?;
+    spend::intents::record(tx, &intents).await?;
     Ok(answers)
 }
 

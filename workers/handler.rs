@@ -8,6 +8,7 @@ use crate::providers::{ChatRequest, Usage};
 use crate::retrieval::{LazyStore, RetrievalConfig, StoreError};
 use crate::routing::catalog::ModelSpec;
 use crate::routing::{CallScope, EmbeddedCall, RouteError, Routed, RoutedCall, Router, ShadowCall};
+use crate::spend::intents::CallIntent;
 use crate::spend::{LedgerEntry, Price};
 
 use super::commit::{CommitError, CommitHandle};
@@ -110,7 +111,7 @@ impl AttemptOf<'_> {
         index: usize,
         request: &ChatRequest,
         shadow: bool,
-    ) -> Vec<LedgerEntry> {
+    ) -> Vec<CallIntent> {
         let policy = &self.job.policy;
         let worst = Usage {
             input_tokens: request.max_input_tokens(),
@@ -122,7 +123,7 @@ impl AttemptOf<'_> {
             (SHADOW_CALL_OFFSET + index, shadow_model),
         ]
         .into_iter()
-        .filter_map(|(i, spec)| spec.map(|s| self.entry(i, &BookedCall::worst_case(s, worst))))
+        .filter_map(|(i, spec)| spec.map(|s| self.intent(i, s, worst)))
         .collect()
     }
 
@@ -134,14 +135,28 @@ impl AttemptOf<'_> {
         index: usize,
         model: &str,
         request: &EmbeddingRequest,
-    ) -> Option<LedgerEntry> {
+    ) -> Option<CallIntent> {
         let worst = Usage {
             // Texts never hold more tokens than bytes.
             input_tokens: request.inputs.iter().map(|t| t.len() as u64).sum(),
             output_tokens: 0,
         };
-        let spec = router.model(model)?;
-        Some(self.entry(index, &BookedCall::worst_case(spec, worst)))
+        Some(self.intent(index, router.model(model)?, worst))
+    }
+
+    /// The intent of call `call_index` on `model` at the bound `usage`.
+    fn intent(&self, call_index: usize, model: &ModelSpec, usage: Usage) -> CallIntent {
+        CallIntent {
+            tenant_id: self.job.tenant.clone(),
+            job_id: self.job.id.clone(),
+            attempt: self.attempt,
+            call_index: i32::try_from(call_index).unwrap_or(i32::MAX),
+            provider: model.provider.clone(),
+            model: model.name.clone(),
+            usage,
+            price: model.price,
+            occurred_at: chrono::Utc::now(),
+        }
     }
 
     /// The ledger row of call `call_index`; shadow copies (at [`SHADOW_CALL_OFFSET`] + index) are
@@ -181,19 +196,6 @@ pub struct BookedCall<'a> {
     pub usage: Usage,
     pub price: Price,
     pub latency: Duration,
-}
-
-impl<'a> BookedCall<'a> {
-    /// A call on `model` at the bound `usage`: what its intent records.
-    pub fn worst_case(model: &'a ModelSpec, usage: Usage) -> Self {
-        Self {
-            provider: &model.provider,
-            model: &model.name,
-            usage,
-            price: model.price,
-            latency: Duration::ZERO,
-        }
-    }
 }
 
 impl<'a> From<&'a RoutedCall> for BookedCall<'a> {

@@ -389,7 +389,7 @@ fn claim_intents(
     ctx: &WorkerContext,
     job: &JobMessage,
     input: &JobInput,
-) -> (Vec<crate::spend::LedgerEntry>, usize) {
+) -> (Vec<crate::spend::intents::CallIntent>, usize) {
     // The claim numbers the attempt.
     let of = AttemptOf { job, attempt: 0 };
     match input {

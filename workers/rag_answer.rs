@@ -16,7 +16,7 @@ use crate::providers::{ChatMessage, ChatRequest, Usage};
 use crate::retrieval::{check_collection_name, check_filter, Hit, PromptTemplate, SearchQuery};
 use crate::routing::Router;
 use crate::spend::budget::Estimate;
-use crate::spend::LedgerEntry;
+use crate::spend::intents::CallIntent;
 use crate::spend::Price;
 use crate::tokens::{self, MESSAGE_OVERHEAD_TOKENS};
 
@@ -83,7 +83,7 @@ pub fn claim_intents(
     router: &Router,
     input: &RagAnswerInput,
     embedding_model: Option<&str>,
-) -> (Vec<LedgerEntry>, usize) {
+) -> (Vec<CallIntent>, usize) {
     let request = EmbeddingRequest {
         inputs: vec![input.question.clone()],
         call_id: None,

@@ -14,6 +14,7 @@ use sqlx::PgPool;
 
 use crate::providers::Usage;
 use crate::spend::budget::{self, Estimate, ReleaseKey, ReserveRequest};
+use crate::spend::intents::CallIntent;
 use crate::spend::{LedgerEntry, Price};
 
 const TENANTS: usize = 100;
@@ -154,7 +155,8 @@ async fn write_rate(pool: &PgPool) -> anyhow::Result<f64> {
                 let refs: Vec<&LedgerEntry> = batch.iter().collect();
                 // As a worker books: the intents commit before the calls, the answers after.
                 let mut tx = pool.begin().await?;
-                crate::spend::intents::record(&mut tx, &refs).await?;
+                let intents: Vec<CallIntent> = batch.iter().map(CallIntent::from).collect();
+                crate::spend::intents::record(&mut tx, &intents).await?;
                 tx.commit().await?;
                 let mut tx = pool.begin().await?;
                 let mut tenants: Vec<&str> = refs.iter().map(|r| r.tenant_id.as_str()).collect();

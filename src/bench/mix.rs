@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::retrieval::{chunk, ChunkPoint, VectorStore};
+use crate::retrieval::{chunk, ChunkPoint, RetrievalConfig, StoreConfig, VectorStore};
 
 /// The collection the bench's retrieval jobs use.
 pub const COLLECTION: &str = "bench";
@@ -109,15 +109,16 @@ fn document(i: usize) -> String {
         .join(" ")
 }
 
-/// Stores `CORPUS_DOCUMENTS` articles for each tenant in the bench collection, with vectors made
-/// as the sim provider makes them (so searches by the workers find them), then flushes. Returns
-/// the chunks stored. The store is dropped before the workers start, releasing its lock.
-pub async fn store_corpus(
-    store: &VectorStore,
-    tenants: &[String],
-    spec: chunk::ChunkSpec,
-    dimension: usize,
-) -> anyhow::Result<usize> {
+/// Stores `CORPUS_DOCUMENTS` articles for each tenant in the bench collection of a fresh store,
+/// with vectors made as the sim provider makes them (so searches by the workers find them), then
+/// flushes. Returns the chunks stored. The store is closed on return, before the workers start,
+/// releasing its lock.
+pub async fn store_corpus(cfg: &RetrievalConfig, tenants: &[String]) -> anyhow::Result<usize> {
+    if let StoreConfig::Embedded { path, .. } = &cfg.store {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    let store = VectorStore::open(&cfg.store)?;
+    let (spec, dimension) = (cfg.chunk, cfg.dimensions);
     store.ensure_collection(COLLECTION, dimension).await?;
     let mut stored = 0;
     for (t, tenant) in tenants.iter().enumerate() {

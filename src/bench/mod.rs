@@ -307,11 +307,7 @@ async fn setup(
     let tenants = create_tenants(&stack, &receiver, args.tenants).await?;
     if mix.uses_retrieval() {
         let r = &stack.cfg.retrieval;
-        if let crate::retrieval::StoreConfig::Embedded { path, .. } = &r.store {
-            let _ = std::fs::remove_dir_all(path);
-        }
-        let store = crate::retrieval::VectorStore::open(&r.store)?;
-        let chunks = mix::store_corpus(&store, &tenants, r.chunk, r.dimensions).await?;
+        let chunks = mix::store_corpus(r, &tenants).await?;
         say(
             args,
             format_args!("stored a corpus of {chunks} chunks for rag.answer"),

@@ -8,20 +8,58 @@
 //! - its worker died ([`expire`]): after the reservation TTL, once the attempt is no longer the job's
 //!   running one, the intent becomes an `estimated` ledger row at its worst case.
 
+use std::borrow::Borrow;
 use std::time::Duration;
 
+use crate::providers::Usage;
+
 use super::ledger::{Booked, ADVANCE_TOTALS, COLUMNS, RETURNING};
-use super::{LedgerEntry, SHADOW_CALL_OFFSET};
+use super::{LedgerEntry, Price, SHADOW_CALL_OFFSET};
+
+/// A call about to be made, at its worst case: what an estimate needs if it is ever booked (the
+/// job's feature and tags are read from the job then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallIntent {
+    pub tenant_id: String,
+    pub job_id: String,
+    pub attempt: i32,
+    pub call_index: i32,
+    pub provider: String,
+    pub model: String,
+    /// Input bounded by bytes, output by `max_tokens`.
+    pub usage: Usage,
+    pub price: Price,
+    /// When the call was about to be sent.
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<&LedgerEntry> for CallIntent {
+    /// The intent a booked row answers (benchmarks and tests record both sides of a call).
+    fn from(e: &LedgerEntry) -> Self {
+        Self {
+            tenant_id: e.tenant_id.clone(),
+            job_id: e.job_id.clone(),
+            attempt: e.attempt,
+            call_index: e.call_index,
+            provider: e.provider.clone(),
+            model: e.model.clone(),
+            usage: e.usage,
+            price: e.price,
+            occurred_at: e.occurred_at,
+        }
+    }
+}
 
 /// Records intents (idempotent: an intent recorded twice is one).
-pub async fn record(
+pub async fn record<I: Borrow<CallIntent>>(
     conn: &mut sqlx::PgConnection,
-    intents: &[&LedgerEntry],
+    intents: &[I],
 ) -> Result<(), sqlx::Error> {
     if intents.is_empty() {
         return Ok(());
     }
-    let big = |f: fn(&LedgerEntry) -> u64| {
+    let intents: Vec<&CallIntent> = intents.iter().map(Borrow::borrow).collect();
+    let big = |f: fn(&CallIntent) -> u64| {
         intents
             .iter()
             .map(|r| i64::try_from(f(r)).unwrap_or(i64::MAX))
@@ -45,7 +83,12 @@ pub async fn record(
     .bind(big(|r| r.usage.output_tokens))
     .bind(big(|r| r.price.input_micros_per_mtok))
     .bind(big(|r| r.price.output_micros_per_mtok))
-    .bind(intents.iter().map(|r| r.cost_micros).collect::<Vec<_>>())
+    .bind(
+        intents
+            .iter()
+            .map(|r| r.price.cost_micros(r.usage))
+            .collect::<Vec<_>>(),
+    )
     .bind(intents.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
