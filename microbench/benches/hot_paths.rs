@@ -1,5 +1,5 @@
 //! Criterion micro-benchmarks of the pure functions on every job's path:
-//! `cargo bench --bench hot_paths` (figures in BENCHMARKS.md).
+//! `cargo bench -p ragq-microbench` (figures in BENCHMARKS.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
