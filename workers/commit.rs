@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -96,6 +96,9 @@ pub enum CommitError {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, CommitError>>;
+
+/// The commit task's connection, between batches.
+type Held = Option<sqlx::pool::PoolConnection<Postgres>>;
 
 enum Op {
     Claim(ClaimRequest, Reply<Claim>),
@@ -184,18 +187,21 @@ impl GroupCommit {
 
     async fn run(self, mut rx: mpsc::Receiver<Op>, cancel: CancellationToken) {
         let mut batch = Vec::with_capacity(self.max_batch);
+        // The task keeps one connection: a pool checkout pings the connection first (a round
+        // trip on every batch) and a check-in pings it again.
+        let mut conn = None;
         while rx.recv_many(&mut batch, self.max_batch).await > 0 {
-            self.write_with_retry(std::mem::take(&mut batch), &cancel)
+            self.write_with_retry(std::mem::take(&mut batch), &cancel, &mut conn)
                 .await;
         }
     }
 
     /// Writes a batch, retrying lost connections until it lands or shutdown gives up on it.
-    async fn write_with_retry(&self, ops: Vec<Op>, cancel: &CancellationToken) {
+    async fn write_with_retry(&self, ops: Vec<Op>, cancel: &CancellationToken, conn: &mut Held) {
         let mut delay = Duration::from_millis(50);
         let mut tries = 0u32;
         loop {
-            match self.write(&ops).await {
+            match self.write_on(&ops, conn).await {
                 Ok(answers) => return answer(ops, answers),
                 Err(e) if is_transient(&e) => {
                     tries += 1;
@@ -213,7 +219,7 @@ impl GroupCommit {
                 }
                 Err(_) => {
                     for op in ops {
-                        Box::pin(self.write_with_retry(vec![op], cancel)).await;
+                        Box::pin(self.write_with_retry(vec![op], cancel, conn)).await;
                     }
                     return;
                 }
@@ -221,7 +227,21 @@ impl GroupCommit {
         }
     }
 
-    async fn write(&self, ops: &[Op]) -> Result<Answers, sqlx::Error> {
+    /// Writes a batch on the held connection (checked out first if there is none); a connection
+    /// that failed goes back to the pool, which closes it if it is broken.
+    async fn write_on(&self, ops: &[Op], held: &mut Held) -> Result<Answers, sqlx::Error> {
+        let conn = match held {
+            Some(c) => c,
+            None => held.insert(self.pool.acquire().await?),
+        };
+        let result = self.write(ops, conn).await;
+        if result.as_ref().is_err_and(is_transient) {
+            *held = None;
+        }
+        result
+    }
+
+    async fn write(&self, ops: &[Op], conn: &mut PgConnection) -> Result<Answers, sqlx::Error> {
         let mut claims = Vec::new();
         let mut intents = Vec::new();
         let mut ledger = Vec::new();
@@ -242,7 +262,7 @@ impl GroupCommit {
             .collect();
         tenants.sort_unstable();
         tenants.dedup();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         let budgeted = budget::lock_in_order(&mut tx, &tenants).await?;
         let has_budget = |t: &str| budgeted.binary_search_by(|b| b.as_str().cmp(t)).is_ok();
         spend::intents::record(&mut tx, &intents).await?;
@@ -373,14 +393,28 @@ async fn claim_jobs(
         .collect();
     let redelivered: Vec<bool> = unique.iter().map(|c| c.redelivered).collect();
 
-    let inserted: Vec<(String, String)> = sqlx::query_as(
-        "INSERT INTO jobs (tenant_id, id, kind, policy, input, tags, webhook_url, state, attempts, started_at) \
-         SELECT t.tenant_id, t.id, t.kind, t.policy, t.input, t.tags, t.webhook_url, 'running', 1, now() \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[]) \
-              AS t(tenant_id, id, kind, policy, input, tags, webhook_url) \
-         ORDER BY t.tenant_id, t.id \
-         ON CONFLICT (tenant_id, id) DO NOTHING \
-         RETURNING tenant_id, id",
+    // One statement: new ids are inserted as running (attempt 1); ids already known are taken
+    // over when queued, or running with a redelivered message. Both sub-statements see the same
+    // snapshot, so the update never sees a row this insert adds; the last column is the state
+    // of every row neither touched (terminal: finished; else busy).
+    let rows: Vec<(String, String, Option<i32>, Option<String>)> = sqlx::query_as(
+        "WITH t AS ( \
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], $8::bool[]) \
+             AS t(tenant_id, id, kind, policy, input, tags, webhook_url, redelivered)), \
+         inserted AS ( \
+           INSERT INTO jobs (tenant_id, id, kind, policy, input, tags, webhook_url, state, attempts, started_at) \
+           SELECT tenant_id, id, kind, policy, input, tags, webhook_url, 'running', 1, now() FROM t \
+           ORDER BY tenant_id, id \
+           ON CONFLICT (tenant_id, id) DO NOTHING \
+           RETURNING tenant_id, id, attempts), \
+         taken AS ( \
+           UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now() \
+           FROM t WHERE j.tenant_id = t.tenant_id AND j.id = t.id \
+             AND (j.state = 'queued' OR (j.state = 'running' AND t.redelivered)) \
+           RETURNING j.tenant_id, j.id, j.attempts) \
+         SELECT t.tenant_id, t.id, coalesce(inserted.attempts, taken.attempts), j.state \
+         FROM t LEFT JOIN inserted USING (tenant_id, id) LEFT JOIN taken USING (tenant_id, id) \
+           LEFT JOIN jobs j ON j.tenant_id = t.tenant_id AND j.id = t.id",
     )
     .bind(&tenants)
     .bind(&ids)
@@ -389,56 +423,31 @@ async fn claim_jobs(
     .bind(&inputs)
     .bind(&tags)
     .bind(&hooks)
-    .fetch_all(&mut **tx)
-    .await?;
-    let taken: Vec<(String, String, i32)> = sqlx::query_as(
-        "UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now() \
-         FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS t(tenant_id, id, redelivered) \
-         WHERE j.tenant_id = t.tenant_id AND j.id = t.id \
-           AND (j.state = 'queued' OR (j.state = 'running' AND t.redelivered)) \
-           AND NOT (j.tenant_id, j.id) IN (SELECT * FROM UNNEST($4::text[], $5::text[])) \
-         RETURNING j.tenant_id, j.id, j.attempts",
-    )
-    .bind(&tenants)
-    .bind(&ids)
     .bind(&redelivered)
-    .bind(inserted.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-    .bind(inserted.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
-    .await?;
-    let states: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT j.tenant_id, j.id, j.state FROM jobs j \
-         JOIN UNNEST($1::text[], $2::text[]) AS t(tenant_id, id) \
-           ON j.tenant_id = t.tenant_id AND j.id = t.id",
-    )
-    .bind(&tenants)
-    .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
 
     let key = |t: &str, i: &str| format!("{t}\u{0}{i}");
-    let inserted: std::collections::HashSet<String> =
-        inserted.iter().map(|(t, i)| key(t, i)).collect();
-    let taken: std::collections::HashMap<String, i32> = taken
-        .into_iter()
-        .map(|(t, i, a)| (key(&t, &i), a))
-        .collect();
-    let states: std::collections::HashMap<String, String> = states
-        .into_iter()
-        .map(|(t, i, s)| (key(&t, &i), s))
-        .collect();
+    let mut granted = std::collections::HashMap::with_capacity(rows.len());
+    let mut states = std::collections::HashMap::new();
+    for (tenant, id, attempt, state) in rows {
+        match (attempt, state) {
+            (Some(a), _) => {
+                granted.insert(key(&tenant, &id), a);
+            }
+            (None, Some(s)) => {
+                states.insert(key(&tenant, &id), s);
+            }
+            (None, None) => {}
+        }
+    }
     let attempts: Vec<Option<i32>> = claims
         .iter()
         .zip(first)
         .map(|(c, is_first)| {
-            let k = key(&c.job.tenant, &c.job.id);
-            if !is_first {
-                None
-            } else if inserted.contains(&k) {
-                Some(1)
-            } else {
-                taken.get(&k).copied()
-            }
+            is_first
+                .then(|| granted.get(&key(&c.job.tenant, &c.job.id)).copied())
+                .flatten()
         })
         .collect();
     let to_admit: Vec<budget::ReserveRequest<'_>> = claims

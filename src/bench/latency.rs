@@ -25,6 +25,8 @@ pub struct LatencyReport {
     pub in_worker_ms: Quantiles,
     pub overhead_ms: Quantiles,
     pub worker_cpu_us_per_job: f64,
+    /// The broker and the database alone at the same rate, after the workers stop.
+    pub floor: Option<super::floor::FloorReport>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -80,6 +82,15 @@ pub async fn run(args: &BenchArgs, rate: f64, cancel: &CancellationToken) -> any
         .map(|u| u.0)
         .sum();
     stack.stop_all().await;
+    let floor = if args.no_baseline {
+        None
+    } else {
+        say(
+            args,
+            format_args!("measuring the broker and a commit alone at {rate} per second"),
+        );
+        Some(super::floor::measure(&conn, &stack.pool, &bodies, rate, cancel).await?)
+    };
     let _ = conn.close(200, "bench done".into()).await;
 
     let rows: Vec<(String, f64, f64, f64)> = sqlx::query_as(
@@ -120,6 +131,7 @@ pub async fn run(args: &BenchArgs, rate: f64, cancel: &CancellationToken) -> any
         in_worker_ms: quantiles(worker),
         overhead_ms: quantiles(overhead),
         worker_cpu_us_per_job: (cpu_after - cpu_before) * 1e6 / args.jobs as f64,
+        floor,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -149,6 +161,11 @@ pub async fn run(args: &BenchArgs, rate: f64, cancel: &CancellationToken) -> any
             "{:<44} {:>8.0}",
             "worker CPU per job (us)", report.worker_cpu_us_per_job
         );
+        if let Some(f) = &report.floor {
+            println!("-- the same rate, nothing of ragq in between (the floor):");
+            q("broker alone (publish -> delivery)", &f.broker_ms);
+            q("one durable commit alone (INSERT)", &f.commit_ms);
+        }
     }
     drop(sim);
     cancel.cancel();

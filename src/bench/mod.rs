@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 mod faults;
+mod floor;
 mod latency;
 mod ledger;
 mod mix;
@@ -55,7 +56,7 @@ pub struct BenchArgs {
     /// Unacknowledged deliveries per worker.
     #[arg(long, default_value_t = 256)]
     pub prefetch: u16,
-    /// Skip the raw broker baseline.
+    /// Skip the raw broker baseline (under `--rate`: the broker and commit latency floor).
     #[arg(long)]
     pub no_baseline: bool,
     /// Inject faults during the run (workers killed, RabbitMQ connections dropped, PostgreSQL
@@ -468,18 +469,10 @@ async fn wait_for_webhooks(
     }
 }
 
-/// Publishes the bodies to a fresh quorum queue with confirms, then consumes them with manual acks.
-async fn broker_baseline(
-    conn: &lapin::Connection,
-    bodies: &[JobBody],
-    prefetch: u16,
-) -> anyhow::Result<BaselineReport> {
-    use lapin::options::{
-        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    };
+/// Declares a durable quorum queue (as the job queues are) on a new channel, with nothing else bound.
+async fn quorum_queue(conn: &lapin::Connection, name: &str) -> anyhow::Result<lapin::Channel> {
+    use lapin::options::QueueDeclareOptions;
     use lapin::types::{AMQPValue, FieldTable, LongString};
-    const QUEUE: &str = "ragq.bench.baseline";
     let channel = conn.create_channel().await?;
     let mut args = FieldTable::default();
     args.insert(
@@ -490,7 +483,22 @@ async fn broker_baseline(
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel.queue_declare(QUEUE.into(), durable, args).await?;
+    channel.queue_declare(name.into(), durable, args).await?;
+    Ok(channel)
+}
+
+/// Publishes the bodies to a fresh quorum queue with confirms, then consumes them with manual acks.
+async fn broker_baseline(
+    conn: &lapin::Connection,
+    bodies: &[JobBody],
+    prefetch: u16,
+) -> anyhow::Result<BaselineReport> {
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions,
+    };
+    use lapin::types::FieldTable;
+    const QUEUE: &str = "ragq.bench.baseline";
+    let channel = quorum_queue(conn, QUEUE).await?;
     let publisher = Publisher::open(conn, "guest").await?;
     let started = Instant::now();
     let env = crate::queue::publisher::Envelope::default();
