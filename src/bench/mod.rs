@@ -148,6 +148,8 @@ pub struct Correctness {
 }
 
 pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    // Declared first, dropped last: after the run's processes have stopped.
+    let _store = RemovedOnDrop(vectors_dir());
     if let Some(rows) = args.ledger_rows {
         return run_ledger(&args, rows).await;
     }
@@ -365,6 +367,15 @@ impl JobBody {
             id: &self.id,
             body: &self.body,
         }
+    }
+}
+
+/// A directory removed when the run ends, however it ends.
+struct RemovedOnDrop(String);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
