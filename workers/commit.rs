@@ -522,6 +522,33 @@ async fn claim_jobs(
     Ok(answers)
 }
 
+/// Ends a batch of attempts in one statement: outcomes fenced by attempt; the intents every ended
+/// attempt leaves (committed or fenced, it booked its answered calls before this outcome, so they
+/// are calls that failed without an answer); and the webhook delivery of each outcome that took
+/// effect. Returns the jobs whose outcome took effect.
+static FINISH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH t AS ( \
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::text[], $7::text[], \
+                                $8::text[], $9::text[], $10::text[], $11::text[]) \
+             AS t(tenant_id, id, attempt, state, result, error_code, error, hook_id, event_type, url, payload)), \
+         committed AS ( \
+           UPDATE jobs j SET state = t.state, result = t.result, error_code = t.error_code, error = t.error, \
+             finished_at = CASE WHEN t.state IN ('succeeded', 'failed') THEN now() END \
+           FROM t WHERE j.tenant_id = t.tenant_id AND j.id = t.id AND j.state = 'running' AND j.attempts = t.attempt \
+           RETURNING j.tenant_id, j.id), \
+         discarded AS ({discard}), \
+         delivered AS ( \
+           INSERT INTO webhook_deliveries (id, tenant_id, job_id, event_type, url, payload, state, next_attempt_at) \
+           SELECT t.hook_id, t.tenant_id, t.id, t.event_type, t.url, t.payload, 'pending', \
+                  now() + make_interval(secs => $12::float8 / 1000) \
+           FROM t JOIN committed USING (tenant_id, id) WHERE t.hook_id IS NOT NULL \
+           ON CONFLICT (tenant_id, job_id, event_type) DO NOTHING) \
+         SELECT tenant_id, id FROM committed",
+        discard = spend::intents::DISCARD_ENDED
+    )
+});
+
 /// Commits outcomes fenced by attempt, and the webhook deliveries of those that took effect.
 async fn finish_jobs(
     tx: &mut Tx<'_>,
@@ -547,35 +574,37 @@ async fn finish_jobs(
         codes.push(code.map(String::as_str));
         errors.push(error.map(String::as_str));
     }
-    let committed: Vec<(String, String)> = sqlx::query_as(
-        "UPDATE jobs j SET state = t.state, result = t.result, error_code = t.error_code, error = t.error, \
-           finished_at = CASE WHEN t.state IN ('succeeded', 'failed') THEN now() END \
-         FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::text[], $7::text[]) \
-              AS t(tenant_id, id, attempt, state, result, error_code, error) \
-         WHERE j.tenant_id = t.tenant_id AND j.id = t.id AND j.state = 'running' AND j.attempts = t.attempt \
-         RETURNING j.tenant_id, j.id",
-    )
-    .bind(outcomes.iter().map(|o| o.tenant_id.as_str()).collect::<Vec<_>>())
-    .bind(outcomes.iter().map(|o| o.job_id.as_str()).collect::<Vec<_>>())
-    .bind(outcomes.iter().map(|o| o.attempt).collect::<Vec<_>>())
-    .bind(&states)
-    .bind(&results)
-    .bind(&codes)
-    .bind(&errors)
-    .fetch_all(&mut **tx)
-    .await?;
+    let hooks: Vec<Option<&NewDelivery>> = outcomes.iter().map(|o| o.webhook.as_ref()).collect();
+    let hook = |f: fn(&NewDelivery) -> &str| -> Vec<Option<&str>> {
+        hooks.iter().map(|h| h.map(f)).collect()
+    };
+    let lease_ms = i64::try_from(webhook_lease.as_millis()).unwrap_or(i64::MAX);
+    let committed: Vec<(String, String)> = sqlx::query_as(&FINISH)
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.tenant_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.job_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(outcomes.iter().map(|o| o.attempt).collect::<Vec<_>>())
+        .bind(&states)
+        .bind(&results)
+        .bind(&codes)
+        .bind(&errors)
+        .bind(hook(|h| &h.id))
+        .bind(hook(|h| &h.event_type))
+        .bind(hook(|h| &h.url))
+        .bind(hook(|h| &h.payload))
+        .bind(lease_ms)
+        .fetch_all(&mut **tx)
+        .await?;
     let committed: std::collections::HashSet<(String, String)> = committed.into_iter().collect();
-    // Every attempt that ends here, committed or fenced, booked its answered calls before this
-    // outcome: the intents it leaves are calls that failed without an answer.
-    let ended: Vec<spend::intents::AttemptKey<'_>> = outcomes
-        .iter()
-        .map(|o| spend::intents::AttemptKey {
-            tenant: &o.tenant_id,
-            job_id: &o.job_id,
-            attempt: o.attempt,
-        })
-        .collect();
-    spend::intents::discard(tx, &ended).await?;
     let took_effect: Vec<bool> = outcomes
         .iter()
         .map(|o| committed.contains(&(o.tenant_id.clone(), o.job_id.clone())))
@@ -594,32 +623,6 @@ async fn finish_jobs(
         })
         .collect();
     budget::release(tx, &settled).await?;
-    let deliveries: Vec<(&Outcome, &NewDelivery)> = outcomes
-        .iter()
-        .zip(&took_effect)
-        .filter(|(_, ok)| **ok)
-        .filter_map(|(o, _)| o.webhook.as_ref().map(|w| (*o, w)))
-        .collect();
-    if !deliveries.is_empty() {
-        let lease_ms = i64::try_from(webhook_lease.as_millis()).unwrap_or(i64::MAX);
-        sqlx::query(
-            "INSERT INTO webhook_deliveries (id, tenant_id, job_id, event_type, url, payload, state, next_attempt_at) \
-             SELECT t.id, t.tenant_id, t.job_id, t.event_type, t.url, t.payload, 'pending', \
-                    now() + make_interval(secs => $7::float8 / 1000) \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-                  AS t(id, tenant_id, job_id, event_type, url, payload) \
-             ON CONFLICT (tenant_id, job_id, event_type) DO NOTHING",
-        )
-        .bind(deliveries.iter().map(|(_, w)| w.id.as_str()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(o, _)| o.tenant_id.as_str()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(o, _)| o.job_id.as_str()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(_, w)| w.event_type.as_str()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(_, w)| w.url.as_str()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(_, w)| w.payload.as_str()).collect::<Vec<_>>())
-        .bind(lease_ms)
-        .execute(&mut **tx)
-        .await?;
-    }
     Ok(took_effect
         .into_iter()
         .map(|ok| {

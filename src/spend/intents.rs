@@ -3,7 +3,7 @@
 //!
 //! An intent ends in exactly one of three ways:
 //! - the answer is booked by [`super::ledger::settle`], which swaps the intent for the real row;
-//! - the attempt ends ([`discard`]): its answered calls were booked before its outcome, so the
+//! - the attempt ends ([`DISCARD_ENDED`], in its outcome's statement): its answered calls were booked before its outcome, so the
 //!   intents left are calls that failed without an answer, which providers do not bill;
 //! - its worker died ([`expire`]): after the reservation TTL, once the attempt is no longer the job's
 //!   running one, the intent becomes an `estimated` ledger row at its worst case.
@@ -95,34 +95,11 @@ pub async fn record<I: Borrow<CallIntent>>(
     Ok(())
 }
 
-/// One attempt of one job.
-#[derive(Debug, Clone, Copy)]
-pub struct AttemptKey<'a> {
-    pub tenant: &'a str,
-    pub job_id: &'a str,
-    pub attempt: i32,
-}
-
-/// Drops the intents left by attempts that ended: calls that failed without an answer.
-pub async fn discard(
-    conn: &mut sqlx::PgConnection,
-    attempts: &[AttemptKey<'_>],
-) -> Result<u64, sqlx::Error> {
-    if attempts.is_empty() {
-        return Ok(0);
-    }
-    let done = sqlx::query(
-        "DELETE FROM call_intents c \
-         USING UNNEST($1::text[], $2::text[], $3::int[]) AS t(tenant_id, job_id, attempt) \
-         WHERE c.tenant_id = t.tenant_id AND c.job_id = t.job_id AND c.attempt = t.attempt",
-    )
-    .bind(attempts.iter().map(|a| a.tenant).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| a.job_id).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected())
-}
+/// Drops the intents left by attempts that ended (calls that failed without an answer): a
+/// statement over a relation `t` with one row per ended attempt (`tenant_id`, `id` of the job,
+/// `attempt`), for use in a `WITH` clause next to the statement that ends them.
+pub const DISCARD_ENDED: &str = "DELETE FROM call_intents c USING t \
+    WHERE c.tenant_id = t.tenant_id AND c.job_id = t.id AND c.attempt = t.attempt";
 
 /// Intents of dead workers: older than `ttl`, and not of the attempt the job is running now.
 const EXPIRED: &str = "c.occurred_at < now() - make_interval(secs => $1::float8 / 1000) \
