@@ -24,19 +24,26 @@ fn requests(
     default_max_output_tokens: u32,
     call_id: impl Fn(usize) -> Option<String>,
 ) -> Vec<ChatRequest> {
-    input
-        .prompts
-        .iter()
-        .enumerate()
-        .map(|(index, prompt)| ChatRequest {
-            messages: messages(input.system.as_deref(), &prompt.prompt),
-            max_tokens: Some(input.max_tokens.unwrap_or(default_max_output_tokens)),
-            temperature: input.temperature,
-            call_id: call_id(index),
-            // The router counts when its ranking needs it (a cost policy with a choice).
-            counted_input_tokens: None,
-        })
+    (0..input.prompts.len())
+        .map(|index| request(input, index, default_max_output_tokens, call_id(index)))
         .collect()
+}
+
+/// The request of prompt `index`.
+fn request(
+    input: &BatchCompleteInput,
+    index: usize,
+    default_max_output_tokens: u32,
+    call_id: Option<String>,
+) -> ChatRequest {
+    ChatRequest {
+        messages: messages(input.system.as_deref(), &input.prompts[index].prompt),
+        max_tokens: Some(input.max_tokens.unwrap_or(default_max_output_tokens)),
+        temperature: input.temperature,
+        call_id,
+        // The router counts when its ranking needs it (a cost policy with a choice).
+        counted_input_tokens: None,
+    }
 }
 
 /// Upper bounds of the job's cost on the priciest and cheapest of `prices`, and of its tokens.
@@ -74,11 +81,11 @@ pub fn claim_intents(
     default_max_output_tokens: u32,
 ) -> (Vec<CallIntent>, usize) {
     let first = input.prompts.len().min(PROMPT_CONCURRENCY);
-    let intents = requests(input, default_max_output_tokens, |_| None)
-        .iter()
-        .take(first)
-        .enumerate()
-        .flat_map(|(index, request)| of.chat_intents(router, index, request, true))
+    let intents = (0..first)
+        .flat_map(|index| {
+            let request = request(input, index, default_max_output_tokens, None);
+            of.chat_intents(router, index, &request, true)
+        })
         .collect();
     (intents, first)
 }

@@ -277,7 +277,6 @@ impl GroupCommit {
         let mut tx = conn.begin().await?;
         let budgeted = budget::lock_in_order(&mut tx, &tenants).await?;
         let has_budget = |t: &str| budgeted.binary_search_by(|b| b.as_str().cmp(t)).is_ok();
-        spend::intents::record(&mut tx, &intents).await?;
         if !ledger.is_empty() {
             let booked = spend::ledger::settle(&mut tx, &ledger).await?;
             if booked.rows < ledger.len() as u64 {
@@ -292,6 +291,12 @@ impl GroupCommit {
             budget::fire_alerts(&mut tx, &alerting).await?;
         }
         let claim_answers = claim_jobs(&mut tx, &claims, &has_budget, self.reservation_ttl).await?;
+        // The batch's intents in one statement: those running attempts asked for, and those of the
+        // first calls of the attempts just claimed. Before any outcome, whose statement discards
+        // what its attempt left.
+        let claimed = claimed_intents(&claims, &claim_answers);
+        intents.extend(&claimed);
+        spend::intents::record(&mut tx, &intents).await?;
         let finish_answers =
             finish_jobs(&mut tx, &outcomes, &has_budget, self.webhook_lease).await?;
         write_attempts(&mut tx, &hook_attempts).await?;
@@ -503,9 +508,14 @@ async fn claim_jobs(
             None => Claim::Busy,
         })
         .collect();
-    let intents: Vec<CallIntent> = claims
+    Ok(answers)
+}
+
+/// The intents of the first calls of each admitted claim, numbered with the attempt it was granted.
+fn claimed_intents(claims: &[&ClaimRequest], answers: &[Claim]) -> Vec<CallIntent> {
+    claims
         .iter()
-        .zip(&answers)
+        .zip(answers)
         .filter_map(|(c, answer)| match answer {
             Claim::Run {
                 attempt,
@@ -517,9 +527,7 @@ async fn claim_jobs(
             _ => None,
         })
         .flatten()
-        .collect();
-    spend::intents::record(tx, &intents).await?;
-    Ok(answers)
+        .collect()
 }
 
 /// Ends a batch of attempts in one statement: outcomes fenced by attempt; the intents every ended

@@ -458,7 +458,6 @@ async fn authorize(
     }
 }
 
-/// Runs one attempt and commits its outcome; returns how to settle the delivery.
 /// An attempt the claim granted, with the job's input parsed once.
 struct Attempt {
     number: i32,
@@ -468,6 +467,7 @@ struct Attempt {
     declared_calls: usize,
 }
 
+/// Runs one attempt and commits its outcome; returns how to settle the delivery.
 async fn run_attempt(
     ctx: &WorkerContext,
     job: &JobMessage,

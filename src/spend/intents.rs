@@ -3,8 +3,9 @@
 //!
 //! An intent ends in exactly one of three ways:
 //! - the answer is booked by [`super::ledger::settle`], which swaps the intent for the real row;
-//! - the attempt ends ([`DISCARD_ENDED`], in its outcome's statement): its answered calls were booked before its outcome, so the
-//!   intents left are calls that failed without an answer, which providers do not bill;
+//! - the attempt ends ([`DISCARD_ENDED`], in its outcome's statement): its answered calls were
+//!   booked before its outcome, so the intents left are calls that failed without an answer, which
+//!   providers do not bill;
 //! - its worker died ([`expire`]): after the reservation TTL, once the attempt is no longer the job's
 //!   running one, the intent becomes an `estimated` ledger row at its worst case.
 

@@ -12,6 +12,8 @@
 //! deadlock (unordered, 4 workers hit 250 deadlocks in a 10,000-job run, each a 1 s stall). Budget
 //! rows are locked first, in id order, by [`super::budget::lock_in_order`].
 
+use std::sync::LazyLock;
+
 use super::LedgerEntry;
 
 /// The ledger's columns, in the order every statement here binds and selects them.
@@ -69,11 +71,13 @@ pub async fn write(
     conn: &mut sqlx::PgConnection,
     rows: &[&LedgerEntry],
 ) -> Result<Booked, sqlx::Error> {
-    let sql = format!(
-        "WITH ins AS (INSERT INTO provider_calls ({COLUMNS}) SELECT * FROM {BOUND_ROWS} \
-         ON CONFLICT DO NOTHING {RETURNING}) {ADVANCE_TOTALS}"
-    );
-    run(conn, &sql, rows).await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH ins AS (INSERT INTO provider_calls ({COLUMNS}) SELECT * FROM {BOUND_ROWS} \
+             ON CONFLICT DO NOTHING {RETURNING}) {ADVANCE_TOTALS}"
+        )
+    });
+    run(conn, &SQL, rows).await
 }
 
 /// Books answered calls in place of their intents: a row is inserted only if its intent was still
@@ -82,17 +86,19 @@ pub async fn settle(
     conn: &mut sqlx::PgConnection,
     rows: &[&LedgerEntry],
 ) -> Result<Booked, sqlx::Error> {
-    let sql = format!(
-        "WITH t AS (SELECT * FROM {BOUND_ROWS}), \
-         gone AS (DELETE FROM call_intents c USING t \
-           WHERE c.tenant_id = t.tenant_id AND c.job_id = t.job_id AND c.attempt = t.attempt \
-             AND c.call_index = t.call_index \
-           RETURNING c.tenant_id, c.job_id, c.attempt, c.call_index), \
-         ins AS (INSERT INTO provider_calls ({COLUMNS}) \
-           SELECT t.* FROM t JOIN gone USING (tenant_id, job_id, attempt, call_index) \
-           ON CONFLICT DO NOTHING {RETURNING}) {ADVANCE_TOTALS}"
-    );
-    run(conn, &sql, rows).await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH t AS (SELECT * FROM {BOUND_ROWS}), \
+             gone AS (DELETE FROM call_intents c USING t \
+               WHERE c.tenant_id = t.tenant_id AND c.job_id = t.job_id AND c.attempt = t.attempt \
+                 AND c.call_index = t.call_index \
+               RETURNING c.tenant_id, c.job_id, c.attempt, c.call_index), \
+             ins AS (INSERT INTO provider_calls ({COLUMNS}) \
+               SELECT t.* FROM t JOIN gone USING (tenant_id, job_id, attempt, call_index) \
+               ON CONFLICT DO NOTHING {RETURNING}) {ADVANCE_TOTALS}"
+        )
+    });
+    run(conn, &SQL, rows).await
 }
 
 async fn run(
