@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
-exec cargo run --quiet -- demo "$@"
+exec cargo run --quiet -p ragq-cli -- demo "$@"

@@ -1,15 +1,13 @@
 //! ragq: queue-driven batch and RAG workers for SaaS backends.
 //!
-//! The library holds the platform (queue, database, providers, routing, spend, webhooks, api); the
-//! `workers` folder holds the job handlers and the worker runtime that ties them to the queue. The
-//! `ragq` binary is a thin CLI over both.
+//! This crate is the platform every ragq process links: the job contract, queue, database,
+//! providers, routing, retrieval, spend, webhooks, scheduler, api and config. The worker runtime
+//! and the job handlers are the `ragq-workers` crate (`workers/`); the `ragq` binary, the demo and
+//! the benchmarks are `ragq-cli` (`cli/`); the simulated provider and test tooling `ragq-tools`.
 
 pub mod api;
-pub mod bench;
-pub mod cli;
 pub mod config;
 pub mod db;
-pub mod demo;
 pub mod jobs;
 pub mod providers;
 pub mod queue;
@@ -17,14 +15,8 @@ pub mod retrieval;
 pub mod routing;
 pub mod scheduler;
 pub mod secret;
-pub mod sim;
 pub mod spend;
-pub mod stack;
-pub mod submit;
 pub mod telemetry;
 pub mod tenants;
 pub mod tokens;
 pub mod webhooks;
-
-#[path = "../workers/mod.rs"]
-pub mod workers;

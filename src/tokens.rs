@@ -11,8 +11,10 @@ use tiktoken_rs::CoreBPE;
 /// Share of a model's context window left unused, for tokenizers that count differently.
 pub const CONTEXT_MARGIN_PERCENT: u64 = 5;
 
-/// Tokens a chat message costs beyond its text (role and framing).
-pub const MESSAGE_OVERHEAD_TOKENS: u64 = 4;
+/// Tokens a chat message costs beyond its text (role and framing): generous for every known API
+/// shape (OpenAI's chat format adds 3 to 4), and the one figure both counted prompts and byte
+/// bounds use.
+pub const MESSAGE_OVERHEAD_TOKENS: u64 = 8;
 
 fn bpe() -> &'static CoreBPE {
     tiktoken_rs::o200k_base_singleton()

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{spawn_worker_process, TestEnv};
-use ragq::sim::SimOptions;
+use ragq_tools::sim::SimOptions;
 
 const PROMPTS: usize = 3;
 

@@ -4,8 +4,8 @@
 mod common;
 
 use common::TestEnv;
-use ragq::sim::Fault;
 use ragq::webhooks::signature;
+use ragq_tools::sim::Fault;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_amqp_publish_is_processed_and_its_webhook_is_signed() {

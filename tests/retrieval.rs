@@ -1,5 +1,5 @@
 //! Retrieval: one shared suite run against both vector stores (the qdrant-client store only when
-//! QDRANT_URL names a server; otherwise it says it was skipped), the embedded store's own
+//! QDRANT_URL names a server; otherwise it is reported as ignored), the embedded store's own
 //! promises (data survives a restart, one process at a time), and `ingest` / `rag.answer` jobs end
 //! to end through a worker, the sim provider and Postgres.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,7 +12,7 @@ use ragq::retrieval::embedded::EmbeddedStore;
 use ragq::retrieval::{
     ChunkPoint, FilterValue, MetadataFilter, SearchQuery, StoreConfig, StoreError, VectorStore,
 };
-use ragq::sim::embed;
+use ragq_tools::sim::embed;
 use serde_json::json;
 
 const DIM: usize = 256;
@@ -225,12 +225,13 @@ async fn embedded_store_passes_the_shared_suite() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Reported as ignored unless a server is named: `scripts/test.sh` includes it when QDRANT_URL
+/// is set.
 #[tokio::test]
+#[ignore = "needs a Qdrant server: set QDRANT_URL (e.g. http://127.0.0.1:6334)"]
 async fn qdrant_server_store_passes_the_shared_suite() {
-    let Ok(url) = std::env::var("QDRANT_URL") else {
-        eprintln!("SKIPPED qdrant_server_store_passes_the_shared_suite: set QDRANT_URL (for example http://127.0.0.1:6334) to run the shared suite against a Qdrant server");
-        return;
-    };
+    let url = std::env::var("QDRANT_URL")
+        .expect("QDRANT_URL names the Qdrant server (gRPC) this test runs against");
     let key = std::env::var("QDRANT_API_KEY")
         .ok()
         .map(ragq::secret::Secret::new);
@@ -552,7 +553,7 @@ dimensions = 64
     let token = env.cancel.child_token();
     let pool = env.pool.clone();
     let t = token.clone();
-    let worker = tokio::spawn(async move { ragq::workers::run(cfg, pool, t).await.unwrap() });
+    let worker = tokio::spawn(async move { ragq_workers::run(cfg, pool, t).await.unwrap() });
     env.publish_job(&conn, &ingest_job("acme", "big", docs))
         .await;
     env.publish_job(

@@ -5,12 +5,12 @@
 mod common;
 
 use common::TestEnv;
-use ragq::sim::{SimHandle, SimOptions};
+use ragq_tools::sim::{SimHandle, SimOptions};
 
 /// The env's own sim serves `sim-small` (cheap, global, tier 1); `dear` is another sim instance
 /// behind the Anthropic shape (20x the price, EU, tier 3).
 async fn two_providers() -> (TestEnv, SimHandle) {
-    let dear = ragq::sim::spawn(
+    let dear = ragq_tools::sim::spawn(
         "127.0.0.1:0",
         SimOptions::default(),
         tokio_util::sync::CancellationToken::new(),

@@ -9,10 +9,10 @@ use std::time::Duration;
 use chrono::{Datelike, TimeZone};
 use common::{spawn_worker_process, TestEnv};
 use ragq::providers::Usage;
-use ragq::sim::{Fault, SimOptions};
 use ragq::spend::budget::{self, BudgetSpec, OnLimit};
 use ragq::spend::report::{self, Dimension, ReportQuery};
 use ragq::spend::{LedgerEntry, Price};
+use ragq_tools::sim::{Fault, SimOptions};
 use serde_json::json;
 
 const SMALL: Price = Price {
@@ -36,7 +36,7 @@ fn same_size_job(env: &TestEnv, id: &str, feature: &str, policy: &str) -> serde_
 
 fn estimate_of(job: &serde_json::Value, prices: &[Price]) -> budget::Estimate {
     let input = serde_json::from_value(job["input"].clone()).unwrap();
-    ragq::workers::batch_complete::estimate(&input, prices, 1024)
+    ragq_workers::batch_complete::estimate(&input, prices, 1024)
 }
 
 async fn publish(env: &TestEnv, jobs: &[serde_json::Value]) {
@@ -97,7 +97,7 @@ async fn eight_concurrent_workers_never_pass_the_hard_limit() {
     for _ in 0..8 {
         let (cfg, pool, stop) = (cfg.clone(), pool.clone(), env.cancel.child_token());
         workers.push(tokio::spawn(async move {
-            ragq::workers::run(cfg, pool, stop).await.unwrap()
+            ragq_workers::run(cfg, pool, stop).await.unwrap()
         }));
     }
     env.wait_until(60, "every job finished", || async {

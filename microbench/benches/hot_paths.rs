@@ -76,7 +76,7 @@ fn routing(c: &mut Criterion) {
         .batch_input()
         .unwrap();
     c.bench_function("estimate a 10-prompt job over 50 models", |b| {
-        b.iter(|| ragq::workers::batch_complete::estimate(black_box(&input), &prices, 1024))
+        b.iter(|| ragq_workers::batch_complete::estimate(black_box(&input), &prices, 1024))
     });
 }
 
@@ -132,7 +132,7 @@ fn scheduling(c: &mut Criterion) {
 
 fn retrieval(c: &mut Criterion) {
     use ragq::retrieval::{chunk, Hit, PromptTemplate};
-    use ragq::workers::rag_answer::{assemble, PromptBudget};
+    use ragq_workers::rag_answer::{assemble, PromptBudget};
     let template = PromptTemplate {
         system: "Answer using only the numbered context passages. Cite passages as [n].".into(),
         user: "Context:\n{context}\n\nQuestion: {question}".into(),

@@ -5,6 +5,7 @@
 //! the runtime [`Config`], reporting every problem at once with the key that holds it. Secrets are never
 //! written in the file: providers name the environment variable or file that holds their key.
 
+mod load;
 pub mod raw;
 
 use std::path::{Path, PathBuf};
@@ -20,8 +21,11 @@ pub use raw::RawConfig;
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Not a `#[source]`: the message already holds the cause, and a chain would print it twice.
+    #[error("cannot read configuration file {path}: {message}")]
+    Read { path: PathBuf, message: String },
     #[error("cannot read configuration: {0}")]
-    Parse(#[from] Box<figment::Error>),
+    Parse(Box<figment::Error>),
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
 }
@@ -111,22 +115,31 @@ pub struct RetryConfig {
 impl Config {
     /// Loads the file (if any) and the environment, then validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment = figment.merge(Env::prefixed("RAGQ_").split("__"));
-        let raw: RawConfig = figment.extract().map_err(Box::new)?;
-        raw.validate()
+        let text = match path {
+            Some(path) => Some(
+                std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?,
+            ),
+            None => None,
+        };
+        let figment = Figment::new()
+            .merge(Toml::string(text.as_deref().unwrap_or_default()))
+            .merge(Env::prefixed("RAGQ_").split("__"));
+        Self::from_figment(figment, text.as_deref())
     }
 
     /// Parses TOML text (no environment); used by tests and the demo.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = Figment::new()
-            .merge(Toml::string(text))
+        Self::from_figment(Figment::new().merge(Toml::string(text)), Some(text))
+    }
+
+    fn from_figment(figment: Figment, text: Option<&str>) -> Result<Self, ConfigError> {
+        let tree: serde_json::Value = figment
             .extract()
-            .map_err(Box::new)?;
-        raw.validate()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        load::raw_config(tree, text)?.validate()
     }
 }
 

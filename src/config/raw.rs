@@ -190,6 +190,9 @@ pub struct RawProvider {
     pub api_key_file: Option<String>,
     #[serde(default = "default_provider_timeout_ms")]
     pub timeout_ms: u64,
+    /// Largest response body read from the provider; a bigger one fails the call.
+    #[serde(default = "default_provider_max_response_bytes")]
+    pub max_response_bytes: usize,
 }
 
 /// A model in the catalog. Prices are integer micro-dollars per million tokens.
@@ -286,6 +289,12 @@ fn default_provider_timeout_ms() -> u64 {
     60_000
 }
 
+/// 16 MiB: far above any chat or embeddings answer ragq asks for (a 256-input embeddings batch
+/// of 3,072 floats is about 8 MB of JSON).
+pub fn default_provider_max_response_bytes() -> usize {
+    16 << 20
+}
+
 impl Default for RawConfig {
     fn default() -> Self {
         Self {
@@ -305,6 +314,7 @@ impl Default for RawConfig {
                 api_key_env: None,
                 api_key_file: None,
                 timeout_ms: default_provider_timeout_ms(),
+                max_response_bytes: default_provider_max_response_bytes(),
             }],
             models: vec![
                 sim_model("sim-small", 150_000, 600_000, 16_384),

@@ -18,14 +18,6 @@ pub const MAX_TAGS: usize = 16;
 pub const MAX_TAG_LEN: usize = 64;
 pub const MAX_PROMPTS: usize = 1_000;
 
-/// A job's input, typed by its kind.
-#[derive(Debug, Clone)]
-pub enum JobInput {
-    Batch(BatchCompleteInput),
-    Ingest(IngestInput),
-    Rag(RagAnswerInput),
-}
-
 /// The job kinds this build runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobKind {
@@ -221,15 +213,6 @@ impl JobMessage {
     /// The typed input of a `rag.answer` job (its shape only).
     pub fn rag_input(&self) -> Result<RagAnswerInput, String> {
         RagAnswerInput::deserialize(&self.input).map_err(|e| format!("input: {e}"))
-    }
-
-    /// The typed input of the job's kind, parsed once per delivery.
-    pub fn typed_input(&self) -> Result<JobInput, String> {
-        Ok(match self.kind {
-            JobKind::BatchComplete => JobInput::Batch(self.batch_input()?),
-            JobKind::Ingest => JobInput::Ingest(self.ingest_input()?),
-            JobKind::RagAnswer => JobInput::Rag(self.rag_input()?),
-        })
     }
 
     /// The typed input of a `batch.complete` job.

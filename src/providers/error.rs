@@ -68,15 +68,28 @@ pub fn status_is_retryable(status: u16) -> bool {
     matches!(status, 408 | 409 | 425 | 429) || (500..=599).contains(&status)
 }
 
-/// Parses a Retry-After header: delta-seconds or an HTTP date (RFC 9110).
+/// The longest Retry-After honoured; a provider asking for more is taken to mean this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a Retry-After header: delta-seconds or an HTTP date (RFC 9110), clamped to
+/// [`MAX_RETRY_AFTER`] so that no value a provider sends (`1e20`, a date in the year 9999) can
+/// overflow a duration.
 pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        let secs = (secs.is_finite() && secs >= 0.0).then_some(secs)?;
+        return Some(Duration::from_secs_f64(
+            secs.min(MAX_RETRY_AFTER.as_secs_f64()),
+        ));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let delta = at.with_timezone(&chrono::Utc) - now;
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
+    Some(
+        delta
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// Turns an error status and body into a typed error, keeping the provider's message short. Both
@@ -145,6 +158,12 @@ mod tests {
             Some(Duration::from_secs(5))
         );
         assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("1e20", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("inf", now), None);
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }

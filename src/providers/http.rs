@@ -29,10 +29,7 @@ pub async fn exchange(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| transport_error(endpoint, e))?;
+    let bytes = read_bounded(endpoint, response).await?;
     if !(200..300).contains(&status) {
         return Err(error_from_status(
             &endpoint.name,
@@ -42,6 +39,36 @@ pub async fn exchange(
         ));
     }
     Ok(bytes)
+}
+
+/// Reads a response body of at most `endpoint.max_response_bytes`: an endpoint that answers with
+/// gigabytes fails the call naming the limit instead of costing the worker its memory.
+async fn read_bounded(
+    endpoint: &ProviderEndpoint,
+    mut response: reqwest::Response,
+) -> Result<Bytes, ProviderError> {
+    let limit = endpoint.max_response_bytes;
+    let too_large = || ProviderError::InvalidResponse {
+        provider: endpoint.name.clone(),
+        message: format!(
+            "response body over the {limit}-byte limit (providers.max_response_bytes)"
+        ),
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(endpoint, e))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn transport_error(endpoint: &ProviderEndpoint, e: reqwest::Error) -> ProviderError {

@@ -41,8 +41,7 @@ pub struct ChatRequest {
     pub counted_input_tokens: Option<u64>,
 }
 
-/// Tokens a message costs beyond its text (role and framing); generous for every known API shape.
-const MESSAGE_OVERHEAD_TOKENS: u64 = 8;
+use crate::tokens::MESSAGE_OVERHEAD_TOKENS;
 
 impl ChatRequest {
     /// An upper bound on the input tokens any provider will bill for this request: byte-level BPE
@@ -83,6 +82,23 @@ pub struct ChatResponse {
     pub usage: Usage,
 }
 
+/// A provider's answer that reports the tokens it was billed for.
+pub trait Metered {
+    fn usage(&self) -> Usage;
+}
+
+impl Metered for ChatResponse {
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+impl Metered for embeddings::EmbeddingResponse {
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
 /// How to reach one provider.
 #[derive(Debug, Clone)]
 pub struct ProviderEndpoint {
@@ -90,6 +106,8 @@ pub struct ProviderEndpoint {
     pub base_url: String,
     pub api_key: Option<Secret>,
     pub timeout: Duration,
+    /// Largest response body read; a bigger one fails the call naming the limit.
+    pub max_response_bytes: usize,
 }
 
 /// The closed set of API shapes ragq speaks.

@@ -297,6 +297,12 @@ fn provider_spec(p: &RawProvider) -> Result<ProviderSpec, String> {
             p.name
         ));
     }
+    if p.max_response_bytes == 0 {
+        return Err(format!(
+            "providers.{}.max_response_bytes must be positive",
+            p.name
+        ));
+    }
     let api_key = resolve_key(p)?;
     Ok(ProviderSpec {
         kind,
@@ -305,6 +311,7 @@ fn provider_spec(p: &RawProvider) -> Result<ProviderSpec, String> {
             base_url: p.base_url.clone(),
             api_key,
             timeout: Duration::from_millis(p.timeout_ms),
+            max_response_bytes: p.max_response_bytes,
         },
     })
 }

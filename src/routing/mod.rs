@@ -25,7 +25,8 @@ use crate::config::RetryConfig;
 use crate::providers::anthropic::AnthropicClient;
 use crate::providers::openai::OpenAiClient;
 use crate::providers::{
-    ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ProviderClient, ProviderError,
+    ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Metered, ProviderClient,
+    ProviderError, Usage,
 };
 use crate::spend::Price;
 use catalog::{Catalog, ModelSpec, ProviderKind, RoutingPolicy, Strategy};
@@ -48,34 +49,48 @@ pub struct Routed {
     pub shadow: Option<ShadowCall>,
 }
 
-/// A shadow copy's answer: booked and timed, never returned to the job.
+/// An answered call: the provider's response, the model that gave it, its price and its latency.
+/// Chat answers, shadow copies and embeddings share it, so one function books them all.
 #[derive(Debug, Clone)]
-pub struct ShadowCall {
-    pub response: ChatResponse,
+pub struct Answered<R> {
+    pub response: R,
     pub model: String,
     pub provider: String,
     pub price: Price,
     pub latency: Duration,
 }
+
+impl<R: Metered> Answered<R> {
+    fn new(model: &ModelSpec, response: R, latency: Duration) -> Self {
+        Self {
+            response,
+            model: model.name.clone(),
+            provider: model.provider.clone(),
+            price: model.price,
+            latency,
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.response.usage()
+    }
+
+    /// What the call cost, at the model's price.
+    pub fn cost_micros(&self) -> i64 {
+        self.price.cost_micros(self.usage())
+    }
+}
+
+/// A shadow copy's answer: booked and timed, never returned to the job.
+pub type ShadowCall = Answered<ChatResponse>;
 
 /// A successful embeddings call.
-#[derive(Debug, Clone)]
-pub struct EmbeddedCall {
-    pub response: EmbeddingResponse,
-    pub model: String,
-    pub provider: String,
-    pub price: Price,
-    pub latency: Duration,
-}
+pub type EmbeddedCall = Answered<EmbeddingResponse>;
 
-/// A successful call: the answer, who gave it, and what it cost.
+/// A successful routed call: the answer, and the trace of the candidates tried for it.
 #[derive(Debug, Clone)]
 pub struct RoutedCall {
-    pub response: ChatResponse,
-    pub model: String,
-    pub provider: String,
-    pub price: Price,
-    pub latency: Duration,
+    pub answer: Answered<ChatResponse>,
     pub trace: Vec<CandidateTrace>,
 }
 
@@ -149,13 +164,14 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(catalog: Arc<Catalog>, retry: RetryConfig) -> Self {
+    /// Builds the router and its HTTP client; fails if the client cannot be built (its TLS
+    /// backend), rather than falling back to a client without its settings.
+    pub fn new(catalog: Arc<Catalog>, retry: RetryConfig) -> Result<Self, reqwest::Error> {
         // One HTTP client for every provider: pooled keep-alive connections are reused across jobs.
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
-            .build()
-            .unwrap_or_default();
+            .build()?;
         let clients = catalog
             .providers()
             .iter()
@@ -188,13 +204,13 @@ impl Router {
                 )
             })
             .collect();
-        Self {
+        Ok(Self {
             catalog,
             clients,
             retry,
             health,
             pace,
-        }
+        })
     }
 
     /// Sets this worker's share of every model's rate limits (1 / live workers).
@@ -311,13 +327,7 @@ impl Router {
         let latency = started.elapsed();
         self.learn(&model.name, &result, latency);
         match result {
-            Ok(response) => Some(ShadowCall {
-                response,
-                model: model.name.clone(),
-                provider: model.provider.clone(),
-                price: model.price,
-                latency,
-            }),
+            Ok(response) => Some(Answered::new(model, response, latency)),
             Err(e) => {
                 tracing::debug!(model = %model.name, error = %e, "shadow call failed");
                 None
@@ -359,13 +369,7 @@ impl Router {
         let latency = started.elapsed();
         self.learn(&spec.name, &result, latency);
         match result {
-            Ok(response) => Ok(EmbeddedCall {
-                response,
-                model: spec.name.clone(),
-                provider: spec.provider.clone(),
-                price: spec.price,
-                latency,
-            }),
+            Ok(response) => Ok(Answered::new(spec, response, latency)),
             Err(e) => Err(exhausted_by(e, attempts)),
         }
     }
@@ -463,11 +467,7 @@ impl Router {
                 Ok(response) => {
                     trace.push(candidate(model, attempts, "ok".into()));
                     return Ok(RoutedCall {
-                        response,
-                        model: model.name.clone(),
-                        provider: model.provider.clone(),
-                        price: model.price,
-                        latency,
+                        answer: Answered::new(model, response, latency),
                         trace,
                     });
                 }

@@ -8,7 +8,6 @@
 //! [`clock::Clock`] so that tests can run days of slots in seconds.
 
 pub mod clock;
-pub mod command;
 pub mod cron;
 pub mod fire;
 pub mod outbox;

@@ -7,7 +7,6 @@
 
 pub mod audit;
 pub mod budget;
-pub mod command;
 pub mod intents;
 pub mod ledger;
 pub mod maintenance;

@@ -6,7 +6,6 @@
 //! `next_attempt_at` is pushed out by a lease meanwhile, so if that worker dies the poller of any
 //! worker picks the delivery up when the lease ends. Every attempt is a row in `webhook_attempts`.
 
-pub mod receiver;
 pub mod signature;
 
 use std::time::{Duration, Instant};
@@ -157,20 +156,25 @@ pub struct WebhookSender<L> {
 }
 
 impl<L: AttemptLog> WebhookSender<L> {
-    pub fn new(pool: PgPool, tenants: TenantDirectory, cfg: WebhookConfig, log: L) -> Self {
+    /// Fails if the HTTP client cannot be built: a default client would follow redirects.
+    pub fn new(
+        pool: PgPool,
+        tenants: TenantDirectory,
+        cfg: WebhookConfig,
+        log: L,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             // A receiver must answer itself; following redirects would send signed data elsewhere.
             .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        Self {
+            .build()?;
+        Ok(Self {
             pool,
             tenants,
             http,
             cfg,
             log,
-        }
+        })
     }
 
     /// Makes one attempt and records it.

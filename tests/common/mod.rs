@@ -7,9 +7,9 @@ use std::time::Duration;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use ragq::config::Config;
-use ragq::sim::{SimHandle, SimOptions};
 use ragq::tenants::NewTenant;
-use ragq::webhooks::receiver::{ReceivedWebhook, WebhookReceiver};
+use ragq_tools::receiver::{ReceivedWebhook, WebhookReceiver};
+use ragq_tools::sim::{SimHandle, SimOptions};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +72,7 @@ impl TestEnv {
         rabbitmqctl(&["add_vhost", &vhost]);
         rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
         let cancel = CancellationToken::new();
-        let sim = ragq::sim::spawn("127.0.0.1:0", SimOptions::default(), cancel.clone())
+        let sim = ragq_tools::sim::spawn("127.0.0.1:0", SimOptions::default(), cancel.clone())
             .await
             .unwrap();
         let hooks = WebhookReceiver::spawn(cancel.clone()).await.unwrap();
@@ -110,7 +110,7 @@ models = ["sim-small"]
 models = ["sim-small", "sim-large"]
 {sections}
 "#,
-            models = ragq::stack::sim_models_toml(&sim.base_url(), 10_000),
+            models = ragq_tools::stack::sim_models_toml(&sim.base_url(), 10_000),
             vectors = vectors_dir(&tag).display(),
             sections = sections.replace("{sim_url}", &sim.base_url()),
         );
@@ -215,7 +215,7 @@ models = ["sim-small", "sim-large"]
         let pool = self.pool.clone();
         let t = token.clone();
         let handle = tokio::spawn(async move {
-            ragq::workers::run(cfg, pool, t).await.unwrap();
+            ragq_workers::run(cfg, pool, t).await.unwrap();
         });
         (token, handle)
     }
@@ -339,7 +339,7 @@ models = ["sim-small", "sim-large"]
     /// The next `n` provider requests get 503.
     pub fn set_outage(&self, n: usize) {
         self.sim.script(std::iter::repeat_n(
-            ragq::sim::Fault::Status { status: 503 },
+            ragq_tools::sim::Fault::Status { status: 503 },
             n,
         ));
     }

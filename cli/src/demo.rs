@@ -1,0 +1,654 @@
+//! `ragq demo`: the whole system on this machine, printing what happened.
+//!
+//! It prepares a fresh database and RabbitMQ vhost, starts the sim provider (with injected faults)
+//! and a verifying webhook receiver in this process, starts worker and api processes, creates two
+//! tenants, submits jobs over AMQP and HTTP (plus a few bad messages), waits for every webhook, and
+//! prints a summary read back from Postgres and the broker.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use ragq::config::Config;
+use ragq::queue::{admin, publisher::ReconnectingPublisher};
+use ragq::scheduler::pipeline::PipelineSpec;
+use ragq::spend::budget::{usd, BudgetSpec, OnLimit};
+use ragq::spend::report::{self, Dimension, ReportQuery};
+use ragq::tenants::NewTenant;
+use ragq_tools::receiver::{ReceivedWebhook, WebhookReceiver};
+use ragq_tools::sim::SimOptions;
+use ragq_tools::stack::{free_port, sim_catalog_toml, LocalStack, ServerArgs, StackUrls};
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Jobs per tenant.
+    #[arg(long, default_value_t = 10)]
+    pub jobs: usize,
+    /// Prompts per job.
+    #[arg(long, default_value_t = 3)]
+    pub prompts: usize,
+    #[command(flatten)]
+    pub servers: ServerArgs,
+    #[command(flatten)]
+    pub sim: SimOptions,
+}
+
+const API_USER: &str = "ragq-demo-api";
+
+struct Demo {
+    cfg: Config,
+    pool: PgPool,
+    receiver: WebhookReceiver,
+    globex: NewTenant,
+    api_url: String,
+}
+
+pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    if args.sim.latency_ms == 0 && args.sim.error_rate == 0.0 && args.sim.rate_limit_rate == 0.0 {
+        args.sim = SimOptions {
+            latency_ms: 15,
+            error_rate: 0.08,
+            rate_limit_rate: 0.04,
+            retry_after_secs: 1,
+            timeout_rate: 0.0,
+        };
+    }
+    println!("ragq demo: preparing a fresh database `ragq_demo` and vhost `ragq-demo`");
+    let sim = ragq_tools::sim::spawn("127.0.0.1:0", args.sim.clone(), cancel.clone()).await?;
+    let receiver = WebhookReceiver::spawn(cancel.clone()).await?;
+    let api_port = free_port().await?;
+    let mut stack = LocalStack::prepare(&args.servers, "demo", |urls| {
+        demo_config(urls, &sim.base_url(), api_port)
+    })
+    .await?;
+    let api_password = uuid::Uuid::new_v4().simple().to_string();
+    admin::ensure_user(API_USER, &api_password, &stack.vhost)?;
+    let pool = stack.pool.clone();
+    let acme = ragq::tenants::create(&pool, "acme", "Acme Corp", Some("guest")).await?;
+    let globex = ragq::tenants::create(&pool, "globex", "Globex", None).await?;
+    receiver.trust("acme", acme.tenant.webhook_secret.expose());
+    receiver.trust("globex", globex.tenant.webhook_secret.expose());
+    // acme's monthly budget alerts at 50/80/100% of a $0.0003 soft limit, which the demo passes.
+    ragq::tenants::set_alert_webhook(&pool, "acme", Some(&receiver.url())).await?;
+    let acme_budget = BudgetSpec {
+        tenant: "acme".into(),
+        feature: String::new(),
+        period: "month".into(),
+        soft_limit_micros: Some(300),
+        hard_limit_micros: None,
+        job_quota: None,
+        token_quota: None,
+        alert_thresholds: vec![50, 80, 100],
+        on_limit: OnLimit::Fail,
+    };
+    ragq::spend::budget::set(&pool, &acme_budget).await?;
+
+    // The api publishes as its own AMQP user, one the workers trust to publish for any tenant.
+    let api_amqp =
+        stack
+            .cfg
+            .queue
+            .url
+            .replacen("guest:guest", &format!("{API_USER}:{api_password}"), 1);
+    let mut pids = Vec::new();
+    for _ in 0..args.workers {
+        pids.push(stack.spawn("worker", &[])?);
+    }
+    pids.push(stack.spawn("api", &[("RAGQ_QUEUE__URL", api_amqp.as_str())])?);
+    // The scheduler publishes as the same trusted user as the api.
+    pids.push(stack.spawn("scheduler", &[("RAGQ_QUEUE__URL", api_amqp.as_str())])?);
+    let digest = PipelineSpec::from_json(
+        serde_json::json!({
+            "name": "status-digest", "cron": "*/2 * * * * *", "time_zone": "Europe/Lisbon", "missed": "skip",
+            "job_template": {"kind": "batch.complete", "webhook_url": receiver.url(),
+                "input": {"prompts": [{"prompt": "Write the status digest for {{scheduled_time}}"}]},
+                "tags": {"feature": "digest"}}
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    ragq::scheduler::pipeline::create(
+        &pool,
+        "globex",
+        &digest,
+        chrono::Utc::now(),
+        stack.cfg.queue.max_message_bytes,
+    )
+    .await?;
+    println!(
+        "started: sim provider at {} ({} ms latency, {:.0}% 500s, {:.0}% 429s), webhook receiver at {}, {} workers, an api and a scheduler (pids {}); globex's pipeline `status-digest` fires every 2 s",
+        sim.base_url(),
+        args.sim.latency_ms,
+        args.sim.error_rate * 100.0,
+        args.sim.rate_limit_rate * 100.0,
+        receiver.url(),
+        args.workers,
+        pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+    );
+    let demo = Demo {
+        cfg: stack.cfg.clone(),
+        pool,
+        receiver,
+        globex,
+        api_url: format!("http://127.0.0.1:{api_port}"),
+    };
+    let outcome = submit_and_wait(&demo, &args, &cancel).await;
+    stack.stop_all().await;
+    let expected = outcome?;
+    let dead_letters = print_summary(&demo, expected, sim.counts(), started.elapsed()).await?;
+    let checked = check_promises(&demo, &args, sim.counts(), dead_letters).await;
+    cancel.cancel();
+    checked
+}
+
+fn demo_config(urls: &StackUrls, sim_url: &str, api_port: u16) -> String {
+    format!(
+        r#"# Written by `ragq demo`.
+[database]
+url = "{db}"
+[queue]
+url = "{queue}"
+retry_delays_ms = [500, 2000, 5000]
+trusted_publishers = ["{API_USER}"]
+[api]
+listen = "127.0.0.1:{api_port}"
+[webhooks]
+initial_backoff_ms = 200
+poll_interval_ms = 200
+claim_lease_ms = 5000
+[retry]
+initial_interval_ms = 50
+max_interval_ms = 1000
+max_elapsed_ms = 5000
+[retrieval]
+path = "{vectors}"
+{catalog}"#,
+        vectors = urls.vectors,
+        db = urls.database,
+        queue = urls.queue,
+        catalog = sim_catalog_toml(sim_url),
+    )
+}
+
+/// Submits the demo's jobs and waits for every webhook; returns how many jobs were submitted.
+async fn submit_and_wait(
+    demo: &Demo,
+    args: &DemoArgs,
+    cancel: &CancellationToken,
+) -> anyhow::Result<usize> {
+    let publisher = ReconnectingPublisher::new(demo.cfg.queue.clone(), "ragq-demo");
+    let hook = demo.receiver.url();
+    let topics = [
+        "refund policy",
+        "shipping times",
+        "password reset",
+        "invoice copy",
+        "data export",
+    ];
+    let job = |tenant: &str, i: usize, policy: &str| {
+        let prompts: Vec<_> = (0..args.prompts)
+            .map(|p| serde_json::json!({"prompt": format!("Customer {i}.{p} asks about {}: summarise the answer in one line", topics[(i + p) % topics.len()])}))
+            .collect();
+        serde_json::json!({
+            "id": format!("{tenant}-{i}"), "tenant": tenant, "kind": "batch.complete", "policy": policy,
+            "webhook_url": hook, "input": {"system": "You are a support assistant.", "prompts": prompts},
+            "tags": {"feature": if i.is_multiple_of(2) { "support-summaries" } else { "faq" }, "plan": "pro"}
+        })
+    };
+    // acme publishes straight to RabbitMQ as AMQP user `guest`.
+    for i in 0..args.jobs {
+        let body = job("acme", i, "cost-optimized").to_string();
+        publisher
+            .publish_job("batch.complete", &format!("acme-{i}"), body.as_bytes())
+            .await?;
+    }
+    // globex submits over HTTP with its API key.
+    let http = reqwest::Client::new();
+    wait_for_api(&http, &demo.api_url, cancel).await?;
+    for i in 0..args.jobs {
+        let mut body = job(
+            "globex",
+            i,
+            if i % 3 == 0 {
+                "reliable"
+            } else {
+                "cost-optimized"
+            },
+        );
+        body.as_object_mut().map(|o| o.remove("tenant"));
+        let resp = http
+            .post(format!("{}/v1/jobs", demo.api_url))
+            .bearer_auth(demo.globex.api_key.expose())
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "api refused a demo job: {}",
+            resp.text().await?
+        );
+    }
+    // One job that fails for good (unknown policy) and gets a job.failed webhook.
+    let failing = job("acme", args.jobs, "no-such-policy").to_string();
+    publisher
+        .publish_job(
+            "batch.complete",
+            &format!("acme-{}", args.jobs),
+            failing.as_bytes(),
+        )
+        .await?;
+    // Bad messages: broken JSON, and globex's job published by acme's AMQP user.
+    publisher
+        .publish_job("batch.complete", "broken", b"{\"id\": \"broken\", oops")
+        .await?;
+    let spoofed = job("globex", 99, "cost-optimized").to_string();
+    publisher
+        .publish_job("batch.complete", "globex-99", spoofed.as_bytes())
+        .await?;
+    ask_the_handbook(demo, &publisher, cancel).await?;
+    let expected = 2 * args.jobs + 1 + RAG_JOBS;
+    println!("submitted: {} jobs for acme over AMQP, {} for globex over HTTP, 1 doomed job, 2 bad messages", args.jobs + 1, args.jobs);
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = || async {
+        let hooks = demo.receiver.received();
+        let runs = count(
+            &demo.pool,
+            "SELECT count(*) FROM jobs WHERE id LIKE 'pl:%' AND state = 'succeeded'",
+        )
+        .await
+        .unwrap_or(0);
+        job_hooks(&hooks) >= expected && alerts(&hooks).len() >= 3 && runs >= 2
+    };
+    while !done().await {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {expected} webhooks arrived in time",
+            demo.receiver.count()
+        );
+        anyhow::ensure!(!cancel.is_cancelled(), "interrupted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Pause the pipeline and let its last runs finish, so the summary sees a quiet system.
+    ragq::scheduler::pipeline::set_enabled(
+        &demo.pool,
+        "globex",
+        "status-digest",
+        false,
+        chrono::Utc::now(),
+    )
+    .await?;
+    while count(
+        &demo.pool,
+        "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')",
+    )
+    .await?
+        > 0
+        || demo.receiver.received().len() < job_hooks_expected(demo).await? + 3
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "pipeline runs did not finish in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the deliveries' rows settle (the receiver answers before the sender records the attempt).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(expected)
+}
+
+/// The retrieval jobs the demo runs: one ingest, then two questions.
+const RAG_JOBS: usize = 3;
+
+/// acme indexes its handbook (an `ingest` job), then asks two questions about it (`rag.answer`).
+async fn ask_the_handbook(
+    demo: &Demo,
+    publisher: &ReconnectingPublisher,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let hook = demo.receiver.url();
+    let handbook = serde_json::json!([
+        {"id": "refunds", "metadata": {"team": "billing"}, "text":
+            "Refunds are paid to the original card within 14 days of the returned item arriving. \
+             Digital goods are refunded only when the download never worked; open a support ticket."},
+        {"id": "shipping", "metadata": {"team": "logistics"}, "text":
+            "Orders ship from Lisbon. Shipping inside the EU takes 3 working days; elsewhere 7 to 10."},
+        {"id": "passwords", "metadata": {"team": "security"}, "text":
+            "To reset a password, use the link on the sign-in page; the link expires after 30 minutes."},
+    ]);
+    let ingest = serde_json::json!({"id": "acme-handbook", "tenant": "acme", "kind": "ingest",
+        "webhook_url": hook, "input": {"collection": "handbook", "documents": handbook}});
+    publisher
+        .publish_job("ingest", "acme-handbook", ingest.to_string().as_bytes())
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(
+        &demo.pool,
+        "SELECT count(*) FROM jobs WHERE id = 'acme-handbook' AND state IN ('succeeded', 'failed')",
+    )
+    .await?
+        == 0
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the handbook ingest did not finish"
+        );
+        anyhow::ensure!(!cancel.is_cancelled(), "interrupted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (id, question) in [
+        ("acme-ask-refunds", "How many days do refunds take?"),
+        (
+            "acme-ask-shipping",
+            "How long does shipping inside the EU take?",
+        ),
+    ] {
+        let ask = serde_json::json!({"id": id, "tenant": "acme", "kind": "rag.answer",
+            "webhook_url": hook, "tags": {"feature": "handbook-qa"},
+            "input": {"collection": "handbook", "question": question, "top_k": 2}});
+        publisher
+            .publish_job("rag.answer", id, ask.to_string().as_bytes())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Webhooks every job with a webhook should have produced (all of the demo's jobs have one).
+async fn job_hooks_expected(demo: &Demo) -> anyhow::Result<usize> {
+    Ok(usize::try_from(
+        count(
+            &demo.pool,
+            "SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'failed')",
+        )
+        .await?,
+    )?)
+}
+
+async fn wait_for_api(
+    http: &reqwest::Client,
+    url: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if http.get(format!("{url}/healthz")).send().await.is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(!cancel.is_cancelled(), "interrupted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the api did not come up at {url}")
+}
+
+/// Webhooks about jobs (`job.succeeded`, `job.failed`), as opposed to budget alerts.
+fn job_hooks(hooks: &[ReceivedWebhook]) -> usize {
+    hooks
+        .iter()
+        .filter_map(|h| serde_json::from_str::<serde_json::Value>(&h.body).ok())
+        .filter(|v| v["type"].as_str().is_some_and(|t| t.starts_with("job.")))
+        .count()
+}
+
+/// The budget alerts received: (threshold percent, spend when it fired), in threshold order.
+fn alerts(hooks: &[ReceivedWebhook]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = hooks
+        .iter()
+        .filter_map(|h| serde_json::from_str::<serde_json::Value>(&h.body).ok())
+        .filter(|v| v["type"] == "budget.threshold")
+        .map(|v| {
+            let d = &v["data"];
+            (
+                d["threshold_pct"].as_i64().unwrap_or(0),
+                d["cost_micros"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Prints what happened; returns how many messages were in the dead-letter queue.
+async fn print_summary(
+    demo: &Demo,
+    expected: usize,
+    sim: (u64, u64),
+    took: Duration,
+) -> anyhow::Result<usize> {
+    println!(
+        "\n== jobs ({expected} submitted, {:.1} s)",
+        took.as_secs_f64()
+    );
+    println!(
+        "{:<8} {:>9} {:>6} {:>9}",
+        "tenant", "succeeded", "failed", "attempts"
+    );
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT tenant_id, count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'failed'), \
+         sum(attempts)::int8 FROM jobs GROUP BY tenant_id ORDER BY tenant_id",
+    )
+    .fetch_all(&demo.pool)
+    .await?;
+    for (t, ok, failed, attempts) in rows {
+        println!("{t:<8} {ok:>9} {failed:>6} {attempts:>9}");
+    }
+    let failures: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT id, error_code, error FROM jobs WHERE state = 'failed' ORDER BY id")
+            .fetch_all(&demo.pool)
+            .await?;
+    for (id, code, error) in failures {
+        println!("  failed {id}: {code}: {error}");
+    }
+
+    let runs: Vec<(chrono::DateTime<chrono::Utc>, String, String)> = sqlx::query_as(
+        "SELECT r.scheduled_at, r.job_id, j.state FROM pipeline_runs r JOIN jobs j ON j.id = r.job_id ORDER BY 1",
+    )
+    .fetch_all(&demo.pool)
+    .await?;
+    println!("\n== pipelines (globex `status-digest`, every 2 s, fired by the scheduler's leader through its outbox)");
+    for (at, job, state) in &runs {
+        println!("  run {}  job {job}: {state}", at.to_rfc3339());
+    }
+
+    println!("\n== spend (daily aggregates kept in step with the ledger; exact micro-dollars)");
+    let dims = [Dimension::Tenant, Dimension::Feature, Dimension::Model];
+    let q = ReportQuery {
+        group_by: dims.to_vec(),
+        ..ReportQuery::default()
+    };
+    print!(
+        "{}",
+        report::to_table(&dims, &report::query(&demo.pool, &q).await?)
+    );
+
+    let hooks = demo.receiver.received();
+    let verified = hooks.iter().filter(|h| h.verified == Some(true)).count();
+    let (attempts, delivered): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_attempts), count(*) FILTER (WHERE state = 'delivered') FROM webhook_deliveries",
+    )
+    .fetch_one(&demo.pool)
+    .await?;
+    println!("\n== retrieval (acme's handbook: ingest, then rag.answer on the embedded qdrant-edge store)");
+    let rag: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT id, result FROM jobs WHERE kind IN ('ingest', 'rag.answer') AND result IS NOT NULL ORDER BY created_at",
+    )
+    .fetch_all(&demo.pool)
+    .await?;
+    for (id, r) in rag {
+        match r["answer"].as_str() {
+            Some(answer) => {
+                let cited: Vec<String> = r["citations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        format!(
+                            "[{}] {}#{} ({:.2})",
+                            c["n"],
+                            c["document_id"].as_str().unwrap_or("?"),
+                            c["chunk_index"],
+                            c["score"].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect();
+                println!(
+                    "  {id}: {answer}\n    cites {}; {} ms (embed {}, search {}, model {})",
+                    cited.join(", "),
+                    r["timings_ms"]["total"],
+                    r["timings_ms"]["embed"],
+                    r["timings_ms"]["search"],
+                    r["timings_ms"]["model"]
+                );
+            }
+            None => println!(
+                "  {id}: {} chunks from {} documents, {} embedding calls, {} micro-dollars",
+                r["chunks"],
+                r["documents"].as_array().map_or(0, Vec::len),
+                r["embedding_calls"],
+                r["cost_micros"]
+            ),
+        }
+    }
+
+    println!("\n== webhooks");
+    println!("{} received, {verified} with a valid Standard Webhooks signature; {delivered} deliveries marked delivered after {attempts} attempts", hooks.len());
+    for (pct, cost) in alerts(&hooks) {
+        println!(
+            "  budget alert: acme passed {pct}% of its $0.000300 monthly soft limit (spent {})",
+            usd(cost)
+        );
+    }
+
+    println!("\n== dead-letter queue");
+    let dead_letters = drain_dead_letters(&demo.cfg).await?;
+    for (reason, body) in &dead_letters {
+        println!(
+            "  {reason}  <- {}",
+            String::from_utf8_lossy(body)
+                .chars()
+                .take(60)
+                .collect::<String>()
+        );
+    }
+    println!("\n== provider");
+    println!("sim provider: {} requests, {} answered, {} failed on purpose and were retried or failed over", sim.0, sim.1, sim.0 - sim.1);
+    Ok(dead_letters.len())
+}
+
+/// Checks the system's promises on what the demo just did; the first broken one is the error.
+async fn check_promises(
+    demo: &Demo,
+    args: &DemoArgs,
+    (_, answered): (u64, u64),
+    dead_letters: usize,
+) -> anyhow::Result<()> {
+    let (succeeded, failed, unfinished): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'failed'), \
+         count(*) FILTER (WHERE state NOT IN ('succeeded', 'failed')) FROM jobs WHERE id NOT LIKE 'pl:%'",
+    )
+    .fetch_one(&demo.pool)
+    .await?;
+    let jobs = i64::try_from(args.jobs)?;
+    let mut broken = Vec::new();
+    let rag = i64::try_from(RAG_JOBS)?;
+    if (succeeded, failed, unfinished) != (2 * jobs + rag, 1, 0) {
+        broken.push(format!("expected {} succeeded, 1 failed, 0 unfinished; got {succeeded}, {failed}, {unfinished}", 2 * jobs + rag));
+    }
+    let (runs, run_jobs_ok): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE j.state = 'succeeded') FROM pipeline_runs r \
+         JOIN jobs j ON j.tenant_id = 'globex' AND j.id = r.job_id",
+    )
+    .fetch_one(&demo.pool)
+    .await?;
+    if runs < 2 || run_jobs_ok != runs {
+        broken.push(format!(
+            "{runs} pipeline runs, {run_jobs_ok} of their jobs succeeded"
+        ));
+    }
+    // Each answered call booked exactly once (no process was killed, so none was lost).
+    let booked = count(&demo.pool, "SELECT count(*) FROM provider_calls").await?;
+    if u64::try_from(booked)? != answered {
+        broken.push(format!(
+            "the provider answered {answered} calls but {booked} are booked"
+        ));
+    }
+    // A job's result reports the cost of its final attempt's calls, as booked.
+    let mismatched = count(
+        &demo.pool,
+        "SELECT count(*) FROM jobs j WHERE j.state = 'succeeded' AND (j.result->>'cost_micros')::int8 <> \
+         (SELECT coalesce(sum(cost_micros), 0) FROM provider_calls p \
+          WHERE p.tenant_id = j.tenant_id AND p.job_id = j.id AND p.attempt = j.attempts)",
+    )
+    .await?;
+    if mismatched != 0 {
+        broken.push(format!("{mismatched} results disagree with the ledger"));
+    }
+    let hooks = demo.receiver.received();
+    let ids: std::collections::HashSet<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
+    let unverified = hooks.iter().filter(|h| h.verified != Some(true)).count();
+    if unverified > 0
+        || ids.len() != hooks.len()
+        || job_hooks(&hooks) != 2 * args.jobs + 1 + RAG_JOBS + usize::try_from(runs)?
+    {
+        broken.push(format!(
+            "{} webhooks ({} distinct ids, {unverified} unverified) for {} finished jobs",
+            hooks.len(),
+            ids.len(),
+            2 * args.jobs + 1 + RAG_JOBS + usize::try_from(runs)?
+        ));
+    }
+    let thresholds: Vec<i64> = alerts(&hooks).iter().map(|a| a.0).collect();
+    if thresholds != [50, 80, 100] {
+        broken.push(format!(
+            "expected one budget alert at each of 50, 80, 100%; got {thresholds:?}"
+        ));
+    }
+    if dead_letters != 2 {
+        broken.push(format!("expected 2 dead letters, found {dead_letters}"));
+    }
+    if broken.is_empty() {
+        println!("\n== checks\nall passed: every job and pipeline run finished once, every answered call booked once, results equal the ledger, every webhook verified, each budget alert fired once, both bad messages dead-lettered");
+        Ok(())
+    } else {
+        anyhow::bail!("demo checks failed:\n  - {}", broken.join("\n  - "))
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+}
+
+async fn drain_dead_letters(cfg: &Config) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let conn =
+        lapin::Connection::connect(&cfg.queue.url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let mut out = Vec::new();
+    while let Some(msg) = ch
+        .basic_get(
+            ragq::queue::topology::DEAD_LETTER_QUEUE.into(),
+            BasicGetOptions::default(),
+        )
+        .await?
+    {
+        let reason = msg
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(ragq::queue::topology::REASON_HEADER).cloned())
+            .map(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_else(|| "dead-lettered by the broker".into());
+        out.push((reason, msg.delivery.data.clone()));
+        msg.delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(out)
+}

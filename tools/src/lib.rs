@@ -1,0 +1,7 @@
+//! Tooling around ragq that no worker links: the simulated provider (`ragq sim-provider`), a
+//! webhook receiver that verifies every signature, and the local stack (a fresh database and vhost,
+//! ragq processes started as an operator would) used by the demo, the benchmarks and the tests.
+
+pub mod receiver;
+pub mod sim;
+pub mod stack;

@@ -1,0 +1,484 @@
+//! `ragq sim-provider`: an OpenAI-compatible chat-completions and embeddings server for demos, tests and benchmarks.
+//!
+//! Replies are deterministic (a function of the model and the prompt) and carry usage, so spend can be
+//! checked exactly. Faults are injected at random rates (500s, 429s with Retry-After, hangs past any
+//! sane timeout) or scripted: a test queues the exact statuses the next requests get.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use ragq::providers::anthropic;
+use ragq::providers::embeddings::{
+    WireEmbedding, WireEmbeddingRequest, WireEmbeddingResponse, WireEmbeddingUsage,
+};
+use ragq::providers::openai::{
+    WireChatRequest, WireChatResponse, WireChoice, WireMessage, WireUsage,
+};
+use ragq::providers::ChatMessage;
+
+/// Fault rates and latency; every rate is a probability in 0..=1.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+pub struct SimOptions {
+    /// Added latency per request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Share of requests answered with HTTP 500.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Share of requests answered with HTTP 429 and Retry-After.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub rate_limit_rate: f64,
+    /// Retry-After sent with 429s, in seconds.
+    #[arg(long, default_value_t = 1)]
+    #[serde(default)]
+    pub retry_after_secs: u64,
+    /// Share of requests that hang (for 10 minutes) instead of answering.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub timeout_rate: f64,
+}
+
+/// A scripted answer for one upcoming request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "snake_case")]
+pub enum Fault {
+    /// Answer with this status and an error body.
+    Status { status: u16 },
+    /// 429 with this Retry-After in seconds.
+    RateLimited { retry_after_secs: u64 },
+    /// Never answer (until the client gives up).
+    Hang,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    options: Mutex<SimOptions>,
+    script: Mutex<VecDeque<Fault>>,
+    requests: AtomicU64,
+    successes: AtomicU64,
+    answered_call_ids: Mutex<Vec<String>>,
+    /// When each request arrived (for checking pacing).
+    arrivals: Mutex<Vec<std::time::Instant>>,
+}
+
+/// A running sim provider.
+#[derive(Debug, Clone)]
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    state: Arc<SimState>,
+}
+
+impl SimHandle {
+    /// The base URL to put in a provider's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Queues faults for the next requests, in order.
+    pub fn script(&self, faults: impl IntoIterator<Item = Fault>) {
+        if let Ok(mut s) = self.state.script.lock() {
+            s.extend(faults);
+        }
+    }
+
+    pub fn set_options(&self, options: SimOptions) {
+        if let Ok(mut o) = self.state.options.lock() {
+            *o = options;
+        }
+    }
+
+    /// The `x-ragq-call-id` of every request answered successfully, in order.
+    pub fn answered_call_ids(&self) -> Vec<String> {
+        self.state
+            .answered_call_ids
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Requests received, and those answered successfully.
+    /// When each request arrived, in order.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.state
+            .arrivals
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.state.requests.load(Ordering::Relaxed),
+            self.state.successes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Binds and serves until `cancel` fires.
+pub async fn spawn(
+    listen: &str,
+    options: SimOptions,
+    cancel: CancellationToken,
+) -> std::io::Result<SimHandle> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(SimState {
+        options: Mutex::new(options),
+        ..SimState::default()
+    });
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/messages", post(messages))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/sim/script", post(add_script))
+        .route("/sim/stats", get(stats))
+        .with_state(state.clone());
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "sim provider stopped");
+        }
+    });
+    Ok(SimHandle { addr, state })
+}
+
+async fn add_script(
+    State(state): State<Arc<SimState>>,
+    Json(faults): Json<Vec<Fault>>,
+) -> StatusCode {
+    if let Ok(mut s) = state.script.lock() {
+        s.extend(faults);
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn stats(State(state): State<Arc<SimState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "requests": state.requests.load(Ordering::Relaxed),
+        "successes": state.successes.load(Ordering::Relaxed),
+    }))
+}
+
+/// Picks this request's fault: the script first, then the random rates.
+fn next_fault(state: &SimState) -> (Option<Fault>, u64) {
+    let scripted = state.script.lock().ok().and_then(|mut s| s.pop_front());
+    let options = state.options.lock().map(|o| o.clone()).unwrap_or_default();
+    if scripted.is_some() {
+        return (scripted, options.latency_ms);
+    }
+    let mut rng = rand::thread_rng();
+    let roll: f64 = rng.gen();
+    let fault = if roll < options.error_rate {
+        Some(Fault::Status { status: 500 })
+    } else if roll < options.error_rate + options.rate_limit_rate {
+        Some(Fault::RateLimited {
+            retry_after_secs: options.retry_after_secs,
+        })
+    } else if roll < options.error_rate + options.rate_limit_rate + options.timeout_rate {
+        Some(Fault::Hang)
+    } else {
+        None
+    };
+    (fault, options.latency_ms)
+}
+
+async fn chat(
+    State(state): State<Arc<SimState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    answer(&state, &headers, || {
+        let request: WireChatRequest =
+            serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;
+        if request.messages.is_empty() {
+            return Err("messages must not be empty".into());
+        }
+        Ok((reply(&request), |r: WireChatResponse| {
+            Json(r).into_response()
+        }))
+    })
+    .await
+}
+
+/// `POST /v1/messages`: the same model behind Anthropic's Messages shape.
+async fn messages(
+    State(state): State<Arc<SimState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    answer(&state, &headers, || {
+        let wire: anthropic::WireRequest =
+            serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;
+        let mut messages: Vec<ChatMessage> = wire
+            .system
+            .map(|content| ChatMessage {
+                role: "system".into(),
+                content,
+            })
+            .into_iter()
+            .collect();
+        messages.extend(wire.messages.into_iter().map(|m| ChatMessage {
+            role: m.role,
+            content: m.content,
+        }));
+        let request = WireChatRequest {
+            model: wire.model,
+            messages,
+            max_tokens: Some(wire.max_tokens),
+            temperature: wire.temperature,
+        };
+        let render = |r: WireChatResponse| {
+            let text = r
+                .choices
+                .into_iter()
+                .next()
+                .and_then(|c| c.message.content)
+                .unwrap_or_default();
+            let usage = r.usage.map(
+                |u| json!({"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}),
+            );
+            Json(json!({"type": "message", "role": "assistant",
+                        "content": [{"type": "text", "text": text}], "usage": usage}))
+            .into_response()
+        };
+        if request.messages.iter().all(|m| m.role == "system") {
+            return Err("messages must hold at least one user message".into());
+        }
+        Ok((reply(&request), render))
+    })
+    .await
+}
+
+/// `POST /v1/embeddings`: deterministic vectors in which texts sharing words are close.
+async fn embeddings(
+    State(state): State<Arc<SimState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    answer(&state, &headers, || {
+        let request: WireEmbeddingRequest =
+            serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;
+        if request.input.is_empty() || request.input.iter().any(|t| t.trim().is_empty()) {
+            return Err("input must hold non-empty texts".into());
+        }
+        let dimension = embedding_dimension(&request.model);
+        let data = request
+            .input
+            .iter()
+            .enumerate()
+            .map(|(index, text)| WireEmbedding {
+                index,
+                embedding: embed(text, dimension),
+            })
+            .collect();
+        let prompt_tokens = request.input.iter().map(|t| count_tokens(t)).sum();
+        let response = WireEmbeddingResponse {
+            data,
+            usage: Some(WireEmbeddingUsage { prompt_tokens }),
+        };
+        Ok((response, |r: WireEmbeddingResponse| Json(r).into_response()))
+    })
+    .await
+}
+
+/// The sim's embedding size for a model: a trailing `-<n>` in its id, else 256.
+pub fn embedding_dimension(model: &str) -> usize {
+    model
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .filter(|&n: &usize| (2..=4096).contains(&n))
+        .unwrap_or(256)
+}
+
+/// A deterministic embedding: each lowercased word adds a signed unit at a hashed coordinate
+/// (feature hashing), then the vector is normalized. Texts sharing words have positive cosine
+/// similarity, growing with the words they share.
+pub fn embed(text: &str, dimension: usize) -> Vec<f32> {
+    let mut v = vec![0f32; dimension];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let h = fnv1a(word.to_lowercase().as_bytes());
+        let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+        v[(h % dimension as u64) as usize] += sign;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    } else {
+        v[0] = 1.0;
+    }
+    v
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Applies this request's fault and latency, then answers with `build`'s reply rendered in its
+/// API shape, recording the call id of every success.
+async fn answer<T, B, R>(state: &SimState, headers: &axum::http::HeaderMap, build: B) -> Response
+where
+    B: FnOnce() -> Result<(T, R), String>,
+    R: FnOnce(T) -> Response,
+{
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut a) = state.arrivals.lock() {
+        a.push(std::time::Instant::now());
+    }
+    let (fault, latency_ms) = next_fault(state);
+    if latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+    }
+    match fault {
+        Some(Fault::Status { status }) => return error(status, "simulated failure"),
+        Some(Fault::RateLimited { retry_after_secs }) => {
+            let mut r = error(429, "simulated rate limit");
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                r.headers_mut().insert("retry-after", v);
+            }
+            return r;
+        }
+        Some(Fault::Hang) => {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            return error(504, "simulated hang");
+        }
+        None => {}
+    }
+    let (response, render) = match build() {
+        Ok(built) => built,
+        Err(refused) => return error(400, &refused),
+    };
+    state.successes.fetch_add(1, Ordering::Relaxed);
+    let call_id = headers
+        .get(ragq::providers::http::CALL_ID_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if let (Some(id), Ok(mut ids)) = (call_id, state.answered_call_ids.lock()) {
+        ids.push(id.to_string());
+    }
+    render(response)
+}
+
+fn error(status: u16, message: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        Json(json!({"error": {"message": message, "type": "sim"}})),
+    )
+        .into_response()
+}
+
+/// Counts tokens the way the sim bills them: whitespace-separated words, plus 3 per message.
+pub fn count_tokens(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+/// The deterministic answer to a request.
+pub fn reply(request: &WireChatRequest) -> WireChatResponse {
+    let prompt = request
+        .messages
+        .last()
+        .map(|m| m.content.as_str())
+        .unwrap_or_default();
+    let digest = ragq::tenants::hash_api_key(&format!("{}\n{prompt}", request.model));
+    let words: Vec<&str> = prompt.split_whitespace().take(12).collect();
+    let mut content = format!(
+        "[{}:{}] {}",
+        request.model,
+        hex::encode(&digest[..4]),
+        words.join(" ")
+    );
+    if let Some(max) = request.max_tokens {
+        let kept: Vec<&str> = content.split_whitespace().take(max as usize).collect();
+        content = kept.join(" ");
+    }
+    let prompt_tokens = request
+        .messages
+        .iter()
+        .map(|m| count_tokens(&m.content) + 3)
+        .sum();
+    WireChatResponse {
+        choices: vec![WireChoice {
+            message: WireMessage {
+                role: "assistant".into(),
+                content: Some(content.clone()),
+            },
+        }],
+        usage: Some(WireUsage {
+            prompt_tokens,
+            completion_tokens: count_tokens(&content),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_deterministic_and_carry_usage() {
+        let req = WireChatRequest {
+            model: "m".into(),
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: "what is two plus two".into(),
+            }],
+            max_tokens: None,
+            temperature: None,
+        };
+        let a = reply(&req);
+        let b = reply(&req);
+        let text = a.choices[0].message.content.clone().unwrap_or_default();
+        assert_eq!(Some(text.clone()), b.choices[0].message.content);
+        assert!(text.contains("what is two plus two"));
+        let usage = a.usage.expect("usage");
+        assert_eq!(usage.prompt_tokens, 5 + 3);
+        assert_eq!(usage.completion_tokens, count_tokens(&text));
+    }
+
+    #[test]
+    fn embeddings_bring_texts_that_share_words_close() {
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let q = embed("How long do refunds take?", 256);
+        let near = embed("Refunds take 14 days to arrive.", 256);
+        let far = embed("Our office dog is called Biscuit.", 256);
+        assert!((dot(&q, &q) - 1.0).abs() < 1e-5, "unit length");
+        assert!(dot(&q, &near) > dot(&q, &far) + 0.2);
+        assert_eq!(embed("same words", 64), embed("Same, words!", 64));
+        assert_eq!(embedding_dimension("sim-embed"), 256);
+        assert_eq!(embedding_dimension("sim-embed-64"), 64);
+    }
+
+    #[test]
+    fn script_goes_first() {
+        let state = SimState::default();
+        state
+            .script
+            .lock()
+            .expect("lock")
+            .push_back(Fault::Status { status: 503 });
+        assert_eq!(next_fault(&state).0, Some(Fault::Status { status: 503 }));
+        assert_eq!(next_fault(&state).0, None);
+    }
+}

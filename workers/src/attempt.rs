@@ -1,0 +1,250 @@
+//! One job through its kind's handler: claim it (reserving its worst case and recording the intents
+//! of its first calls), run the attempt with panics caught, commit the outcome with its webhook,
+//! and say how to settle the delivery. The same path for every kind.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use lapin::message::Delivery;
+use serde_json::json;
+
+use ragq::jobs::JobMessage;
+use ragq::retrieval::StoreError;
+use ragq::routing::CallScope;
+use ragq::spend::budget::Estimate;
+use ragq::tenants::Tenant;
+use ragq::webhooks::PendingDelivery;
+
+use crate::booking::AttemptOf;
+use crate::commit::{ClaimRequest, Finish, NewDelivery, Outcome};
+use crate::error::JobError;
+use crate::handler::{ClaimIntents, JobContext, JobHandler};
+use crate::settle::{self, Disposition};
+use crate::WorkerContext;
+
+/// Runs a delivered job whose publisher was authorized, as kind `H`.
+pub async fn process<H: JobHandler>(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    job: JobMessage,
+    tenant: Tenant,
+) -> Disposition {
+    if H::USES_VECTOR_STORE {
+        if let Some(d) = pass_on_if_store_held_elsewhere(ctx).await {
+            return d;
+        }
+    }
+    let env = ctx.env();
+    let input = H::input(&job);
+    let (estimate, first_calls) = match &input {
+        Ok(input) => (
+            H::estimate(env, &job, input),
+            // The claim numbers the attempt.
+            H::claim_intents(
+                env,
+                AttemptOf {
+                    job: &job,
+                    attempt: 0,
+                },
+                input,
+            ),
+        ),
+        Err(_) => (Estimate::default(), ClaimIntents::default()),
+    };
+    let job = Arc::new(job);
+    let claim = ctx
+        .commits
+        .claim(ClaimRequest {
+            job: Arc::clone(&job),
+            redelivered: delivery.redelivered,
+            estimate,
+            intents: first_calls.intents,
+        })
+        .await;
+    let policy = ctx.retry_policy();
+    let (attempt, admission) = match settle::on_claim(claim, policy) {
+        Ok(granted) => granted,
+        Err(disposition) => return disposition,
+    };
+    let result = match settle::admit(attempt, admission, policy) {
+        Ok(cost_cap_micros) => {
+            let context = JobContext {
+                job: &job,
+                attempt,
+                router: &ctx.router,
+                commits: &ctx.commits,
+                scope: CallScope {
+                    plan: Some(&tenant.plan),
+                    cost_cap_micros,
+                },
+                default_max_output_tokens: ctx.cfg.spend.default_max_output_tokens,
+                retrieval: &ctx.cfg.retrieval,
+                vectors: &ctx.vectors,
+                declared_calls: first_calls.calls,
+            };
+            run_guarded::<H>(&context, input).await
+        }
+        Err(e) => Err(e),
+    };
+    commit(ctx, &job, attempt, result).await
+}
+
+/// Runs the handler; a panic becomes [`JobError::Panicked`], so its delivery is settled like any
+/// failure instead of staying unacknowledged with the job `running`.
+async fn run_guarded<H: JobHandler>(
+    ctx: &JobContext<'_>,
+    input: Result<H::Input, String>,
+) -> Result<serde_json::Value, JobError> {
+    if !ctx.router.has_policy(&ctx.job.policy) {
+        return Err(JobError::permanent(
+            "unknown_policy",
+            format!("unknown routing policy `{}`", ctx.job.policy),
+        ));
+    }
+    let input = input.map_err(JobError::invalid)?;
+    guard(H::run(ctx, input)).await
+}
+
+/// Awaits an attempt, turning a panic into [`JobError::Panicked`].
+async fn guard(
+    attempt: impl std::future::Future<Output = Result<serde_json::Value, JobError>>,
+) -> Result<serde_json::Value, JobError> {
+    match AssertUnwindSafe(attempt).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let error = JobError::from_panic(&*payload);
+            tracing::error!(error = %error, "job handler panicked");
+            Err(error)
+        }
+    }
+}
+
+/// Commits the attempt's outcome (with its webhook, for a final one) and hands the webhook to the
+/// sender once committed.
+async fn commit(
+    ctx: &WorkerContext,
+    job: &JobMessage,
+    attempt: i32,
+    result: Result<serde_json::Value, JobError>,
+) -> Disposition {
+    match &result {
+        Err(e) if e.is_retryable() => tracing::info!(error = %e, attempt, "attempt failed"),
+        Err(e) => tracing::info!(error = %e, attempt, "job failed"),
+        Ok(_) => {}
+    }
+    let plan = settle::after_attempt(result, attempt, ctx.retry_policy());
+    let webhook = job
+        .webhook_url
+        .as_ref()
+        .and_then(|url| webhook_for(job, attempt, &plan.finish, url));
+    let outcome = Outcome {
+        tenant_id: job.tenant.clone(),
+        job_id: job.id.clone(),
+        attempt,
+        finish: plan.finish,
+        webhook: webhook.clone(),
+    };
+    let committed = ctx.commits.finish(outcome).await;
+    match &committed {
+        Ok(crate::commit::FinishResult::Committed) => {
+            if let Some(w) = webhook {
+                // A full channel is fine: the poller sends it when its lease ends.
+                let _ = ctx.webhooks.try_send(PendingDelivery {
+                    id: w.id,
+                    tenant_id: job.tenant.clone(),
+                    url: w.url,
+                    payload: w.payload,
+                    attempts: 0,
+                });
+            }
+        }
+        Ok(crate::commit::FinishResult::Fenced) => tracing::warn!(
+            attempt,
+            "job was taken over by another delivery; dropping this attempt's outcome"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot commit outcome"),
+    }
+    settle::after_commit(&committed, plan.then)
+}
+
+/// An embedded vector store serves one process. A worker that cannot take it hands retrieval jobs
+/// back through a retry queue before claiming them (no attempt is spent), so they reach the worker
+/// that holds it. Several workers that all need retrieval should use a Qdrant server instead.
+async fn pass_on_if_store_held_elsewhere(ctx: &WorkerContext) -> Option<Disposition> {
+    match ctx.vectors.get().await {
+        Err(e @ StoreError::Locked { .. }) => {
+            tracing::info!(reason = %e, "passing a retrieval job on to the worker holding the vector store");
+            Some(Disposition::Retry(ctx.retry_policy().shortest()))
+        }
+        _ => None,
+    }
+}
+
+/// The webhook for a final outcome (none for a retry).
+fn webhook_for(job: &JobMessage, attempt: i32, finish: &Finish, url: &str) -> Option<NewDelivery> {
+    let (event_type, state, body) = match finish {
+        Finish::Succeeded(result) => ("job.succeeded", "succeeded", json!({"result": result})),
+        Finish::Failed { code, message } => (
+            "job.failed",
+            "failed",
+            json!({"error": {"code": code, "message": message}}),
+        ),
+        Finish::Retry { .. } => return None,
+    };
+    let mut data = json!({
+        "job_id": job.id, "tenant": job.tenant, "kind": job.kind.as_str(),
+        "state": state, "attempts": attempt, "tags": job.tags,
+    });
+    if let (Some(data), Some(body)) = (data.as_object_mut(), body.as_object()) {
+        data.extend(body.clone());
+    }
+    let payload =
+        json!({"type": event_type, "timestamp": chrono::Utc::now().to_rfc3339(), "data": data});
+    Some(NewDelivery {
+        // The thread-local CSPRNG, not `new_v4`'s getrandom syscall per id: this runs once per job.
+        id: format!(
+            "msg_{}",
+            uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .simple()
+        ),
+        event_type: event_type.into(),
+        url: url.to_string(),
+        payload: payload.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settle::{after_attempt, RetryPolicy};
+
+    #[tokio::test]
+    async fn a_panicking_attempt_settles_like_a_failure() {
+        let delays = [std::time::Duration::from_secs(1)];
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            delays: &delays,
+        };
+        let panicking = || {
+            guard(async {
+                let v: Vec<u8> = Vec::new();
+                Ok(json!(v[3]))
+            })
+        };
+        let result = panicking().await;
+        assert!(
+            matches!(&result, Err(JobError::Panicked { message }) if message.contains("index out of bounds"))
+        );
+        let first = after_attempt(result, 1, policy);
+        assert_eq!(first.then, Disposition::Retry(delays[0]));
+        assert!(matches!(first.finish, Finish::Retry { .. }));
+        let last = after_attempt(panicking().await, 2, policy);
+        assert!(
+            matches!(last.then, Disposition::DeadLetter(ref r) if r.starts_with("handler_panicked"))
+        );
+        assert!(matches!(last.finish, Finish::Failed { .. }));
+        assert_eq!(guard(async { Ok(json!(1)) }).await, Ok(json!(1)));
+    }
+}

@@ -1,0 +1,126 @@
+//! What an attempt writes to the spend ledger: the intent of each call before it is sent, and its
+//! booked row once answered, keyed by (tenant, job, attempt, call index).
+
+use std::time::Duration;
+
+use ragq::jobs::JobMessage;
+use ragq::providers::embeddings::EmbeddingRequest;
+use ragq::providers::{ChatRequest, Metered, Usage};
+use ragq::routing::catalog::ModelSpec;
+use ragq::routing::{Answered, Router};
+use ragq::spend::intents::CallIntent;
+use ragq::spend::{LedgerEntry, Price, SHADOW_CALL_OFFSET};
+
+/// One attempt of a job: what its ledger rows and intents are keyed by. The claim builds intents
+/// with attempt 0 and numbers them once it knows the attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptOf<'a> {
+    pub job: &'a JobMessage,
+    pub attempt: i32,
+}
+
+impl AttemptOf<'_> {
+    /// Intents of chat call `index`: the primary at its worst case on the policy's priciest
+    /// candidate, and the shadow copy's if the policy has one and `shadow` allows it.
+    pub fn chat_intents(
+        &self,
+        router: &Router,
+        index: usize,
+        request: &ChatRequest,
+        shadow: bool,
+    ) -> Vec<CallIntent> {
+        let policy = &self.job.policy;
+        let worst = Usage {
+            input_tokens: request.max_input_tokens(),
+            output_tokens: u64::from(request.max_tokens.unwrap_or(0)),
+        };
+        let shadow_model = router.shadow_model(policy).filter(|_| shadow);
+        [
+            (index, router.priciest_candidate(policy, request)),
+            (SHADOW_CALL_OFFSET + index, shadow_model),
+        ]
+        .into_iter()
+        .filter_map(|(i, spec)| spec.map(|s| self.intent(i, s, worst)))
+        .collect()
+    }
+
+    /// The intent of embeddings call `index` on `model` (none for a model the catalog lacks: that
+    /// call fails before any request).
+    pub fn embed_intent(
+        &self,
+        router: &Router,
+        index: usize,
+        model: &str,
+        request: &EmbeddingRequest,
+    ) -> Option<CallIntent> {
+        let worst = Usage {
+            // Texts never hold more tokens than bytes.
+            input_tokens: request.inputs.iter().map(|t| t.len() as u64).sum(),
+            output_tokens: 0,
+        };
+        Some(self.intent(index, router.model(model)?, worst))
+    }
+
+    /// The intent of call `call_index` on `model` at the bound `usage`.
+    fn intent(&self, call_index: usize, model: &ModelSpec, usage: Usage) -> CallIntent {
+        CallIntent {
+            tenant_id: self.job.tenant.clone(),
+            job_id: self.job.id.clone(),
+            attempt: self.attempt,
+            call_index: i32::try_from(call_index).unwrap_or(i32::MAX),
+            provider: model.provider.clone(),
+            model: model.name.clone(),
+            usage,
+            price: model.price,
+            occurred_at: chrono::Utc::now(),
+        }
+    }
+
+    /// The ledger row of call `call_index`; shadow copies (at [`SHADOW_CALL_OFFSET`] + index) are
+    /// tagged `shadow`.
+    pub fn entry(&self, call_index: usize, call: &BookedCall<'_>) -> LedgerEntry {
+        let mut tags = serde_json::to_value(&self.job.tags).unwrap_or_default();
+        if call_index >= SHADOW_CALL_OFFSET {
+            if let Some(t) = tags.as_object_mut() {
+                t.insert("shadow".into(), "true".into());
+            }
+        }
+        LedgerEntry {
+            tenant_id: self.job.tenant.clone(),
+            job_id: self.job.id.clone(),
+            attempt: self.attempt,
+            call_index: i32::try_from(call_index).unwrap_or(i32::MAX),
+            provider: call.provider.to_string(),
+            model: call.model.to_string(),
+            feature: self.job.feature().to_string(),
+            occurred_at: chrono::Utc::now(),
+            usage: call.usage,
+            price: call.price,
+            cost_micros: call.price.cost_micros(call.usage),
+            latency_ms: i32::try_from(call.latency.as_millis()).unwrap_or(i32::MAX),
+            tags,
+        }
+    }
+}
+
+/// What the ledger needs of an answered call, primary or shadow.
+#[derive(Debug, Clone, Copy)]
+pub struct BookedCall<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub usage: Usage,
+    pub price: Price,
+    pub latency: Duration,
+}
+
+impl<'a, R: Metered> From<&'a Answered<R>> for BookedCall<'a> {
+    fn from(c: &'a Answered<R>) -> Self {
+        Self {
+            provider: &c.provider,
+            model: &c.model,
+            usage: c.usage(),
+            price: c.price,
+            latency: c.latency,
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! One delivery from `ragq.jobs`: parse and authorize the message, run its job, and settle the
+//! delivery as [`crate::settle`] decided (ack, retry queue, dead-letter queue, or left unacked).
+
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use tracing::Instrument;
+
+use ragq::jobs::{JobMessage, PoisonReason};
+use ragq::queue::topology::{self, DEAD_LETTER_EXCHANGE};
+use ragq::queue::Publisher;
+use ragq::tenants::Tenant;
+
+use crate::error::JobError;
+use crate::settle::Disposition;
+use crate::WorkerContext;
+
+/// Processes one delivery and settles it.
+pub async fn handle(ctx: &WorkerContext, publisher: &Publisher, delivery: Delivery) {
+    // Panics inside a job's attempt are settled by the attempt; this catches the rest, so that a
+    // delivery is never left unacknowledged by a task that died.
+    let disposition = match AssertUnwindSafe(process(ctx, &delivery))
+        .catch_unwind()
+        .await
+    {
+        Ok(d) => d,
+        Err(payload) => {
+            let error = JobError::from_panic(&*payload);
+            tracing::error!(error = %error, "worker panicked outside a job's attempt");
+            Disposition::DeadLetter(error.to_string())
+        }
+    };
+    let settled = match &disposition {
+        Disposition::Ack => Ok(()),
+        Disposition::DeadLetter(reason) => {
+            tracing::warn!(reason = %reason, "dead-lettering message");
+            publisher
+                .publish_dead_letter(
+                    DEAD_LETTER_EXCHANGE,
+                    delivery.routing_key.as_str(),
+                    &delivery.data,
+                    reason,
+                )
+                .await
+        }
+        Disposition::Retry(delay) => {
+            let tier = topology::retry_tier(&ctx.cfg.queue.retry_delays, *delay);
+            publisher
+                .publish(
+                    "",
+                    &topology::retry_queue(tier),
+                    &delivery.data,
+                    &Default::default(),
+                )
+                .await
+        }
+        Disposition::Abandon => return,
+    };
+    match settled {
+        Ok(()) => {
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+            }
+        }
+        // Not acked: the broker redelivers it when this channel closes, or after reconnecting.
+        Err(e) => {
+            tracing::warn!(error = %e, ?disposition, "cannot settle delivery; leaving it unacked")
+        }
+    }
+}
+
+async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
+    let job = match JobMessage::parse(&delivery.data, ctx.cfg.queue.max_message_bytes) {
+        Ok(job) => job,
+        Err(reason) => return dead_letter(&reason),
+    };
+    let span = tracing::info_span!("job", job_id = %job.id, tenant = %job.tenant, kind = job.kind.as_str());
+    async move {
+        match authorize(ctx, delivery, &job).await {
+            Ok(tenant) => crate::kinds::process(ctx, delivery, job, tenant).await,
+            Err(Some(reason)) => dead_letter(&reason),
+            Err(None) => Disposition::Abandon,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn dead_letter(reason: &PoisonReason) -> Disposition {
+    Disposition::DeadLetter(format!("{}: {reason}", reason.code()))
+}
+
+/// Checks the tenant exists and the AMQP user (validated by RabbitMQ) may publish for it.
+/// `Err(None)` means the check itself could not be made (database down).
+async fn authorize(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    job: &JobMessage,
+) -> Result<Tenant, Option<PoisonReason>> {
+    let tenant = match ctx.tenants.get(&job.tenant).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(Some(PoisonReason::UnknownTenant(job.tenant.clone()))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load tenant");
+            return Err(None);
+        }
+    };
+    let Some(user) = delivery.properties.user_id().as_ref().map(|u| u.as_str()) else {
+        return Err(Some(PoisonReason::Unauthorized(
+            "message has no user_id property; publish with user_id set to your AMQP user".into(),
+        )));
+    };
+    let trusted = ctx.cfg.queue.trusted_publishers.iter().any(|t| t == user);
+    if trusted || tenant.amqp_user.as_deref() == Some(user) {
+        Ok(tenant)
+    } else {
+        Err(Some(PoisonReason::Unauthorized(format!(
+            "AMQP user `{user}` may not publish for tenant `{}`",
+            job.tenant
+        ))))
+    }
+}

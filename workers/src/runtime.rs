@@ -1,0 +1,190 @@
+//! The worker process: its long-lived parts (group commit, webhook sender, spend upkeep, rate-limit
+//! share), the consumer of `ragq.jobs` with reconnection, and an orderly shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use ragq::config::Config;
+use ragq::queue::topology::{self, JOBS_QUEUE};
+use ragq::queue::{self, Publisher, QueueError};
+use ragq::retrieval::LazyStore;
+use ragq::routing::Router;
+use ragq::tenants::TenantDirectory;
+use ragq::webhooks::WebhookSender;
+
+use crate::commit::GroupCommit;
+use crate::WorkerContext;
+
+/// Runs a worker until `cancel` fires, then drains in-flight jobs within the grace period.
+pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow::Result<()> {
+    let router = Router::new(Arc::new(cfg.catalog.clone()), cfg.retry.clone())?;
+    let tenants = TenantDirectory::new(pool.clone(), Duration::from_secs(30));
+    let commit_cancel = CancellationToken::new();
+    let (commits, commit_task) = GroupCommit {
+        pool: pool.clone(),
+        max_batch: cfg.worker.commit_batch_max,
+        webhook_lease: cfg.webhooks.claim_lease,
+        reservation_ttl: cfg.spend.reservation_ttl,
+    }
+    .spawn(commit_cancel.clone());
+    let (hook_tx, hook_rx) = mpsc::channel(cfg.webhooks.concurrency * 4);
+    let hook_cancel = CancellationToken::new();
+    let sender = WebhookSender::new(
+        pool.clone(),
+        tenants.clone(),
+        cfg.webhooks.clone(),
+        commits.clone(),
+    )?;
+    let hook_task = tokio::spawn(sender.run(hook_rx, hook_cancel.clone()));
+    let upkeep_cancel = CancellationToken::new();
+    let upkeep_task = tokio::spawn(ragq::spend::maintenance::run(
+        pool.clone(),
+        cfg.spend.clone(),
+        upkeep_cancel.clone(),
+    ));
+    let ctx = Arc::new(WorkerContext {
+        router,
+        vectors: LazyStore::new(cfg.retrieval.store.clone()),
+        cfg,
+        tenants,
+        commits,
+        webhooks: hook_tx,
+    });
+    let share_cancel = CancellationToken::new();
+    let share_task = spawn_rate_share(&ctx, &pool, share_cancel.clone()).await;
+    let tasks = TaskTracker::new();
+    if !consume_until_cancelled(&ctx, &tasks, &cancel).await {
+        tracing::warn!(
+            in_flight = tasks.len(),
+            "shutdown grace over; unfinished jobs will be redelivered"
+        );
+        commit_cancel.cancel();
+    }
+    // The webhook sender records attempts through the commit task, so it stops first; the commit
+    // task then ends once every handle is gone and its queue is written.
+    hook_cancel.cancel();
+    let _ = hook_task.await;
+    upkeep_cancel.cancel();
+    let _ = upkeep_task.await;
+    share_cancel.cancel();
+    let _ = share_task.await;
+    drop(ctx);
+    let _ = commit_task.await;
+    Ok(())
+}
+
+/// This worker's share of the models' rate limits, kept from the live-worker heartbeat.
+async fn spawn_rate_share(
+    ctx: &Arc<WorkerContext>,
+    pool: &PgPool,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let worker_id = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    if let Ok(live) = ragq::routing::share::heartbeat(pool, &worker_id).await {
+        ctx.router.set_rate_share(1.0 / live.max(1) as f64);
+    }
+    let share_ctx = Arc::clone(ctx);
+    tokio::spawn(ragq::routing::share::run(
+        pool.clone(),
+        worker_id,
+        move |share| share_ctx.router.set_rate_share(share),
+        cancel,
+    ))
+}
+
+/// Consumes, reconnecting with backoff whenever the connection is lost. Once cancelled, waits for
+/// in-flight jobs within the grace period (once, whichever state it was in) and says whether they
+/// all finished.
+async fn consume_until_cancelled(
+    ctx: &Arc<WorkerContext>,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(200);
+    while !cancel.is_cancelled() {
+        let Ok(conn) = queue::connect(&ctx.cfg.queue.url, "ragq-worker", cancel).await else {
+            break;
+        };
+        match consume(ctx, &conn, tasks, cancel).await {
+            Ok(()) => {
+                // Closing the connection requeues unacked messages: in-flight jobs finish first.
+                let drained = drain(ctx, tasks).await;
+                let _ = conn.close(200, "shutdown".into()).await;
+                return drained;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "lost RabbitMQ; reconnecting");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    drain(ctx, tasks).await
+}
+
+/// Waits for in-flight jobs within the grace period; nothing is spawned once this is called.
+async fn drain(ctx: &WorkerContext, tasks: &TaskTracker) -> bool {
+    tasks.close();
+    tokio::time::timeout(ctx.cfg.worker.shutdown_grace, tasks.wait())
+        .await
+        .is_ok()
+}
+
+async fn consume(
+    ctx: &Arc<WorkerContext>,
+    conn: &Connection,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<(), QueueError> {
+    let setup = conn.create_channel().await?;
+    topology::declare(&setup, &ctx.cfg.queue).await?;
+    let user = queue::url_user(&ctx.cfg.queue.url);
+    let publisher = Publisher::open(conn, &user).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(ctx.cfg.queue.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("ragq-worker-{}", uuid::Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(
+            JOBS_QUEUE.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(
+        prefetch = ctx.cfg.queue.prefetch,
+        "worker consuming {JOBS_QUEUE}"
+    );
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                return Ok(());
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let ctx = Arc::clone(ctx);
+                    let publisher = publisher.clone();
+                    tasks.spawn(async move { crate::delivery::handle(&ctx, &publisher, delivery).await });
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(QueueError::Amqp(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                    lapin::ChannelState::Closed, "consumer stream ended")))),
+            }
+        }
+    }
+}
