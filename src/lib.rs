@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod db;
 pub mod jobs;
+pub mod money;
 pub mod providers;
 pub mod queue;
 pub mod retrieval;

@@ -60,7 +60,7 @@ impl ChatRequest {
     }
 
     /// The most this request can cost at `price`, given its `max_tokens` (required for a bound).
-    pub fn worst_case_micros(&self, price: &crate::spend::Price) -> i64 {
+    pub fn worst_case_micros(&self, price: &crate::money::Price) -> i64 {
         price.cost_micros(Usage {
             input_tokens: self.max_input_tokens(),
             output_tokens: u64::from(self.max_tokens.unwrap_or(u32::MAX)),
@@ -68,12 +68,7 @@ impl ChatRequest {
     }
 }
 
-/// Tokens as reported by the provider (never estimated here).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
+pub use crate::money::Usage;
 
 /// A model's answer.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,6 +12,8 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use sqlx::PgConnection;
 
+pub use crate::money::{parse_usd, usd};
+
 /// A job's cost before it runs, as upper bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Estimate {
@@ -218,35 +220,6 @@ fn admit_one(
 
 fn denied(reason: String) -> (Admission, Vec<Reservation>) {
     (Admission::Denied { reason }, Vec::new())
-}
-
-/// Micro-dollars as `$d.dddddd`, exactly.
-pub fn usd(micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let m = micros.unsigned_abs();
-    format!("{sign}${}.{:06}", m / 1_000_000, m % 1_000_000)
-}
-
-/// Parses a dollar amount (`10`, `0.25`, `$3.50`) into micro-dollars without floats.
-pub fn parse_usd(text: &str) -> Result<i64, String> {
-    let t = text.trim().trim_start_matches('$');
-    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || !(frac.is_empty() || digits(frac)) || frac.len() > 6 {
-        return Err(format!(
-            "`{text}` is not a dollar amount with at most 6 decimals"
-        ));
-    }
-    let whole: i64 = whole
-        .parse()
-        .map_err(|_| format!("`{text}` is too large"))?;
-    let frac: i64 = format!("{frac:0<6}")
-        .parse()
-        .map_err(|_| format!("`{text}` is not a dollar amount"))?;
-    whole
-        .checked_mul(1_000_000)
-        .and_then(|w| w.checked_add(frac))
-        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// One job of a claim batch to admit: `attempt` is the attempt just claimed.
@@ -741,16 +714,5 @@ mod tests {
         assert!(
             matches!(&out[0].0, Admission::Denied { reason } if reason.contains("token quota"))
         );
-    }
-
-    #[test]
-    fn dollars_round_trip_exactly() {
-        assert_eq!(parse_usd("10"), Ok(10_000_000));
-        assert_eq!(parse_usd("$0.25"), Ok(250_000));
-        assert_eq!(parse_usd("1.000001"), Ok(1_000_001));
-        assert!(parse_usd("1.0000001").is_err());
-        assert!(parse_usd("-1").is_err() && parse_usd("1e3").is_err() && parse_usd("").is_err());
-        assert_eq!(usd(1_234_567), "$1.234567");
-        assert_eq!(usd(-5), "-$0.000005");
     }
 }

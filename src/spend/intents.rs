@@ -3,7 +3,8 @@
 //!
 //! An intent ends in exactly one of three ways:
 //! - the answer is booked by [`super::ledger::settle`], which swaps the intent for the real row;
-//! - the attempt ends ([`DISCARD_ENDED`], in its outcome's statement): its answered calls were
+//! - the attempt ends (the `discarded` step of the worker's outcome statement, `FINISH` in
+//!   ragq-workers' `commit/finish.rs`): its answered calls were
 //!   booked before its outcome, so the intents left are calls that failed without an answer, which
 //!   providers do not bill;
 //! - its worker died ([`expire`]): after the reservation TTL, once the attempt is no longer the job's
@@ -12,7 +13,7 @@
 use std::borrow::Borrow;
 use std::time::Duration;
 
-use crate::providers::Usage;
+use crate::money::Usage;
 
 use super::ledger::{Booked, ADVANCE_TOTALS, COLUMNS, RETURNING};
 use super::{LedgerEntry, Price, SHADOW_CALL_OFFSET};
@@ -95,12 +96,6 @@ pub async fn record<I: Borrow<CallIntent>>(
     .await?;
     Ok(())
 }
-
-/// Drops the intents left by attempts that ended (calls that failed without an answer): a
-/// statement over a relation `t` with one row per ended attempt (`tenant_id`, `id` of the job,
-/// `attempt`), for use in a `WITH` clause next to the statement that ends them.
-pub const DISCARD_ENDED: &str = "DELETE FROM call_intents c USING t \
-    WHERE c.tenant_id = t.tenant_id AND c.job_id = t.id AND c.attempt = t.attempt";
 
 /// Intents of dead workers: older than `ttl`, and not of the attempt the job is running now.
 const EXPIRED: &str = "c.occurred_at < now() - make_interval(secs => $1::float8 / 1000) \

@@ -8,6 +8,9 @@
 //! on a lost connection is retried whole (every write in it is idempotent); one that fails on bad data
 //! is split so only the guilty write fails.
 
+mod claim;
+mod finish;
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -15,7 +18,7 @@ use sqlx::{Acquire, ConnectOptions, PgConnection, PgPool, Postgres, Transaction}
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use ragq::jobs::{JobMessage, JobState};
+use ragq::jobs::JobMessage;
 use ragq::spend::budget::{self, Admission, Estimate};
 use ragq::spend::intents::CallIntent;
 use ragq::spend::{self, LedgerEntry};
@@ -290,15 +293,16 @@ impl GroupCommit {
                 .collect();
             budget::fire_alerts(&mut tx, &alerting).await?;
         }
-        let claim_answers = claim_jobs(&mut tx, &claims, &has_budget, self.reservation_ttl).await?;
+        let claim_answers =
+            claim::claim_jobs(&mut tx, &claims, &has_budget, self.reservation_ttl).await?;
         // The batch's intents in one statement: those running attempts asked for, and those of the
         // first calls of the attempts just claimed. Before any outcome, whose statement discards
         // what its attempt left.
-        let claimed = claimed_intents(&claims, &claim_answers);
+        let claimed = claim::claimed_intents(&claims, &claim_answers);
         intents.extend(&claimed);
         spend::intents::record(&mut tx, &intents).await?;
         let finish_answers =
-            finish_jobs(&mut tx, &outcomes, &has_budget, self.webhook_lease).await?;
+            finish::finish_jobs(&mut tx, &outcomes, &has_budget, self.webhook_lease).await?;
         write_attempts(&mut tx, &hook_attempts).await?;
         tx.commit().await?;
         Ok(Answers {
@@ -370,275 +374,4 @@ fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
-type Tx<'a> = Transaction<'a, Postgres>;
-
-/// Claims a batch of jobs: new ids are inserted as running; queued ones (or running ones whose
-/// message was redelivered) are taken over; the rest are finished or busy.
-async fn claim_jobs(
-    tx: &mut Tx<'_>,
-    claims: &[&ClaimRequest],
-    has_budget: &(dyn Fn(&str) -> bool + Sync),
-    reservation_ttl: Duration,
-) -> Result<Vec<Claim>, sqlx::Error> {
-    if claims.is_empty() {
-        return Ok(Vec::new());
-    }
-    // The same job twice in one batch: only the first may run.
-    let mut seen = std::collections::HashSet::new();
-    let first: Vec<bool> = claims
-        .iter()
-        .map(|c| seen.insert((c.job.tenant.as_str(), c.job.id.as_str())))
-        .collect();
-    let unique: Vec<&ClaimRequest> = claims
-        .iter()
-        .zip(&first)
-        .filter(|(_, f)| **f)
-        .map(|(c, _)| *c)
-        .collect();
-    let tenants: Vec<&str> = unique.iter().map(|c| c.job.tenant.as_str()).collect();
-    let ids: Vec<&str> = unique.iter().map(|c| c.job.id.as_str()).collect();
-    let kinds: Vec<&str> = unique.iter().map(|c| c.job.kind.as_str()).collect();
-    let policies: Vec<&str> = unique.iter().map(|c| c.job.policy.as_str()).collect();
-    let inputs: Vec<&Value> = unique.iter().map(|c| &c.job.input).collect();
-    let tags: Vec<Value> = unique
-        .iter()
-        .map(|c| serde_json::to_value(&c.job.tags).unwrap_or_default())
-        .collect();
-    let hooks: Vec<Option<&str>> = unique
-        .iter()
-        .map(|c| c.job.webhook_url.as_deref())
-        .collect();
-    let redelivered: Vec<bool> = unique.iter().map(|c| c.redelivered).collect();
-
-    // One statement: new ids are inserted as running (attempt 1); ids already known are taken
-    // over when queued, or running with a redelivered message. Both sub-statements see the same
-    // snapshot, so the update never sees a row this insert adds; the last column is the state
-    // of every row neither touched (terminal: finished; else busy).
-    let rows: Vec<(String, String, Option<i32>, Option<String>)> = sqlx::query_as(
-        "WITH t AS ( \
-           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], $8::bool[]) \
-             AS t(tenant_id, id, kind, policy, input, tags, webhook_url, redelivered)), \
-         inserted AS ( \
-           INSERT INTO jobs (tenant_id, id, kind, policy, input, tags, webhook_url, state, attempts, started_at) \
-           SELECT tenant_id, id, kind, policy, input, tags, webhook_url, 'running', 1, now() FROM t \
-           ORDER BY tenant_id, id \
-           ON CONFLICT (tenant_id, id) DO NOTHING \
-           RETURNING tenant_id, id, attempts), \
-         taken AS ( \
-           UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now() \
-           FROM t WHERE j.tenant_id = t.tenant_id AND j.id = t.id \
-             AND (j.state = 'queued' OR (j.state = 'running' AND t.redelivered)) \
-           RETURNING j.tenant_id, j.id, j.attempts) \
-         SELECT t.tenant_id, t.id, coalesce(inserted.attempts, taken.attempts), j.state \
-         FROM t LEFT JOIN inserted USING (tenant_id, id) LEFT JOIN taken USING (tenant_id, id) \
-           LEFT JOIN jobs j ON j.tenant_id = t.tenant_id AND j.id = t.id",
-    )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(&kinds)
-    .bind(&policies)
-    .bind(&inputs)
-    .bind(&tags)
-    .bind(&hooks)
-    .bind(&redelivered)
-    .fetch_all(&mut **tx)
-    .await?;
-
-    let key = |t: &str, i: &str| format!("{t}\u{0}{i}");
-    let mut granted = std::collections::HashMap::with_capacity(rows.len());
-    let mut states = std::collections::HashMap::new();
-    for (tenant, id, attempt, state) in rows {
-        match (attempt, state) {
-            (Some(a), _) => {
-                granted.insert(key(&tenant, &id), a);
-            }
-            (None, Some(s)) => {
-                states.insert(key(&tenant, &id), s);
-            }
-            (None, None) => {}
-        }
-    }
-    let attempts: Vec<Option<i32>> = claims
-        .iter()
-        .zip(first)
-        .map(|(c, is_first)| {
-            is_first
-                .then(|| granted.get(&key(&c.job.tenant, &c.job.id)).copied())
-                .flatten()
-        })
-        .collect();
-    let to_admit: Vec<budget::ReserveRequest<'_>> = claims
-        .iter()
-        .zip(&attempts)
-        .filter(|(c, _)| has_budget(&c.job.tenant))
-        .filter_map(|(c, a)| {
-            a.map(|attempt| budget::ReserveRequest {
-                tenant: &c.job.tenant,
-                job_id: &c.job.id,
-                attempt,
-                feature: c.job.feature(),
-                estimate: c.estimate,
-            })
-        })
-        .collect();
-    let mut admissions = budget::reserve(tx, &to_admit, reservation_ttl)
-        .await?
-        .into_iter();
-    let answers: Vec<Claim> = claims
-        .iter()
-        .zip(attempts)
-        .map(|(c, attempt)| match attempt {
-            Some(attempt) => Claim::Run {
-                attempt,
-                // Admissions come in the order of the budgeted claims.
-                admission: has_budget(&c.job.tenant)
-                    .then(|| admissions.next())
-                    .flatten()
-                    .unwrap_or(Admission::Admitted {
-                        cost_cap_micros: None,
-                    }),
-            },
-            None if states
-                .get(&key(&c.job.tenant, &c.job.id))
-                .and_then(|s| JobState::parse(s))
-                .is_some_and(JobState::is_terminal) =>
-            {
-                Claim::AlreadyFinished
-            }
-            None => Claim::Busy,
-        })
-        .collect();
-    Ok(answers)
-}
-
-/// The intents of the first calls of each admitted claim, numbered with the attempt it was granted.
-fn claimed_intents(claims: &[&ClaimRequest], answers: &[Claim]) -> Vec<CallIntent> {
-    claims
-        .iter()
-        .zip(answers)
-        .filter_map(|(c, answer)| match answer {
-            Claim::Run {
-                attempt,
-                admission: Admission::Admitted { .. },
-            } => Some(c.intents.iter().map(move |i| CallIntent {
-                attempt: *attempt,
-                ..i.clone()
-            })),
-            _ => None,
-        })
-        .flatten()
-        .collect()
-}
-
-/// Ends a batch of attempts in one statement: outcomes fenced by attempt; the intents every ended
-/// attempt leaves (committed or fenced, it booked its answered calls before this outcome, so they
-/// are calls that failed without an answer); and the webhook delivery of each outcome that took
-/// effect. Returns the jobs whose outcome took effect.
-static FINISH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH t AS ( \
-           SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::text[], $7::text[], \
-                                $8::text[], $9::text[], $10::text[], $11::text[]) \
-             AS t(tenant_id, id, attempt, state, result, error_code, error, hook_id, event_type, url, payload)), \
-         committed AS ( \
-           UPDATE jobs j SET state = t.state, result = t.result, error_code = t.error_code, error = t.error, \
-             finished_at = CASE WHEN t.state IN ('succeeded', 'failed') THEN now() END \
-           FROM t WHERE j.tenant_id = t.tenant_id AND j.id = t.id AND j.state = 'running' AND j.attempts = t.attempt \
-           RETURNING j.tenant_id, j.id), \
-         discarded AS ({discard}), \
-         delivered AS ( \
-           INSERT INTO webhook_deliveries (id, tenant_id, job_id, event_type, url, payload, state, next_attempt_at) \
-           SELECT t.hook_id, t.tenant_id, t.id, t.event_type, t.url, t.payload, 'pending', \
-                  now() + make_interval(secs => $12::float8 / 1000) \
-           FROM t JOIN committed USING (tenant_id, id) WHERE t.hook_id IS NOT NULL \
-           ON CONFLICT (tenant_id, job_id, event_type) DO NOTHING) \
-         SELECT tenant_id, id FROM committed",
-        discard = spend::intents::DISCARD_ENDED
-    )
-});
-
-/// Commits outcomes fenced by attempt, and the webhook deliveries of those that took effect.
-async fn finish_jobs(
-    tx: &mut Tx<'_>,
-    outcomes: &[&Outcome],
-    has_budget: &(dyn Fn(&str) -> bool + Sync),
-    webhook_lease: Duration,
-) -> Result<Vec<FinishResult>, sqlx::Error> {
-    if outcomes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut states = Vec::with_capacity(outcomes.len());
-    let mut results = Vec::with_capacity(outcomes.len());
-    let mut codes = Vec::with_capacity(outcomes.len());
-    let mut errors = Vec::with_capacity(outcomes.len());
-    for o in outcomes {
-        let (state, result, code, error) = match &o.finish {
-            Finish::Succeeded(v) => (JobState::Succeeded, Some(v), None, None),
-            Finish::Failed { code, message } => (JobState::Failed, None, Some(code), Some(message)),
-            Finish::Retry { code, message } => (JobState::Queued, None, Some(code), Some(message)),
-        };
-        states.push(state.as_str());
-        results.push(result);
-        codes.push(code.map(String::as_str));
-        errors.push(error.map(String::as_str));
-    }
-    let hooks: Vec<Option<&NewDelivery>> = outcomes.iter().map(|o| o.webhook.as_ref()).collect();
-    let hook = |f: fn(&NewDelivery) -> &str| -> Vec<Option<&str>> {
-        hooks.iter().map(|h| h.map(f)).collect()
-    };
-    let lease_ms = i64::try_from(webhook_lease.as_millis()).unwrap_or(i64::MAX);
-    let committed: Vec<(String, String)> = sqlx::query_as(&FINISH)
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.tenant_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.job_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(outcomes.iter().map(|o| o.attempt).collect::<Vec<_>>())
-        .bind(&states)
-        .bind(&results)
-        .bind(&codes)
-        .bind(&errors)
-        .bind(hook(|h| &h.id))
-        .bind(hook(|h| &h.event_type))
-        .bind(hook(|h| &h.url))
-        .bind(hook(|h| &h.payload))
-        .bind(lease_ms)
-        .fetch_all(&mut **tx)
-        .await?;
-    let committed: std::collections::HashSet<(String, String)> = committed.into_iter().collect();
-    let took_effect: Vec<bool> = outcomes
-        .iter()
-        .map(|o| committed.contains(&(o.tenant_id.clone(), o.job_id.clone())))
-        .collect();
-    // Settle: the attempt's calls are booked (in this or an earlier batch), so what it reserved goes
-    // back; a final outcome also counts the job against its budgets' job totals.
-    let settled: Vec<budget::ReleaseKey<'_>> = outcomes
-        .iter()
-        .zip(&took_effect)
-        .filter(|(o, ok)| **ok && has_budget(&o.tenant_id))
-        .map(|(o, _)| budget::ReleaseKey {
-            tenant: &o.tenant_id,
-            job_id: &o.job_id,
-            attempt: Some(o.attempt),
-            terminal: !matches!(o.finish, Finish::Retry { .. }),
-        })
-        .collect();
-    budget::release(tx, &settled).await?;
-    Ok(took_effect
-        .into_iter()
-        .map(|ok| {
-            if ok {
-                FinishResult::Committed
-            } else {
-                FinishResult::Fenced
-            }
-        })
-        .collect())
-}
+pub(crate) type Tx<'a> = Transaction<'a, Postgres>;
