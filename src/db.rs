@@ -6,8 +6,6 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-use crate::config::DatabaseConfig;
-
 #[derive(Debug, thiserror::Error)]
 pub enum DbSetupError {
     #[error("invalid database.url: {0}")]
@@ -75,4 +73,11 @@ async fn ensure_database(options: &PgConnectOptions) -> Result<(), DbSetupError>
     }
     let _ = conn.close().await;
     Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
 }

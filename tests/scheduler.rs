@@ -412,7 +412,8 @@ async fn pipelines_over_http_refuse_bad_input_and_run_through_a_scheduler_proces
     let env = TestEnv::with_sections("", "[scheduler]\ntick_ms = 100\nlease_ttl_ms = 1000\n").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = ragq::api::router(&env.api_config(), env.pool.clone());
+    let cfg = env.api_config();
+    let app = ragq::api::router(&cfg.api, &cfg.queue, env.pool.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let http = reqwest::Client::new();
     let key = env.api_key("acme");

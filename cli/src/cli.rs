@@ -133,7 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pipeline { command } => crate::commands::pipeline::run(&cfg, command).await?,
         Command::Api => {
             let pool = ragq::db::connect(&cfg.database).await?;
-            ragq::api::serve(&cfg, pool, cancel).await?;
+            ragq::api::serve(&cfg.api, &cfg.queue, pool, cancel).await?;
         }
         Command::SimProvider { listen, options } => {
             let sim = ragq_tools::sim::spawn(&listen, options, cancel.clone()).await?;

@@ -19,9 +19,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::jobs::JobMessage;
 use crate::queue::publisher::ReconnectingPublisher;
+use crate::queue::QueueConfig;
 use crate::tenants::{Tenant, TenantDirectory};
 pub use error::ApiError;
 
@@ -33,12 +33,12 @@ pub(crate) struct ApiState {
 }
 
 /// Builds the router (also used by tests on an ephemeral port).
-pub fn router(cfg: &Config, pool: PgPool) -> Router {
+pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
     let state = Arc::new(ApiState {
         tenants: TenantDirectory::new(pool.clone(), std::time::Duration::from_secs(30)),
         pool,
-        publisher: ReconnectingPublisher::new(cfg.queue.clone(), "ragq-api"),
-        max_message_bytes: cfg.queue.max_message_bytes,
+        publisher: ReconnectingPublisher::new(queue.clone(), "ragq-api"),
+        max_message_bytes: queue.max_message_bytes,
     });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -51,15 +51,20 @@ pub fn router(cfg: &Config, pool: PgPool) -> Router {
         )
         .route("/v1/pipelines/{name}/runs", get(pipelines::runs))
         .route("/v1/pipelines/{name}/{action}", post(pipelines::act))
-        .layer(DefaultBodyLimit::max(cfg.api.max_body_bytes))
+        .layer(DefaultBodyLimit::max(api.max_body_bytes))
         .with_state(state)
 }
 
 /// Serves until `cancel` fires.
-pub async fn serve(cfg: &Config, pool: PgPool, cancel: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&cfg.api.listen).await?;
+pub async fn serve(
+    api: &ApiConfig,
+    queue: &QueueConfig,
+    pool: PgPool,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&api.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    axum::serve(listener, router(cfg, pool))
+    axum::serve(listener, router(api, queue, pool))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await?;
     Ok(())
@@ -226,4 +231,10 @@ impl IntoResponse for ApiError {
         )
             .into_response()
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
 }

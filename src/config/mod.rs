@@ -16,6 +16,12 @@ use figment::Figment;
 
 use crate::routing::catalog::{Catalog, CatalogError};
 
+pub use crate::api::ApiConfig;
+pub use crate::db::DatabaseConfig;
+pub use crate::queue::QueueConfig;
+pub use crate::routing::RetryConfig;
+pub use crate::spend::SpendConfig;
+pub use crate::webhooks::WebhookConfig;
 pub use raw::RawConfig;
 
 /// Why the configuration could not be used.
@@ -45,71 +51,11 @@ pub struct Config {
     pub catalog: Catalog,
 }
 
-/// Budget enforcement and ledger upkeep.
-#[derive(Debug, Clone)]
-pub struct SpendConfig {
-    /// Sent as `max_tokens` when a job sets none, so a job's worst-case cost is known before it runs.
-    pub default_max_output_tokens: u32,
-    /// How long a reservation outlives a worker that died holding it; longer than any job runs.
-    pub reservation_ttl: Duration,
-    /// Months of raw ledger rows kept (0: forever); daily aggregates are always kept.
-    pub ledger_retention_months: u32,
-    pub maintenance_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct DatabaseConfig {
-    pub url: String,
-    pub max_connections: u32,
-    pub migrate_on_start: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct QueueConfig {
-    pub url: String,
-    pub prefetch: u16,
-    pub delivery_limit: u32,
-    pub max_message_bytes: usize,
-    /// Delay tiers of the retry queues, ascending.
-    pub retry_delays: Vec<Duration>,
-    /// AMQP users allowed to publish for any tenant (the api, the scheduler, `ragq submit`).
-    pub trusted_publishers: Vec<String>,
-}
-
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub max_attempts: u32,
     pub shutdown_grace: Duration,
     pub commit_batch_max: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct ApiConfig {
-    pub listen: String,
-    pub max_body_bytes: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    pub timeout: Duration,
-    pub max_attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-    pub concurrency: usize,
-    /// How long an in-process first delivery owns a webhook before the poller may take it.
-    pub claim_lease: Duration,
-    pub poll_interval: Duration,
-}
-
-/// In-process retries of one provider call (the only place brief provider errors are retried).
-#[derive(Debug, Clone)]
-pub struct RetryConfig {
-    pub initial_interval: Duration,
-    pub max_interval: Duration,
-    pub max_elapsed: Duration,
-    pub pace_max_wait: Duration,
-    pub multiplier: f64,
-    pub randomization_factor: f64,
 }
 
 impl Config {

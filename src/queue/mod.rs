@@ -68,6 +68,18 @@ pub fn url_user(url: &str) -> String {
     }
 }
 
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub url: String,
+    pub prefetch: u16,
+    pub delivery_limit: u32,
+    pub max_message_bytes: usize,
+    /// Delay tiers of the retry queues, ascending.
+    pub retry_delays: Vec<Duration>,
+    /// AMQP users allowed to publish for any tenant (the api, the scheduler, `ragq submit`).
+    pub trusted_publishers: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

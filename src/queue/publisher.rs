@@ -162,13 +162,13 @@ impl Publisher {
 /// A publisher that reconnects on demand: a publish that fails on a dead connection is retried once on
 /// a fresh one. For processes that publish now and then (api, `ragq submit`).
 pub struct ReconnectingPublisher {
-    cfg: crate::config::QueueConfig,
+    cfg: super::QueueConfig,
     name: String,
     current: tokio::sync::Mutex<Option<(Connection, Publisher)>>,
 }
 
 impl ReconnectingPublisher {
-    pub fn new(cfg: crate::config::QueueConfig, name: &str) -> Self {
+    pub fn new(cfg: super::QueueConfig, name: &str) -> Self {
         Self {
             cfg,
             name: name.to_string(),

@@ -7,7 +7,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::config::QueueConfig;
+use super::QueueConfig;
 
 pub const JOBS_EXCHANGE: &str = "ragq.jobs";
 pub const JOBS_QUEUE: &str = "ragq.jobs";

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::config::RetryConfig;
 use crate::providers::anthropic::AnthropicClient;
 use crate::providers::openai::OpenAiClient;
 use crate::providers::{
@@ -449,4 +448,15 @@ fn candidate(model: &ModelSpec, attempts: u32, outcome: String) -> CandidateTrac
         attempts,
         outcome,
     }
+}
+
+/// In-process retries of one provider call (the only place brief provider errors are retried).
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    pub initial_interval: Duration,
+    pub max_interval: Duration,
+    pub max_elapsed: Duration,
+    pub pace_max_wait: Duration,
+    pub multiplier: f64,
+    pub randomization_factor: f64,
 }

@@ -5,7 +5,7 @@
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SpendConfig;
+use super::SpendConfig;
 
 /// Months of ledger partitions created ahead of the current one.
 const MONTHS_AHEAD: i32 = 2;

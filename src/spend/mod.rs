@@ -13,6 +13,8 @@ pub mod maintenance;
 pub mod reconcile;
 pub mod report;
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 pub use crate::money::{Price, Usage};
@@ -40,4 +42,16 @@ pub struct LedgerEntry {
     pub cost_micros: i64,
     pub latency_ms: i32,
     pub tags: serde_json::Value,
+}
+
+/// Budget enforcement and ledger upkeep.
+#[derive(Debug, Clone)]
+pub struct SpendConfig {
+    /// Sent as `max_tokens` when a job sets none, so a job's worst-case cost is known before it runs.
+    pub default_max_output_tokens: u32,
+    /// How long a reservation outlives a worker that died holding it; longer than any job runs.
+    pub reservation_ttl: Duration,
+    /// Months of raw ledger rows kept (0: forever); daily aggregates are always kept.
+    pub ledger_retention_months: u32,
+    pub maintenance_interval: Duration,
 }

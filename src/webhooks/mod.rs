@@ -16,7 +16,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::WebhookConfig;
 use crate::tenants::TenantDirectory;
 
 /// A delivery ready to be attempted; `attempts` counts attempts already made.
@@ -300,6 +299,18 @@ impl<L: AttemptLog> WebhookSender<L> {
         tasks.close();
         tasks.wait().await;
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub concurrency: usize,
+    /// How long an in-process first delivery owns a webhook before the poller may take it.
+    pub claim_lease: Duration,
+    pub poll_interval: Duration,
 }
 
 #[cfg(test)]

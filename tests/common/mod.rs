@@ -162,7 +162,8 @@ models = ["sim-small", "sim-large"]
     pub async fn serve_api(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = ragq::api::router(&self.api_config(), self.pool.clone());
+        let cfg = self.api_config();
+        let app = ragq::api::router(&cfg.api, &cfg.queue, self.pool.clone());
         let cancel = self.cancel.clone();
         tokio::spawn(async move {
             axum::serve(listener, app)

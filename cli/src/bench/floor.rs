@@ -15,7 +15,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::latency::{quantiles, Quantiles};
+use super::stats::{quantiles, Quantiles};
 use super::JobBody;
 use ragq::queue::publisher::{Envelope, Publisher};
 

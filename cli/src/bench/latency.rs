@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::stats::{quantiles, Quantiles};
 use super::{bench_config, say, setup, BenchArgs};
 use ragq::queue::publisher::{OutgoingJob, Publisher};
 use ragq_tools::stack::process_usage;
@@ -27,26 +28,6 @@ pub struct LatencyReport {
     pub worker_cpu_us_per_job: f64,
     /// The broker and the database alone at the same rate, after the workers stop.
     pub floor: Option<super::floor::FloorReport>,
-}
-
-#[derive(Debug, Serialize, Default)]
-pub struct Quantiles {
-    pub p50: f64,
-    pub p95: f64,
-    pub p99: f64,
-}
-
-pub fn quantiles(mut v: Vec<f64>) -> Quantiles {
-    if v.is_empty() {
-        return Quantiles::default();
-    }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    Quantiles {
-        p50: at(0.50),
-        p95: at(0.95),
-        p99: at(0.99),
-    }
 }
 
 pub async fn run(args: &BenchArgs, rate: f64, cancel: &CancellationToken) -> anyhow::Result<()> {

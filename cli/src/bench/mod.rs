@@ -25,6 +25,7 @@ mod mix;
 mod retrieval;
 mod router;
 mod routing_day;
+mod stats;
 
 use ragq::queue::publisher::{OutgoingJob, Publisher};
 use ragq_tools::receiver::WebhookReceiver;

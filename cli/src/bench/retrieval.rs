@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::latency::{quantiles, Quantiles};
+use super::stats::{quantiles, Quantiles};
 use ragq::config::Config;
 use ragq::providers::{ChatMessage, ChatRequest, EmbeddingRequest};
 use ragq::retrieval::embedded::EmbeddedStore;

@@ -3,10 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::config::raw::{RawModel, RawPolicy, RawProvider};
+pub mod raw;
+
 use crate::providers::ProviderEndpoint;
 use crate::secret::Secret;
 use crate::spend::Price;
+use raw::{RawModel, RawPolicy, RawProvider};
 
 /// Every problem found in the catalog section of the config.
 #[derive(Debug)]
@@ -106,134 +108,15 @@ impl Catalog {
                     m.name, m.provider
                 ));
             }
-            if m.context_window == 0 {
-                problems.push(format!("models.{}.context_window must be positive", m.name));
-            }
-            for c in &m.capabilities {
-                if c != "chat" && c != "embeddings" {
-                    problems.push(format!(
-                        "models.{}.capabilities: `{c}` is not one of chat, embeddings",
-                        m.name
-                    ));
-                }
-            }
-            let embeddings = m.capabilities.iter().any(|c| c == "embeddings");
-            if embeddings && m.dimensions.is_none_or(|d| d == 0) {
-                problems.push(format!(
-                    "models.{}.dimensions: an embeddings model must give its vector size",
-                    m.name
-                ));
-            }
-            let spec = ModelSpec {
-                name: m.name.clone(),
-                provider: m.provider.clone(),
-                model_id: m.model_id.clone(),
-                price: Price {
-                    input_micros_per_mtok: m.input_price_micros_per_mtok,
-                    output_micros_per_mtok: m.output_price_micros_per_mtok,
-                },
-                context_window: m.context_window,
-                quality_tier: m.quality_tier,
-                region: m.region.clone(),
-                chat: m.capabilities.iter().any(|c| c == "chat"),
-                embedding_dimensions: m.dimensions.filter(|_| embeddings),
-                rpm: m.rpm,
-                tpm: m.tpm,
-            };
-            if m.rpm == Some(0) || m.tpm == Some(0) {
-                problems.push(format!("models.{}: rpm and tpm must be positive", m.name));
-            }
+            let spec = model_spec(m, &mut problems);
             catalog.order.push(m.name.clone());
             if catalog.models.insert(m.name.clone(), spec).is_some() {
                 problems.push(format!("models: `{}` is defined twice", m.name));
             }
         }
         for (name, policy) in policies {
-            if policy.models.is_empty() {
-                problems.push(format!("policies.{name}.models must not be empty"));
-            }
-            for model in &policy.models {
-                match catalog.models.get(model) {
-                    None => {
-                        problems.push(format!("policies.{name}.models: unknown model `{model}`"))
-                    }
-                    Some(m) if !m.chat => problems.push(format!(
-                        "policies.{name}.models: `{model}` has no chat capability"
-                    )),
-                    Some(_) => {}
-                }
-            }
-            let strategy = match policy.strategy.as_str() {
-                "ordered" => Strategy::Ordered,
-                "cost" => Strategy::Cost,
-                "latency" => Strategy::Latency,
-                "reliable" => Strategy::Reliable,
-                other => {
-                    problems.push(format!(
-                        "policies.{name}.strategy: `{other}` is not one of ordered, cost, latency, reliable"
-                    ));
-                    Strategy::Ordered
-                }
-            };
-            if policy.fallback_depth == Some(0) {
-                problems.push(format!("policies.{name}.fallback_depth must be at least 1"));
-            }
-            if let Some(shadow) = &policy.shadow {
-                if !catalog.models.contains_key(&shadow.model) {
-                    problems.push(format!(
-                        "policies.{name}.shadow.model: unknown model `{}`",
-                        shadow.model
-                    ));
-                }
-                if !(shadow.share > 0.0 && shadow.share <= 1.0) {
-                    problems.push(format!("policies.{name}.shadow.share must be in (0, 1]"));
-                }
-            }
-            for arm in &policy.ab {
-                if !policy.models.contains(&arm.model) {
-                    problems.push(format!(
-                        "policies.{name}.ab: `{}` is not one of the policy's models",
-                        arm.model
-                    ));
-                }
-                if arm.weight == 0 {
-                    problems.push(format!(
-                        "policies.{name}.ab: the weight of `{}` must be positive",
-                        arm.model
-                    ));
-                }
-            }
-            for (plan, models) in &policy.plans {
-                for m in models.iter().filter(|m| !policy.models.contains(m)) {
-                    problems.push(format!(
-                        "policies.{name}.plans.{plan}: `{m}` is not one of the policy's models"
-                    ));
-                }
-            }
-            for p in policy.providers.iter().flatten() {
-                if catalog.provider(p).is_none() {
-                    problems.push(format!("policies.{name}.providers: unknown provider `{p}`"));
-                }
-            }
-            catalog.policies.insert(
-                name.clone(),
-                RoutingPolicy {
-                    name: name.clone(),
-                    models: policy.models.clone(),
-                    strategy,
-                    min_quality: policy.min_quality,
-                    regions: policy.regions.clone(),
-                    providers: policy.providers.clone(),
-                    fallback_depth: policy.fallback_depth,
-                    plans: policy.plans.clone(),
-                    shadow: policy.shadow.as_ref().map(|s| (s.model.clone(), s.share)),
-                    ab: policy
-                        .ab
-                        .iter()
-                        .map(|a| (a.model.clone(), a.weight))
-                        .collect(),
-                },
-            );
+            let spec = catalog.policy_spec(name, policy, &mut problems);
+            catalog.policies.insert(name.clone(), spec);
         }
         if problems.is_empty() {
             Ok(catalog)
@@ -277,6 +160,146 @@ impl Catalog {
 
     pub fn policy(&self, name: &str) -> Option<&RoutingPolicy> {
         self.policies.get(name)
+    }
+}
+
+/// A model's runtime spec; problems with it are added to `problems`.
+fn model_spec(m: &RawModel, problems: &mut Vec<String>) -> ModelSpec {
+    if m.context_window == 0 {
+        problems.push(format!("models.{}.context_window must be positive", m.name));
+    }
+    for c in &m.capabilities {
+        if c != "chat" && c != "embeddings" {
+            problems.push(format!(
+                "models.{}.capabilities: `{c}` is not one of chat, embeddings",
+                m.name
+            ));
+        }
+    }
+    let embeddings = m.capabilities.iter().any(|c| c == "embeddings");
+    if embeddings && m.dimensions.is_none_or(|d| d == 0) {
+        problems.push(format!(
+            "models.{}.dimensions: an embeddings model must give its vector size",
+            m.name
+        ));
+    }
+    if m.rpm == Some(0) || m.tpm == Some(0) {
+        problems.push(format!("models.{}: rpm and tpm must be positive", m.name));
+    }
+    ModelSpec {
+        name: m.name.clone(),
+        provider: m.provider.clone(),
+        model_id: m.model_id.clone(),
+        price: Price {
+            input_micros_per_mtok: m.input_price_micros_per_mtok,
+            output_micros_per_mtok: m.output_price_micros_per_mtok,
+        },
+        context_window: m.context_window,
+        quality_tier: m.quality_tier,
+        region: m.region.clone(),
+        chat: m.capabilities.iter().any(|c| c == "chat"),
+        embedding_dimensions: m.dimensions.filter(|_| embeddings),
+        rpm: m.rpm,
+        tpm: m.tpm,
+    }
+}
+
+fn strategy(name: &str, raw: &str, problems: &mut Vec<String>) -> Strategy {
+    match raw {
+        "ordered" => Strategy::Ordered,
+        "cost" => Strategy::Cost,
+        "latency" => Strategy::Latency,
+        "reliable" => Strategy::Reliable,
+        other => {
+            problems.push(format!(
+                "policies.{name}.strategy: `{other}` is not one of ordered, cost, latency, reliable"
+            ));
+            Strategy::Ordered
+        }
+    }
+}
+
+impl Catalog {
+    /// A policy's runtime spec, checked against the models and providers already read.
+    fn policy_spec(
+        &self,
+        name: &str,
+        policy: &RawPolicy,
+        problems: &mut Vec<String>,
+    ) -> RoutingPolicy {
+        if policy.models.is_empty() {
+            problems.push(format!("policies.{name}.models must not be empty"));
+        }
+        for model in &policy.models {
+            match self.models.get(model) {
+                None => problems.push(format!("policies.{name}.models: unknown model `{model}`")),
+                Some(m) if !m.chat => problems.push(format!(
+                    "policies.{name}.models: `{model}` has no chat capability"
+                )),
+                Some(_) => {}
+            }
+        }
+        if policy.fallback_depth == Some(0) {
+            problems.push(format!("policies.{name}.fallback_depth must be at least 1"));
+        }
+        self.check_variants(name, policy, problems);
+        for p in policy.providers.iter().flatten() {
+            if self.provider(p).is_none() {
+                problems.push(format!("policies.{name}.providers: unknown provider `{p}`"));
+            }
+        }
+        RoutingPolicy {
+            name: name.to_string(),
+            models: policy.models.clone(),
+            strategy: strategy(name, &policy.strategy, problems),
+            min_quality: policy.min_quality,
+            regions: policy.regions.clone(),
+            providers: policy.providers.clone(),
+            fallback_depth: policy.fallback_depth,
+            plans: policy.plans.clone(),
+            shadow: policy.shadow.as_ref().map(|s| (s.model.clone(), s.share)),
+            ab: policy
+                .ab
+                .iter()
+                .map(|a| (a.model.clone(), a.weight))
+                .collect(),
+        }
+    }
+
+    /// The policy's shadow model, A/B arms and plan lists name models it may use.
+    fn check_variants(&self, name: &str, policy: &RawPolicy, problems: &mut Vec<String>) {
+        if let Some(shadow) = &policy.shadow {
+            if !self.models.contains_key(&shadow.model) {
+                problems.push(format!(
+                    "policies.{name}.shadow.model: unknown model `{}`",
+                    shadow.model
+                ));
+            }
+            if !(shadow.share > 0.0 && shadow.share <= 1.0) {
+                problems.push(format!("policies.{name}.shadow.share must be in (0, 1]"));
+            }
+        }
+        for arm in &policy.ab {
+            if !policy.models.contains(&arm.model) {
+                problems.push(format!(
+                    "policies.{name}.ab: `{}` is not one of the policy's models",
+                    arm.model
+                ));
+            }
+            if arm.weight == 0 {
+                problems.push(format!(
+                    "policies.{name}.ab: the weight of `{}` must be positive",
+                    arm.model
+                ));
+            }
+        }
+        for (plan, models) in &policy.plans {
+            for m in models.iter().filter(|m| !policy.models.contains(m)) {
+                problems.push(format!(
+                    "policies.{name}.plans.{plan}: `{m}` is not one of the policy's models"
+                ));
+            }
+        }
     }
 }
 
