@@ -2,9 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Where a job is. Who moves it out of each state is documented per variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a job is. Who moves it out of each state is documented per variant. Stored as the text of
+/// `jobs.state`, whose CHECK constraint lists the same four values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum JobState {
     /// Accepted, waiting for a worker: entered on HTTP submission or when a worker hands the job back
     /// for a delayed retry. A worker's claim moves it to `Running`.

@@ -381,52 +381,32 @@ pub struct ReleaseKey<'a> {
     pub terminal: bool,
 }
 
-/// Hands what released reservations held (the `gone` rows of a DELETE) back to their budgets, and
-/// counts them.
-const GIVE_BACK: &str = ", given AS ( \
-       UPDATE budget_usage u SET reserved_micros = u.reserved_micros - g.micros, \
-         reserved_tokens = u.reserved_tokens - g.tokens, reserved_jobs = u.reserved_jobs - g.n, \
-         jobs = u.jobs + g.done \
-       FROM (SELECT budget_id, period_start, sum(micros)::int8 AS micros, sum(tokens)::int8 AS tokens, \
-               count(*) AS n, count(*) FILTER (WHERE terminal) AS done FROM gone GROUP BY 1, 2) g \
-       WHERE u.budget_id = g.budget_id AND u.period_start = g.period_start) \
-     SELECT count(*) FROM gone";
-
 /// Releases reservations when outcomes commit (settling: the calls are booked by then); returns
 /// how many.
 pub async fn release(conn: &mut PgConnection, keys: &[ReleaseKey<'_>]) -> Result<i64, sqlx::Error> {
     if keys.is_empty() {
         return Ok(0);
     }
-    let sql = [
-        "WITH gone AS ( \
-           DELETE FROM budget_reservations r \
-           USING UNNEST($1::text[], $2::text[], $3::int[], $4::bool[]) AS t(tenant_id, job_id, attempt, terminal) \
-           WHERE r.tenant_id = t.tenant_id AND r.job_id = t.job_id \
-             AND (t.attempt IS NULL OR r.attempt = t.attempt) \
-           RETURNING r.budget_id, r.period_start, r.micros, r.tokens, t.terminal)",
-        GIVE_BACK,
-    ]
-    .concat();
-    sqlx::query_scalar(&sql)
-        .bind(keys.iter().map(|k| k.tenant).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.job_id).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.attempt).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.terminal).collect::<Vec<_>>())
-        .fetch_one(&mut *conn)
-        .await
+    let tenants: Vec<&str> = keys.iter().map(|k| k.tenant).collect();
+    let jobs: Vec<&str> = keys.iter().map(|k| k.job_id).collect();
+    let attempts: Vec<Option<i32>> = keys.iter().map(|k| k.attempt).collect();
+    let terminal: Vec<bool> = keys.iter().map(|k| k.terminal).collect();
+    sqlx::query_file_scalar!(
+        "src/spend/sql/budget_release.sql",
+        &tenants as &[&str],
+        &jobs as &[&str],
+        &attempts as &[Option<i32>],
+        &terminal,
+    )
+    .fetch_one(&mut *conn)
+    .await
 }
 
 /// Releases reservations whose worker died (expired); returns how many.
 pub async fn expire(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    let sql = [
-        "WITH gone AS ( \
-           DELETE FROM budget_reservations WHERE expires_at < now() \
-           RETURNING budget_id, period_start, micros, tokens, false AS terminal)",
-        GIVE_BACK,
-    ]
-    .concat();
-    sqlx::query_scalar(&sql).fetch_one(&mut *conn).await
+    sqlx::query_file_scalar!("src/spend/sql/budget_expire.sql")
+        .fetch_one(&mut *conn)
+        .await
 }
 
 /// Fires each configured threshold once per period for the budgets of `tenants` whose booked

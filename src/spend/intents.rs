@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::money::Usage;
 
-use super::ledger::{Booked, ADVANCE_TOTALS, COLUMNS, RETURNING};
+use super::ledger::Booked;
 use super::{LedgerEntry, Price, SHADOW_CALL_OFFSET};
 
 /// A call about to be made, at its worst case: what an estimate needs if it is ever booked (the
@@ -97,49 +97,26 @@ pub async fn record<I: Borrow<CallIntent>>(
     Ok(())
 }
 
-/// Intents of dead workers: older than `ttl`, and not of the attempt the job is running now.
-const EXPIRED: &str = "c.occurred_at < now() - make_interval(secs => $1::float8 / 1000) \
-    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = c.tenant_id AND j.id = c.job_id \
-      AND j.state = 'running' AND j.attempts = c.attempt)";
-
 /// Books the intents of dead workers as estimated ledger rows, in one transaction that takes the
 /// budget locks first like every other booking; returns what was booked.
 pub async fn expire(pool: &sqlx::PgPool, ttl: Duration) -> Result<Booked, sqlx::Error> {
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let mut tx = pool.begin().await?;
-    let tenants: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT DISTINCT c.tenant_id FROM call_intents c WHERE {EXPIRED}"
-    ))
-    .bind(ttl_ms)
-    .fetch_all(&mut *tx)
-    .await?;
+    let tenants = sqlx::query_file_scalar!("src/spend/sql/intents_expired_tenants.sql", ttl_ms)
+        .fetch_all(&mut *tx)
+        .await?;
     if tenants.is_empty() {
         return Ok(Booked::default());
     }
     let refs: Vec<&str> = tenants.iter().map(String::as_str).collect();
     super::budget::lock_in_order(&mut tx, &refs).await?;
-    let (count, tenants): (i64, Vec<String>) = sqlx::query_as(&format!(
-        "WITH gone AS (DELETE FROM call_intents c WHERE {EXPIRED} RETURNING c.*), \
-         ins AS (INSERT INTO provider_calls ({COLUMNS}, estimated) \
-           SELECT g.tenant_id, g.job_id, g.attempt, g.call_index, g.provider, g.model, \
-             coalesce(j.tags->>'feature', ''), g.input_tokens, g.output_tokens, \
-             g.input_price_micros_per_mtok, g.output_price_micros_per_mtok, g.cost_micros, 0, \
-             CASE WHEN g.call_index >= $2 THEN coalesce(j.tags, '{{}}') || '{{\"shadow\": \"true\"}}' \
-                  ELSE coalesce(j.tags, '{{}}') END, \
-             g.occurred_at, true \
-           FROM gone g LEFT JOIN jobs j ON j.tenant_id = g.tenant_id AND j.id = g.job_id \
-           ORDER BY g.tenant_id, g.job_id, g.attempt, g.call_index \
-           ON CONFLICT DO NOTHING {RETURNING}) {ADVANCE_TOTALS}"
-    ))
-    .bind(ttl_ms)
-    .bind(i32::try_from(SHADOW_CALL_OFFSET).unwrap_or(i32::MAX))
-    .fetch_one(&mut *tx)
-    .await?;
-    let refs: Vec<&str> = tenants.iter().map(String::as_str).collect();
+    let shadow_from = i32::try_from(SHADOW_CALL_OFFSET).unwrap_or(i32::MAX);
+    let r = sqlx::query_file!("src/spend/sql/intents_expire.sql", ttl_ms, shadow_from)
+        .fetch_one(&mut *tx)
+        .await?;
+    let booked = Booked::new(r.rows, r.tenants);
+    let refs: Vec<&str> = booked.tenants.iter().map(String::as_str).collect();
     super::budget::fire_alerts(&mut tx, &refs).await?;
     tx.commit().await?;
-    Ok(Booked {
-        rows: u64::try_from(count).unwrap_or(0),
-        tenants,
-    })
+    Ok(booked)
 }

@@ -12,50 +12,7 @@
 //! deadlock (unordered, 4 workers hit 250 deadlocks in a 10,000-job run, each a 1 s stall). Budget
 //! rows are locked first, in id order, by [`super::budget::lock_in_order`].
 
-use std::sync::LazyLock;
-
 use super::LedgerEntry;
-
-/// The ledger's columns, in the order every statement here binds and selects them.
-pub(super) const COLUMNS: &str =
-    "tenant_id, job_id, attempt, call_index, provider, model, feature, \
-    input_tokens, output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok, \
-    cost_micros, latency_ms, tags, occurred_at";
-
-/// The rows bound as arrays $1..$15, as a table `t` with [`COLUMNS`].
-const BOUND_ROWS: &str = "UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], \
-    $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int[], \
-    $14::jsonb[], $15::timestamptz[]) AS t(tenant_id, job_id, attempt, call_index, provider, model, \
-    feature, input_tokens, output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok, \
-    cost_micros, latency_ms, tags, occurred_at)";
-
-/// What an `ins` CTE returns for the aggregates below.
-pub(super) const RETURNING: &str =
-    "RETURNING tenant_id, feature, model, provider, input_tokens, output_tokens, cost_micros, occurred_at";
-
-/// Follows an `ins` CTE (the ledger rows really inserted): advances daily aggregates and budget
-/// usage from them, and answers how many rows and which tenants.
-pub(super) const ADVANCE_TOTALS: &str = "\
-    , daily AS ( \
-      INSERT INTO spend_daily AS d (day, tenant_id, feature, model, provider, calls, input_tokens, \
-        output_tokens, cost_micros) \
-      SELECT (occurred_at AT TIME ZONE 'UTC')::date, tenant_id, feature, model, provider, count(*), \
-        sum(input_tokens), sum(output_tokens), sum(cost_micros) \
-      FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 2, 1, 3, 4, 5 \
-      ON CONFLICT (tenant_id, day, feature, model, provider) DO UPDATE SET \
-        calls = d.calls + excluded.calls, input_tokens = d.input_tokens + excluded.input_tokens, \
-        output_tokens = d.output_tokens + excluded.output_tokens, \
-        cost_micros = d.cost_micros + excluded.cost_micros \
-    ), usage AS ( \
-      INSERT INTO budget_usage AS u (budget_id, period_start, cost_micros, tokens) \
-      SELECT b.id, date_trunc(b.period, i.occurred_at AT TIME ZONE 'UTC')::date, \
-        sum(i.cost_micros), sum(i.input_tokens + i.output_tokens) \
-      FROM ins i JOIN budgets b ON b.tenant_id = i.tenant_id AND b.feature IN ('', i.feature) \
-      GROUP BY 1, 2 ORDER BY 1, 2 \
-      ON CONFLICT (budget_id, period_start) DO UPDATE SET \
-        cost_micros = u.cost_micros + excluded.cost_micros, tokens = u.tokens + excluded.tokens \
-    ) \
-    SELECT count(*), coalesce(array_agg(DISTINCT tenant_id), '{}'::text[]) FROM ins";
 
 /// What a booking statement did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,13 +28,31 @@ pub async fn write(
     conn: &mut sqlx::PgConnection,
     rows: &[&LedgerEntry],
 ) -> Result<Booked, sqlx::Error> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH ins AS (INSERT INTO provider_calls ({COLUMNS}) SELECT * FROM {BOUND_ROWS} \
-             ON CONFLICT DO NOTHING {RETURNING}) {ADVANCE_TOTALS}"
-        )
-    });
-    run(conn, &SQL, rows).await
+    if rows.is_empty() {
+        return Ok(Booked::default());
+    }
+    let c = Columns::of(rows);
+    let r = sqlx::query_file!(
+        "src/spend/sql/ledger_write.sql",
+        &c.tenant_id as &[&str],
+        &c.job_id as &[&str],
+        &c.attempt,
+        &c.call_index,
+        &c.provider as &[&str],
+        &c.model as &[&str],
+        &c.feature as &[&str],
+        &c.input_tokens,
+        &c.output_tokens,
+        &c.input_price,
+        &c.output_price,
+        &c.cost_micros,
+        &c.latency_ms,
+        &c.tags as &[&serde_json::Value],
+        &c.occurred_at,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Booked::new(r.rows, r.tenants))
 }
 
 /// Books answered calls in place of their intents: a row is inserted only if its intent was still
@@ -86,61 +61,82 @@ pub async fn settle(
     conn: &mut sqlx::PgConnection,
     rows: &[&LedgerEntry],
 ) -> Result<Booked, sqlx::Error> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH t AS (SELECT * FROM {BOUND_ROWS}), \
-             gone AS (DELETE FROM call_intents c USING t \
-               WHERE c.tenant_id = t.tenant_id AND c.job_id = t.job_id AND c.attempt = t.attempt \
-                 AND c.call_index = t.call_index \
-               RETURNING c.tenant_id, c.job_id, c.attempt, c.call_index), \
-             ins AS (INSERT INTO provider_calls ({COLUMNS}) \
-               SELECT t.* FROM t JOIN gone USING (tenant_id, job_id, attempt, call_index) \
-               ON CONFLICT DO NOTHING {RETURNING}) {ADVANCE_TOTALS}"
-        )
-    });
-    run(conn, &SQL, rows).await
-}
-
-async fn run(
-    conn: &mut sqlx::PgConnection,
-    sql: &str,
-    rows: &[&LedgerEntry],
-) -> Result<Booked, sqlx::Error> {
     if rows.is_empty() {
         return Ok(Booked::default());
     }
-    let (count, tenants): (i64, Vec<String>) = bind_rows(sqlx::query_as(sql), rows)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(Booked {
-        rows: u64::try_from(count).unwrap_or(0),
-        tenants,
-    })
+    let c = Columns::of(rows);
+    let r = sqlx::query_file!(
+        "src/spend/sql/ledger_settle.sql",
+        &c.tenant_id as &[&str],
+        &c.job_id as &[&str],
+        &c.attempt,
+        &c.call_index,
+        &c.provider as &[&str],
+        &c.model as &[&str],
+        &c.feature as &[&str],
+        &c.input_tokens,
+        &c.output_tokens,
+        &c.input_price,
+        &c.output_price,
+        &c.cost_micros,
+        &c.latency_ms,
+        &c.tags as &[&serde_json::Value],
+        &c.occurred_at,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Booked::new(r.rows, r.tenants))
 }
 
-/// Binds `rows` as the arrays of [`BOUND_ROWS`].
-fn bind_rows<'q, O>(
-    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    rows: &[&'q LedgerEntry],
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    let col = |f: fn(&LedgerEntry) -> i64| rows.iter().map(|r| f(r)).collect::<Vec<i64>>();
-    let text = |f: fn(&LedgerEntry) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
-    query
-        .bind(text(|r| &r.tenant_id))
-        .bind(text(|r| &r.job_id))
-        .bind(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.call_index).collect::<Vec<_>>())
-        .bind(text(|r| &r.provider))
-        .bind(text(|r| &r.model))
-        .bind(text(|r| &r.feature))
-        .bind(col(|r| to_i64(r.usage.input_tokens)))
-        .bind(col(|r| to_i64(r.usage.output_tokens)))
-        .bind(col(|r| to_i64(r.price.input_micros_per_mtok)))
-        .bind(col(|r| to_i64(r.price.output_micros_per_mtok)))
-        .bind(col(|r| r.cost_micros))
-        .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| &r.tags).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
+impl Booked {
+    pub(super) fn new(rows: i64, tenants: Vec<String>) -> Self {
+        Self {
+            rows: u64::try_from(rows).unwrap_or(0),
+            tenants,
+        }
+    }
+}
+
+/// Ledger rows as the column arrays the booking statements bind.
+struct Columns<'a> {
+    tenant_id: Vec<&'a str>,
+    job_id: Vec<&'a str>,
+    attempt: Vec<i32>,
+    call_index: Vec<i32>,
+    provider: Vec<&'a str>,
+    model: Vec<&'a str>,
+    feature: Vec<&'a str>,
+    input_tokens: Vec<i64>,
+    output_tokens: Vec<i64>,
+    input_price: Vec<i64>,
+    output_price: Vec<i64>,
+    cost_micros: Vec<i64>,
+    latency_ms: Vec<i32>,
+    tags: Vec<&'a serde_json::Value>,
+    occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &[&'a LedgerEntry]) -> Self {
+        let big = |f: fn(&LedgerEntry) -> u64| rows.iter().map(|r| to_i64(f(r))).collect();
+        Self {
+            tenant_id: rows.iter().map(|r| r.tenant_id.as_str()).collect(),
+            job_id: rows.iter().map(|r| r.job_id.as_str()).collect(),
+            attempt: rows.iter().map(|r| r.attempt).collect(),
+            call_index: rows.iter().map(|r| r.call_index).collect(),
+            provider: rows.iter().map(|r| r.provider.as_str()).collect(),
+            model: rows.iter().map(|r| r.model.as_str()).collect(),
+            feature: rows.iter().map(|r| r.feature.as_str()).collect(),
+            input_tokens: big(|r| r.usage.input_tokens),
+            output_tokens: big(|r| r.usage.output_tokens),
+            input_price: big(|r| r.price.input_micros_per_mtok),
+            output_price: big(|r| r.price.output_micros_per_mtok),
+            cost_micros: rows.iter().map(|r| r.cost_micros).collect(),
+            latency_ms: rows.iter().map(|r| r.latency_ms).collect(),
+            tags: rows.iter().map(|r| &r.tags).collect(),
+            occurred_at: rows.iter().map(|r| r.occurred_at).collect(),
+        }
+    }
 }
 
 fn to_i64(v: u64) -> i64 {

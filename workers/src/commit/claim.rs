@@ -13,39 +13,14 @@ use ragq::spend::intents::CallIntent;
 
 use super::{Claim, ClaimRequest, Tx};
 
-/// One statement: new ids are inserted as running (attempt 1); ids already known are taken over
-/// when queued, or running with a redelivered message. Both sub-statements see the same snapshot,
-/// so the update never sees a row this insert adds; `state` is that of every row neither touched
-/// (terminal: finished; else busy).
-const CLAIM: &str = "\
-WITH t AS (
-  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
-                       $7::text[], $8::bool[])
-    AS t(tenant_id, id, kind, policy, input, tags, webhook_url, redelivered)),
-inserted AS (
-  INSERT INTO jobs (tenant_id, id, kind, policy, input, tags, webhook_url, state, attempts, started_at)
-  SELECT tenant_id, id, kind, policy, input, tags, webhook_url, 'running', 1, now() FROM t
-  ORDER BY tenant_id, id
-  ON CONFLICT (tenant_id, id) DO NOTHING
-  RETURNING tenant_id, id, attempts),
-taken AS (
-  UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now()
-  FROM t WHERE j.tenant_id = t.tenant_id AND j.id = t.id
-    AND (j.state = 'queued' OR (j.state = 'running' AND t.redelivered))
-  RETURNING j.tenant_id, j.id, j.attempts)
-SELECT t.tenant_id, t.id, coalesce(inserted.attempts, taken.attempts) AS attempt, j.state
-FROM t LEFT JOIN inserted USING (tenant_id, id) LEFT JOIN taken USING (tenant_id, id)
-  LEFT JOIN jobs j ON j.tenant_id = t.tenant_id AND j.id = t.id";
-
-/// What [`CLAIM`] says of one job.
-#[derive(sqlx::FromRow)]
+/// What `sql/claim.sql` says of one job.
 struct ClaimedRow {
     tenant_id: String,
     id: String,
     /// The attempt granted to this claim, if it may run.
     attempt: Option<i32>,
     /// The job's state when it was not granted.
-    state: Option<String>,
+    state: Option<JobState>,
 }
 
 /// A job's key within a batch.
@@ -79,7 +54,7 @@ pub(super) async fn claim_jobs(
     let mut finished = HashSet::new();
     for row in &rows {
         let k = (row.tenant_id.as_str(), row.id.as_str());
-        match (row.attempt, row.state.as_deref().and_then(JobState::parse)) {
+        match (row.attempt, row.state) {
             (Some(a), _) => {
                 granted.insert(k, a);
             }
@@ -117,7 +92,7 @@ pub(super) async fn claim_jobs(
         .collect())
 }
 
-/// Runs [`CLAIM`] for claims of distinct jobs.
+/// Runs `sql/claim.sql` for claims of distinct jobs.
 async fn take_over(
     tx: &mut Tx<'_>,
     unique: &[&ClaimRequest],
@@ -133,17 +108,20 @@ async fn take_over(
         .map(|c| c.job.webhook_url.as_deref())
         .collect();
     let redelivered: Vec<bool> = unique.iter().map(|c| c.redelivered).collect();
-    sqlx::query_as(CLAIM)
-        .bind(text(|c| &c.job.tenant))
-        .bind(text(|c| &c.job.id))
-        .bind(text(|c| c.job.kind.as_str()))
-        .bind(text(|c| &c.job.policy))
-        .bind(&inputs)
-        .bind(&tags)
-        .bind(&hooks)
-        .bind(&redelivered)
-        .fetch_all(&mut **tx)
-        .await
+    sqlx::query_file_as!(
+        ClaimedRow,
+        "sql/claim.sql",
+        &text(|c| &c.job.tenant) as &[&str],
+        &text(|c| &c.job.id) as &[&str],
+        &text(|c| c.job.kind.as_str()) as &[&str],
+        &text(|c| &c.job.policy) as &[&str],
+        &inputs as &[&Value],
+        &tags,
+        &hooks as &[Option<&str>],
+        &redelivered,
+    )
+    .fetch_all(&mut **tx)
+    .await
 }
 
 /// Reserves the worst case of every granted attempt of a tenant with budgets; the admissions

@@ -1,0 +1,23 @@
+-- Ends a batch of attempts in one statement: outcomes fenced by attempt; the intents every ended
+-- attempt leaves (committed or fenced, it booked its answered calls before this outcome, so they
+-- are calls that failed without an answer); and the webhook delivery of each outcome that took
+-- effect. Returns the jobs whose outcome took effect.
+WITH t AS (
+  SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::text[],
+                       $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+    AS t(tenant_id, id, attempt, state, result, error_code, error, hook_id, event_type, url, payload)),
+committed AS (
+  UPDATE jobs j SET state = t.state, result = t.result, error_code = t.error_code, error = t.error,
+    finished_at = CASE WHEN t.state IN ('succeeded', 'failed') THEN now() END
+  FROM t WHERE j.tenant_id = t.tenant_id AND j.id = t.id AND j.state = 'running' AND j.attempts = t.attempt
+  RETURNING j.tenant_id, j.id),
+discarded AS (
+  DELETE FROM call_intents c USING t
+  WHERE c.tenant_id = t.tenant_id AND c.job_id = t.id AND c.attempt = t.attempt),
+delivered AS (
+  INSERT INTO webhook_deliveries (id, tenant_id, job_id, event_type, url, payload, state, next_attempt_at)
+  SELECT t.hook_id, t.tenant_id, t.id, t.event_type, t.url, t.payload, 'pending',
+         now() + $12::int8 * interval '1 millisecond'
+  FROM t JOIN committed USING (tenant_id, id) WHERE t.hook_id IS NOT NULL
+  ON CONFLICT (tenant_id, job_id, event_type) DO NOTHING)
+SELECT tenant_id AS "tenant_id!", id AS "id!" FROM committed
