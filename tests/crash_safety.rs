@@ -43,8 +43,17 @@ async fn sigkilled_worker_loses_no_job_and_books_each_call_once() {
     .await;
     first.start_kill().unwrap();
     first.wait().await.unwrap();
-    // Let Postgres finish whatever the dead worker had sent it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Postgres finishes whatever the dead worker had sent it, then its backends notice the closed
+    // sockets and exit: wait for that instead of for a fixed time.
+    env.wait_until(10, "the dead worker's sessions to end", || async {
+        env.count(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')",
+        )
+        .await
+            == 0
+    })
+    .await;
     let done_at_kill = env.finished_jobs().await;
     assert!(
         done_at_kill < JOBS,

@@ -91,7 +91,7 @@ async fn same_job_id_twice_runs_once_and_books_once() {
         .await;
     env.publish_raw(&conn, "batch.complete", body.as_bytes(), Some("guest"))
         .await;
-    let (_stop, _worker) = env.start_worker();
+    let (stop, worker) = env.start_worker();
     env.wait_for_state("acme", "dup-1", "succeeded", 20).await;
     // Publish a third copy after it finished: acknowledged without running.
     env.publish_raw(&conn, "batch.complete", body.as_bytes(), Some("guest"))
@@ -113,7 +113,9 @@ async fn same_job_id_twice_runs_once_and_books_once() {
         info.message_count() == 0 && env.received().len() == 1
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // A stopped worker has settled every delivery it held: the third copy's claim is over.
+    stop.cancel();
+    worker.await.unwrap();
     assert_eq!(
         env.count("SELECT attempts::int8 FROM jobs WHERE id = 'dup-1'")
             .await,
@@ -163,12 +165,15 @@ async fn poison_messages_are_dead_lettered_with_their_reason() {
         .await;
     env.wait_for_state("acme", "after-poison", "succeeded", 20)
         .await;
-    let mut dead = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while dead.len() < cases.len() && std::time::Instant::now() < deadline {
-        dead.extend(env.dead_letters(&conn).await);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let dead = std::sync::Mutex::new(Vec::new());
+    env.wait_until(10, "every poison message dead-lettered", || async {
+        let drained = env.dead_letters(&conn).await;
+        let mut got = dead.lock().unwrap();
+        got.extend(drained);
+        got.len() >= cases.len()
+    })
+    .await;
+    let dead = dead.into_inner().unwrap();
     assert_eq!(dead.len(), cases.len());
     for (code, body, _) in &cases {
         let found = dead

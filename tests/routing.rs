@@ -276,9 +276,22 @@ models = ["sim-paced"]
             == 2
     })
     .await;
-    // Each worker learns it has half the limit at its next heartbeat.
-    tokio::time::sleep(ragq::routing::share::HEARTBEAT + std::time::Duration::from_millis(500))
-        .await;
+    // Each worker learns it has half the limit at its next heartbeat: wait until both leases were
+    // renewed after both existed (a renewal sets the expiry a lease ahead of its time).
+    let both_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let renewed_after = both_at + ragq::routing::share::LEASE;
+    env.wait_until(20, "both workers renewed their leases", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM worker_leases WHERE expires_at > $1")
+            .bind(renewed_after)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+            == 2
+    })
+    .await;
     let before = env.sim.arrivals().len();
     run_jobs(&env, "paced", "paced", 30).await;
 

@@ -70,6 +70,9 @@ async fn usage(env: &TestEnv, id: i64) -> (i64, i64, i64, i64) {
     .unwrap()
 }
 
+/// `spend.reservation_ttl_ms` of the test that lets reservations expire.
+const RESERVATION_TTL: Duration = Duration::from_millis(1500);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_workers_never_pass_the_hard_limit() {
     let env = TestEnv::new("").await;
@@ -167,9 +170,8 @@ async fn a_killed_workers_reservation_expires_and_nothing_is_booked_twice() {
     let (_, held, _, _) = usage(&env, id).await;
     assert_eq!(held, 5 * estimate_of(&jobs[0], &[SMALL]).max_micros);
 
-    // No worker is left to release them: they expire.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let expired = ragq::spend::maintenance::expire_reservations(&env.pool)
+    // No worker is left to release them: they expire, seen from a clock one TTL ahead.
+    let expired = ragq::spend::maintenance::expire_reservations(&env.pool, RESERVATION_TTL)
         .await
         .unwrap();
     assert_eq!(expired, 5);
@@ -249,9 +251,17 @@ async fn each_alert_threshold_fires_once_per_period() {
         .await;
     }
     // 19 jobs' spend: 190% of the soft limit; 50, 80 and 100 each crossed once.
-    env.wait_until(10, "three alerts", || async { alerts().len() >= 3 })
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every job is finished, so every alert is committed: wait until each was delivered.
+    env.wait_until(10, "every alert delivered", || async {
+        let pending = env
+            .count(
+                "SELECT count(*) FROM webhook_deliveries \
+                 WHERE event_type = 'budget.threshold' AND state <> 'delivered'",
+            )
+            .await;
+        pending == 0 && alerts().len() >= 3
+    })
+    .await;
     let got = alerts();
     let mut thresholds: Vec<i64> = got
         .iter()

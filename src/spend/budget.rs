@@ -402,9 +402,13 @@ pub async fn release(conn: &mut PgConnection, keys: &[ReleaseKey<'_>]) -> Result
     .await
 }
 
-/// Releases reservations whose worker died (expired); returns how many.
-pub async fn expire(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_file_scalar!("src/spend/sql/budget_expire.sql")
+/// Releases reservations whose worker died (expired `ahead` from now); returns how many.
+pub async fn expire(
+    conn: &mut PgConnection,
+    ahead: std::time::Duration,
+) -> Result<i64, sqlx::Error> {
+    let ahead_ms = i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX);
+    sqlx::query_file_scalar!("src/spend/sql/budget_expire.sql", ahead_ms)
         .fetch_one(&mut *conn)
         .await
 }

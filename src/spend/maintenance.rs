@@ -2,6 +2,8 @@
 //! it left (as estimates), and keep the ledger's monthly partitions created ahead and pruned to the
 //! retention (serialized in Postgres, so any number of workers may run it).
 
+use std::time::Duration;
+
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +23,7 @@ pub async fn run(pool: PgPool, cfg: SpendConfig, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = expire_reservations(&pool).await {
+        if let Err(e) = expire_reservations(&pool, Duration::ZERO).await {
             tracing::warn!(error = %e, "cannot expire budget reservations");
         }
         if let Err(e) = expire_intents(&pool, cfg.reservation_ttl).await {
@@ -37,9 +39,12 @@ pub async fn run(pool: PgPool, cfg: SpendConfig, cancel: CancellationToken) {
 }
 
 /// Releases expired reservations; returns how many.
-pub async fn expire_reservations(pool: &PgPool) -> Result<i64, sqlx::Error> {
+///
+/// `ahead` moves the clock forward: reservations that will have expired by then go now. Upkeep
+/// passes zero; tests pass a TTL instead of sleeping through it.
+pub async fn expire_reservations(pool: &PgPool, ahead: Duration) -> Result<i64, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let expired = super::budget::expire(&mut conn).await?;
+    let expired = super::budget::expire(&mut conn, ahead).await?;
     if expired > 0 {
         tracing::info!(expired, "released budget reservations of workers that died");
     }

@@ -1,7 +1,8 @@
--- Releases the reservations of workers that died (expired) and hands what they held back to their
--- budgets. Answers how many went.
+-- Releases the reservations of workers that died (expired, as of $1 milliseconds from now: tests
+-- look ahead instead of sleeping) and hands what they held back to their budgets. Answers how many
+-- went.
 WITH gone AS (
-  DELETE FROM budget_reservations WHERE expires_at < now()
+  DELETE FROM budget_reservations WHERE expires_at < now() + $1::int8 * interval '1 millisecond'
   RETURNING budget_id, period_start, micros, tokens),
 given AS (
   UPDATE budget_usage u SET reserved_micros = u.reserved_micros - g.micros,
