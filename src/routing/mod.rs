@@ -326,12 +326,11 @@ impl Router {
         let order = self
             .candidates(spec, request, scope, &mut skipped)
             .into_iter()
-            .map(|(m, _)| m.name.clone())
+            .map(|c| c.model.name.clone())
             .collect();
         Ok((order, skipped))
     }
 
-    /// The worst-case price of the policy's shadow model, for budget estimates.
     /// The model a call under `policy` may cost the most on: the candidate with the highest worst
     /// case for `request`. Write-ahead intents record a call at this bound.
     pub fn priciest_candidate(&self, policy: &str, request: &ChatRequest) -> Option<&ModelSpec> {
@@ -375,7 +374,7 @@ impl Router {
         let mut last = None;
         let mut any_retryable = false;
         let mut circuit_open = false;
-        for (model, client) in candidates {
+        for rank::Candidate { model, client, .. } in candidates {
             if !self.with_health(&model.name, |h| h.admit(Instant::now())) {
                 trace.push(candidate(model, 0, "skipped: circuit open".into()));
                 circuit_open = true;

@@ -360,3 +360,86 @@ fn resolve_key(p: &RawProvider) -> Result<Option<Secret>, String> {
         (None, None) => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::raw::{RawModel, RawPolicy, RawProvider};
+    use super::*;
+
+    fn provider(name: &str, kind: &str) -> RawProvider {
+        RawProvider {
+            name: name.into(),
+            kind: kind.into(),
+            base_url: "http://127.0.0.1:9/v1".into(),
+            api_key_env: None,
+            api_key_file: None,
+            timeout_ms: 1000,
+            max_response_bytes: 1 << 20,
+        }
+    }
+
+    fn model(name: &str, provider: &str) -> RawModel {
+        let toml = format!(
+            "name = \"{name}\"\nprovider = \"{provider}\"\nmodel_id = \"{name}\"\n\
+             input_price_micros_per_mtok = 1\noutput_price_micros_per_mtok = 1\ncontext_window = 100\n"
+        );
+        toml_edit::de::from_str(&toml).unwrap()
+    }
+
+    #[test]
+    fn a_valid_catalog_keeps_order_prices_and_policies() {
+        let mut policies = BTreeMap::new();
+        policies.insert("p".to_string(), RawPolicy::ordered(&["b", "a"]));
+        let c = Catalog::from_raw(
+            &[provider("sim", "openai")],
+            &[model("a", "sim"), model("b", "sim")],
+            &policies,
+        )
+        .unwrap();
+        assert_eq!(c.model_names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(c.policy("p").unwrap().models, ["b", "a"]);
+        assert_eq!(c.model("a").unwrap().price.input_micros_per_mtok, 1);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut zero = model("zero", "sim");
+        zero.context_window = 0;
+        zero.capabilities = vec!["telepathy".into()];
+        let mut bad = RawPolicy::ordered(&["nope", "zero"]);
+        bad.strategy = "random".into();
+        bad.fallback_depth = Some(0);
+        bad.plans.insert("free".into(), vec!["ghost".into()]);
+        let mut policies = BTreeMap::new();
+        policies.insert("bad".to_string(), bad);
+        policies.insert("empty".to_string(), RawPolicy::ordered(&[]));
+        let err = Catalog::from_raw(
+            &[
+                provider("sim", "openai"),
+                provider("sim", "openai"),
+                provider("x", "grpc"),
+            ],
+            &[model("a", "missing"), zero, model("a", "sim")],
+            &policies,
+        )
+        .unwrap_err();
+        let all = err.0.join("\n");
+        for expected in [
+            "providers: `sim` is defined twice",
+            "providers.x.kind: unknown API shape `grpc`",
+            "models.a.provider: unknown provider `missing`",
+            "models.zero.context_window must be positive",
+            "models.zero.capabilities: `telepathy` is not one of chat, embeddings",
+            "models: `a` is defined twice",
+            "policies.bad.models: unknown model `nope`",
+            "policies.bad.models: `zero` has no chat capability",
+            "policies.bad.strategy: `random` is not one of",
+            "policies.bad.fallback_depth must be at least 1",
+            "policies.bad.plans.free: `ghost` is not one of the policy's models",
+            "policies.empty.models must not be empty",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(err.0.len(), 12, "{all}");
+    }
+}
