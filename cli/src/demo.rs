@@ -16,9 +16,10 @@ use ragq::scheduler::pipeline::PipelineSpec;
 use ragq::spend::budget::{usd, BudgetSpec, OnLimit};
 use ragq::spend::report::{self, Dimension, ReportQuery};
 use ragq::tenants::NewTenant;
+use ragq_tools::config_file::ConfigFile;
 use ragq_tools::receiver::{ReceivedWebhook, WebhookReceiver};
 use ragq_tools::sim::SimOptions;
-use ragq_tools::stack::{free_port, sim_catalog_toml, LocalStack, ServerArgs, StackUrls};
+use ragq_tools::stack::{free_port, LocalStack, ServerArgs, StackUrls};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -63,7 +64,7 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
     let receiver = WebhookReceiver::spawn(cancel.clone()).await?;
     let api_port = free_port().await?;
     let mut stack = LocalStack::prepare(&args.servers, "demo", |urls| {
-        demo_config(urls, &sim.base_url(), api_port)
+        Ok(demo_config(urls, &sim.base_url(), api_port))
     })
     .await?;
     let api_password = uuid::Uuid::new_v4().simple().to_string();
@@ -148,32 +149,18 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
 }
 
 fn demo_config(urls: &StackUrls, sim_url: &str, api_port: u16) -> String {
-    format!(
-        r#"# Written by `ragq demo`.
-[database]
-url = "{db}"
-[queue]
-url = "{queue}"
-retry_delays_ms = [500, 2000, 5000]
-trusted_publishers = ["{API_USER}"]
-[api]
-listen = "127.0.0.1:{api_port}"
-[webhooks]
-initial_backoff_ms = 200
-poll_interval_ms = 200
-claim_lease_ms = 5000
-[retry]
-initial_interval_ms = 50
-max_interval_ms = 1000
-max_elapsed_ms = 5000
-[retrieval]
-path = "{vectors}"
-{catalog}"#,
-        vectors = urls.vectors,
-        db = urls.database,
-        queue = urls.queue,
-        catalog = sim_catalog_toml(sim_url),
-    )
+    ConfigFile::new("ragq demo", &urls.database, &urls.queue, &urls.vectors)
+        .list("queue.retry_delays_ms", [500, 2000, 5000])
+        .list("queue.trusted_publishers", [API_USER])
+        .set("api.listen", format!("127.0.0.1:{api_port}"))
+        .set("webhooks.initial_backoff_ms", 200)
+        .set("webhooks.poll_interval_ms", 200)
+        .set("webhooks.claim_lease_ms", 5000)
+        .set("retry.initial_interval_ms", 50)
+        .set("retry.max_interval_ms", 1000)
+        .set("retry.max_elapsed_ms", 5000)
+        .sim_catalog(sim_url)
+        .render()
 }
 
 /// Submits the demo's jobs and waits for every webhook; returns how many jobs were submitted.

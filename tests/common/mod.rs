@@ -8,6 +8,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, Conf
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use ragq::config::Config;
 use ragq::tenants::NewTenant;
+use ragq_tools::config_file::ConfigFile;
 use ragq_tools::receiver::{ReceivedWebhook, WebhookReceiver};
 use ragq_tools::sim::{SimHandle, SimOptions};
 use sqlx::PgPool;
@@ -77,43 +78,36 @@ impl TestEnv {
             .unwrap();
         let hooks = WebhookReceiver::spawn(cancel.clone()).await.unwrap();
         let hook_url = hooks.url();
-        let config_toml = format!(
-            r#"
-[database]
-url = "{PG}/{db_name}"
-max_connections = 8
-[queue]
-url = "{AMQP}/{vhost}"
-prefetch = 32
-retry_delays_ms = [100, 300, 1000]
-trusted_publishers = ["ragq-api-{tag}"]
-{queue_extra}
-[worker]
-max_attempts = 4
-shutdown_grace_ms = 5000
-[webhooks]
-initial_backoff_ms = 100
-max_backoff_ms = 1000
-poll_interval_ms = 100
-claim_lease_ms = 2000
-max_attempts = 6
-[retry]
-initial_interval_ms = 20
-max_interval_ms = 200
-max_elapsed_ms = 1500
-[retrieval]
-path = "{vectors}"
-{retrieval}
-{models}[policies.cost-optimized]
-models = ["sim-small"]
-[policies.with-fallback]
-models = ["sim-small", "sim-large"]
-{sections}
-"#,
-            models = ragq_tools::stack::sim_models_toml(&sim.base_url(), 10_000),
-            vectors = vectors_dir(&tag).display(),
-            sections = sections.replace("{sim_url}", &sim.base_url()),
-        );
+        let sim_url = sim.base_url();
+        let config_toml = ConfigFile::new(
+            "the test harness",
+            &format!("{PG}/{db_name}"),
+            &format!("{AMQP}/{vhost}"),
+            &vectors_dir(&tag).display().to_string(),
+        )
+        .set("database.max_connections", 8)
+        .set("queue.prefetch", 32)
+        .list("queue.retry_delays_ms", [100, 300, 1000])
+        .list("queue.trusted_publishers", [format!("ragq-api-{tag}")])
+        .set("worker.max_attempts", 4)
+        .set("worker.shutdown_grace_ms", 5000)
+        .set("webhooks.initial_backoff_ms", 100)
+        .set("webhooks.max_backoff_ms", 1000)
+        .set("webhooks.poll_interval_ms", 100)
+        .set("webhooks.claim_lease_ms", 2000)
+        .set("webhooks.max_attempts", 6)
+        .set("retry.initial_interval_ms", 20)
+        .set("retry.max_interval_ms", 200)
+        .set("retry.max_elapsed_ms", 1500)
+        .sim_models(&sim_url, 10_000)
+        .list("policies.cost-optimized.models", ["sim-small"])
+        .list("policies.with-fallback.models", ["sim-small", "sim-large"])
+        .merge(&format!(
+            "[queue]\n{queue_extra}\n[retrieval]\n{retrieval}\n"
+        ))
+        .and_then(|f| f.merge(&sections.replace("{sim_url}", &sim_url)))
+        .expect("the test's extra settings are TOML")
+        .render();
         let cfg = Config::from_toml(&config_toml).expect("test config is valid");
         let pool = ragq::db::connect(&cfg.database).await.expect("database");
         let acme = ragq::tenants::create(&pool, "acme", "Acme", Some("guest"))

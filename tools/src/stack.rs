@@ -49,7 +49,7 @@ impl LocalStack {
     pub async fn prepare(
         servers: &ServerArgs,
         name: &str,
-        config: impl FnOnce(&StackUrls) -> String,
+        config: impl FnOnce(&StackUrls) -> anyhow::Result<String>,
     ) -> anyhow::Result<Self> {
         let db = format!("ragq_{name}");
         let vhost = format!("ragq-{name}");
@@ -66,7 +66,7 @@ impl LocalStack {
             queue: format!("{}/{vhost}", servers.amqp.trim_end_matches('/')),
             vectors: vectors.display().to_string(),
         };
-        let toml = config(&urls);
+        let toml = config(&urls)?;
         let cfg = Config::from_toml(&toml)?;
         let config_path = dir.join("ragq.toml");
         std::fs::write(&config_path, &toml)?;
@@ -156,50 +156,6 @@ async fn stop(child: &mut Child) {
 pub async fn free_port() -> std::io::Result<u16> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     Ok(l.local_addr()?.port())
-}
-
-/// The catalog both runs use: two sim models of different prices behind the sim provider, and the
-/// default policies over them.
-pub fn sim_catalog_toml(sim_url: &str) -> String {
-    sim_models_toml(sim_url, 5000)
-        + "[policies.cost-optimized]\nmodels = [\"sim-small\", \"sim-large\"]\n\
-           [policies.reliable]\nmodels = [\"sim-large\", \"sim-small\"]\n"
-}
-
-/// The sim provider (calls time out after `timeout_ms`), its two chat models and its embeddings
-/// model, without policies.
-pub fn sim_models_toml(sim_url: &str, timeout_ms: u64) -> String {
-    format!(
-        r#"[[providers]]
-name = "sim"
-kind = "openai"
-base_url = "{sim_url}"
-timeout_ms = {timeout_ms}
-[[models]]
-name = "sim-small"
-provider = "sim"
-model_id = "sim-small"
-input_price_micros_per_mtok = 150000
-output_price_micros_per_mtok = 600000
-context_window = 16384
-[[models]]
-name = "sim-large"
-provider = "sim"
-model_id = "sim-large"
-input_price_micros_per_mtok = 2500000
-output_price_micros_per_mtok = 10000000
-context_window = 128000
-[[models]]
-name = "sim-embed"
-provider = "sim"
-model_id = "sim-embed"
-input_price_micros_per_mtok = 20000
-output_price_micros_per_mtok = 0
-context_window = 8191
-capabilities = ["embeddings"]
-dimensions = 256
-"#
-    )
 }
 
 /// Reads a process's CPU seconds (user + system) and peak RSS in bytes from /proc (Linux).

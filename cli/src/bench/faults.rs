@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use super::{publish, say, setup, BenchArgs};
 use ragq::queue::admin;
 use ragq::spend::audit::{self, LedgerAudit};
+use ragq_tools::config_file::ConfigFile;
 use ragq_tools::sim::SimOptions;
-use ragq_tools::stack::{sim_models_toml, StackUrls};
+use ragq_tools::stack::StackUrls;
 
 /// What the fault run found.
 #[derive(Debug, Serialize)]
@@ -34,45 +35,32 @@ pub struct FaultReport {
     pub ok: bool,
 }
 
-/// Retries that outlast the faults below: webhooks retried quickly, provider calls with a short
-/// timeout so hangs fail over, and two prompts per job so an attempt can be cut mid-job. Intents of
-/// killed workers are booked 3 s after they die, so the audit sees them.
 fn fault_config(urls: &StackUrls, sim_url: &str, prefetch: u16) -> String {
-    format!(
-        r#"# Written by `ragq bench --faults`.
-[database]
-url = "{db}"
-max_connections = 8
-[queue]
-url = "{queue}"
-prefetch = {prefetch}
-trusted_publishers = ["guest"]
-retry_delays_ms = [200, 1000, 3000]
-[worker]
-max_attempts = 10
-[webhooks]
-concurrency = 128
-initial_backoff_ms = 200
-max_backoff_ms = 2000
-max_attempts = 40
-poll_interval_ms = 200
-claim_lease_ms = 3000
-[retrieval]
-path = "{vectors}"
-[spend]
-reservation_ttl_ms = 3000
-maintenance_interval_ms = 500
-[retry]
-initial_interval_ms = 50
-max_interval_ms = 500
-max_elapsed_ms = 3000
-{catalog}"#,
-        db = urls.database,
-        queue = urls.queue,
-        vectors = super::vectors_dir(),
-        catalog = sim_models_toml(sim_url, 1000)
-            + "[policies.cost-optimized]\nmodels = [\"sim-small\", \"sim-large\"]\n",
+    ConfigFile::new(
+        "ragq bench --faults",
+        &urls.database,
+        &urls.queue,
+        &super::vectors_dir(),
     )
+    .set("database.max_connections", 8)
+    .set("queue.prefetch", i64::from(prefetch))
+    .list("queue.trusted_publishers", ["guest"])
+    .list("queue.retry_delays_ms", [200, 1000, 3000])
+    .set("worker.max_attempts", 10)
+    .set("webhooks.concurrency", 128)
+    .set("webhooks.initial_backoff_ms", 200)
+    .set("webhooks.max_backoff_ms", 2000)
+    .set("webhooks.max_attempts", 40)
+    .set("webhooks.poll_interval_ms", 200)
+    .set("webhooks.claim_lease_ms", 3000)
+    .set("spend.reservation_ttl_ms", 3000)
+    .set("spend.maintenance_interval_ms", 500)
+    .set("retry.initial_interval_ms", 50)
+    .set("retry.max_interval_ms", 500)
+    .set("retry.max_elapsed_ms", 3000)
+    .sim_models(sim_url, 1000)
+    .list("policies.cost-optimized.models", ["sim-small", "sim-large"])
+    .render()
 }
 
 pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result<()> {

@@ -28,9 +28,10 @@ mod routing_day;
 mod stats;
 
 use ragq::queue::publisher::{OutgoingJob, Publisher};
+use ragq_tools::config_file::ConfigFile;
 use ragq_tools::receiver::WebhookReceiver;
 use ragq_tools::sim::SimOptions;
-use ragq_tools::stack::{process_usage, sim_catalog_toml, LocalStack, ServerArgs, StackUrls};
+use ragq_tools::stack::{process_usage, LocalStack, ServerArgs, StackUrls};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -241,10 +242,14 @@ async fn run_ledger(args: &BenchArgs, rows: i64) -> anyhow::Result<()> {
         format_args!("filling the ledger with {rows} rows of history"),
     );
     let stack = LocalStack::prepare(&args.servers, "bench_ledger", |urls| {
-        format!(
-            "[database]\nurl = \"{}\"\nmax_connections = 8\n[queue]\nurl = \"{}\"\n",
-            urls.database, urls.queue
+        let file = ConfigFile::new(
+            "ragq bench --ledger-rows",
+            &urls.database,
+            &urls.queue,
+            &urls.vectors,
         )
+        .set("database.max_connections", 8);
+        Ok(file.render())
     })
     .await?;
     let r = ledger::run(&stack.pool, rows).await?;
@@ -304,7 +309,7 @@ async fn setup(
     let sim = ragq_tools::sim::spawn("127.0.0.1:0", sim_options, cancel.clone()).await?;
     let receiver = WebhookReceiver::spawn(cancel.clone()).await?;
     let stack = LocalStack::prepare(&args.servers, "bench", |urls| {
-        config(urls, &sim.base_url(), args.prefetch)
+        Ok(config(urls, &sim.base_url(), args.prefetch))
     })
     .await?;
     let mix = mix::Mix::parse(&args.mix).map_err(anyhow::Error::msg)?;
@@ -389,27 +394,14 @@ fn vectors_dir() -> String {
 }
 
 fn bench_config(urls: &StackUrls, sim_url: &str, prefetch: u16) -> String {
-    format!(
-        r#"# Written by `ragq bench`.
-[database]
-url = "{db}"
-max_connections = 8
-[queue]
-url = "{queue}"
-prefetch = {prefetch}
-trusted_publishers = ["guest"]
-[worker]
-commit_batch_max = 512
-[webhooks]
-concurrency = 128
-[retrieval]
-path = "{vectors}"
-{catalog}"#,
-        db = urls.database,
-        queue = urls.queue,
-        vectors = vectors_dir(),
-        catalog = sim_catalog_toml(sim_url),
-    )
+    ConfigFile::new("ragq bench", &urls.database, &urls.queue, &vectors_dir())
+        .set("database.max_connections", 8)
+        .set("queue.prefetch", i64::from(prefetch))
+        .list("queue.trusted_publishers", ["guest"])
+        .set("worker.commit_batch_max", 512)
+        .set("webhooks.concurrency", 128)
+        .sim_catalog(sim_url)
+        .render()
 }
 
 /// Creates the tenants, trusted by the receiver.

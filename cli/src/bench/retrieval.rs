@@ -59,7 +59,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(chunks >= 1_000, "--rag-chunks must be at least 1000");
     let sim = ragq_tools::sim::spawn("127.0.0.1:0", Default::default(), cancel.clone()).await?;
-    let cfg = Config::from_toml(&ragq_tools::stack::sim_catalog_toml(&sim.base_url()))?;
+    let file = ragq_tools::config_file::ConfigFile::empty("ragq bench --rag-chunks");
+    let cfg = Config::from_toml(&file.sim_catalog(&sim.base_url()).render())?;
     let router = Router::new(Arc::new(cfg.catalog.clone()), cfg.retry.clone())?;
     let dir = std::env::temp_dir().join(format!("ragq-bench-rag-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

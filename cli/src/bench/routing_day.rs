@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{say, BenchArgs};
 use ragq::spend::budget::usd;
+use ragq_tools::config_file::ConfigFile;
 use ragq_tools::sim::SimOptions;
-use ragq_tools::stack::LocalStack;
+use ragq_tools::stack::{LocalStack, StackUrls};
 
 #[derive(Debug, Serialize)]
 pub struct PolicyOutcome {
@@ -24,20 +25,10 @@ pub struct PolicyOutcome {
     pub calls_per_model: Vec<(String, i64)>,
 }
 
-fn config(db: &str, queue: &str, cheap_url: &str, dear_url: &str) -> String {
-    format!(
-        r#"# Written by `ragq bench --routing-day`.
-[database]
-url = "{db}"
-[queue]
-url = "{queue}"
-prefetch = 128
-trusted_publishers = ["guest"]
-[retry]
-initial_interval_ms = 20
-max_interval_ms = 200
-max_elapsed_ms = 2000
-[[providers]]
+/// Two providers of different prices and API shapes, and a cost policy over them.
+fn config(urls: &StackUrls, cheap_url: &str, dear_url: &str) -> anyhow::Result<String> {
+    let catalog = format!(
+        r#"[[providers]]
 name = "cheap-sim"
 kind = "openai"
 base_url = "{cheap_url}"
@@ -67,7 +58,20 @@ strategy = "cost"
 [policies.most-expensive]
 models = ["dear"]
 "#
+    );
+    let file = ConfigFile::new(
+        "ragq bench --routing-day",
+        &urls.database,
+        &urls.queue,
+        &urls.vectors,
     )
+    .set("queue.prefetch", 128)
+    .list("queue.trusted_publishers", ["guest"])
+    .set("retry.initial_interval_ms", 20)
+    .set("retry.max_interval_ms", 200)
+    .set("retry.max_elapsed_ms", 2000)
+    .merge(&catalog)?;
+    Ok(file.render())
 }
 
 pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result<()> {
@@ -83,12 +87,7 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
     let cheap = ragq_tools::sim::spawn("127.0.0.1:0", failing, cancel.clone()).await?;
     let dear = ragq_tools::sim::spawn("127.0.0.1:0", healthy, cancel.clone()).await?;
     let mut stack = LocalStack::prepare(&args.servers, "bench_routing", |urls| {
-        config(
-            &urls.database,
-            &urls.queue,
-            &cheap.base_url(),
-            &dear.base_url(),
-        )
+        config(urls, &cheap.base_url(), &dear.base_url())
     })
     .await?;
     for t in 0..args.tenants {
