@@ -11,7 +11,7 @@ use common::{spawn_worker_process, TestEnv};
 use ragq::providers::Usage;
 use ragq::spend::budget::{self, BudgetSpec, OnLimit};
 use ragq::spend::report::{self, Dimension, ReportQuery};
-use ragq::spend::{LedgerEntry, Price};
+use ragq::spend::{CallIntent, LedgerEntry, Price};
 use ragq_tools::sim::{Fault, SimOptions};
 use serde_json::json;
 
@@ -367,18 +367,20 @@ fn entry(
         output_tokens: tokens.1,
     };
     LedgerEntry {
-        tenant_id: "acme".into(),
-        job_id: job.into(),
-        attempt: 1,
-        call_index: call,
-        provider: "sim".into(),
-        model: model.into(),
+        call: CallIntent {
+            tenant_id: "acme".into(),
+            job_id: job.into(),
+            attempt: 1,
+            call_index: call,
+            provider: "sim".into(),
+            model: model.into(),
+            occurred_at: chrono::Utc
+                .with_ymd_and_hms(2026, 10, day, 12, 0, 0)
+                .unwrap(),
+            usage,
+            price,
+        },
         feature: feature.into(),
-        occurred_at: chrono::Utc
-            .with_ymd_and_hms(2026, 10, day, 12, 0, 0)
-            .unwrap(),
-        usage,
-        price,
         cost_micros: price.cost_micros(usage),
         latency_ms: 5,
         tags: json!({"feature": feature}),
@@ -502,9 +504,8 @@ async fn retention_drops_old_ledger_partitions_and_keeps_the_aggregates() {
         .unwrap();
     }
     let rows: Vec<LedgerEntry> = (0..=3u32)
-        .map(|m| LedgerEntry {
-            occurred_at: months_ago(m),
-            ..entry(
+        .map(|m| {
+            let mut e = entry(
                 &format!("j{m}"),
                 0,
                 "faq",
@@ -512,7 +513,9 @@ async fn retention_drops_old_ledger_partitions_and_keeps_the_aggregates() {
                 1,
                 (1_000, 0),
                 SMALL,
-            )
+            );
+            e.call.occurred_at = months_ago(m);
+            e
         })
         .collect();
     let mut conn = env.pool.acquire().await.unwrap();

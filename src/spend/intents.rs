@@ -18,9 +18,11 @@ use crate::money::Usage;
 use super::ledger::Booked;
 use super::{LedgerEntry, Price, SHADOW_CALL_OFFSET};
 
-/// A call about to be made, at its worst case: what an estimate needs if it is ever booked (the
-/// job's feature and tags are read from the job then).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A provider call, keyed by the attempt that makes it, on one model at one price. Before it is
+/// sent it is an intent, at its worst case (what an estimate needs if it is ever booked; the job's
+/// feature and tags are read from the job then); a [`LedgerEntry`] holds it with the usage the
+/// provider reported.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CallIntent {
     pub tenant_id: String,
     pub job_id: String,
@@ -38,17 +40,7 @@ pub struct CallIntent {
 impl From<&LedgerEntry> for CallIntent {
     /// The intent a booked row answers (benchmarks and tests record both sides of a call).
     fn from(e: &LedgerEntry) -> Self {
-        Self {
-            tenant_id: e.tenant_id.clone(),
-            job_id: e.job_id.clone(),
-            attempt: e.attempt,
-            call_index: e.call_index,
-            provider: e.provider.clone(),
-            model: e.model.clone(),
-            usage: e.usage,
-            price: e.price,
-            occurred_at: e.occurred_at,
-        }
+        e.call.clone()
     }
 }
 

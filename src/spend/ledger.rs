@@ -120,21 +120,21 @@ impl<'a> Columns<'a> {
     fn of(rows: &[&'a LedgerEntry]) -> Self {
         let big = |f: fn(&LedgerEntry) -> u64| rows.iter().map(|r| to_i64(f(r))).collect();
         Self {
-            tenant_id: rows.iter().map(|r| r.tenant_id.as_str()).collect(),
-            job_id: rows.iter().map(|r| r.job_id.as_str()).collect(),
-            attempt: rows.iter().map(|r| r.attempt).collect(),
-            call_index: rows.iter().map(|r| r.call_index).collect(),
-            provider: rows.iter().map(|r| r.provider.as_str()).collect(),
-            model: rows.iter().map(|r| r.model.as_str()).collect(),
+            tenant_id: rows.iter().map(|r| r.call.tenant_id.as_str()).collect(),
+            job_id: rows.iter().map(|r| r.call.job_id.as_str()).collect(),
+            attempt: rows.iter().map(|r| r.call.attempt).collect(),
+            call_index: rows.iter().map(|r| r.call.call_index).collect(),
+            provider: rows.iter().map(|r| r.call.provider.as_str()).collect(),
+            model: rows.iter().map(|r| r.call.model.as_str()).collect(),
             feature: rows.iter().map(|r| r.feature.as_str()).collect(),
-            input_tokens: big(|r| r.usage.input_tokens),
-            output_tokens: big(|r| r.usage.output_tokens),
-            input_price: big(|r| r.price.input_micros_per_mtok),
-            output_price: big(|r| r.price.output_micros_per_mtok),
+            input_tokens: big(|r| r.call.usage.input_tokens),
+            output_tokens: big(|r| r.call.usage.output_tokens),
+            input_price: big(|r| r.call.price.input_micros_per_mtok),
+            output_price: big(|r| r.call.price.output_micros_per_mtok),
             cost_micros: rows.iter().map(|r| r.cost_micros).collect(),
             latency_ms: rows.iter().map(|r| r.latency_ms).collect(),
             tags: rows.iter().map(|r| &r.tags).collect(),
-            occurred_at: rows.iter().map(|r| r.occurred_at).collect(),
+            occurred_at: rows.iter().map(|r| r.call.occurred_at).collect(),
         }
     }
 }

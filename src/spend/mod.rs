@@ -18,27 +18,22 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::money::{Price, Usage};
+pub use intents::CallIntent;
 
 /// Call indexes of shadow copies start here, apart from a job's own calls; their rows are tagged
 /// `shadow`.
 pub const SHADOW_CALL_OFFSET: usize = 1_000_000;
 
-/// One provider call, as booked in `provider_calls`. Unique by (tenant, job, attempt, call index), so
-/// writing it again after a crash or retry is a no-op; `occurred_at` is fixed when the provider
-/// answered, so a re-write also lands in the same monthly partition.
+/// One provider call, as booked in `provider_calls`: the call (its key, model, tokens as the
+/// provider reported them, price and time) and what booking adds. Unique by (tenant, job, attempt,
+/// call index), so writing it again after a crash or retry is a no-op; `occurred_at` is fixed when
+/// the provider answered, so a re-write also lands in the same monthly partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerEntry {
-    pub tenant_id: String,
-    pub job_id: String,
-    pub attempt: i32,
-    pub call_index: i32,
-    pub provider: String,
-    pub model: String,
+    #[serde(flatten)]
+    pub call: CallIntent,
     /// The job's `feature` tag, or "".
     pub feature: String,
-    pub occurred_at: chrono::DateTime<chrono::Utc>,
-    pub usage: Usage,
-    pub price: Price,
     pub cost_micros: i64,
     pub latency_ms: i32,
     pub tags: serde_json::Value,

@@ -63,15 +63,27 @@ impl AttemptOf<'_> {
 
     /// The intent of call `call_index` on `model` at the bound `usage`.
     fn intent(&self, call_index: usize, model: &ModelSpec, usage: Usage) -> CallIntent {
+        self.call(call_index, &model.provider, &model.name, usage, model.price)
+    }
+
+    /// Call `call_index` of this attempt, now.
+    fn call(
+        &self,
+        call_index: usize,
+        provider: &str,
+        model: &str,
+        usage: Usage,
+        price: Price,
+    ) -> CallIntent {
         CallIntent {
             tenant_id: self.job.tenant.clone(),
             job_id: self.job.id.clone(),
             attempt: self.attempt,
             call_index: i32::try_from(call_index).unwrap_or(i32::MAX),
-            provider: model.provider.clone(),
-            model: model.name.clone(),
+            provider: provider.to_string(),
+            model: model.to_string(),
             usage,
-            price: model.price,
+            price,
             occurred_at: chrono::Utc::now(),
         }
     }
@@ -86,16 +98,14 @@ impl AttemptOf<'_> {
             }
         }
         LedgerEntry {
-            tenant_id: self.job.tenant.clone(),
-            job_id: self.job.id.clone(),
-            attempt: self.attempt,
-            call_index: i32::try_from(call_index).unwrap_or(i32::MAX),
-            provider: call.provider.to_string(),
-            model: call.model.to_string(),
+            call: self.call(
+                call_index,
+                call.provider,
+                call.model,
+                call.usage,
+                call.price,
+            ),
             feature: self.job.feature().to_string(),
-            occurred_at: chrono::Utc::now(),
-            usage: call.usage,
-            price: call.price,
             cost_micros: call.price.cost_micros(call.usage),
             latency_ms: i32::try_from(call.latency.as_millis()).unwrap_or(i32::MAX),
             tags,

@@ -121,21 +121,23 @@ fn entry(writer: usize, seq: usize) -> LedgerEntry {
         output_micros_per_mtok: 600_000,
     };
     LedgerEntry {
-        tenant_id: format!("tenant-{:04}", seq % TENANTS),
-        job_id: format!("live-{writer}-{seq}"),
-        attempt: 1,
-        call_index: 0,
-        provider: "sim".into(),
-        model: "sim-small".into(),
+        call: CallIntent {
+            tenant_id: format!("tenant-{:04}", seq % TENANTS),
+            job_id: format!("live-{writer}-{seq}"),
+            attempt: 1,
+            call_index: 0,
+            provider: "sim".into(),
+            model: "sim-small".into(),
+            occurred_at: chrono::Utc::now(),
+            usage,
+            price,
+        },
         feature: if seq.is_multiple_of(2) {
             "faq"
         } else {
             "search"
         }
         .into(),
-        occurred_at: chrono::Utc::now(),
-        usage,
-        price,
         cost_micros: price.cost_micros(usage),
         latency_ms: 5,
         tags: serde_json::json!({}),
@@ -159,7 +161,8 @@ async fn write_rate(pool: &PgPool) -> anyhow::Result<f64> {
                 ragq::spend::intents::record(&mut tx, &intents).await?;
                 tx.commit().await?;
                 let mut tx = pool.begin().await?;
-                let mut tenants: Vec<&str> = refs.iter().map(|r| r.tenant_id.as_str()).collect();
+                let mut tenants: Vec<&str> =
+                    refs.iter().map(|r| r.call.tenant_id.as_str()).collect();
                 tenants.sort_unstable();
                 tenants.dedup();
                 ragq::spend::budget::lock_in_order(&mut tx, &tenants).await?;

@@ -122,7 +122,7 @@ impl std::fmt::Debug for Op {
         match self {
             Op::Claim(c, _) => write!(f, "Claim({})", c.job.id),
             Op::Intend(e, _) => write!(f, "Intend({} calls)", e.len()),
-            Op::Ledger(e) => write!(f, "Ledger({}#{})", e.job_id, e.call_index),
+            Op::Ledger(e) => write!(f, "Ledger({}#{})", e.call.job_id, e.call.call_index),
             Op::Finish(o, _) => write!(f, "Finish({})", o.job_id),
             Op::WebhookAttempt(r) => write!(f, "WebhookAttempt({}#{})", r.delivery_id, r.attempt),
         }
@@ -272,7 +272,7 @@ impl GroupCommit {
             }
         }
         let mut tenants: Vec<&str> = (claims.iter().map(|c| c.job.tenant.as_str()))
-            .chain(ledger.iter().map(|e| e.tenant_id.as_str()))
+            .chain(ledger.iter().map(|e| e.call.tenant_id.as_str()))
             .chain(outcomes.iter().map(|o| o.tenant_id.as_str()))
             .collect();
         tenants.sort_unstable();
@@ -349,7 +349,7 @@ fn fail(ops: Vec<Op>, error: CommitError) {
                 let _ = reply.send(Err(error.clone()));
             }
             Op::Ledger(entry) => {
-                tracing::error!(tenant = %entry.tenant_id, job = %entry.job_id, attempt = entry.attempt, call = entry.call_index, cost_micros = entry.cost_micros, "ledger row not written");
+                tracing::error!(tenant = %entry.call.tenant_id, job = %entry.call.job_id, attempt = entry.call.attempt, call = entry.call.call_index, cost_micros = entry.cost_micros, "ledger row not written");
             }
             Op::WebhookAttempt(r) => {
                 tracing::warn!(delivery = %r.delivery_id, attempt = r.attempt, "webhook attempt not recorded; the delivery is sent again after its lease");
