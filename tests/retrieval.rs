@@ -219,7 +219,7 @@ async fn shared_suite(store: &VectorStore, collection: &str) {
 #[tokio::test]
 async fn embedded_store_passes_the_shared_suite() {
     let dir = tempdir("suite");
-    let store = VectorStore::Embedded(std::sync::Arc::new(EmbeddedStore::open(&dir, 128).unwrap()));
+    let store = VectorStore::new(std::sync::Arc::new(EmbeddedStore::open(&dir, 128).unwrap()));
     shared_suite(&store, "docs").await;
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
@@ -259,7 +259,7 @@ async fn embedded_store_survives_a_restart_and_admits_one_process() {
         ),
         "a second opener is refused while the first holds the store"
     );
-    let store = VectorStore::Embedded(std::sync::Arc::new(store));
+    let store = VectorStore::new(std::sync::Arc::new(store));
     store.ensure_collection("docs", DIM).await.unwrap();
     let chunks = vec![chunk("a", 0, "Kept across restarts.", "en")];
     store
@@ -268,8 +268,7 @@ async fn embedded_store_survives_a_restart_and_admits_one_process() {
         .unwrap();
     drop(store);
 
-    let reopened =
-        VectorStore::Embedded(std::sync::Arc::new(EmbeddedStore::open(&dir, 128).unwrap()));
+    let reopened = VectorStore::new(std::sync::Arc::new(EmbeddedStore::open(&dir, 128).unwrap()));
     let hits = search(
         &reopened,
         "docs",

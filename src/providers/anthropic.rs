@@ -69,11 +69,7 @@ impl AnthropicClient {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.endpoint.name
-    }
-
-    pub async fn chat(
+    async fn chat_call(
         &self,
         model_id: &str,
         request: &ChatRequest,
@@ -87,7 +83,21 @@ impl AnthropicClient {
             http = http.header("x-api-key", key.expose());
         }
         let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
-        parse_response(self.name(), &bytes)
+        parse_response(&self.endpoint.name, &bytes)
+    }
+}
+
+impl super::ModelProvider for AnthropicClient {
+    fn name(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    fn chat<'a>(
+        &'a self,
+        model_id: &'a str,
+        request: &'a ChatRequest,
+    ) -> super::CallFuture<'a, ChatResponse> {
+        Box::pin(self.chat_call(model_id, request))
     }
 }
 

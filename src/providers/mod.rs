@@ -105,46 +105,37 @@ pub struct ProviderEndpoint {
     pub max_response_bytes: usize,
 }
 
-/// The closed set of API shapes ragq speaks.
-#[derive(Debug, Clone)]
-pub enum ProviderClient {
-    OpenAi(openai::OpenAiClient),
-    Anthropic(anthropic::AnthropicClient),
-}
+/// A future a provider call returns.
+pub type CallFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ProviderError>> + Send + 'a>>;
 
-impl ProviderClient {
-    pub fn name(&self) -> &str {
-        match self {
-            Self::OpenAi(c) => c.name(),
-            Self::Anthropic(c) => c.name(),
-        }
-    }
+/// One API shape ragq speaks (a file each: `openai`, `anthropic`): one HTTP call, no retries (the
+/// router owns those). Request building, response parsing and error classification are pure
+/// functions in the shape's file.
+pub trait ModelProvider: std::fmt::Debug + Send + Sync {
+    /// The provider's name in the catalog.
+    fn name(&self) -> &str;
 
-    /// One HTTP call, no retries.
-    pub async fn chat(
-        &self,
-        model_id: &str,
-        request: &ChatRequest,
-    ) -> Result<ChatResponse, ProviderError> {
-        match self {
-            Self::OpenAi(c) => c.chat(model_id, request).await,
-            Self::Anthropic(c) => c.chat(model_id, request).await,
-        }
-    }
+    fn chat<'a>(
+        &'a self,
+        model_id: &'a str,
+        request: &'a ChatRequest,
+    ) -> CallFuture<'a, ChatResponse>;
 
-    /// One embeddings call, no retries. The Anthropic API has no embeddings endpoint; the config
-    /// refuses embedding models there, so this is a guard, not a path.
-    pub async fn embed(
-        &self,
-        model_id: &str,
-        request: &EmbeddingRequest,
-    ) -> Result<EmbeddingResponse, ProviderError> {
-        match self {
-            Self::OpenAi(c) => c.embed(model_id, request).await,
-            Self::Anthropic(c) => Err(ProviderError::InvalidResponse {
-                provider: c.name().to_string(),
-                message: "the Anthropic API has no embeddings endpoint".into(),
-            }),
-        }
+    /// An API shape without an embeddings endpoint keeps this default; the config refuses
+    /// embedding models on such providers, so this is a guard, not a path.
+    fn embed<'a>(
+        &'a self,
+        _model_id: &'a str,
+        _request: &'a EmbeddingRequest,
+    ) -> CallFuture<'a, EmbeddingResponse> {
+        let error = ProviderError::InvalidResponse {
+            provider: self.name().to_string(),
+            message: "this provider's API has no embeddings endpoint".into(),
+        };
+        Box::pin(std::future::ready(Err(error)))
     }
 }
+
+/// A provider's client, shared by every call the router makes to it.
+pub type ProviderClient = std::sync::Arc<dyn ModelProvider>;

@@ -71,11 +71,7 @@ impl OpenAiClient {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.endpoint.name
-    }
-
-    pub async fn chat(
+    async fn chat_call(
         &self,
         model_id: &str,
         request: &ChatRequest,
@@ -88,10 +84,10 @@ impl OpenAiClient {
             http = http.bearer_auth(key.expose());
         }
         let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
-        parse_response(self.name(), &bytes)
+        parse_response(&self.endpoint.name, &bytes)
     }
 
-    pub async fn embed(
+    async fn embed_call(
         &self,
         model_id: &str,
         request: &EmbeddingRequest,
@@ -104,7 +100,29 @@ impl OpenAiClient {
             http = http.bearer_auth(key.expose());
         }
         let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
-        embeddings::parse_response(self.name(), request.inputs.len(), &bytes)
+        embeddings::parse_response(&self.endpoint.name, request.inputs.len(), &bytes)
+    }
+}
+
+impl super::ModelProvider for OpenAiClient {
+    fn name(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    fn chat<'a>(
+        &'a self,
+        model_id: &'a str,
+        request: &'a ChatRequest,
+    ) -> super::CallFuture<'a, ChatResponse> {
+        Box::pin(self.chat_call(model_id, request))
+    }
+
+    fn embed<'a>(
+        &'a self,
+        model_id: &'a str,
+        request: &'a EmbeddingRequest,
+    ) -> super::CallFuture<'a, EmbeddingResponse> {
+        Box::pin(self.embed_call(model_id, request))
     }
 }
 

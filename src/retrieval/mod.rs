@@ -11,6 +11,8 @@ pub mod embedded;
 pub mod remote;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -57,18 +59,18 @@ impl VectorStore {
     /// Opens the configured store. The embedded one takes its directory's lock for this process.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         match config {
-            StoreConfig::Embedded { path, hnsw_ef } => Ok(Self::Embedded(Arc::new(
+            StoreConfig::Embedded { path, hnsw_ef } => Ok(Self::new(Arc::new(
                 embedded::EmbeddedStore::open(path, *hnsw_ef)?,
             ))),
             StoreConfig::Qdrant {
                 url,
                 api_key,
                 hnsw_ef,
-            } => Ok(Self::Qdrant(remote::QdrantStore::connect(
+            } => Ok(Self::new(Arc::new(remote::QdrantStore::connect(
                 url,
                 api_key.as_ref().map(|k| k.expose()),
                 *hnsw_ef,
-            )?)),
+            )?))),
         }
     }
 }
@@ -185,31 +187,71 @@ impl StoreError {
     }
 }
 
+/// A future a vector store operation returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// One vector store implementation: embedded qdrant-edge ([`embedded`]) or a Qdrant server
+/// ([`remote`]). [`VectorStore`] checks names and adds the tenant rules around it; both pass the
+/// same shared suite (tests/retrieval.rs).
+pub trait VectorBackend: Send + Sync {
+    /// What it is, for logs.
+    fn describe(&self) -> String;
+
+    /// Creates the collection for `dimension`-sized cosine vectors if absent; a collection of
+    /// another dimension is an error.
+    fn ensure_collection<'a>(&'a self, name: &'a str, dimension: usize) -> StoreFuture<'a, ()>;
+
+    fn replace_document<'a>(
+        &'a self,
+        collection: &'a str,
+        tenant: &'a str,
+        document_id: &'a str,
+        chunks: Vec<ChunkPoint>,
+    ) -> StoreFuture<'a, ()>;
+
+    fn delete_documents<'a>(
+        &'a self,
+        collection: &'a str,
+        tenant: &'a str,
+        document_ids: &'a [String],
+    ) -> StoreFuture<'a, ()>;
+
+    fn search<'a>(
+        &'a self,
+        collection: &'a str,
+        query: &'a SearchQuery<'a>,
+    ) -> StoreFuture<'a, Vec<Hit>>;
+
+    fn count<'a>(&'a self, collection: &'a str, tenant: &'a str) -> StoreFuture<'a, u64>;
+
+    /// Makes the collection's writes durable; a store whose writes already are keeps this default.
+    fn flush<'a>(&'a self, _collection: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
 /// The configured store; cheap to clone.
 #[derive(Clone)]
-pub enum VectorStore {
-    Embedded(Arc<embedded::EmbeddedStore>),
-    Qdrant(remote::QdrantStore),
+pub struct VectorStore {
+    backend: Arc<dyn VectorBackend>,
 }
 
 impl std::fmt::Debug for VectorStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Embedded(s) => write!(f, "VectorStore::Embedded({})", s.root().display()),
-            Self::Qdrant(_) => write!(f, "VectorStore::Qdrant"),
-        }
+        write!(f, "VectorStore({})", self.backend.describe())
     }
 }
 
 impl VectorStore {
+    pub fn new(backend: Arc<dyn VectorBackend>) -> Self {
+        Self { backend }
+    }
+
     /// Creates the collection for `dimension`-sized cosine vectors if it does not exist; a
     /// collection of another dimension is an error.
     pub async fn ensure_collection(&self, name: &str, dimension: usize) -> Result<(), StoreError> {
         check_collection_name(name)?;
-        match self {
-            Self::Embedded(s) => s.ensure_collection(name, dimension).await,
-            Self::Qdrant(s) => s.ensure_collection(name, dimension).await,
-        }
+        self.backend.ensure_collection(name, dimension).await
     }
 
     /// Stores a document's chunks for `tenant`, replacing whatever it held before under that id.
@@ -221,16 +263,9 @@ impl VectorStore {
         chunks: Vec<ChunkPoint>,
     ) -> Result<(), StoreError> {
         check_collection_name(collection)?;
-        match self {
-            Self::Embedded(s) => {
-                s.replace_document(collection, tenant, document_id, chunks)
-                    .await
-            }
-            Self::Qdrant(s) => {
-                s.replace_document(collection, tenant, document_id, chunks)
-                    .await
-            }
-        }
+        (self.backend)
+            .replace_document(collection, tenant, document_id, chunks)
+            .await
     }
 
     /// Removes the tenant's documents with these ids (ids it does not have are ignored).
@@ -241,10 +276,9 @@ impl VectorStore {
         document_ids: &[String],
     ) -> Result<(), StoreError> {
         check_collection_name(collection)?;
-        match self {
-            Self::Embedded(s) => s.delete_documents(collection, tenant, document_ids).await,
-            Self::Qdrant(s) => s.delete_documents(collection, tenant, document_ids).await,
-        }
+        (self.backend)
+            .delete_documents(collection, tenant, document_ids)
+            .await
     }
 
     /// The tenant's best chunks for the query, best first. A collection the tenant has no chunks
@@ -256,10 +290,7 @@ impl VectorStore {
     ) -> Result<Vec<Hit>, StoreError> {
         check_collection_name(collection)?;
         check_filter(query.filter)?;
-        let hits = match self {
-            Self::Embedded(s) => s.search(collection, query).await?,
-            Self::Qdrant(s) => s.search(collection, query).await?,
-        };
+        let hits = self.backend.search(collection, query).await?;
         // Only an empty answer costs the extra count.
         if hits.is_empty() && self.count(collection, query.tenant).await? == 0 {
             return Err(StoreError::UnknownCollection(collection.to_string()));
@@ -270,19 +301,13 @@ impl VectorStore {
     /// Makes the collection's writes durable on disk (the Qdrant server's writes already are).
     pub async fn flush(&self, collection: &str) -> Result<(), StoreError> {
         check_collection_name(collection)?;
-        match self {
-            Self::Embedded(s) => s.flush(collection).await,
-            Self::Qdrant(_) => Ok(()),
-        }
+        self.backend.flush(collection).await
     }
 
     /// How many chunks the tenant has in the collection (0 when it does not exist).
     pub async fn count(&self, collection: &str, tenant: &str) -> Result<u64, StoreError> {
         check_collection_name(collection)?;
-        match self {
-            Self::Embedded(s) => s.count(collection, tenant).await,
-            Self::Qdrant(s) => s.count(collection, tenant).await,
-        }
+        self.backend.count(collection, tenant).await
     }
 }
 

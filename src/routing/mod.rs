@@ -133,14 +133,14 @@ impl Router {
             .providers()
             .iter()
             .map(|p| {
-                let client = match p.kind {
+                // The one place the closed set of API shapes is matched.
+                let client: ProviderClient = match p.kind {
                     ProviderKind::OpenAi => {
-                        ProviderClient::OpenAi(OpenAiClient::new(p.endpoint.clone(), http.clone()))
+                        Arc::new(OpenAiClient::new(p.endpoint.clone(), http.clone()))
                     }
-                    ProviderKind::Anthropic => ProviderClient::Anthropic(AnthropicClient::new(
-                        p.endpoint.clone(),
-                        http.clone(),
-                    )),
+                    ProviderKind::Anthropic => {
+                        Arc::new(AnthropicClient::new(p.endpoint.clone(), http.clone()))
+                    }
                 };
                 (p.endpoint.name.clone(), client)
             })

@@ -65,7 +65,7 @@ pub async fn run(
     let dir = std::env::temp_dir().join(format!("ragq-bench-rag-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let embedded = Arc::new(EmbeddedStore::open(&dir, hnsw_ef)?);
-    let store = VectorStore::Embedded(Arc::clone(&embedded));
+    let store = VectorStore::new(Arc::clone(&embedded) as _);
     let r = &cfg.retrieval;
     let embedding_model = r
         .embedding_model
