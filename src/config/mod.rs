@@ -92,84 +92,12 @@ impl Config {
 impl RawConfig {
     /// Turns the raw tree into runtime settings, collecting every problem.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let mut problems = Vec::new();
-        let mut check = |ok: bool, msg: &str| {
-            if !ok {
-                problems.push(msg.to_string());
-            }
-        };
-        let q = &self.queue;
-        check(q.prefetch >= 1, "queue.prefetch must be at least 1");
-        check(
-            q.delivery_limit >= 1,
-            "queue.delivery_limit must be at least 1",
-        );
-        check(
-            q.max_message_bytes >= 1024,
-            "queue.max_message_bytes must be at least 1024",
-        );
-        check(
-            !q.retry_delays_ms.is_empty() && q.retry_delays_ms.windows(2).all(|w| w[0] < w[1]),
-            "queue.retry_delays_ms must be a non-empty ascending list",
-        );
-        check(
-            q.retry_delays_ms.first().is_none_or(|d| *d >= 10),
-            "queue.retry_delays_ms entries must be at least 10 ms",
-        );
-        check(
-            self.database.max_connections >= 2,
-            "database.max_connections must be at least 2",
-        );
-        check(
-            self.worker.max_attempts >= 1,
-            "worker.max_attempts must be at least 1",
-        );
-        check(
-            self.worker.commit_batch_max >= 1,
-            "worker.commit_batch_max must be at least 1",
-        );
-        check(
-            self.webhooks.max_attempts >= 1,
-            "webhooks.max_attempts must be at least 1",
-        );
-        check(
-            self.webhooks.concurrency >= 1,
-            "webhooks.concurrency must be at least 1",
-        );
-        check(
-            self.webhooks.initial_backoff_ms <= self.webhooks.max_backoff_ms,
-            "webhooks.initial_backoff_ms must not exceed webhooks.max_backoff_ms",
-        );
-        let r = &self.retry;
-        check(r.multiplier >= 1.0, "retry.multiplier must be at least 1.0");
-        check(
-            (0.0..=1.0).contains(&r.randomization_factor),
-            "retry.randomization_factor must be between 0 and 1",
-        );
-        check(
-            r.initial_interval_ms <= r.max_interval_ms,
-            "retry.initial_interval_ms must not exceed retry.max_interval_ms",
-        );
-        check(
-            self.spend.default_max_output_tokens >= 1,
-            "spend.default_max_output_tokens must be at least 1",
-        );
-        check(
-            self.spend.reservation_ttl_ms >= 1_000,
-            "spend.reservation_ttl_ms must be at least 1000",
-        );
-        check(
-            self.spend.maintenance_interval_ms >= 100,
-            "spend.maintenance_interval_ms must be at least 100",
-        );
-        check(
-            self.scheduler.tick_ms >= 10,
-            "scheduler.tick_ms must be at least 10",
-        );
-        check(
-            self.scheduler.lease_ttl_ms >= 3 * self.scheduler.tick_ms,
-            "scheduler.lease_ttl_ms must be at least 3 ticks (scheduler.tick_ms)",
-        );
+        let mut problems: Vec<String> = self
+            .limits()
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, m)| m.to_string())
+            .collect();
         let catalog = match Catalog::from_raw(&self.providers, &self.models, &self.policies) {
             Ok(c) => Some(c),
             Err(CatalogError(list)) => {
@@ -187,6 +115,93 @@ impl RawConfig {
             }
             _ => Err(ConfigError::Invalid(problems)),
         }
+    }
+
+    /// The rules on single settings outside the catalog and retrieval: (holds, what breaks it).
+    fn limits(&self) -> [(bool, &'static str); 21] {
+        let (q, w, h, r, sp, sc) = (
+            &self.queue,
+            &self.worker,
+            &self.webhooks,
+            &self.retry,
+            &self.spend,
+            &self.scheduler,
+        );
+        let delays = &q.retry_delays_ms;
+        [
+            (q.prefetch >= 1, "queue.prefetch must be at least 1"),
+            (
+                q.delivery_limit >= 1,
+                "queue.delivery_limit must be at least 1",
+            ),
+            (
+                q.max_message_bytes >= 1024,
+                "queue.max_message_bytes must be at least 1024",
+            ),
+            (
+                !delays.is_empty() && delays.windows(2).all(|w| w[0] < w[1]),
+                "queue.retry_delays_ms must be a non-empty ascending list",
+            ),
+            (
+                delays.first().is_none_or(|d| *d >= 10),
+                "queue.retry_delays_ms entries must be at least 10 ms",
+            ),
+            (
+                self.database.max_connections >= 2,
+                "database.max_connections must be at least 2",
+            ),
+            (
+                w.max_attempts >= 1,
+                "worker.max_attempts must be at least 1",
+            ),
+            (
+                w.commit_batch_max >= 1,
+                "worker.commit_batch_max must be at least 1",
+            ),
+            (
+                h.max_attempts >= 1,
+                "webhooks.max_attempts must be at least 1",
+            ),
+            (
+                h.concurrency >= 1,
+                "webhooks.concurrency must be at least 1",
+            ),
+            (
+                h.initial_backoff_ms <= h.max_backoff_ms,
+                "webhooks.initial_backoff_ms must not exceed webhooks.max_backoff_ms",
+            ),
+            (r.multiplier >= 1.0, "retry.multiplier must be at least 1.0"),
+            (
+                (0.0..=1.0).contains(&r.randomization_factor),
+                "retry.randomization_factor must be between 0 and 1",
+            ),
+            (
+                r.initial_interval_ms <= r.max_interval_ms,
+                "retry.initial_interval_ms must not exceed retry.max_interval_ms",
+            ),
+            (
+                sp.default_max_output_tokens >= 1,
+                "spend.default_max_output_tokens must be at least 1",
+            ),
+            (
+                sp.reservation_ttl_ms >= 1_000,
+                "spend.reservation_ttl_ms must be at least 1000",
+            ),
+            (
+                sp.maintenance_interval_ms >= 100,
+                "spend.maintenance_interval_ms must be at least 100",
+            ),
+            (sc.tick_ms >= 10, "scheduler.tick_ms must be at least 10"),
+            (
+                sc.lease_ttl_ms >= 3 * sc.tick_ms,
+                "scheduler.lease_ttl_ms must be at least 3 ticks (scheduler.tick_ms)",
+            ),
+            (
+                self.api.max_body_bytes >= 1024,
+                "api.max_body_bytes must be at least 1024",
+            ),
+            (h.timeout_ms >= 1, "webhooks.timeout_ms must be positive"),
+        ]
     }
 
     fn into_config(self, catalog: Catalog, retrieval: crate::retrieval::RetrievalConfig) -> Config {
@@ -256,117 +271,23 @@ fn retrieval_config(
     catalog: &Catalog,
     problems: &mut Vec<String>,
 ) -> Option<crate::retrieval::RetrievalConfig> {
-    use crate::retrieval::{chunk::ChunkSpec, PromptTemplate, RetrievalConfig, StoreConfig};
+    use crate::retrieval::{chunk::ChunkSpec, PromptTemplate, RetrievalConfig};
     let start = problems.len();
-    let store = match raw.store.as_str() {
-        "embedded" => StoreConfig::Embedded {
-            path: PathBuf::from(&raw.path),
-            hnsw_ef: raw.hnsw_ef,
-        },
-        "qdrant" => {
-            let api_key = raw.qdrant_api_key_env.as_ref().and_then(|var| {
-                let key = std::env::var(var).ok().map(crate::secret::Secret::new);
-                if key.is_none() {
-                    problems.push(format!(
-                        "retrieval.qdrant_api_key_env: environment variable {var} is not set"
-                    ));
-                }
-                key
-            });
-            StoreConfig::Qdrant {
-                url: raw.qdrant_url.clone(),
-                api_key,
-                hnsw_ef: raw.hnsw_ef,
-            }
-        }
-        other => {
-            problems.push(format!(
-                "retrieval.store: `{other}` is not one of embedded, qdrant"
-            ));
-            return None;
-        }
-    };
-    let model = match &raw.embedding_model {
-        Some(name) => match catalog.model(name) {
-            Some(m) => Some(m),
-            None => {
-                problems.push(format!("retrieval.embedding_model: unknown model `{name}`"));
-                None
-            }
-        },
-        None => catalog.first_embeddings_model(),
-    };
-    let dimensions = model.and_then(|m| m.embedding_dimensions);
-    match model {
-        Some(m) if dimensions.is_none() => problems.push(format!(
-            "retrieval.embedding_model: `{}` has no embeddings capability",
-            m.name
-        )),
-        Some(m) if catalog.provider(&m.provider).map(|p| p.kind)
-            != Some(crate::routing::catalog::ProviderKind::OpenAi) =>
-        {
-            problems.push(format!(
-                "retrieval.embedding_model: `{}` is served by an API shape without embeddings (use an openai-shaped provider)",
-                m.name
-            ))
-        }
-        _ => {}
-    }
-    let mut check = |ok: bool, msg: &str| {
-        if !ok {
-            problems.push(msg.to_string());
-        }
-    };
-    check(
-        (1..=4096).contains(&raw.hnsw_ef),
-        "retrieval.hnsw_ef must be between 1 and 4096",
-    );
-    check(
-        (1..=2048).contains(&raw.embed_batch),
-        "retrieval.embed_batch must be between 1 and 2048",
-    );
-    check(
-        (16..=8192).contains(&raw.chunk_tokens),
-        "retrieval.chunk_tokens must be between 16 and 8192",
-    );
-    check(
-        raw.chunk_overlap_tokens < raw.chunk_tokens / 2,
-        "retrieval.chunk_overlap_tokens must be under half of retrieval.chunk_tokens",
-    );
-    check(
-        raw.max_document_bytes >= 1024,
-        "retrieval.max_document_bytes must be at least 1024",
-    );
-    check(
-        raw.max_documents_per_job >= 1,
-        "retrieval.max_documents_per_job must be at least 1",
-    );
-    check(
-        raw.default_top_k >= 1 && raw.default_top_k <= raw.max_top_k,
-        "retrieval.default_top_k must be between 1 and retrieval.max_top_k",
-    );
-    check(
-        raw.answer_max_tokens >= 1,
-        "retrieval.answer_max_tokens must be at least 1",
-    );
-    check(
-        raw.templates.contains_key("default"),
-        "retrieval.templates must define `default`",
-    );
-    for (name, t) in &raw.templates {
-        if !(t.user.contains("{context}") && t.user.contains("{question}")) {
-            problems.push(format!(
-                "retrieval.templates.{name}.user must contain {{context}} and {{question}}"
-            ));
-        }
-    }
-    if problems.len() > start {
-        return None;
-    }
+    let store = store_config(raw, problems);
+    let model = embedding_model(raw, catalog, problems);
+    check_retrieval_limits(raw, problems);
+    let store = store.filter(|_| problems.len() == start)?;
+    let templates = raw.templates.iter().map(|(k, t)| {
+        let template = PromptTemplate {
+            system: t.system.clone(),
+            user: t.user.clone(),
+        };
+        (k.clone(), template)
+    });
     Some(RetrievalConfig {
         store,
         embedding_model: model.map(|m| m.name.clone()),
-        dimensions: dimensions.unwrap_or(0),
+        dimensions: model.and_then(|m| m.embedding_dimensions).unwrap_or(0),
         embed_batch: raw.embed_batch,
         chunk: ChunkSpec {
             tokens: raw.chunk_tokens,
@@ -377,20 +298,131 @@ fn retrieval_config(
         default_top_k: raw.default_top_k,
         max_top_k: raw.max_top_k,
         answer_max_tokens: raw.answer_max_tokens,
-        templates: raw
-            .templates
-            .iter()
-            .map(|(k, t)| {
-                (
-                    k.clone(),
-                    PromptTemplate {
-                        system: t.system.clone(),
-                        user: t.user.clone(),
-                    },
-                )
-            })
-            .collect(),
+        templates: templates.collect(),
     })
+}
+
+/// The vector store: embedded on local disk, or a Qdrant server with its key from the environment.
+fn store_config(
+    raw: &raw::RawRetrieval,
+    problems: &mut Vec<String>,
+) -> Option<crate::retrieval::StoreConfig> {
+    use crate::retrieval::StoreConfig;
+    match raw.store.as_str() {
+        "embedded" => Some(StoreConfig::Embedded {
+            path: PathBuf::from(&raw.path),
+            hnsw_ef: raw.hnsw_ef,
+        }),
+        "qdrant" => {
+            let api_key = raw.qdrant_api_key_env.as_ref().and_then(|var| {
+                let key = std::env::var(var).ok().map(crate::secret::Secret::new);
+                if key.is_none() {
+                    problems.push(format!(
+                        "retrieval.qdrant_api_key_env: environment variable {var} is not set"
+                    ));
+                }
+                key
+            });
+            Some(StoreConfig::Qdrant {
+                url: raw.qdrant_url.clone(),
+                api_key,
+                hnsw_ef: raw.hnsw_ef,
+            })
+        }
+        other => {
+            problems.push(format!(
+                "retrieval.store: `{other}` is not one of embedded, qdrant"
+            ));
+            None
+        }
+    }
+}
+
+/// The model collections are embedded with: the one named, or the catalog's first embeddings
+/// model; it must have a vector size and an API shape that serves embeddings.
+fn embedding_model<'c>(
+    raw: &raw::RawRetrieval,
+    catalog: &'c Catalog,
+    problems: &mut Vec<String>,
+) -> Option<&'c crate::routing::catalog::ModelSpec> {
+    let model = match &raw.embedding_model {
+        Some(name) => {
+            let found = catalog.model(name);
+            if found.is_none() {
+                problems.push(format!("retrieval.embedding_model: unknown model `{name}`"));
+            }
+            found
+        }
+        None => catalog.first_embeddings_model(),
+    }?;
+    let shape = catalog.provider(&model.provider).map(|p| p.kind);
+    if model.embedding_dimensions.is_none() {
+        problems.push(format!(
+            "retrieval.embedding_model: `{}` has no embeddings capability",
+            model.name
+        ));
+    } else if shape != Some(crate::routing::catalog::ProviderKind::OpenAi) {
+        problems.push(format!(
+            "retrieval.embedding_model: `{}` is served by an API shape without embeddings (use an openai-shaped provider)",
+            model.name
+        ));
+    }
+    Some(model)
+}
+
+/// The numeric limits and the templates.
+fn check_retrieval_limits(raw: &raw::RawRetrieval, problems: &mut Vec<String>) {
+    let rules = [
+        (
+            (1..=4096).contains(&raw.hnsw_ef),
+            "retrieval.hnsw_ef must be between 1 and 4096",
+        ),
+        (
+            (1..=2048).contains(&raw.embed_batch),
+            "retrieval.embed_batch must be between 1 and 2048",
+        ),
+        (
+            (16..=8192).contains(&raw.chunk_tokens),
+            "retrieval.chunk_tokens must be between 16 and 8192",
+        ),
+        (
+            raw.chunk_overlap_tokens < raw.chunk_tokens / 2,
+            "retrieval.chunk_overlap_tokens must be under half of retrieval.chunk_tokens",
+        ),
+        (
+            raw.max_document_bytes >= 1024,
+            "retrieval.max_document_bytes must be at least 1024",
+        ),
+        (
+            raw.max_documents_per_job >= 1,
+            "retrieval.max_documents_per_job must be at least 1",
+        ),
+        (
+            raw.default_top_k >= 1 && raw.default_top_k <= raw.max_top_k,
+            "retrieval.default_top_k must be between 1 and retrieval.max_top_k",
+        ),
+        (
+            raw.answer_max_tokens >= 1,
+            "retrieval.answer_max_tokens must be at least 1",
+        ),
+        (
+            raw.templates.contains_key("default"),
+            "retrieval.templates must define `default`",
+        ),
+    ];
+    problems.extend(
+        rules
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, m)| m.to_string()),
+    );
+    for (name, t) in &raw.templates {
+        if !(t.user.contains("{context}") && t.user.contains("{question}")) {
+            problems.push(format!(
+                "retrieval.templates.{name}.user must contain {{context}} and {{question}}"
+            ));
+        }
+    }
 }
 
 /// Where the config file is looked for when `--config` is not given.
