@@ -118,6 +118,7 @@ impl RawConfig {
     }
 
     /// The rules on single settings outside the catalog and retrieval: (holds, what breaks it).
+    /// Long because it is a table, one rule per entry.
     fn limits(&self) -> [(bool, &'static str); 21] {
         let (q, w, h, r, sp, sc) = (
             &self.queue,

@@ -131,64 +131,13 @@ fn admit_one(
     let applicable: Vec<usize> = (0..states.len())
         .filter(|&i| states[i].applies_to(req.tenant, req.feature))
         .collect();
-    if applicable.is_empty() {
-        return (
-            Admission::Admitted {
-                cost_cap_micros: None,
-            },
-            Vec::new(),
-        );
-    }
     let est = req.estimate;
-    for &i in &applicable {
-        let b = &states[i];
-        if b.job_quota
-            .is_some_and(|q| b.jobs + b.reserved_jobs + 1 > q)
-        {
-            return denied(format!(
-                "{}: job quota of {} reached",
-                b.describe(),
-                b.job_quota.unwrap_or(0)
-            ));
-        }
-        if b.token_quota
-            .is_some_and(|q| b.tokens + b.reserved_tokens + est.tokens > q)
-        {
-            return denied(format!(
-                "{}: token quota of {} would be passed (used or held {}, this job up to {})",
-                b.describe(),
-                b.token_quota.unwrap_or(0),
-                b.tokens + b.reserved_tokens,
-                est.tokens
-            ));
-        }
+    if let Some(reason) = (applicable.iter()).find_map(|&i| quota_passed(&states[i], &est)) {
+        return denied(reason);
     }
-    let binding = applicable
-        .iter()
-        .copied()
-        .filter_map(|i| states[i].headroom().map(|h| (i, h)))
-        .min_by_key(|(_, h)| *h);
-    let (micros, cap) = match binding {
-        Some((_, headroom)) if est.max_micros <= headroom => (est.max_micros, None),
-        Some((i, headroom)) => {
-            let can_downgrade = applicable.iter().all(|&j| {
-                states[j].on_limit == OnLimit::Downgrade
-                    || states[j].headroom().is_none_or(|h| est.max_micros <= h)
-            });
-            let cap = headroom / est.calls.max(1);
-            if !can_downgrade || est.min_micros > cap * est.calls.max(1) {
-                let b = &states[i];
-                return denied(format!(
-                    "{}: {} of the {} hard limit is spent or held by running jobs; this job may cost up to {}",
-                    b.describe(),
-                    usd(b.cost_micros + b.reserved_micros),
-                    usd(b.hard_limit_micros.unwrap_or(0)),
-                    usd(if can_downgrade { est.min_micros } else { est.max_micros }),
-                ));
-            }
-            (cap * est.calls.max(1), Some(cap))
-        }
-        None => (est.max_micros, None),
+    let (micros, cap) = match money_to_hold(states, &applicable, &est) {
+        Ok(held) => held,
+        Err(reason) => return denied(reason),
     };
     let mut reservations = Vec::with_capacity(applicable.len());
     for i in applicable {
@@ -209,6 +158,69 @@ fn admit_one(
         },
         reservations,
     )
+}
+
+/// Why the job would pass the budget's job or token quota, if it would.
+fn quota_passed(b: &BudgetState, est: &Estimate) -> Option<String> {
+    if b.job_quota
+        .is_some_and(|q| b.jobs + b.reserved_jobs + 1 > q)
+    {
+        return Some(format!(
+            "{}: job quota of {} reached",
+            b.describe(),
+            b.job_quota.unwrap_or(0)
+        ));
+    }
+    if b.token_quota
+        .is_some_and(|q| b.tokens + b.reserved_tokens + est.tokens > q)
+    {
+        return Some(format!(
+            "{}: token quota of {} would be passed (used or held {}, this job up to {})",
+            b.describe(),
+            b.token_quota.unwrap_or(0),
+            b.tokens + b.reserved_tokens,
+            est.tokens
+        ));
+    }
+    None
+}
+
+/// What the job holds against the budgets in `applicable` and, under a downgrade, the cost cap
+/// per call: its worst case when the tightest headroom allows it; else, if every budget that is
+/// short allows a downgrade and the cheapest run still fits, the headroom split over its calls;
+/// else the reason it is refused.
+fn money_to_hold(
+    states: &[BudgetState],
+    applicable: &[usize],
+    est: &Estimate,
+) -> Result<(i64, Option<i64>), String> {
+    let binding = (applicable.iter().copied())
+        .filter_map(|i| states[i].headroom().map(|h| (i, h)))
+        .min_by_key(|(_, h)| *h);
+    let Some((i, headroom)) = binding.filter(|(_, h)| est.max_micros > *h) else {
+        return Ok((est.max_micros, None));
+    };
+    let can_downgrade = applicable.iter().all(|&j| {
+        states[j].on_limit == OnLimit::Downgrade
+            || states[j].headroom().is_none_or(|h| est.max_micros <= h)
+    });
+    let calls = est.calls.max(1);
+    let cap = headroom / calls;
+    if can_downgrade && est.min_micros <= cap * calls {
+        return Ok((cap * calls, Some(cap)));
+    }
+    let b = &states[i];
+    Err(format!(
+        "{}: {} of the {} hard limit is spent or held by running jobs; this job may cost up to {}",
+        b.describe(),
+        usd(b.cost_micros + b.reserved_micros),
+        usd(b.hard_limit_micros.unwrap_or(0)),
+        usd(if can_downgrade {
+            est.min_micros
+        } else {
+            est.max_micros
+        }),
+    ))
 }
 
 fn denied(reason: String) -> (Admission, Vec<Reservation>) {

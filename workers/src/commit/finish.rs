@@ -1,6 +1,7 @@
 //! Ending attempts: outcomes fenced by attempt number, the intents an ended attempt leaves, the
 //! webhook delivery of each outcome that took effect, and the release of its reservation.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use ragq::jobs::JobState;
@@ -18,6 +19,41 @@ pub(super) async fn finish_jobs(
     if outcomes.is_empty() {
         return Ok(Vec::new());
     }
+    let committed = commit_outcomes(tx, outcomes, webhook_lease).await?;
+    let took_effect: Vec<bool> = outcomes
+        .iter()
+        .map(|o| committed.contains(&(o.tenant_id.clone(), o.job_id.clone())))
+        .collect();
+    // Settle: the attempt's calls are booked (in this or an earlier batch), so what it reserved goes
+    // back; a final outcome also counts the job against its budgets' job totals.
+    let settled: Vec<budget::ReleaseKey<'_>> = outcomes
+        .iter()
+        .zip(&took_effect)
+        .filter(|(o, ok)| **ok && has_budget(&o.tenant_id))
+        .map(|(o, _)| budget::ReleaseKey {
+            tenant: &o.tenant_id,
+            job_id: &o.job_id,
+            attempt: Some(o.attempt),
+            terminal: !matches!(o.finish, Finish::Retry { .. }),
+        })
+        .collect();
+    budget::release(tx, &settled).await?;
+    let result = |ok: bool| {
+        if ok {
+            FinishResult::Committed
+        } else {
+            FinishResult::Fenced
+        }
+    };
+    Ok(took_effect.into_iter().map(result).collect())
+}
+
+/// Runs `sql/finish.sql`; returns the (tenant, job) of each outcome that took effect.
+async fn commit_outcomes(
+    tx: &mut Tx<'_>,
+    outcomes: &[&Outcome],
+    webhook_lease: Duration,
+) -> Result<HashSet<(String, String)>, sqlx::Error> {
     let mut states = Vec::with_capacity(outcomes.len());
     let mut results = Vec::with_capacity(outcomes.len());
     let mut codes = Vec::with_capacity(outcomes.len());
@@ -33,9 +69,8 @@ pub(super) async fn finish_jobs(
         codes.push(code.map(String::as_str));
         errors.push(error.map(String::as_str));
     }
-    let hooks: Vec<Option<&NewDelivery>> = outcomes.iter().map(|o| o.webhook.as_ref()).collect();
     let hook = |f: fn(&NewDelivery) -> &str| -> Vec<Option<&str>> {
-        hooks.iter().map(|h| h.map(f)).collect()
+        outcomes.iter().map(|o| o.webhook.as_ref().map(f)).collect()
     };
     let lease_ms = i64::try_from(webhook_lease.as_millis()).unwrap_or(i64::MAX);
     let tenants: Vec<&str> = outcomes.iter().map(|o| o.tenant_id.as_str()).collect();
@@ -58,34 +93,5 @@ pub(super) async fn finish_jobs(
     )
     .fetch_all(&mut **tx)
     .await?;
-    let committed: std::collections::HashSet<(String, String)> =
-        committed.into_iter().map(|r| (r.tenant_id, r.id)).collect();
-    let took_effect: Vec<bool> = outcomes
-        .iter()
-        .map(|o| committed.contains(&(o.tenant_id.clone(), o.job_id.clone())))
-        .collect();
-    // Settle: the attempt's calls are booked (in this or an earlier batch), so what it reserved goes
-    // back; a final outcome also counts the job against its budgets' job totals.
-    let settled: Vec<budget::ReleaseKey<'_>> = outcomes
-        .iter()
-        .zip(&took_effect)
-        .filter(|(o, ok)| **ok && has_budget(&o.tenant_id))
-        .map(|(o, _)| budget::ReleaseKey {
-            tenant: &o.tenant_id,
-            job_id: &o.job_id,
-            attempt: Some(o.attempt),
-            terminal: !matches!(o.finish, Finish::Retry { .. }),
-        })
-        .collect();
-    budget::release(tx, &settled).await?;
-    Ok(took_effect
-        .into_iter()
-        .map(|ok| {
-            if ok {
-                FinishResult::Committed
-            } else {
-                FinishResult::Fenced
-            }
-        })
-        .collect())
+    Ok(committed.into_iter().map(|r| (r.tenant_id, r.id)).collect())
 }

@@ -129,8 +129,75 @@ pub fn estimate(
 
 async fn answer(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, JobError> {
     let started = Instant::now();
-    let cfg = ctx.retrieval;
     let top_k = check(&input, ctx)?;
+    let (template, max_tokens, budget) = prompt_budget(ctx, &input)?;
+    let found = retrieve(ctx, &input, top_k).await?;
+    let timings = |model_done: Instant| {
+        json!({
+            "embed": ms(found.embed_done - started),
+            "search": ms(found.search_done - found.embed_done),
+            "model": ms(model_done - found.search_done),
+            "total": ms(model_done - started),
+        })
+    };
+    let (mut usage, mut cost_micros) = (found.usage, found.cost_micros);
+    if found.hits.is_empty() {
+        return Ok(json!({
+            "answer": null,
+            "reason": "no chunk of the collection matched the question and filter",
+            "citations": [], "usage": usage, "cost_micros": cost_micros,
+            "timings_ms": timings(Instant::now()),
+        }));
+    }
+    let prompt = assemble(template, &input.question, &found.hits, budget);
+    if prompt.used == 0 {
+        return Err(JobError::permanent(
+            "context_too_small",
+            "not even the best chunk fits the context the policy and budget leave",
+        ));
+    }
+    let request = ChatRequest {
+        messages: prompt.messages,
+        max_tokens: Some(max_tokens),
+        temperature: input.temperature,
+        call_id: Some(ctx.call_id(ANSWER_CALL)),
+        counted_input_tokens: Some(prompt.tokens),
+    };
+    let routed = ctx.chat(ANSWER_CALL, &request).await?;
+    cost_micros += routed.shadow.as_ref().map_or(0, |s| s.cost_micros());
+    let call = routed.primary?;
+    let model_done = Instant::now();
+    let answer = &call.answer;
+    usage.input_tokens += answer.response.usage.input_tokens;
+    usage.output_tokens += answer.response.usage.output_tokens;
+    cost_micros += answer.cost_micros();
+    let citations: Vec<Value> = found.hits[..prompt.used]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| json!({"n": i + 1, "document_id": h.document_id, "chunk_index": h.chunk_index, "score": h.score}))
+        .collect();
+    Ok(json!({
+        "answer": answer.response.content,
+        "citations": citations,
+        "chunks_found": found.hits.len(),
+        "model": answer.model,
+        "provider": answer.provider,
+        "usage": usage,
+        "cost_micros": cost_micros,
+        "prompt_tokens_counted": prompt.tokens,
+        "timings_ms": timings(model_done),
+        "routing": call.trace,
+    }))
+}
+
+/// The template, the answer's `max_tokens`, and the room the prompt has: the policy's smallest
+/// context window and, under a budget downgrade, the per-call cost cap. A question that leaves no
+/// room fails here, before any call.
+fn prompt_budget<'c>(
+    ctx: &JobContext<'c>,
+    input: &RagAnswerInput,
+) -> Result<(&'c PromptTemplate, u32, PromptBudget), JobError> {
+    let cfg = ctx.retrieval;
     let template = cfg
         .templates
         .get(input.template.as_deref().unwrap_or("default"))
@@ -148,88 +215,48 @@ async fn answer(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, Jo
             format!("the question and template need {fixed} tokens; the policy's smallest context window leaves {} for input", budget.tokens),
         ));
     }
-    let store = ctx.vectors.get().await?;
+    Ok((template, max_tokens, budget))
+}
 
+/// What retrieval found, what its embedding cost, and when each step ended.
+struct Retrieved {
+    hits: Vec<Hit>,
+    usage: Usage,
+    cost_micros: i64,
+    embed_done: Instant,
+    search_done: Instant,
+}
+
+/// Embeds the question and searches the tenant's chunks.
+async fn retrieve(
+    ctx: &JobContext<'_>,
+    input: &RagAnswerInput,
+    top_k: usize,
+) -> Result<Retrieved, JobError> {
+    let store = ctx.vectors.get().await?;
     let embedded =
         super::ingest::embed_texts(ctx, vec![input.question.clone()], EMBED_CALL).await?;
     let embed_done = Instant::now();
     let vector = embedded.vectors.first().cloned().unwrap_or_default();
-    let hits = store
-        .search(
-            &input.collection,
-            &SearchQuery {
-                tenant: &ctx.job.tenant,
-                vector: &vector,
-                top_k,
-                score_threshold: input.score_threshold,
-                filter: &input.filter,
-                exact: false,
-            },
-        )
-        .await?;
-    let search_done = Instant::now();
-    let mut usage = Usage {
-        input_tokens: embedded.input_tokens,
-        output_tokens: 0,
+    let query = SearchQuery {
+        tenant: &ctx.job.tenant,
+        vector: &vector,
+        top_k,
+        score_threshold: input.score_threshold,
+        filter: &input.filter,
+        exact: false,
     };
-    let mut cost_micros = embedded.cost_micros;
-    let timings = |model_done: Instant| {
-        json!({
-            "embed": ms(embed_done - started),
-            "search": ms(search_done - embed_done),
-            "model": ms(model_done - search_done),
-            "total": ms(model_done - started),
-        })
-    };
-    if hits.is_empty() {
-        return Ok(json!({
-            "answer": null,
-            "reason": "no chunk of the collection matched the question and filter",
-            "citations": [], "usage": usage, "cost_micros": cost_micros,
-            "timings_ms": timings(Instant::now()),
-        }));
-    }
-    let prompt = assemble(template, &input.question, &hits, budget);
-    if prompt.used == 0 {
-        return Err(JobError::permanent(
-            "context_too_small",
-            "not even the best chunk fits the context the policy and budget leave",
-        ));
-    }
-    let request = ChatRequest {
-        messages: prompt.messages,
-        max_tokens: Some(max_tokens),
-        temperature: input.temperature,
-        call_id: Some(ctx.call_id(ANSWER_CALL)),
-        counted_input_tokens: Some(prompt.tokens),
-    };
-    let routed = ctx.chat(ANSWER_CALL, &request).await?;
-    if let Some(s) = &routed.shadow {
-        cost_micros += s.cost_micros();
-    }
-    let call = routed.primary?;
-    let model_done = Instant::now();
-    let answer = &call.answer;
-    usage.input_tokens += answer.response.usage.input_tokens;
-    usage.output_tokens += answer.response.usage.output_tokens;
-    cost_micros += answer.cost_micros();
-    let citations: Vec<Value> = hits[..prompt.used]
-        .iter()
-        .enumerate()
-        .map(|(i, h)| json!({"n": i + 1, "document_id": h.document_id, "chunk_index": h.chunk_index, "score": h.score}))
-        .collect();
-    Ok(json!({
-        "answer": answer.response.content,
-        "citations": citations,
-        "chunks_found": hits.len(),
-        "model": answer.model,
-        "provider": answer.provider,
-        "usage": usage,
-        "cost_micros": cost_micros,
-        "prompt_tokens_counted": prompt.tokens,
-        "timings_ms": timings(model_done),
-        "routing": call.trace,
-    }))
+    let hits = store.search(&input.collection, &query).await?;
+    Ok(Retrieved {
+        hits,
+        usage: Usage {
+            input_tokens: embedded.input_tokens,
+            output_tokens: 0,
+        },
+        cost_micros: embedded.cost_micros,
+        embed_done,
+        search_done: Instant::now(),
+    })
 }
 
 /// The job's content rules; returns the top-k to search for.
