@@ -406,6 +406,33 @@ async fn print_summary(
     sim: (u64, u64),
     took: Duration,
 ) -> anyhow::Result<usize> {
+    print_jobs(demo, expected, took).await?;
+    print_pipelines(demo).await?;
+    println!("\n== spend (daily aggregates kept in step with the ledger; exact micro-dollars)");
+    let dims = [Dimension::Tenant, Dimension::Feature, Dimension::Model];
+    let q = ReportQuery {
+        group_by: dims.to_vec(),
+        ..ReportQuery::default()
+    };
+    print!(
+        "{}",
+        report::to_table(&dims, &report::query(&demo.pool, &q).await?)
+    );
+    print_retrieval(demo).await?;
+    print_webhooks(demo).await?;
+    println!("\n== dead-letter queue");
+    let dead_letters = drain_dead_letters(&demo.cfg).await?;
+    for (reason, body) in &dead_letters {
+        let start: String = String::from_utf8_lossy(body).chars().take(60).collect();
+        println!("  {reason}  <- {start}");
+    }
+    println!("\n== provider");
+    println!("sim provider: {} requests, {} answered, {} failed on purpose and were retried or failed over", sim.0, sim.1, sim.0 - sim.1);
+    Ok(dead_letters.len())
+}
+
+/// Jobs per tenant, and why each failed job failed.
+async fn print_jobs(demo: &Demo, expected: usize, took: Duration) -> anyhow::Result<()> {
     println!(
         "\n== jobs ({expected} submitted, {:.1} s)",
         took.as_secs_f64()
@@ -430,7 +457,10 @@ async fn print_summary(
     for (id, code, error) in failures {
         println!("  failed {id}: {code}: {error}");
     }
+    Ok(())
+}
 
+async fn print_pipelines(demo: &Demo) -> anyhow::Result<()> {
     let runs: Vec<(chrono::DateTime<chrono::Utc>, String, String)> = sqlx::query_as(
         "SELECT r.scheduled_at, r.job_id, j.state FROM pipeline_runs r JOIN jobs j ON j.id = r.job_id ORDER BY 1",
     )
@@ -440,25 +470,11 @@ async fn print_summary(
     for (at, job, state) in &runs {
         println!("  run {}  job {job}: {state}", at.to_rfc3339());
     }
+    Ok(())
+}
 
-    println!("\n== spend (daily aggregates kept in step with the ledger; exact micro-dollars)");
-    let dims = [Dimension::Tenant, Dimension::Feature, Dimension::Model];
-    let q = ReportQuery {
-        group_by: dims.to_vec(),
-        ..ReportQuery::default()
-    };
-    print!(
-        "{}",
-        report::to_table(&dims, &report::query(&demo.pool, &q).await?)
-    );
-
-    let hooks = demo.receiver.received();
-    let verified = hooks.iter().filter(|h| h.verified == Some(true)).count();
-    let (attempts, delivered): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM webhook_attempts), count(*) FILTER (WHERE state = 'delivered') FROM webhook_deliveries",
-    )
-    .fetch_one(&demo.pool)
-    .await?;
+/// Each ingest's chunks and each answer with its citations and timing.
+async fn print_retrieval(demo: &Demo) -> anyhow::Result<()> {
     println!("\n== retrieval (acme's handbook: ingest, then rag.answer on the embedded qdrant-edge store)");
     let rag: Vec<(String, serde_json::Value)> = sqlx::query_as(
         "SELECT id, result FROM jobs WHERE kind IN ('ingest', 'rag.answer') AND result IS NOT NULL ORDER BY created_at",
@@ -466,41 +482,53 @@ async fn print_summary(
     .fetch_all(&demo.pool)
     .await?;
     for (id, r) in rag {
-        match r["answer"].as_str() {
-            Some(answer) => {
-                let cited: Vec<String> = r["citations"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|c| {
-                        format!(
-                            "[{}] {}#{} ({:.2})",
-                            c["n"],
-                            c["document_id"].as_str().unwrap_or("?"),
-                            c["chunk_index"],
-                            c["score"].as_f64().unwrap_or(0.0)
-                        )
-                    })
-                    .collect();
-                println!(
-                    "  {id}: {answer}\n    cites {}; {} ms (embed {}, search {}, model {})",
-                    cited.join(", "),
-                    r["timings_ms"]["total"],
-                    r["timings_ms"]["embed"],
-                    r["timings_ms"]["search"],
-                    r["timings_ms"]["model"]
-                );
-            }
-            None => println!(
+        let Some(answer) = r["answer"].as_str() else {
+            println!(
                 "  {id}: {} chunks from {} documents, {} embedding calls, {} micro-dollars",
                 r["chunks"],
                 r["documents"].as_array().map_or(0, Vec::len),
                 r["embedding_calls"],
                 r["cost_micros"]
-            ),
-        }
+            );
+            continue;
+        };
+        let cite = |c: &serde_json::Value| {
+            format!(
+                "[{}] {}#{} ({:.2})",
+                c["n"],
+                c["document_id"].as_str().unwrap_or("?"),
+                c["chunk_index"],
+                c["score"].as_f64().unwrap_or(0.0)
+            )
+        };
+        let cited: Vec<String> = r["citations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(cite)
+            .collect();
+        let t = &r["timings_ms"];
+        println!(
+            "  {id}: {answer}\n    cites {}; {} ms (embed {}, search {}, model {})",
+            cited.join(", "),
+            t["total"],
+            t["embed"],
+            t["search"],
+            t["model"]
+        );
     }
+    Ok(())
+}
 
+/// Webhooks received and verified, and the budget alerts among them.
+async fn print_webhooks(demo: &Demo) -> anyhow::Result<()> {
+    let hooks = demo.receiver.received();
+    let verified = hooks.iter().filter(|h| h.verified == Some(true)).count();
+    let (attempts, delivered): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_attempts), count(*) FILTER (WHERE state = 'delivered') FROM webhook_deliveries",
+    )
+    .fetch_one(&demo.pool)
+    .await?;
     println!("\n== webhooks");
     println!("{} received, {verified} with a valid Standard Webhooks signature; {delivered} deliveries marked delivered after {attempts} attempts", hooks.len());
     for (pct, cost) in alerts(&hooks) {
@@ -509,21 +537,7 @@ async fn print_summary(
             usd(cost)
         );
     }
-
-    println!("\n== dead-letter queue");
-    let dead_letters = drain_dead_letters(&demo.cfg).await?;
-    for (reason, body) in &dead_letters {
-        println!(
-            "  {reason}  <- {}",
-            String::from_utf8_lossy(body)
-                .chars()
-                .take(60)
-                .collect::<String>()
-        );
-    }
-    println!("\n== provider");
-    println!("sim provider: {} requests, {} answered, {} failed on purpose and were retried or failed over", sim.0, sim.1, sim.0 - sim.1);
-    Ok(dead_letters.len())
+    Ok(())
 }
 
 /// Checks the system's promises on what the demo just did; the first broken one is the error.
