@@ -73,104 +73,23 @@ pub async fn run(
         .context("the sim catalog has an embeddings model")?;
     store.ensure_collection("bench", r.dimensions).await?;
 
-    let mut rng = StdRng::seed_from_u64(7);
-    let documents = chunks.div_ceil(CHUNKS_PER_DOCUMENT);
     let started = Instant::now();
-    let mut ingested = 0;
-    let mut samples = Vec::new();
-    let every = (documents / QUERIES).max(1);
-    // As `ingest` jobs of DOCUMENTS_PER_JOB documents: chunk, embed (a few batches in flight),
-    // store each document, flush once per job.
-    for first in (0..documents).step_by(DOCUMENTS_PER_JOB) {
-        let docs: Vec<(usize, Vec<String>)> = (first..(first + DOCUMENTS_PER_JOB).min(documents))
-            .map(|d| {
-                let texts = (0..CHUNKS_PER_DOCUMENT).map(|_| passage(&mut rng));
-                let pieces = texts
-                    .flat_map(|t| {
-                        chunk::split(&t, r.chunk)
-                            .into_iter()
-                            .map(|c| c.text.to_string())
-                            .collect::<Vec<_>>()
-                    })
-                    .collect();
-                (d, pieces)
-            })
-            .collect();
-        let all: Vec<String> = docs.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
-        let batches: Vec<Vec<String>> = all.chunks(r.embed_batch).map(<[String]>::to_vec).collect();
-        let vectors: Vec<Vec<Vec<f32>>> = futures_util::stream::iter(batches)
-            .map(|inputs| {
-                let router = &router;
-                let model = &embedding_model;
-                async move {
-                    let request = EmbeddingRequest {
-                        inputs,
-                        call_id: None,
-                    };
-                    router
-                        .embed(model, &request)
-                        .await
-                        .map(|c| c.response.vectors)
-                }
-            })
-            .buffered(4)
-            .try_collect()
-            .await?;
-        let mut vectors = vectors.into_iter().flatten();
-        for (d, pieces) in docs {
-            let tenant = format!("t{}", d % TENANTS);
-            if samples.len() < QUERIES && d % every == 0 {
-                samples.push((tenant.clone(), query_from(&pieces[0], &mut rng)));
-            }
-            let points: Vec<ChunkPoint> = pieces
-                .into_iter()
-                .enumerate()
-                .map(|(i, text)| ChunkPoint {
-                    document_id: format!("doc-{d}"),
-                    chunk_index: i as u32,
-                    text,
-                    metadata: Default::default(),
-                    vector: vectors.next().unwrap_or_default(),
-                })
-                .collect();
-            ingested += points.len();
-            store
-                .replace_document("bench", &tenant, &format!("doc-{d}"), points)
-                .await?;
-        }
-        store.flush("bench").await?;
-        if cancel.is_cancelled() {
-            anyhow::bail!("cancelled");
-        }
-    }
+    let corpus = Corpus {
+        store: &store,
+        router: &router,
+        cfg: &cfg,
+        embedding_model: &embedding_model,
+    };
+    let (ingested, samples) = corpus.fill(chunks, cancel).await?;
     let ingest_secs = started.elapsed().as_secs_f64();
     let started = Instant::now();
     embedded.build_indexes_now().await?;
     let index_build_secs = started.elapsed().as_secs_f64();
     let (segments, _, indexed_vectors) = embedded.stats("bench").await?;
 
-    let mut with_filter = Vec::new();
-    let mut without = Vec::new();
-    let (mut hit_f, mut hit_n, mut total_f, mut total_n) = (0usize, 0usize, 0usize, 0usize);
+    let searched = measure_searches(&embedded, &samples, r.dimensions).await?;
     let mut answer = AnswerTimes::default();
     for (tenant, question) in &samples {
-        let vector = ragq_tools::sim::embed(question, r.dimensions);
-        let scoped = ragq::retrieval::tenant_filter(tenant, &Default::default());
-        let (t, approx) =
-            timed(embedded.search_conditions("bench", &vector, 10, None, scoped.clone(), false))
-                .await?;
-        with_filter.push(t);
-        let (_, exact) =
-            timed(embedded.search_conditions("bench", &vector, 10, None, scoped, true)).await?;
-        hit_f += overlap(&approx, &exact);
-        total_f += exact.len();
-        let (t, approx) =
-            timed(embedded.search_conditions("bench", &vector, 10, None, vec![], false)).await?;
-        without.push(t);
-        let (_, exact) =
-            timed(embedded.search_conditions("bench", &vector, 10, None, vec![], true)).await?;
-        hit_n += overlap(&approx, &exact);
-        total_n += exact.len();
         answer
             .record(&router, &store, &cfg, tenant, question)
             .await?;
@@ -188,10 +107,10 @@ pub async fn run(
         index_build_secs,
         segments,
         indexed_vectors,
-        search_tenant_filter_ms: quantiles(with_filter),
-        search_no_filter_ms: quantiles(without),
-        recall_at_10_tenant_filter: hit_f as f64 / total_f.max(1) as f64,
-        recall_at_10_no_filter: hit_n as f64 / total_n.max(1) as f64,
+        recall_at_10_tenant_filter: searched.recall_with_filter(),
+        recall_at_10_no_filter: searched.recall_without(),
+        search_tenant_filter_ms: quantiles(searched.with_filter),
+        search_no_filter_ms: quantiles(searched.without),
         answer_embed_ms: quantiles(answer.embed),
         answer_search_ms: quantiles(answer.search),
         answer_model_ms: quantiles(answer.model),
@@ -204,6 +123,151 @@ pub async fn run(
     }
     cancel.cancel();
     Ok(())
+}
+
+/// The store and what fills it like `ingest` jobs would.
+struct Corpus<'a> {
+    store: &'a VectorStore,
+    router: &'a Router,
+    cfg: &'a Config,
+    embedding_model: &'a str,
+}
+
+impl Corpus<'_> {
+    /// Stores about `chunks` chunks as `ingest` jobs of DOCUMENTS_PER_JOB documents do (chunk,
+    /// embed a few batches at a time, store each document, flush once per job); returns how many
+    /// chunks, and a sample of (tenant, question) to query with.
+    async fn fill(
+        &self,
+        chunks: usize,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<(usize, Vec<(String, String)>)> {
+        let mut rng = StdRng::seed_from_u64(7);
+        let documents = chunks.div_ceil(CHUNKS_PER_DOCUMENT);
+        let mut ingested = 0;
+        let mut samples = Vec::new();
+        let every = (documents / QUERIES).max(1);
+        for first in (0..documents).step_by(DOCUMENTS_PER_JOB) {
+            let docs = self.documents(first..(first + DOCUMENTS_PER_JOB).min(documents), &mut rng);
+            let mut vectors = self.embed(&docs).await?.into_iter();
+            for (d, pieces) in docs {
+                let tenant = format!("t{}", d % TENANTS);
+                if samples.len() < QUERIES && d % every == 0 {
+                    samples.push((tenant.clone(), query_from(&pieces[0], &mut rng)));
+                }
+                let points: Vec<ChunkPoint> = pieces
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, text)| ChunkPoint {
+                        document_id: format!("doc-{d}"),
+                        chunk_index: i as u32,
+                        text,
+                        metadata: Default::default(),
+                        vector: vectors.next().unwrap_or_default(),
+                    })
+                    .collect();
+                ingested += points.len();
+                (self.store)
+                    .replace_document("bench", &tenant, &format!("doc-{d}"), points)
+                    .await?;
+            }
+            self.store.flush("bench").await?;
+            anyhow::ensure!(!cancel.is_cancelled(), "cancelled");
+        }
+        Ok((ingested, samples))
+    }
+
+    /// Documents `range`, each as its chunks' texts.
+    fn documents(
+        &self,
+        range: std::ops::Range<usize>,
+        rng: &mut StdRng,
+    ) -> Vec<(usize, Vec<String>)> {
+        let spec = self.cfg.retrieval.chunk;
+        range
+            .map(|d| {
+                let texts: Vec<String> = (0..CHUNKS_PER_DOCUMENT).map(|_| passage(rng)).collect();
+                let pieces = texts
+                    .iter()
+                    .flat_map(|t| {
+                        chunk::split(t, spec)
+                            .into_iter()
+                            .map(|c| c.text.to_string())
+                    })
+                    .collect();
+                (d, pieces)
+            })
+            .collect()
+    }
+
+    /// Every chunk's vector, in order, embedded in batches of `retrieval.embed_batch`, 4 at a time.
+    async fn embed(&self, docs: &[(usize, Vec<String>)]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let all: Vec<String> = docs.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
+        let batch = self.cfg.retrieval.embed_batch;
+        let batches: Vec<Vec<String>> = all.chunks(batch).map(<[String]>::to_vec).collect();
+        let vectors: Vec<Vec<Vec<f32>>> = futures_util::stream::iter(batches)
+            .map(|inputs| async move {
+                let request = EmbeddingRequest {
+                    inputs,
+                    call_id: None,
+                };
+                (self.router)
+                    .embed(self.embedding_model, &request)
+                    .await
+                    .map(|c| c.response.vectors)
+            })
+            .buffered(4)
+            .try_collect()
+            .await?;
+        Ok(vectors.into_iter().flatten().collect())
+    }
+}
+
+/// Search latencies with and without the tenant filter, and how many of the exact top 10 the
+/// approximate search found.
+#[derive(Default)]
+struct Searched {
+    with_filter: Vec<f64>,
+    without: Vec<f64>,
+    /// (found, exact) with the tenant filter, then without.
+    hits: [(usize, usize); 2],
+}
+
+impl Searched {
+    fn recall_with_filter(&self) -> f64 {
+        self.hits[0].0 as f64 / self.hits[0].1.max(1) as f64
+    }
+
+    fn recall_without(&self) -> f64 {
+        self.hits[1].0 as f64 / self.hits[1].1.max(1) as f64
+    }
+}
+
+async fn measure_searches(
+    embedded: &EmbeddedStore,
+    samples: &[(String, String)],
+    dimensions: usize,
+) -> anyhow::Result<Searched> {
+    let mut out = Searched::default();
+    for (tenant, question) in samples {
+        let vector = ragq_tools::sim::embed(question, dimensions);
+        let scoped = ragq::retrieval::tenant_filter(tenant, &Default::default());
+        for (slot, conditions) in [scoped, vec![]].into_iter().enumerate() {
+            let search = |exact| {
+                embedded.search_conditions("bench", &vector, 10, None, conditions.clone(), exact)
+            };
+            let (t, approx) = timed(search(false)).await?;
+            let (_, exact) = timed(search(true)).await?;
+            if slot == 0 {
+                out.with_filter.push(t);
+            } else {
+                out.without.push(t);
+            }
+            out.hits[slot].0 += overlap(&approx, &exact);
+            out.hits[slot].1 += exact.len();
+        }
+    }
+    Ok(out)
 }
 
 /// The steps of `rag.answer` as its handler takes them, timed one by one.
