@@ -51,77 +51,70 @@ fn text(s: &str) -> AMQPValue {
 
 /// Declares the whole topology.
 pub async fn declare(channel: &Channel, cfg: &QueueConfig) -> Result<(), lapin::Error> {
+    exchange(channel, JOBS_EXCHANGE, ExchangeKind::Topic).await?;
+    exchange(channel, DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
+    queue(channel, DEAD_LETTER_QUEUE, &[]).await?;
+    bind(channel, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "").await?;
+    let limit = i64::from(cfg.delivery_limit);
+    let jobs_args = [
+        ("x-delivery-limit", AMQPValue::LongLongInt(limit)),
+        ("x-dead-letter-exchange", text(DEAD_LETTER_EXCHANGE)),
+    ];
+    queue(channel, JOBS_QUEUE, &jobs_args).await?;
+    bind(channel, JOBS_QUEUE, JOBS_EXCHANGE, "#").await?;
+    for delay in &cfg.retry_delays {
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let retry_args = [
+            ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
+            ("x-dead-letter-exchange", text(JOBS_EXCHANGE)),
+            ("x-dead-letter-routing-key", text(RETRY_ROUTING_KEY)),
+        ];
+        queue(channel, &retry_queue(*delay), &retry_args).await?;
+    }
+    Ok(())
+}
+
+async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    let durable_queue = QueueDeclareOptions {
+    channel
+        .exchange_declare(name.into(), kind, durable, FieldTable::default())
+        .await
+}
+
+/// A durable quorum queue with `args`.
+async fn queue(
+    channel: &Channel,
+    name: &str,
+    args: &[(&str, AMQPValue)],
+) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
     channel
-        .exchange_declare(
-            JOBS_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            DEAD_LETTER_EXCHANGE.into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_declare(DEAD_LETTER_QUEUE.into(), durable_queue, quorum_args(&[]))
-        .await?;
+        .queue_declare(name.into(), durable, quorum_args(args))
+        .await
+        .map(|_| ())
+}
+
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), lapin::Error> {
     channel
         .queue_bind(
-            DEAD_LETTER_QUEUE.into(),
-            DEAD_LETTER_EXCHANGE.into(),
-            "".into(),
+            queue.into(),
+            exchange.into(),
+            key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
-        .await?;
-    let limit = i64::from(cfg.delivery_limit);
-    channel
-        .queue_declare(
-            JOBS_QUEUE.into(),
-            durable_queue,
-            quorum_args(&[
-                ("x-delivery-limit", AMQPValue::LongLongInt(limit)),
-                ("x-dead-letter-exchange", text(DEAD_LETTER_EXCHANGE)),
-            ]),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            JOBS_QUEUE.into(),
-            JOBS_EXCHANGE.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    for delay in &cfg.retry_delays {
-        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        channel
-            .queue_declare(
-                retry_queue(*delay).as_str().into(),
-                durable_queue,
-                quorum_args(&[
-                    ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
-                    ("x-dead-letter-exchange", text(JOBS_EXCHANGE)),
-                    ("x-dead-letter-routing-key", text(RETRY_ROUTING_KEY)),
-                ]),
-            )
-            .await?;
-    }
-    Ok(())
+        .await
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use ragq::tenants::Tenant;
 use ragq::webhooks::PendingDelivery;
 
 use crate::booking::AttemptOf;
-use crate::commit::{ClaimRequest, Finish, NewDelivery, Outcome};
+use crate::commit::{Claim, ClaimRequest, CommitError, Finish, NewDelivery, Outcome};
 use crate::error::JobError;
 use crate::handler::{ClaimIntents, JobContext, JobHandler};
 use crate::settle::{self, Disposition};
@@ -35,35 +35,11 @@ pub async fn process<H: JobHandler>(
             return d;
         }
     }
-    let env = ctx.env();
     let input = H::input(&job);
-    let (estimate, first_calls) = match &input {
-        Ok(input) => (
-            H::estimate(env, &job, input),
-            // The claim numbers the attempt.
-            H::claim_intents(
-                env,
-                AttemptOf {
-                    job: &job,
-                    attempt: 0,
-                },
-                input,
-            ),
-        ),
-        Err(_) => (Estimate::default(), ClaimIntents::default()),
-    };
     let job = Arc::new(job);
-    let claim = ctx
-        .commits
-        .claim(ClaimRequest {
-            job: Arc::clone(&job),
-            redelivered: delivery.redelivered,
-            estimate,
-            intents: first_calls.intents,
-        })
-        .await;
     let policy = ctx.retry_policy();
-    let (attempt, admission) = match settle::on_claim(claim, policy) {
+    let (granted, first_calls) = claim::<H>(ctx, delivery, &job, &input).await;
+    let (attempt, admission) = match settle::on_claim(granted, policy) {
         Ok(granted) => granted,
         Err(disposition) => return disposition,
     };
@@ -81,13 +57,40 @@ pub async fn process<H: JobHandler>(
                 default_max_output_tokens: ctx.cfg.spend.default_max_output_tokens,
                 retrieval: &ctx.cfg.retrieval,
                 vectors: &ctx.vectors,
-                declared_calls: first_calls.calls,
+                declared_calls: first_calls,
             };
             run_guarded::<H>(&context, input).await
         }
         Err(e) => Err(e),
     };
     commit(ctx, &job, attempt, result).await
+}
+
+/// Claims the job, reserving its worst case and recording the intents of its first calls (a job
+/// whose input cannot be read reserves and declares nothing: it fails before any call); returns
+/// the claim's answer and how many calls it declared.
+async fn claim<H: JobHandler>(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    job: &Arc<JobMessage>,
+    input: &Result<H::Input, String>,
+) -> (Result<Claim, CommitError>, usize) {
+    let env = ctx.env();
+    let (estimate, first_calls) = match input {
+        Ok(input) => (
+            H::estimate(env, job, input),
+            // The claim numbers the attempt.
+            H::claim_intents(env, AttemptOf { job, attempt: 0 }, input),
+        ),
+        Err(_) => (Estimate::default(), ClaimIntents::default()),
+    };
+    let request = ClaimRequest {
+        job: Arc::clone(job),
+        redelivered: delivery.redelivered,
+        estimate,
+        intents: first_calls.intents,
+    };
+    (ctx.commits.claim(request).await, first_calls.calls)
 }
 
 /// Runs the handler; a panic becomes [`JobError::Panicked`], so its delivery is settled like any
