@@ -70,24 +70,7 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
     let api_password = uuid::Uuid::new_v4().simple().to_string();
     admin::ensure_user(API_USER, &api_password, &stack.vhost)?;
     let pool = stack.pool.clone();
-    let acme = ragq::tenants::create(&pool, "acme", "Acme Corp", Some("guest")).await?;
-    let globex = ragq::tenants::create(&pool, "globex", "Globex", None).await?;
-    receiver.trust("acme", acme.tenant.webhook_secret.expose());
-    receiver.trust("globex", globex.tenant.webhook_secret.expose());
-    // acme's monthly budget alerts at 50/80/100% of a $0.0003 soft limit, which the demo passes.
-    ragq::tenants::set_alert_webhook(&pool, "acme", Some(&receiver.url())).await?;
-    let acme_budget = BudgetSpec {
-        tenant: "acme".into(),
-        feature: String::new(),
-        period: "month".into(),
-        soft_limit_micros: Some(300),
-        hard_limit_micros: None,
-        job_quota: None,
-        token_quota: None,
-        alert_thresholds: vec![50, 80, 100],
-        on_limit: OnLimit::Fail,
-    };
-    ragq::spend::budget::set(&pool, &acme_budget).await?;
+    let globex = create_tenants(&pool, &receiver).await?;
 
     // The api publishes as its own AMQP user, one the workers trust to publish for any tenant.
     let api_amqp =
@@ -103,25 +86,7 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
     pids.push(stack.spawn("api", &[("RAGQ_QUEUE__URL", api_amqp.as_str())])?);
     // The scheduler publishes as the same trusted user as the api.
     pids.push(stack.spawn("scheduler", &[("RAGQ_QUEUE__URL", api_amqp.as_str())])?);
-    let digest = PipelineSpec::from_json(
-        serde_json::json!({
-            "name": "status-digest", "cron": "*/2 * * * * *", "time_zone": "Europe/Lisbon", "missed": "skip",
-            "job_template": {"kind": "batch.complete", "webhook_url": receiver.url(),
-                "input": {"prompts": [{"prompt": "Write the status digest for {{scheduled_time}}"}]},
-                "tags": {"feature": "digest"}}
-        })
-        .to_string()
-        .as_bytes(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    ragq::scheduler::pipeline::create(
-        &pool,
-        "globex",
-        &digest,
-        chrono::Utc::now(),
-        stack.cfg.queue.max_message_bytes,
-    )
-    .await?;
+    create_pipeline(&pool, &receiver.url(), stack.cfg.queue.max_message_bytes).await?;
     println!(
         "started: sim provider at {} ({} ms latency, {:.0}% 500s, {:.0}% 429s), webhook receiver at {}, {} workers, an api and a scheduler (pids {}); globex's pipeline `status-digest` fires every 2 s",
         sim.base_url(),
@@ -148,6 +113,48 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
     checked
 }
 
+/// acme (publishing over AMQP as `guest`) with a monthly budget whose $0.0003 soft limit the demo
+/// passes, alerting at 50/80/100% to the receiver; globex (over HTTP). Returns globex, whose API key
+/// the demo uses.
+async fn create_tenants(
+    pool: &PgPool,
+    receiver: &WebhookReceiver,
+) -> anyhow::Result<ragq::tenants::NewTenant> {
+    let acme = ragq::tenants::create(pool, "acme", "Acme Corp", Some("guest")).await?;
+    let globex = ragq::tenants::create(pool, "globex", "Globex", None).await?;
+    receiver.trust("acme", acme.tenant.webhook_secret.expose());
+    receiver.trust("globex", globex.tenant.webhook_secret.expose());
+    ragq::tenants::set_alert_webhook(pool, "acme", Some(&receiver.url())).await?;
+    let acme_budget = BudgetSpec {
+        tenant: "acme".into(),
+        feature: String::new(),
+        period: "month".into(),
+        soft_limit_micros: Some(300),
+        hard_limit_micros: None,
+        job_quota: None,
+        token_quota: None,
+        alert_thresholds: vec![50, 80, 100],
+        on_limit: OnLimit::Fail,
+    };
+    ragq::spend::budget::set(pool, &acme_budget).await?;
+    Ok(globex)
+}
+
+/// globex's pipeline `status-digest`, every 2 seconds.
+async fn create_pipeline(pool: &PgPool, hook: &str, max_bytes: usize) -> anyhow::Result<()> {
+    let spec = serde_json::json!({
+        "name": "status-digest", "cron": "*/2 * * * * *", "time_zone": "Europe/Lisbon", "missed": "skip",
+        "job_template": {"kind": "batch.complete", "webhook_url": hook,
+            "input": {"prompts": [{"prompt": "Write the status digest for {{scheduled_time}}"}]},
+            "tags": {"feature": "digest"}}
+    });
+    let digest =
+        PipelineSpec::from_json(spec.to_string().as_bytes()).map_err(anyhow::Error::msg)?;
+    ragq::scheduler::pipeline::create(pool, "globex", &digest, chrono::Utc::now(), max_bytes)
+        .await?;
+    Ok(())
+}
+
 fn demo_config(urls: &StackUrls, sim_url: &str, api_port: u16) -> String {
     ConfigFile::new("ragq demo", &urls.database, &urls.queue, &urls.vectors)
         .list("queue.retry_delays_ms", [500, 2000, 5000])
@@ -170,44 +177,82 @@ async fn submit_and_wait(
     cancel: &CancellationToken,
 ) -> anyhow::Result<usize> {
     let publisher = ReconnectingPublisher::new(demo.cfg.queue.clone(), "ragq-demo");
-    let hook = demo.receiver.url();
-    let topics = [
-        "refund policy",
-        "shipping times",
-        "password reset",
-        "invoice copy",
-        "data export",
-    ];
-    let job = |tenant: &str, i: usize, policy: &str| {
-        let prompts: Vec<_> = (0..args.prompts)
-            .map(|p| serde_json::json!({"prompt": format!("Customer {i}.{p} asks about {}: summarise the answer in one line", topics[(i + p) % topics.len()])}))
-            .collect();
-        serde_json::json!({
-            "id": format!("{tenant}-{i}"), "tenant": tenant, "kind": "batch.complete", "policy": policy,
-            "webhook_url": hook, "input": {"system": "You are a support assistant.", "prompts": prompts},
-            "tags": {"feature": if i.is_multiple_of(2) { "support-summaries" } else { "faq" }, "plan": "pro"}
-        })
+    let jobs = DemoJobs {
+        hook: demo.receiver.url(),
+        prompts: args.prompts,
     };
     // acme publishes straight to RabbitMQ as AMQP user `guest`.
     for i in 0..args.jobs {
-        let body = job("acme", i, "cost-optimized").to_string();
+        let body = jobs.job("acme", i, "cost-optimized").to_string();
         publisher
             .publish_job("batch.complete", &format!("acme-{i}"), body.as_bytes())
             .await?;
     }
-    // globex submits over HTTP with its API key.
+    submit_over_http(demo, &jobs, args.jobs, cancel).await?;
+    // One job that fails for good (unknown policy) and gets a job.failed webhook.
+    let failing = jobs.job("acme", args.jobs, "no-such-policy").to_string();
+    let failing_id = format!("acme-{}", args.jobs);
+    publisher
+        .publish_job("batch.complete", &failing_id, failing.as_bytes())
+        .await?;
+    // Bad messages: broken JSON, and globex's job published by acme's AMQP user.
+    publisher
+        .publish_job("batch.complete", "broken", b"{\"id\": \"broken\", oops")
+        .await?;
+    let spoofed = jobs.job("globex", 99, "cost-optimized").to_string();
+    publisher
+        .publish_job("batch.complete", "globex-99", spoofed.as_bytes())
+        .await?;
+    ask_the_handbook(demo, &publisher, cancel).await?;
+    let expected = 2 * args.jobs + 1 + RAG_JOBS;
+    println!("submitted: {} jobs for acme over AMQP, {} for globex over HTTP, 1 doomed job, 2 bad messages", args.jobs + 1, args.jobs);
+    wait_for_webhooks(demo, expected, cancel).await?;
+    Ok(expected)
+}
+
+/// The demo's `batch.complete` jobs: support prompts over a few topics, half of them tagged as
+/// another feature.
+struct DemoJobs {
+    hook: String,
+    prompts: usize,
+}
+
+impl DemoJobs {
+    fn job(&self, tenant: &str, i: usize, policy: &str) -> serde_json::Value {
+        const TOPICS: [&str; 5] = [
+            "refund policy",
+            "shipping times",
+            "password reset",
+            "invoice copy",
+            "data export",
+        ];
+        let prompts: Vec<_> = (0..self.prompts)
+            .map(|p| serde_json::json!({"prompt": format!("Customer {i}.{p} asks about {}: summarise the answer in one line", TOPICS[(i + p) % TOPICS.len()])}))
+            .collect();
+        serde_json::json!({
+            "id": format!("{tenant}-{i}"), "tenant": tenant, "kind": "batch.complete", "policy": policy,
+            "webhook_url": self.hook, "input": {"system": "You are a support assistant.", "prompts": prompts},
+            "tags": {"feature": if i.is_multiple_of(2) { "support-summaries" } else { "faq" }, "plan": "pro"}
+        })
+    }
+}
+
+/// globex submits over HTTP with its API key (the key names the tenant).
+async fn submit_over_http(
+    demo: &Demo,
+    jobs: &DemoJobs,
+    n: usize,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     wait_for_api(&http, &demo.api_url, cancel).await?;
-    for i in 0..args.jobs {
-        let mut body = job(
-            "globex",
-            i,
-            if i % 3 == 0 {
-                "reliable"
-            } else {
-                "cost-optimized"
-            },
-        );
+    for i in 0..n {
+        let policy = if i % 3 == 0 {
+            "reliable"
+        } else {
+            "cost-optimized"
+        };
+        let mut body = jobs.job("globex", i, policy);
         body.as_object_mut().map(|o| o.remove("tenant"));
         let resp = http
             .post(format!("{}/v1/jobs", demo.api_url))
@@ -221,27 +266,16 @@ async fn submit_and_wait(
             resp.text().await?
         );
     }
-    // One job that fails for good (unknown policy) and gets a job.failed webhook.
-    let failing = job("acme", args.jobs, "no-such-policy").to_string();
-    publisher
-        .publish_job(
-            "batch.complete",
-            &format!("acme-{}", args.jobs),
-            failing.as_bytes(),
-        )
-        .await?;
-    // Bad messages: broken JSON, and globex's job published by acme's AMQP user.
-    publisher
-        .publish_job("batch.complete", "broken", b"{\"id\": \"broken\", oops")
-        .await?;
-    let spoofed = job("globex", 99, "cost-optimized").to_string();
-    publisher
-        .publish_job("batch.complete", "globex-99", spoofed.as_bytes())
-        .await?;
-    ask_the_handbook(demo, &publisher, cancel).await?;
-    let expected = 2 * args.jobs + 1 + RAG_JOBS;
-    println!("submitted: {} jobs for acme over AMQP, {} for globex over HTTP, 1 doomed job, 2 bad messages", args.jobs + 1, args.jobs);
+    Ok(())
+}
 
+/// Waits for every job's webhook, the budget alerts and two pipeline runs; then pauses the
+/// pipeline and waits for the system to go quiet, so the summary sees it at rest.
+async fn wait_for_webhooks(
+    demo: &Demo,
+    expected: usize,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let done = || async {
         let hooks = demo.receiver.received();
@@ -262,21 +296,11 @@ async fn submit_and_wait(
         anyhow::ensure!(!cancel.is_cancelled(), "interrupted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Pause the pipeline and let its last runs finish, so the summary sees a quiet system.
-    ragq::scheduler::pipeline::set_enabled(
-        &demo.pool,
-        "globex",
-        "status-digest",
-        false,
-        chrono::Utc::now(),
-    )
-    .await?;
-    while count(
-        &demo.pool,
-        "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')",
-    )
-    .await?
-        > 0
+    let now = chrono::Utc::now();
+    ragq::scheduler::pipeline::set_enabled(&demo.pool, "globex", "status-digest", false, now)
+        .await?;
+    let busy = "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')";
+    while count(&demo.pool, busy).await? > 0
         || demo.receiver.received().len() < job_hooks_expected(demo).await? + 3
     {
         anyhow::ensure!(
@@ -285,9 +309,16 @@ async fn submit_and_wait(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Let the deliveries' rows settle (the receiver answers before the sender records the attempt).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok(expected)
+    // The receiver answers before the sender records the attempt: wait for the records.
+    let unrecorded = "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'";
+    while count(&demo.pool, unrecorded).await? > 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "webhook records did not settle in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// The retrieval jobs the demo runs: one ingest, then two questions.

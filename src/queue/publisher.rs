@@ -124,21 +124,7 @@ impl Publisher {
         body: &[u8],
         env: &Envelope<'_>,
     ) -> Result<(), QueueError> {
-        let mut headers = FieldTable::default();
-        for (k, v) in &env.headers {
-            headers.insert(
-                (*k).into(),
-                AMQPValue::LongString(LongString::from(v.as_str())),
-            );
-        }
-        let mut props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_user_id(self.user_id.as_str().into())
-            .with_headers(headers);
-        if let Some(id) = env.message_id {
-            props = props.with_message_id(id.into());
-        }
+        let props = properties(&self.user_id, env);
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -148,14 +134,41 @@ impl Publisher {
             .basic_publish(exchange.into(), routing_key.into(), options, body, props)
             .await?
             .await?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(QueueError::Unroutable {
-                exchange: exchange.to_string(),
-                routing_key: routing_key.to_string(),
-            }),
-            Confirmation::Nack(_) => Err(QueueError::Nacked),
-        }
+        settled(confirm, exchange, routing_key)
+    }
+}
+
+/// Every message ragq publishes: persistent JSON carrying the publishing user (which RabbitMQ
+/// validates against the connection's), the envelope's headers and its message id.
+fn properties(user_id: &str, env: &Envelope<'_>) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (k, v) in &env.headers {
+        headers.insert(
+            (*k).into(),
+            AMQPValue::LongString(LongString::from(v.as_str())),
+        );
+    }
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_user_id(user_id.into())
+        .with_headers(headers);
+    match env.message_id {
+        Some(id) => props.with_message_id(id.into()),
+        None => props,
+    }
+}
+
+/// What a publisher confirm means: a plain ack is delivery to a queue; an ack carrying the
+/// returned message (`mandatory` with no queue bound) is unroutable; a nack is the broker's refusal.
+fn settled(confirm: Confirmation, exchange: &str, routing_key: &str) -> Result<(), QueueError> {
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(QueueError::Unroutable {
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+        }),
+        Confirmation::Nack(_) => Err(QueueError::Nacked),
     }
 }
 
@@ -255,5 +268,49 @@ impl ReconnectingPublisher {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_persistent_json_from_the_publishing_user() {
+        let env = Envelope {
+            message_id: Some("job-1"),
+            headers: vec![(REASON_HEADER, "schema: bad".to_string())],
+        };
+        let p = properties("acme-user", &env);
+        assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+        assert_eq!(
+            p.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(p.user_id().as_ref().map(|u| u.as_str()), Some("acme-user"));
+        assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("job-1"));
+        let headers = p.headers().as_ref().unwrap();
+        assert!(matches!(
+            headers.inner().get(REASON_HEADER),
+            Some(AMQPValue::LongString(r)) if r.to_string() == "schema: bad"
+        ));
+        let bare = properties(
+            "u",
+            &Envelope {
+                message_id: None,
+                headers: vec![],
+            },
+        );
+        assert!(bare.message_id().is_none());
+    }
+
+    #[test]
+    fn only_a_plain_ack_is_a_publish() {
+        assert!(settled(Confirmation::Ack(None), "x", "k").is_ok());
+        assert!(settled(Confirmation::NotRequested, "x", "k").is_ok());
+        assert!(matches!(
+            settled(Confirmation::Nack(None), "x", "k"),
+            Err(QueueError::Nacked)
+        ));
     }
 }
