@@ -214,7 +214,7 @@ async fn shadow_copies_are_booked_but_never_returned() {
     assert_eq!(shadow_rows, 4, "each shadow call is a ledger row, tagged");
     // Both providers' answers against the ledger: every booked call (shadow too) was answered.
     let answered = [env.sim.answered_call_ids(), dear.answered_call_ids()].concat();
-    let audit = ragq::spend::audit::audit(&env.pool, &answered, 1)
+    let audit = ragq_tools::audit::audit(&env.pool, &answered, 1)
         .await
         .unwrap();
     assert!(audit.ok(), "{audit:#?}");

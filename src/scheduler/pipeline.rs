@@ -179,24 +179,7 @@ pub async fn create(
     max_bytes: usize,
 ) -> Result<Pipeline, PipelineError> {
     let invalid = PipelineError::Invalid;
-    let name_ok = !spec.name.is_empty()
-        && spec.name.len() <= 64
-        && spec
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !name_ok {
-        return Err(invalid(format!(
-            "name `{}`: 1 to 64 characters of [A-Za-z0-9._-]",
-            spec.name
-        )));
-    }
-    if !(1..=1000).contains(&spec.missed_limit) {
-        return Err(invalid("missed_limit must be between 1 and 1000".into()));
-    }
-    if spec.starting_deadline_secs.is_some_and(|d| d <= 0) {
-        return Err(invalid("starting_deadline_secs must be positive".into()));
-    }
+    check_spec(spec).map_err(invalid)?;
     let schedule = CronSchedule::parse(&spec.cron, &spec.time_zone).map_err(invalid)?;
     let next = schedule
         .next_after(now)
@@ -236,6 +219,27 @@ pub async fn create(
     .await?;
     pipeline.id = id.ok_or_else(|| PipelineError::Exists(spec.name.clone()))?;
     Ok(pipeline)
+}
+
+/// The spec's own rules: its name, its missed-run limit and its starting deadline.
+fn check_spec(spec: &PipelineSpec) -> Result<(), String> {
+    let name_ok = !spec.name.is_empty()
+        && spec.name.len() <= 64
+        && (spec.name.bytes())
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !name_ok {
+        return Err(format!(
+            "name `{}`: 1 to 64 characters of [A-Za-z0-9._-]",
+            spec.name
+        ));
+    }
+    if !(1..=1000).contains(&spec.missed_limit) {
+        return Err("missed_limit must be between 1 and 1000".into());
+    }
+    if spec.starting_deadline_secs.is_some_and(|d| d <= 0) {
+        return Err("starting_deadline_secs must be positive".into());
+    }
+    Ok(())
 }
 
 pub(crate) const COLUMNS: &str =

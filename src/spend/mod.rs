@@ -5,7 +5,6 @@
 //! Money never touches a float. A call's cost is computed once, from the tokens the provider reported
 //! and the catalog prices in force, and written with those prices so the row explains itself.
 
-pub mod audit;
 pub mod budget;
 pub mod intents;
 pub mod ledger;

@@ -415,20 +415,17 @@ impl TestEnv {
     }
 
     /// The ledger invariants after any fault, for jobs of `prompts` calls each (see
-    /// `ragq::spend::audit`): booked calls were answered, once; final attempts are fully booked;
+    /// `ragq_tools::audit`): booked calls were answered, once; final attempts are fully booked;
     /// answered calls left unbooked belong only to interrupted attempts; results equal the ledger.
-    /// Audits the ledger against the calls the sim answered (see [`ragq::spend::audit`]).
+    /// Audits the ledger against the calls the sim answered (see [`ragq_tools::audit`]).
     /// Waits first for intents left by killed workers to be booked (tests that kill set a short
     /// `spend.reservation_ttl_ms`).
-    pub async fn assert_ledger_consistent(
-        &self,
-        prompts: usize,
-    ) -> ragq::spend::audit::LedgerAudit {
+    pub async fn assert_ledger_consistent(&self, prompts: usize) -> ragq_tools::audit::LedgerAudit {
         self.wait_until(30, "every call intent booked or discarded", || async {
             self.count("SELECT count(*) FROM call_intents").await == 0
         })
         .await;
-        let audit = ragq::spend::audit::audit(&self.pool, &self.sim.answered_call_ids(), prompts)
+        let audit = ragq_tools::audit::audit(&self.pool, &self.sim.answered_call_ids(), prompts)
             .await
             .unwrap();
         assert!(audit.ok(), "{audit:#?}");

@@ -2,6 +2,7 @@
 //! webhook receiver that verifies every signature, and the local stack (a fresh database and vhost,
 //! ragq processes started as an operator would) used by the demo, the benchmarks and the tests.
 
+pub mod audit;
 pub mod config_file;
 pub mod receiver;
 pub mod sim;

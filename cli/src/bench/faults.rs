@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{publish, say, setup, BenchArgs};
 use ragq::queue::admin;
-use ragq::spend::audit::{self, LedgerAudit};
+use ragq_tools::audit::{self, LedgerAudit};
 use ragq_tools::config_file::ConfigFile;
 use ragq_tools::sim::SimOptions;
 use ragq_tools::stack::StackUrls;
