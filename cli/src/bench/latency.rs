@@ -74,13 +74,53 @@ pub async fn run(args: &BenchArgs, rate: f64, cancel: &CancellationToken) -> any
     };
     let _ = conn.close(200, "bench done".into()).await;
 
+    let times = split_times(&stack.pool, &receiver, &published).await?;
+    let report = LatencyReport {
+        jobs: args.jobs,
+        rate_per_sec: rate,
+        workers: args.workers,
+        provider_latency_ms: args.latency_ms,
+        end_to_end_ms: quantiles(times.e2e),
+        queue_wait_ms: quantiles(times.queue),
+        in_worker_ms: quantiles(times.worker),
+        overhead_ms: quantiles(times.overhead),
+        worker_cpu_us_per_job: (cpu_after - cpu_before) * 1e6 / args.jobs as f64,
+        floor,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print(&report, rate);
+    }
+    drop(sim);
+    cancel.cancel();
+    Ok(())
+}
+
+/// Each job's time end to end, waiting in the queue, in the worker, and end to end less the
+/// provider's latency, in milliseconds.
+#[derive(Default)]
+struct SplitTimes {
+    e2e: Vec<f64>,
+    queue: Vec<f64>,
+    worker: Vec<f64>,
+    overhead: Vec<f64>,
+}
+
+/// Splits every succeeded job's time from its publish, its claim and outcome in Postgres, its
+/// provider call, and its webhook's arrival.
+async fn split_times(
+    pool: &sqlx::PgPool,
+    receiver: &ragq_tools::receiver::WebhookReceiver,
+    published: &HashMap<String, (Instant, f64)>,
+) -> anyhow::Result<SplitTimes> {
     let rows: Vec<(String, f64, f64, f64)> = sqlx::query_as(
         "SELECT j.id, extract(epoch FROM j.started_at)::float8, extract(epoch FROM j.finished_at)::float8, \
            coalesce((SELECT max(latency_ms) FROM provider_calls p \
                      WHERE p.tenant_id = j.tenant_id AND p.job_id = j.id AND p.attempt = j.attempts), 0)::float8 \
          FROM jobs j WHERE j.state = 'succeeded'",
     )
-    .fetch_all(&stack.pool)
+    .fetch_all(pool)
     .await?;
     let arrived: HashMap<String, Instant> = receiver
         .received()
@@ -90,67 +130,51 @@ pub async fn run(args: &BenchArgs, rate: f64, cancel: &CancellationToken) -> any
             Some((v["data"]["job_id"].as_str()?.to_string(), h.at))
         })
         .collect();
-    let (mut e2e, mut queue, mut worker, mut overhead) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut t = SplitTimes::default();
     for (id, started, finished, provider_ms) in rows {
         let (Some((sent_at, sent_wall)), Some(got)) = (published.get(&id), arrived.get(&id)) else {
             continue;
         };
         let total = got.duration_since(*sent_at).as_secs_f64() * 1000.0;
-        e2e.push(total);
-        queue.push((started - sent_wall) * 1000.0);
-        worker.push((finished - started) * 1000.0);
-        overhead.push(total - provider_ms);
+        t.e2e.push(total);
+        t.queue.push((started - sent_wall) * 1000.0);
+        t.worker.push((finished - started) * 1000.0);
+        t.overhead.push(total - provider_ms);
     }
-    let report = LatencyReport {
-        jobs: args.jobs,
-        rate_per_sec: rate,
-        workers: args.workers,
-        provider_latency_ms: args.latency_ms,
-        end_to_end_ms: quantiles(e2e),
-        queue_wait_ms: quantiles(queue),
-        in_worker_ms: quantiles(worker),
-        overhead_ms: quantiles(overhead),
-        worker_cpu_us_per_job: (cpu_after - cpu_before) * 1e6 / args.jobs as f64,
-        floor,
+    Ok(t)
+}
+
+fn print(report: &LatencyReport, rate: f64) {
+    let q = |name: &str, q: &Quantiles| {
+        println!("{name:<44} {:>8.2} {:>8.2} {:>8.2}", q.p50, q.p95, q.p99)
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        let q = |name: &str, q: &Quantiles| {
-            println!("{name:<44} {:>8.2} {:>8.2} {:>8.2}", q.p50, q.p95, q.p99)
-        };
-        println!(
-            "\n== ragq bench --rate {rate}: {} jobs, {} workers, provider latency {} ms",
-            report.jobs, report.workers, report.provider_latency_ms
-        );
-        println!("{:<44} {:>8} {:>8} {:>8}", "ms", "p50", "p95", "p99");
-        q(
-            "end to end (publish -> verified webhook)",
-            &report.end_to_end_ms,
-        );
-        q("queue wait (publish -> claim)", &report.queue_wait_ms);
-        q(
-            "in the worker (claim -> outcome committed)",
-            &report.in_worker_ms,
-        );
-        q(
-            "platform overhead (end to end - provider)",
-            &report.overhead_ms,
-        );
-        println!(
-            "{:<44} {:>8.0}",
-            "worker CPU per job (us)", report.worker_cpu_us_per_job
-        );
-        if let Some(f) = &report.floor {
-            println!("-- the same rate, nothing of ragq in between (the floor):");
-            q("broker alone (publish -> delivery)", &f.broker_ms);
-            q("one durable commit alone (INSERT)", &f.commit_ms);
-        }
+    println!(
+        "\n== ragq bench --rate {rate}: {} jobs, {} workers, provider latency {} ms",
+        report.jobs, report.workers, report.provider_latency_ms
+    );
+    println!("{:<44} {:>8} {:>8} {:>8}", "ms", "p50", "p95", "p99");
+    q(
+        "end to end (publish -> verified webhook)",
+        &report.end_to_end_ms,
+    );
+    q("queue wait (publish -> claim)", &report.queue_wait_ms);
+    q(
+        "in the worker (claim -> outcome committed)",
+        &report.in_worker_ms,
+    );
+    q(
+        "platform overhead (end to end - provider)",
+        &report.overhead_ms,
+    );
+    println!(
+        "{:<44} {:>8.0}",
+        "worker CPU per job (us)", report.worker_cpu_us_per_job
+    );
+    if let Some(f) = &report.floor {
+        println!("-- the same rate, nothing of ragq in between (the floor):");
+        q("broker alone (publish -> delivery)", &f.broker_ms);
+        q("one durable commit alone (INSERT)", &f.commit_ms);
     }
-    drop(sim);
-    cancel.cancel();
-    Ok(())
 }
 
 /// Publishes at `rate` jobs per second in 10 ms slices; returns each job's publish instant and
