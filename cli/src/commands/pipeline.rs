@@ -1,6 +1,7 @@
 //! `ragq pipeline …`: create, list, pause, resume, trigger and inspect pipelines.
 
 use chrono::Utc;
+use sqlx::PgPool;
 
 use ragq::config::Config;
 use ragq::queue::publisher::ReconnectingPublisher;
@@ -51,44 +52,8 @@ pub async fn run(cfg: &Config, command: PipelineCommand) -> anyhow::Result<()> {
     let pool = ragq::db::connect(&cfg.database).await?;
     let max = cfg.queue.max_message_bytes;
     match command {
-        PipelineCommand::Create { tenant, spec } => {
-            let text = match spec.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?,
-                None => spec,
-            };
-            let spec: PipelineSpec =
-                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("pipeline spec: {e}"))?;
-            let p = pipeline::create(&pool, &tenant, &spec, Utc::now(), max).await?;
-            println!(
-                "pipeline `{}` created for tenant `{tenant}`; first run at {}",
-                p.name,
-                p.next_fire_at.to_rfc3339()
-            );
-        }
-        PipelineCommand::List { tenant } => {
-            println!(
-                "{:<12} {:<24} {:<18} {:<16} {:<8} {:<8} {:<9} next fire (UTC)",
-                "tenant", "name", "cron", "time zone", "enabled", "overlap", "missed"
-            );
-            for p in pipeline::list(&pool, tenant.as_deref()).await? {
-                let next = if p.enabled {
-                    p.next_fire_at.to_rfc3339()
-                } else {
-                    "paused".into()
-                };
-                println!(
-                    "{:<12} {:<24} {:<18} {:<16} {:<8} {:<8} {:<9} {next}",
-                    p.tenant_id,
-                    p.name,
-                    p.cron,
-                    p.time_zone,
-                    p.enabled,
-                    format!("{:?}", p.overlap).to_lowercase(),
-                    format!("{:?}", p.missed).to_lowercase()
-                );
-            }
-        }
+        PipelineCommand::Create { tenant, spec } => create(&pool, &tenant, spec, max).await?,
+        PipelineCommand::List { tenant } => list(&pool, tenant.as_deref()).await?,
         PipelineCommand::Pause { tenant, name } => {
             pipeline::set_enabled(&pool, &tenant, &name, false, Utc::now()).await?;
             println!("pipeline `{name}` paused");
@@ -127,6 +92,50 @@ pub async fn run(cfg: &Config, command: PipelineCommand) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Creates a pipeline from a JSON spec given inline or as `@file`.
+async fn create(pool: &PgPool, tenant: &str, spec: String, max: usize) -> anyhow::Result<()> {
+    let text = match spec.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?
+        }
+        None => spec,
+    };
+    let spec: PipelineSpec =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("pipeline spec: {e}"))?;
+    let p = pipeline::create(pool, tenant, &spec, Utc::now(), max).await?;
+    println!(
+        "pipeline `{}` created for tenant `{tenant}`; first run at {}",
+        p.name,
+        p.next_fire_at.to_rfc3339()
+    );
+    Ok(())
+}
+
+async fn list(pool: &PgPool, tenant: Option<&str>) -> anyhow::Result<()> {
+    println!(
+        "{:<12} {:<24} {:<18} {:<16} {:<8} {:<8} {:<9} next fire (UTC)",
+        "tenant", "name", "cron", "time zone", "enabled", "overlap", "missed"
+    );
+    for p in pipeline::list(pool, tenant).await? {
+        let next = if p.enabled {
+            p.next_fire_at.to_rfc3339()
+        } else {
+            "paused".into()
+        };
+        println!(
+            "{:<12} {:<24} {:<18} {:<16} {:<8} {:<8} {:<9} {next}",
+            p.tenant_id,
+            p.name,
+            p.cron,
+            p.time_zone,
+            p.enabled,
+            format!("{:?}", p.overlap).to_lowercase(),
+            format!("{:?}", p.missed).to_lowercase()
+        );
     }
     Ok(())
 }
