@@ -13,8 +13,9 @@ use super::{publish, say, setup, BenchArgs};
 use ragq::queue::admin;
 use ragq_tools::audit::{self, LedgerAudit};
 use ragq_tools::config_file::ConfigFile;
-use ragq_tools::sim::SimOptions;
-use ragq_tools::stack::StackUrls;
+use ragq_tools::receiver::WebhookReceiver;
+use ragq_tools::sim::{SimHandle, SimOptions};
+use ragq_tools::stack::{LocalStack, StackUrls};
 
 /// What the fault run found.
 #[derive(Debug, Serialize)]
@@ -73,6 +74,53 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
     } = setup(args, cancel, fault_config).await?;
     let conn = publish(args, &stack, &bodies, cancel).await?;
     let _ = conn.close(200, "published".into()).await;
+    let (faults, unfinished_at_last_fault) =
+        inject_faults(args, &mut stack, &sim, &receiver, started).await?;
+    say(
+        args,
+        format_args!("faults done; waiting for every job to finish"),
+    );
+    let finished = wait_for_outcomes(&stack.pool, args.jobs, cancel).await;
+    // Webhooks refused or interrupted are retried by the poller, and intents left by killed
+    // workers are booked once they expire; give both time to land.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pending(&stack.pool).await? > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stack.stop_all().await;
+    finished?;
+    let mut report = check(
+        &stack.pool,
+        args,
+        &sim.answered_call_ids(),
+        &receiver,
+        faults,
+        started,
+    )
+    .await?;
+    report.unfinished_at_last_fault = unfinished_at_last_fault;
+    report.ok &= unfinished_at_last_fault > 0;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print(&report);
+    }
+    cancel.cancel();
+    anyhow::ensure!(report.ok, "an invariant failed under faults");
+    Ok(())
+}
+
+/// Starts the workers and injects the faults one after another while they run: workers killed,
+/// every broker connection closed, a failing provider, a refusing receiver, Postgres restarted.
+/// Returns each fault with its time since `started`, and how many jobs were unfinished before
+/// the last one.
+async fn inject_faults(
+    args: &BenchArgs,
+    stack: &mut LocalStack,
+    sim: &SimHandle,
+    receiver: &WebhookReceiver,
+    started: Instant,
+) -> anyhow::Result<(Vec<(String, f64)>, i64)> {
     let mut workers = Vec::new();
     for _ in 0..args.workers {
         workers.push(stack.spawn("worker", &[])?);
@@ -127,39 +175,7 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
             .await?;
     fault("PostgreSQL restarts", Instant::now());
     restart_postgres()?;
-
-    say(
-        args,
-        format_args!("faults done; waiting for every job to finish"),
-    );
-    let finished = wait_for_outcomes(&stack.pool, args.jobs, cancel).await;
-    // Webhooks refused or interrupted are retried by the poller, and intents left by killed
-    // workers are booked once they expire; give both time to land.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pending(&stack.pool).await? > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    stack.stop_all().await;
-    finished?;
-    let mut report = check(
-        &stack.pool,
-        args,
-        &sim.answered_call_ids(),
-        &receiver,
-        faults,
-        started,
-    )
-    .await?;
-    report.unfinished_at_last_fault = unfinished_at_last_fault;
-    report.ok &= unfinished_at_last_fault > 0;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print(&report);
-    }
-    cancel.cancel();
-    anyhow::ensure!(report.ok, "an invariant failed under faults");
-    Ok(())
+    Ok((faults, unfinished_at_last_fault))
 }
 
 /// Restarts the local cluster the way an operator would (every connection drops).
