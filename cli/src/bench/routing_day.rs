@@ -94,36 +94,7 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
         let id = format!("tenant-{t:04}");
         ragq::tenants::create(&stack.pool, &id, &id, None).await?;
     }
-    // A day's mix: 1 to 5 prompts of 5 to 60 words, half the jobs under each policy.
-    let topics = [
-        "refund", "invoice", "login", "export", "shipping", "upgrade", "outage",
-    ];
-    let bodies: Vec<super::JobBody> = (0..args.jobs)
-        .map(|i| {
-            let policy = if i % 2 == 0 {
-                "cost-optimized"
-            } else {
-                "most-expensive"
-            };
-            let prompts: Vec<_> = (0..1 + i % 5)
-                .map(|p| {
-                    let words = 5 + (i * 7 + p * 13) % 56;
-                    let text: Vec<&str> =
-                        (0..words).map(|w| topics[(i + w) % topics.len()]).collect();
-                    json!({"prompt": format!("Answer ticket {i}.{p}: {}", text.join(" "))})
-                })
-                .collect();
-            let id = format!("day-{i}");
-            let body = json!({"id": id, "tenant": format!("tenant-{:04}", i % args.tenants),
-                "kind": "batch.complete", "policy": policy,
-                "input": {"prompts": prompts, "max_tokens": 64}, "tags": {"feature": policy}});
-            super::JobBody {
-                id,
-                kind: "batch.complete",
-                body: body.to_string().into_bytes(),
-            }
-        })
-        .collect();
+    let bodies = day_of_jobs(args.jobs, args.tenants);
     say(
         args,
         format_args!(
@@ -156,32 +127,64 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcomes)?);
     } else {
-        println!(
-            "\n== ragq bench --routing-day: {} jobs, cheap provider failing 20% of calls",
-            args.jobs
-        );
-        println!(
-            "{:<16} {:>7} {:>10} {:>16} {:>20}  calls per model",
-            "policy", "jobs", "success", "cost", "cost per 1,000 jobs"
-        );
-        for o in &outcomes {
-            let calls: Vec<String> = o
-                .calls_per_model
-                .iter()
-                .map(|(m, n)| format!("{m} {n}"))
-                .collect();
-            println!(
-                "{:<16} {:>7} {:>9.2}% {:>16} {:>20}  {}",
-                o.policy,
-                o.jobs,
-                o.success_rate * 100.0,
-                usd(o.cost_micros),
-                usd(o.cost_per_1000_jobs_micros),
-                calls.join(", ")
-            );
-        }
+        print(args.jobs, &outcomes);
     }
     Ok(())
+}
+
+/// A day's mix: 1 to 5 prompts of 5 to 60 words, half the jobs under each policy.
+fn day_of_jobs(jobs: usize, tenants: usize) -> Vec<super::JobBody> {
+    const TOPICS: [&str; 7] = [
+        "refund", "invoice", "login", "export", "shipping", "upgrade", "outage",
+    ];
+    (0..jobs)
+        .map(|i| {
+            let policy = if i % 2 == 0 {
+                "cost-optimized"
+            } else {
+                "most-expensive"
+            };
+            let prompts: Vec<_> = (0..1 + i % 5)
+                .map(|p| {
+                    let words = 5 + (i * 7 + p * 13) % 56;
+                    let text: Vec<&str> =
+                        (0..words).map(|w| TOPICS[(i + w) % TOPICS.len()]).collect();
+                    json!({"prompt": format!("Answer ticket {i}.{p}: {}", text.join(" "))})
+                })
+                .collect();
+            let id = format!("day-{i}");
+            let body = json!({"id": id, "tenant": format!("tenant-{:04}", i % tenants),
+                "kind": "batch.complete", "policy": policy,
+                "input": {"prompts": prompts, "max_tokens": 64}, "tags": {"feature": policy}});
+            super::JobBody {
+                id,
+                kind: "batch.complete",
+                body: body.to_string().into_bytes(),
+            }
+        })
+        .collect()
+}
+
+fn print(jobs: usize, outcomes: &[PolicyOutcome]) {
+    println!("\n== ragq bench --routing-day: {jobs} jobs, cheap provider failing 20% of calls");
+    println!(
+        "{:<16} {:>7} {:>10} {:>16} {:>20}  calls per model",
+        "policy", "jobs", "success", "cost", "cost per 1,000 jobs"
+    );
+    for o in outcomes {
+        let calls: Vec<String> = (o.calls_per_model.iter())
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect();
+        println!(
+            "{:<16} {:>7} {:>9.2}% {:>16} {:>20}  {}",
+            o.policy,
+            o.jobs,
+            o.success_rate * 100.0,
+            usd(o.cost_micros),
+            usd(o.cost_per_1000_jobs_micros),
+            calls.join(", ")
+        );
+    }
 }
 
 async fn outcome(pool: &sqlx::PgPool, policy: &str) -> anyhow::Result<PolicyOutcome> {
