@@ -170,6 +170,12 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     if let Some(rate) = args.rate {
         return latency::run(&args, rate, &cancel).await;
     }
+    run_load(&args, &cancel).await
+}
+
+/// The load run: every job published first, then N workers drain the queue; jobs per second,
+/// latency in the worker, CPU and memory per worker, and the correctness check.
+async fn run_load(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.jobs > 0 && args.workers > 0 && args.tenants > 0 && args.prompts > 0,
         "--jobs, --workers, --tenants and --prompts must be positive"
@@ -179,30 +185,39 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         receiver,
         mut stack,
         bodies,
-    } = setup(&args, &cancel, bench_config).await?;
+    } = setup(args, cancel, bench_config).await?;
     let message_bytes = bodies.first().map_or(0, |b| b.body.len());
-    let conn = publish(&args, &stack, &bodies, &cancel).await?;
+    let conn = publish(args, &stack, &bodies, cancel).await?;
 
-    say(&args, format_args!("starting {} workers", args.workers));
+    say(args, format_args!("starting {} workers", args.workers));
     let mut pids = Vec::new();
     for _ in 0..args.workers {
         pids.push(stack.spawn("worker", &[])?);
     }
-    let waited = wait_for_webhooks(&receiver, args.jobs, &cancel).await;
+    let waited = wait_for_webhooks(&receiver, args.jobs, cancel).await;
     let usage: Vec<(f64, u64)> = pids
         .iter()
         .map(|p| process_usage(*p).unwrap_or((0.0, 0)))
         .collect();
     stack.stop_all().await;
     waited?;
-    // Let the last delivery rows settle (the receiver answers before the sender records it).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The receiver answers before the sender records the attempt: wait for the records.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let unrecorded = "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'";
+    while sqlx::query_scalar::<_, i64>(unrecorded)
+        .fetch_one(&stack.pool)
+        .await?
+        > 0
+    {
+        anyhow::ensure!(Instant::now() < deadline, "webhook records did not settle");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let baseline = if args.no_baseline {
         None
     } else {
         say(
-            &args,
+            args,
             format_args!(
                 "measuring the broker alone with the same {} messages",
                 bodies.len()
@@ -213,7 +228,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     let _ = conn.close(200, "bench done".into()).await;
     let report = report(
         &stack,
-        &args,
+        args,
         &receiver,
         sim.counts().1,
         usage,
