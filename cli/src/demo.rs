@@ -578,17 +578,33 @@ async fn check_promises(
     (_, answered): (u64, u64),
     dead_letters: usize,
 ) -> anyhow::Result<()> {
+    let mut broken = Vec::new();
+    let runs = check_jobs(demo, args, &mut broken).await?;
+    check_ledger(demo, answered, &mut broken).await?;
+    let finished = 2 * args.jobs + 1 + RAG_JOBS + usize::try_from(runs)?;
+    check_webhooks(demo, finished, &mut broken);
+    if dead_letters != 2 {
+        broken.push(format!("expected 2 dead letters, found {dead_letters}"));
+    }
+    if broken.is_empty() {
+        println!("\n== checks\nall passed: every job and pipeline run finished once, every answered call booked once, results equal the ledger, every webhook verified, each budget alert fired once, both bad messages dead-lettered");
+        Ok(())
+    } else {
+        anyhow::bail!("demo checks failed:\n  - {}", broken.join("\n  - "))
+    }
+}
+
+/// Every job finished once as expected, and every pipeline run's job succeeded; returns the runs.
+async fn check_jobs(demo: &Demo, args: &DemoArgs, broken: &mut Vec<String>) -> anyhow::Result<i64> {
     let (succeeded, failed, unfinished): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'failed'), \
          count(*) FILTER (WHERE state NOT IN ('succeeded', 'failed')) FROM jobs WHERE id NOT LIKE 'pl:%'",
     )
     .fetch_one(&demo.pool)
     .await?;
-    let jobs = i64::try_from(args.jobs)?;
-    let mut broken = Vec::new();
-    let rag = i64::try_from(RAG_JOBS)?;
-    if (succeeded, failed, unfinished) != (2 * jobs + rag, 1, 0) {
-        broken.push(format!("expected {} succeeded, 1 failed, 0 unfinished; got {succeeded}, {failed}, {unfinished}", 2 * jobs + rag));
+    let expected = 2 * i64::try_from(args.jobs)? + i64::try_from(RAG_JOBS)?;
+    if (succeeded, failed, unfinished) != (expected, 1, 0) {
+        broken.push(format!("expected {expected} succeeded, 1 failed, 0 unfinished; got {succeeded}, {failed}, {unfinished}"));
     }
     let (runs, run_jobs_ok): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE j.state = 'succeeded') FROM pipeline_runs r \
@@ -601,14 +617,18 @@ async fn check_promises(
             "{runs} pipeline runs, {run_jobs_ok} of their jobs succeeded"
         ));
     }
-    // Each answered call booked exactly once (no process was killed, so none was lost).
+    Ok(runs)
+}
+
+/// Each answered call booked exactly once (no process was killed, so none was lost), and each
+/// result reports the cost of its final attempt's calls as booked.
+async fn check_ledger(demo: &Demo, answered: u64, broken: &mut Vec<String>) -> anyhow::Result<()> {
     let booked = count(&demo.pool, "SELECT count(*) FROM provider_calls").await?;
     if u64::try_from(booked)? != answered {
         broken.push(format!(
             "the provider answered {answered} calls but {booked} are booked"
         ));
     }
-    // A job's result reports the cost of its final attempt's calls, as booked.
     let mismatched = count(
         &demo.pool,
         "SELECT count(*) FROM jobs j WHERE j.state = 'succeeded' AND (j.result->>'cost_micros')::int8 <> \
@@ -619,18 +639,19 @@ async fn check_promises(
     if mismatched != 0 {
         broken.push(format!("{mismatched} results disagree with the ledger"));
     }
+    Ok(())
+}
+
+/// One verified webhook with a distinct id per finished job, and one alert per threshold.
+fn check_webhooks(demo: &Demo, finished: usize, broken: &mut Vec<String>) {
     let hooks = demo.receiver.received();
     let ids: std::collections::HashSet<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
     let unverified = hooks.iter().filter(|h| h.verified != Some(true)).count();
-    if unverified > 0
-        || ids.len() != hooks.len()
-        || job_hooks(&hooks) != 2 * args.jobs + 1 + RAG_JOBS + usize::try_from(runs)?
-    {
+    if unverified > 0 || ids.len() != hooks.len() || job_hooks(&hooks) != finished {
         broken.push(format!(
-            "{} webhooks ({} distinct ids, {unverified} unverified) for {} finished jobs",
+            "{} webhooks ({} distinct ids, {unverified} unverified) for {finished} finished jobs",
             hooks.len(),
             ids.len(),
-            2 * args.jobs + 1 + RAG_JOBS + usize::try_from(runs)?
         ));
     }
     let thresholds: Vec<i64> = alerts(&hooks).iter().map(|a| a.0).collect();
@@ -638,15 +659,6 @@ async fn check_promises(
         broken.push(format!(
             "expected one budget alert at each of 50, 80, 100%; got {thresholds:?}"
         ));
-    }
-    if dead_letters != 2 {
-        broken.push(format!("expected 2 dead letters, found {dead_letters}"));
-    }
-    if broken.is_empty() {
-        println!("\n== checks\nall passed: every job and pipeline run finished once, every answered call booked once, results equal the ledger, every webhook verified, each budget alert fired once, both bad messages dead-lettered");
-        Ok(())
-    } else {
-        anyhow::bail!("demo checks failed:\n  - {}", broken.join("\n  - "))
     }
 }
 
