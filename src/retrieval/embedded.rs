@@ -6,7 +6,6 @@
 //! background a little after writes stop, and searches before that are exact scans of the new
 //! points. A lock file keeps a second process out: two writers would corrupt the WAL.
 
-use super::{StoreFuture, VectorBackend};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -490,58 +489,7 @@ fn io_error(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("{}: {e}", path.display()))
 }
 
-impl VectorBackend for EmbeddedStore {
-    fn describe(&self) -> String {
-        format!("embedded qdrant-edge at {}", self.root().display())
-    }
-
-    fn ensure_collection<'a>(&'a self, name: &'a str, dimension: usize) -> StoreFuture<'a, ()> {
-        Box::pin(Self::ensure_collection(self, name, dimension))
-    }
-
-    fn replace_document<'a>(
-        &'a self,
-        collection: &'a str,
-        tenant: &'a str,
-        document_id: &'a str,
-        chunks: Vec<ChunkPoint>,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(Self::replace_document(
-            self,
-            collection,
-            tenant,
-            document_id,
-            chunks,
-        ))
-    }
-
-    fn delete_documents<'a>(
-        &'a self,
-        collection: &'a str,
-        tenant: &'a str,
-        document_ids: &'a [String],
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(Self::delete_documents(
-            self,
-            collection,
-            tenant,
-            document_ids,
-        ))
-    }
-
-    fn search<'a>(
-        &'a self,
-        collection: &'a str,
-        query: &'a SearchQuery<'a>,
-    ) -> StoreFuture<'a, Vec<Hit>> {
-        Box::pin(Self::search(self, collection, query))
-    }
-
-    fn count<'a>(&'a self, collection: &'a str, tenant: &'a str) -> StoreFuture<'a, u64> {
-        Box::pin(Self::count(self, collection, tenant))
-    }
-
-    fn flush<'a>(&'a self, collection: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(Self::flush(self, collection))
-    }
-}
+super::vector_backend!(EmbeddedStore, |store| format!(
+    "embedded qdrant-edge at {}",
+    store.root().display()
+));

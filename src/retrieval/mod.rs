@@ -230,6 +230,79 @@ pub trait VectorBackend: Send + Sync {
     }
 }
 
+/// Implements [`VectorBackend`] for a store whose inherent async methods carry the trait's
+/// names and signatures, boxing their futures; `describe` is given as a closure-like expression.
+macro_rules! vector_backend {
+    ($store:ty, |$s:ident| $describe:expr) => {
+        impl $crate::retrieval::VectorBackend for $store {
+            fn describe(&self) -> String {
+                #[allow(unused_variables)]
+                let $s = self;
+                $describe
+            }
+
+            fn ensure_collection<'a>(
+                &'a self,
+                name: &'a str,
+                dimension: usize,
+            ) -> $crate::retrieval::StoreFuture<'a, ()> {
+                Box::pin(Self::ensure_collection(self, name, dimension))
+            }
+
+            fn replace_document<'a>(
+                &'a self,
+                collection: &'a str,
+                tenant: &'a str,
+                document_id: &'a str,
+                chunks: Vec<$crate::retrieval::ChunkPoint>,
+            ) -> $crate::retrieval::StoreFuture<'a, ()> {
+                Box::pin(Self::replace_document(
+                    self,
+                    collection,
+                    tenant,
+                    document_id,
+                    chunks,
+                ))
+            }
+
+            fn delete_documents<'a>(
+                &'a self,
+                collection: &'a str,
+                tenant: &'a str,
+                document_ids: &'a [String],
+            ) -> $crate::retrieval::StoreFuture<'a, ()> {
+                Box::pin(Self::delete_documents(
+                    self,
+                    collection,
+                    tenant,
+                    document_ids,
+                ))
+            }
+
+            fn search<'a>(
+                &'a self,
+                collection: &'a str,
+                query: &'a $crate::retrieval::SearchQuery<'a>,
+            ) -> $crate::retrieval::StoreFuture<'a, Vec<$crate::retrieval::Hit>> {
+                Box::pin(Self::search(self, collection, query))
+            }
+
+            fn count<'a>(
+                &'a self,
+                collection: &'a str,
+                tenant: &'a str,
+            ) -> $crate::retrieval::StoreFuture<'a, u64> {
+                Box::pin(Self::count(self, collection, tenant))
+            }
+
+            fn flush<'a>(&'a self, collection: &'a str) -> $crate::retrieval::StoreFuture<'a, ()> {
+                Box::pin(Self::flush(self, collection))
+            }
+        }
+    };
+}
+use vector_backend;
+
 /// The configured store; cheap to clone.
 #[derive(Clone)]
 pub struct VectorStore {

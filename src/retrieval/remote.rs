@@ -4,7 +4,6 @@
 //! multitenancy layout). Writes wait for the server to apply them, so a committed job's chunks are
 //! searchable. Transport and server errors are retryable; the job is redelivered later.
 
-use super::{StoreFuture, VectorBackend};
 use std::collections::HashMap;
 
 use qdrant_client::qdrant::{
@@ -281,54 +280,11 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-impl VectorBackend for QdrantStore {
-    fn describe(&self) -> String {
-        "Qdrant server".to_string()
-    }
+super::vector_backend!(QdrantStore, |store| "Qdrant server".to_string());
 
-    fn ensure_collection<'a>(&'a self, name: &'a str, dimension: usize) -> StoreFuture<'a, ()> {
-        Box::pin(Self::ensure_collection(self, name, dimension))
-    }
-
-    fn replace_document<'a>(
-        &'a self,
-        collection: &'a str,
-        tenant: &'a str,
-        document_id: &'a str,
-        chunks: Vec<ChunkPoint>,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(Self::replace_document(
-            self,
-            collection,
-            tenant,
-            document_id,
-            chunks,
-        ))
-    }
-
-    fn delete_documents<'a>(
-        &'a self,
-        collection: &'a str,
-        tenant: &'a str,
-        document_ids: &'a [String],
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(Self::delete_documents(
-            self,
-            collection,
-            tenant,
-            document_ids,
-        ))
-    }
-
-    fn search<'a>(
-        &'a self,
-        collection: &'a str,
-        query: &'a SearchQuery<'a>,
-    ) -> StoreFuture<'a, Vec<Hit>> {
-        Box::pin(Self::search(self, collection, query))
-    }
-
-    fn count<'a>(&'a self, collection: &'a str, tenant: &'a str) -> StoreFuture<'a, u64> {
-        Box::pin(Self::count(self, collection, tenant))
+impl QdrantStore {
+    /// The server's writes are durable once acknowledged: nothing to flush.
+    async fn flush(&self, _collection: &str) -> Result<(), StoreError> {
+        Ok(())
     }
 }

@@ -23,6 +23,35 @@ pub struct Booked {
     pub tenants: Vec<String>,
 }
 
+/// Runs a booking statement (a `.sql` file taking the ledger columns as arrays $1..$15 and
+/// answering `rows` and `tenants`) over `rows`.
+macro_rules! book {
+    ($file:literal, $conn:expr, $rows:expr) => {{
+        let c = Columns::of($rows);
+        let r = sqlx::query_file!(
+            $file,
+            &c.tenant_id as &[&str],
+            &c.job_id as &[&str],
+            &c.attempt,
+            &c.call_index,
+            &c.provider as &[&str],
+            &c.model as &[&str],
+            &c.feature as &[&str],
+            &c.input_tokens,
+            &c.output_tokens,
+            &c.input_price,
+            &c.output_price,
+            &c.cost_micros,
+            &c.latency_ms,
+            &c.tags as &[&serde_json::Value],
+            &c.occurred_at,
+        )
+        .fetch_one(&mut *$conn)
+        .await?;
+        Booked::new(r.rows, r.tenants)
+    }};
+}
+
 /// Books `rows` directly, without intents (imports, fixtures); a row already there is a no-op.
 pub async fn write(
     conn: &mut sqlx::PgConnection,
@@ -31,28 +60,7 @@ pub async fn write(
     if rows.is_empty() {
         return Ok(Booked::default());
     }
-    let c = Columns::of(rows);
-    let r = sqlx::query_file!(
-        "src/spend/sql/ledger_write.sql",
-        &c.tenant_id as &[&str],
-        &c.job_id as &[&str],
-        &c.attempt,
-        &c.call_index,
-        &c.provider as &[&str],
-        &c.model as &[&str],
-        &c.feature as &[&str],
-        &c.input_tokens,
-        &c.output_tokens,
-        &c.input_price,
-        &c.output_price,
-        &c.cost_micros,
-        &c.latency_ms,
-        &c.tags as &[&serde_json::Value],
-        &c.occurred_at,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Booked::new(r.rows, r.tenants))
+    Ok(book!("src/spend/sql/ledger_write.sql", conn, rows))
 }
 
 /// Books answered calls in place of their intents: a row is inserted only if its intent was still
@@ -64,28 +72,7 @@ pub async fn settle(
     if rows.is_empty() {
         return Ok(Booked::default());
     }
-    let c = Columns::of(rows);
-    let r = sqlx::query_file!(
-        "src/spend/sql/ledger_settle.sql",
-        &c.tenant_id as &[&str],
-        &c.job_id as &[&str],
-        &c.attempt,
-        &c.call_index,
-        &c.provider as &[&str],
-        &c.model as &[&str],
-        &c.feature as &[&str],
-        &c.input_tokens,
-        &c.output_tokens,
-        &c.input_price,
-        &c.output_price,
-        &c.cost_micros,
-        &c.latency_ms,
-        &c.tags as &[&serde_json::Value],
-        &c.occurred_at,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Booked::new(r.rows, r.tenants))
+    Ok(book!("src/spend/sql/ledger_settle.sql", conn, rows))
 }
 
 impl Booked {
