@@ -18,7 +18,7 @@ impl Router {
     ) -> (Result<ChatResponse, ProviderError>, u32) {
         let tokens = request.context_input_tokens() + u64::from(request.max_tokens.unwrap_or(0));
         // Every attempt, retries included, takes a slot under the model's rate limits.
-        self.with_backoff((&model.name, tokens), || async {
+        self.with_backoff(&model.name, tokens, || async {
             let r = client.chat(&model.model_id, request).await;
             self.note_rate_limit(&model.name, &r);
             r
@@ -28,12 +28,13 @@ impl Router {
 
     /// Runs `call` until it succeeds, fails for good, or the time budget is spent, backing off
     /// exponentially with jitter and honouring Retry-After. Each attempt first takes a slot under
-    /// `pace`'s rate limits (model, tokens); time spent waiting for slots is bounded on its own
+    /// `model`'s rate limits for `tokens`; time spent waiting for slots is bounded on its own
     /// (`retry.pace_max_wait` per attempt) and not charged to the retry budget, so a busy model
     /// does not turn one 429 into a failed call. Returns the attempt count.
     pub(super) async fn with_backoff<T, F, Fut>(
         &self,
-        pace: (&str, u64),
+        model: &str,
+        tokens: u64,
         call: F,
     ) -> (Result<T, ProviderError>, u32)
     where
@@ -63,7 +64,7 @@ impl Router {
         let op = || async {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let slept = self
-                .paced(pace.0, pace.1)
+                .paced(model, tokens)
                 .await
                 .map_err(|e| classify_for_backoff(e, elapsed(), budget))?;
             let nanos = u64::try_from(slept.as_nanos()).unwrap_or(u64::MAX);

@@ -32,10 +32,17 @@ pub enum Breaker {
     },
 }
 
+/// One call in the health window: whether it succeeded, and how long it took.
+#[derive(Debug, Clone, Copy)]
+struct CallRecord {
+    ok: bool,
+    latency: Duration,
+}
+
 /// One model's record.
 #[derive(Debug, Clone)]
 pub struct ModelHealth {
-    calls: VecDeque<(bool, Duration)>,
+    calls: VecDeque<CallRecord>,
     breaker: Breaker,
 }
 
@@ -71,7 +78,7 @@ impl ModelHealth {
         if self.calls.len() == WINDOW {
             self.calls.pop_front();
         }
-        self.calls.push_back((ok, latency));
+        self.calls.push_back(CallRecord { ok, latency });
         self.breaker = match (self.breaker, ok, fault) {
             (_, true, _) => Breaker::Closed { faults_in_a_row: 0 },
             (Breaker::HalfOpen { cool_down }, false, true) => {
@@ -99,13 +106,16 @@ impl ModelHealth {
     /// Share of failed calls in the window, smoothed so an unknown model is neither perfect nor
     /// hopeless: (failures + 1) / (calls + 20).
     pub fn failure_rate(&self) -> f64 {
-        let failures = self.calls.iter().filter(|c| !c.0).count();
+        let failures = self.calls.iter().filter(|c| !c.ok).count();
         (failures as f64 + 1.0) / (self.calls.len() as f64 + 20.0)
     }
 
     /// The 95th percentile latency of successful calls in the window, if any.
     pub fn p95(&self) -> Option<Duration> {
-        let mut ok: Vec<Duration> = self.calls.iter().filter(|c| c.0).map(|c| c.1).collect();
+        let mut ok: Vec<Duration> = (self.calls.iter())
+            .filter(|c| c.ok)
+            .map(|c| c.latency)
+            .collect();
         if ok.is_empty() {
             return None;
         }

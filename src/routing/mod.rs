@@ -286,7 +286,7 @@ impl Router {
         let tokens = request.inputs.iter().map(|t| t.len() as u64).sum();
         let started = Instant::now();
         let (result, attempts) = self
-            .with_backoff((&spec.name, tokens), || async {
+            .with_backoff(&spec.name, tokens, || async {
                 let r = client.embed(&spec.model_id, request).await;
                 self.note_rate_limit(&spec.name, &r);
                 r

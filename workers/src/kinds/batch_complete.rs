@@ -177,18 +177,14 @@ async fn answer(
     request: ChatRequest,
 ) -> Result<Value, JobError> {
     let routed = ctx.chat(index, &request).await?;
+    let shadow_cost = routed.shadow.as_ref().map_or(0, |s| s.cost_micros());
     let shadow = routed.shadow.as_ref().map(|s| {
-        let cost = s.cost_micros();
-        (
-            cost,
-            json!({"model": s.model, "usage": s.response.usage, "cost_micros": cost,
-                   "latency_ms": s.latency.as_millis() as u64}),
-        )
+        json!({"model": s.model, "usage": s.response.usage, "cost_micros": s.cost_micros(),
+               "latency_ms": s.latency.as_millis() as u64})
     });
     let call = routed.primary?;
     let answer = &call.answer;
     let own = answer.cost_micros();
-    let shadow_cost = shadow.as_ref().map_or(0, |s| s.0);
     Ok(json!({
         "index": index,
         "content": answer.response.content,
@@ -198,7 +194,7 @@ async fn answer(
         // This prompt's cost: its answer's, plus its shadow copy's if there was one.
         "cost_micros": own + shadow_cost,
         "routing": call.trace,
-        "shadow": shadow.map(|s| s.1),
+        "shadow": shadow,
     }))
 }
 
