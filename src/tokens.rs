@@ -25,14 +25,6 @@ pub fn count(text: &str) -> u64 {
     bpe().encode_ordinary(text).len() as u64
 }
 
-/// The tokens of a chat prompt: each message's text plus its framing.
-pub fn count_messages(messages: &[crate::providers::ChatMessage]) -> u64 {
-    messages
-        .iter()
-        .map(|m| count(&m.content) + MESSAGE_OVERHEAD_TOKENS)
-        .sum()
-}
-
 /// The byte offset where each token of `text` ends, in order (the last is `text.len()`).
 pub fn token_ends(text: &str) -> Vec<usize> {
     let bpe = bpe();

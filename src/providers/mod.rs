@@ -43,6 +43,15 @@ pub struct ChatRequest {
 
 use crate::tokens::MESSAGE_OVERHEAD_TOKENS;
 
+/// The tokens of a chat prompt as ragq's tokenizer counts them: each message's text plus its
+/// framing.
+pub fn count_tokens(messages: &[ChatMessage]) -> u64 {
+    messages
+        .iter()
+        .map(|m| crate::tokens::count(&m.content) + MESSAGE_OVERHEAD_TOKENS)
+        .sum()
+}
+
 impl ChatRequest {
     /// An upper bound on the input tokens any provider will bill for this request: byte-level BPE
     /// tokenizers never produce more tokens than bytes. Used to reserve budget, never to bill.

@@ -49,7 +49,7 @@ impl Router {
             let usage = crate::money::Usage {
                 input_tokens: request
                     .counted_input_tokens
-                    .unwrap_or_else(|| crate::tokens::count_messages(&request.messages)),
+                    .unwrap_or_else(|| crate::providers::count_tokens(&request.messages)),
                 output_tokens: u64::from(request.max_tokens.unwrap_or(0)),
             };
             for c in out.iter_mut() {

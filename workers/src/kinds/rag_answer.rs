@@ -376,7 +376,7 @@ fn messages(template: &PromptTemplate, question: &str, context: &str) -> Vec<Cha
 }
 
 fn prompt_tokens(template: &PromptTemplate, question: &str, context: &str) -> u64 {
-    tokens::count_messages(&messages(template, question, context))
+    ragq::providers::count_tokens(&messages(template, question, context))
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -415,7 +415,7 @@ mod tests {
         };
         let all = assemble(&template(), "How do refunds work?", &hits, unlimited);
         assert_eq!(all.used, 10);
-        let counted = tokens::count_messages(&all.messages);
+        let counted = ragq::providers::count_tokens(&all.messages);
         // Passages are counted one by one; joined, BPE may merge across their seams a little.
         assert!(
             counted <= all.tokens && all.tokens <= counted + 10,
