@@ -71,18 +71,21 @@ impl OpenAiClient {
         }
     }
 
+    /// A JSON POST to `url` with the endpoint's key as a bearer token.
+    fn post(&self, url: &str, body: &impl Serialize) -> reqwest::RequestBuilder {
+        let http = self.http.post(url).json(body);
+        match &self.endpoint.api_key {
+            Some(key) => http.bearer_auth(key.expose()),
+            None => http,
+        }
+    }
+
     async fn chat_call(
         &self,
         model_id: &str,
         request: &ChatRequest,
     ) -> Result<ChatResponse, ProviderError> {
-        let mut http = self
-            .http
-            .post(&self.chat_url)
-            .json(&build_request(model_id, request));
-        if let Some(key) = &self.endpoint.api_key {
-            http = http.bearer_auth(key.expose());
-        }
+        let http = self.post(&self.chat_url, &build_request(model_id, request));
         let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
         parse_response(&self.endpoint.name, &bytes)
     }
@@ -92,13 +95,8 @@ impl OpenAiClient {
         model_id: &str,
         request: &EmbeddingRequest,
     ) -> Result<EmbeddingResponse, ProviderError> {
-        let mut http = self
-            .http
-            .post(&self.embeddings_url)
-            .json(&embeddings::build_request(model_id, request));
-        if let Some(key) = &self.endpoint.api_key {
-            http = http.bearer_auth(key.expose());
-        }
+        let body = embeddings::build_request(model_id, request);
+        let http = self.post(&self.embeddings_url, &body);
         let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
         embeddings::parse_response(&self.endpoint.name, request.inputs.len(), &bytes)
     }

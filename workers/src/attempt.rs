@@ -48,14 +48,12 @@ pub async fn process<H: JobHandler>(
             let context = JobContext {
                 job: &job,
                 attempt,
-                router: &ctx.router,
+                env: ctx.env(),
                 commits: &ctx.commits,
                 scope: CallScope {
                     plan: Some(&tenant.plan),
                     cost_cap_micros,
                 },
-                default_max_output_tokens: ctx.cfg.spend.default_max_output_tokens,
-                retrieval: &ctx.cfg.retrieval,
                 vectors: &ctx.vectors,
                 declared_calls: first_calls,
             };
@@ -99,7 +97,7 @@ async fn run_guarded<H: JobHandler>(
     ctx: &JobContext<'_>,
     input: Result<H::Input, String>,
 ) -> Result<serde_json::Value, JobError> {
-    if !ctx.router.has_policy(&ctx.job.policy) {
+    if !ctx.env.router.has_policy(&ctx.job.policy) {
         return Err(JobError::permanent(
             "unknown_policy",
             format!("unknown routing policy `{}`", ctx.job.policy),
@@ -131,12 +129,15 @@ async fn commit(
     attempt: i32,
     result: Result<serde_json::Value, JobError>,
 ) -> Disposition {
-    match &result {
-        Err(e) if e.is_retryable() => tracing::info!(error = %e, attempt, "attempt failed"),
-        Err(e) => tracing::info!(error = %e, attempt, "job failed"),
-        Ok(_) => {}
-    }
     let plan = settle::after_attempt(result, attempt, ctx.retry_policy());
+    match (&plan.finish, &plan.then) {
+        (Finish::Retry { code, .. }, Disposition::Retry(delay)) => {
+            let delay_ms = delay.as_millis() as u64;
+            tracing::info!(code = %code, attempt, delay_ms, "attempt failed; retrying later")
+        }
+        (Finish::Failed { code, .. }, _) => tracing::info!(code = %code, attempt, "job failed"),
+        _ => {}
+    }
     let webhook = job
         .webhook_url
         .as_ref()

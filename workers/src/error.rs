@@ -99,9 +99,18 @@ impl JobError {
         }
     }
 
-    fn classified(code: &'static str, message: String, retryable: bool) -> Self {
+    fn classified(
+        code: &'static str,
+        message: String,
+        retryable: bool,
+        retry_after: Option<Duration>,
+    ) -> Self {
         if retryable {
-            Self::transient(code, message)
+            Self::Transient {
+                code,
+                message,
+                retry_after,
+            }
         } else {
             Self::permanent(code, message)
         }
@@ -110,20 +119,13 @@ impl JobError {
 
 impl From<RouteError> for JobError {
     fn from(e: RouteError) -> Self {
-        match Self::classified(e.code(), e.to_string(), e.is_retryable()) {
-            Self::Transient { code, message, .. } => Self::Transient {
-                code,
-                message,
-                retry_after: e.retry_after(),
-            },
-            permanent => permanent,
-        }
+        Self::classified(e.code(), e.to_string(), e.is_retryable(), e.retry_after())
     }
 }
 
 impl From<StoreError> for JobError {
     fn from(e: StoreError) -> Self {
-        Self::classified(e.code(), e.to_string(), e.is_retryable())
+        Self::classified(e.code(), e.to_string(), e.is_retryable(), None)
     }
 }
 

@@ -14,7 +14,7 @@ use ragq::config::Config;
 use ragq::jobs::{JobKind, JobMessage};
 use ragq::providers::embeddings::EmbeddingRequest;
 use ragq::providers::ChatRequest;
-use ragq::retrieval::{LazyStore, RetrievalConfig};
+use ragq::retrieval::LazyStore;
 use ragq::routing::{CallScope, EmbeddedCall, Routed, Router};
 use ragq::spend::budget::Estimate;
 use ragq::spend::intents::CallIntent;
@@ -74,13 +74,11 @@ pub trait JobHandler {
 pub struct JobContext<'a> {
     pub job: &'a JobMessage,
     pub attempt: i32,
-    pub router: &'a Router,
+    /// The worker's router and configuration, as the handler saw them before the claim.
+    pub env: WorkerEnv<'a>,
     pub commits: &'a CommitHandle,
     /// The tenant's plan and, after a budget downgrade, the per-call cost cap.
     pub scope: CallScope<'a>,
-    /// `max_tokens` for calls whose job sets none, so every call's worst case is bounded.
-    pub default_max_output_tokens: u32,
-    pub retrieval: &'a RetrievalConfig,
     pub vectors: &'a LazyStore,
     /// Calls `0..declared_calls` (and their shadow copies) had their intents recorded with the
     /// claim, so they are sent without a commit of their own.
@@ -103,12 +101,13 @@ impl JobContext<'_> {
     pub async fn chat(&self, index: usize, request: &ChatRequest) -> Result<Routed, JobError> {
         if index >= self.declared_calls {
             let shadow = self.scope.cost_cap_micros.is_none();
-            let intents = self.of().chat_intents(self.router, index, request, shadow);
+            let intents = self
+                .of()
+                .chat_intents(self.env.router, index, request, shadow);
             self.commits.intend(intents).await?;
         }
         let shadow_id = Some(self.call_id(SHADOW_CALL_OFFSET + index));
-        let routed = self
-            .router
+        let routed = (self.env.router)
             .chat(&self.job.policy, request, self.scope, shadow_id)
             .await;
         if let Some(s) = &routed.shadow {
@@ -128,10 +127,12 @@ impl JobContext<'_> {
         request: &EmbeddingRequest,
     ) -> Result<EmbeddedCall, JobError> {
         if index >= self.declared_calls {
-            let intents = self.of().embed_intent(self.router, index, model, request);
+            let intents = self
+                .of()
+                .embed_intent(self.env.router, index, model, request);
             self.commits.intend(intents.into_iter().collect()).await?;
         }
-        let call = self.router.embed(model, request).await?;
+        let call = self.env.router.embed(model, request).await?;
         self.book(index, &(&call).into()).await?;
         Ok(call)
     }

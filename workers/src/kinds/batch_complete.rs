@@ -115,7 +115,7 @@ pub fn estimate(
 }
 
 async fn complete(ctx: &JobContext<'_>, input: BatchCompleteInput) -> Result<Value, JobError> {
-    let requests = requests(&input, ctx.default_max_output_tokens, |i| {
+    let requests = requests(&input, ctx.env.cfg.spend.default_max_output_tokens, |i| {
         Some(ctx.call_id(i))
     });
     let calls = requests

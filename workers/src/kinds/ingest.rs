@@ -116,7 +116,7 @@ pub fn check(input: &IngestInput, cfg: &RetrievalConfig) -> Result<(), JobError>
 }
 
 async fn index(ctx: &JobContext<'_>, input: IngestInput) -> Result<Value, JobError> {
-    let cfg = ctx.retrieval;
+    let cfg = &ctx.env.cfg.retrieval;
     check(&input, cfg)?;
     let store = ctx.vectors.get().await?;
     let texts: Vec<(usize, chunk::TextChunk<'_>)> = input
@@ -191,13 +191,13 @@ pub async fn embed_texts(
     texts: Vec<String>,
     first_call_index: usize,
 ) -> Result<Embedded, JobError> {
-    let Some(model) = ctx.retrieval.embedding_model.as_deref() else {
+    let Some(model) = ctx.env.cfg.retrieval.embedding_model.as_deref() else {
         return Err(JobError::permanent(
             "retrieval_not_configured",
             "the model catalog has no embeddings model: add one with capabilities = [\"embeddings\"] and its dimensions",
         ));
     };
-    let batch = ctx.retrieval.embed_batch;
+    let batch = ctx.env.cfg.retrieval.embed_batch;
     let batches: Vec<Vec<String>> = texts.chunks(batch).map(<[String]>::to_vec).collect();
     let calls = batches.len();
     let results: Vec<(Vec<Vec<f32>>, u64, i64)> = stream::iter(batches.into_iter().enumerate())
@@ -232,7 +232,7 @@ pub async fn embed_texts(
     if let Some(v) = out
         .vectors
         .iter()
-        .find(|v| v.len() != ctx.retrieval.dimensions)
+        .find(|v| v.len() != ctx.env.cfg.retrieval.dimensions)
     {
         return Err(JobError::permanent(
             "dimension_mismatch",
@@ -240,7 +240,7 @@ pub async fn embed_texts(
                 "embedding model `{}` returned {}-dimensional vectors; the catalog says {}",
                 model,
                 v.len(),
-                ctx.retrieval.dimensions
+                ctx.env.cfg.retrieval.dimensions
             ),
         ));
     }

@@ -197,13 +197,17 @@ fn prompt_budget<'c>(
     ctx: &JobContext<'c>,
     input: &RagAnswerInput,
 ) -> Result<(&'c PromptTemplate, u32, PromptBudget), JobError> {
-    let cfg = ctx.retrieval;
+    let cfg = &ctx.env.cfg.retrieval;
     let template = cfg
         .templates
         .get(input.template.as_deref().unwrap_or("default"))
         .ok_or_else(|| JobError::invalid("input.template: unknown template"))?;
     let max_tokens = input.max_tokens.unwrap_or(cfg.answer_max_tokens);
-    let window = ctx.router.min_context_window(&ctx.job.policy).unwrap_or(0);
+    let window = ctx
+        .env
+        .router
+        .min_context_window(&ctx.job.policy)
+        .unwrap_or(0);
     let budget = PromptBudget {
         tokens: tokens::input_budget(window, max_tokens),
         bytes: affordable_bytes(ctx, max_tokens),
@@ -261,7 +265,7 @@ async fn retrieve(
 
 /// The job's content rules; returns the top-k to search for.
 fn check(input: &RagAnswerInput, ctx: &JobContext<'_>) -> Result<usize, JobError> {
-    let cfg = ctx.retrieval;
+    let cfg = &ctx.env.cfg.retrieval;
     check_collection_name(&input.collection).map_err(|e| JobError::invalid(e.to_string()))?;
     check_filter(&input.filter).map_err(|e| JobError::invalid(e.to_string()))?;
     if input.question.trim().is_empty() {
@@ -307,7 +311,8 @@ fn affordable_bytes(ctx: &JobContext<'_>, max_tokens: u32) -> u64 {
         return u64::MAX;
     };
     let cap = u128::try_from(cap.max(0)).unwrap_or(0) * 1_000_000;
-    ctx.router
+    ctx.env
+        .router
         .candidate_prices(&ctx.job.policy)
         .iter()
         .filter(|p| p.input_micros_per_mtok > 0)
