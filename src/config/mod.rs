@@ -310,10 +310,18 @@ fn store_config(
 ) -> Option<crate::retrieval::StoreConfig> {
     use crate::retrieval::StoreConfig;
     match raw.store.as_str() {
-        "embedded" => Some(StoreConfig::Embedded {
-            path: PathBuf::from(&raw.path),
-            hnsw_ef: raw.hnsw_ef,
-        }),
+        "embedded" => {
+            let path = PathBuf::from(&raw.path);
+            // The other workers of the machine reach the store through a socket inside it.
+            let socket = path.join(crate::retrieval::shared::SOCKET_FILE);
+            if let Err(e) = crate::retrieval::shared::check_socket_path(&socket) {
+                problems.push(format!("retrieval.path: {e}"));
+            }
+            Some(StoreConfig::Embedded {
+                path,
+                hnsw_ef: raw.hnsw_ef,
+            })
+        }
         "qdrant" => {
             let api_key = raw.qdrant_api_key_env.as_ref().and_then(|var| {
                 let key = std::env::var(var).ok().map(crate::secret::Secret::new);
@@ -479,6 +487,15 @@ mod tests {
             err.to_string().contains("no embeddings capability"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_embedded_store_too_deep_for_its_socket_is_refused() {
+        let deep = format!("[retrieval]\npath = \"/{}\"\n", "d".repeat(100));
+        let err = Config::from_toml(&deep).expect_err("socket path over the limit");
+        assert!(err.to_string().contains("retrieval.path"), "{err}");
+        assert!(err.to_string().contains("107-byte limit"), "{err}");
+        Config::from_toml("[retrieval]\npath = \"/var/lib/ragq/vectors\"\n").expect("valid");
     }
 
     #[test]

@@ -77,6 +77,10 @@ impl EmbeddedStore {
                 path: root.display().to_string(),
             });
         }
+        // Who holds it, for the other workers' logs (the lock, not this text, is what counts).
+        let _ = lock.set_len(0);
+        let _ =
+            std::io::Write::write_all(&mut &lock, format!("{}\n", std::process::id()).as_bytes());
         let store = Self {
             root: root.to_path_buf(),
             hnsw_ef,
@@ -467,6 +471,15 @@ fn edge_filter(conditions: Vec<super::Condition>) -> Result<Filter, StoreError> 
         .collect();
     serde_json::from_value(serde_json::json!({ "must": must }))
         .map_err(|e| StoreError::Invalid(format!("filter: {e}")))
+}
+
+/// The process that holds (or last held) the store at `root`, as it wrote in the lock file.
+pub fn holder_pid(root: &Path) -> Option<u32> {
+    std::fs::read_to_string(root.join(".lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 async fn blocking<T: Send + 'static>(

@@ -9,6 +9,7 @@
 pub mod chunk;
 pub mod embedded;
 pub mod remote;
+pub mod shared;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -56,11 +57,12 @@ pub struct RetrievalConfig {
 }
 
 impl VectorStore {
-    /// Opens the configured store. The embedded one takes its directory's lock for this process.
+    /// The configured store. The embedded one is opened by the first operation, by this process if
+    /// no other holds it, else through the process that does (see [`shared`]).
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         match config {
             StoreConfig::Embedded { path, hnsw_ef } => Ok(Self::new(Arc::new(
-                embedded::EmbeddedStore::open(path, *hnsw_ef)?,
+                shared::SharedStore::new(path, *hnsw_ef),
             ))),
             StoreConfig::Qdrant {
                 url,
@@ -75,30 +77,6 @@ impl VectorStore {
     }
 }
 
-/// The store a worker opens on its first retrieval job, so workers that never see one (or cannot
-/// take an embedded store another process holds) run every other kind as usual. A failed open is
-/// not remembered: the next job tries again.
-#[derive(Debug)]
-pub struct LazyStore {
-    config: StoreConfig,
-    store: tokio::sync::OnceCell<VectorStore>,
-}
-
-impl LazyStore {
-    pub fn new(config: StoreConfig) -> Self {
-        Self {
-            config,
-            store: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    pub async fn get(&self) -> Result<&VectorStore, StoreError> {
-        self.store
-            .get_or_try_init(|| async { VectorStore::open(&self.config) })
-            .await
-    }
-}
-
 /// Payload fields of every point.
 pub const TENANT_FIELD: &str = "tenant";
 pub const DOCUMENT_FIELD: &str = "document_id";
@@ -107,7 +85,7 @@ pub const TEXT_FIELD: &str = "text";
 pub const METADATA_FIELD: &str = "metadata";
 
 /// One chunk to store: where it comes from, its text, and its embedding.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkPoint {
     pub document_id: String,
     pub chunk_index: u32,
@@ -117,7 +95,7 @@ pub struct ChunkPoint {
 }
 
 /// A chunk found by a search.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     pub document_id: String,
     pub chunk_index: u32,
@@ -152,7 +130,7 @@ pub struct SearchQuery<'a> {
     pub exact: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum StoreError {
     #[error("unknown collection `{0}`")]
     UnknownCollection(String),
@@ -162,7 +140,9 @@ pub enum StoreError {
         existing: usize,
         requested: usize,
     },
-    #[error("the embedded vector store at {path} is open in another process; it serves one process at a time (use store = \"qdrant\" for several workers)")]
+    #[error(
+        "the embedded vector store at {path} is open in another process, which alone may open it"
+    )]
     Locked { path: String },
     #[error("invalid request to the vector store: {0}")]
     Invalid(String),

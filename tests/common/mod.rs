@@ -436,13 +436,37 @@ impl TestEnv {
 
 /// Starts `ragq worker` as a separate process (so it can be killed or signalled for real).
 pub fn spawn_worker_process(config: &std::path::Path) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"))
+    worker_command(config, "warn", std::process::Stdio::inherit(), false)
+}
+
+/// Starts `ragq worker` with its log, at `filter` (RUST_LOG syntax), written to `log`.
+pub fn spawn_worker_logging(
+    config: &std::path::Path,
+    filter: &str,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let file = std::fs::File::create(log).expect("worker log file");
+    worker_command(config, filter, file.into(), true)
+}
+
+/// The worker, logging at `filter` to `stderr` (as JSON lines, which tests read, if `json`).
+fn worker_command(
+    config: &std::path::Path,
+    filter: &str,
+    stderr: std::process::Stdio,
+    json: bool,
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"));
+    if json {
+        command.arg("--log-json");
+    }
+    command
         .arg("--config")
         .arg(config)
         .arg("worker")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", filter)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("worker process starts")

@@ -10,7 +10,6 @@ use lapin::message::Delivery;
 use serde_json::json;
 
 use ragq::jobs::JobMessage;
-use ragq::retrieval::StoreError;
 use ragq::routing::CallScope;
 use ragq::spend::budget::Estimate;
 use ragq::tenants::Tenant;
@@ -30,11 +29,6 @@ pub async fn process<H: JobHandler>(
     job: JobMessage,
     tenant: Tenant,
 ) -> Disposition {
-    if H::USES_VECTOR_STORE {
-        if let Some(d) = pass_on_if_store_held_elsewhere(ctx).await {
-            return d;
-        }
-    }
     let input = H::input(&job);
     let job = Arc::new(job);
     let policy = ctx.retry_policy();
@@ -170,19 +164,6 @@ async fn commit(
         Err(e) => tracing::warn!(error = %e, "cannot commit outcome"),
     }
     settle::after_commit(&committed, plan.then)
-}
-
-/// An embedded vector store serves one process. A worker that cannot take it hands retrieval jobs
-/// back through a retry queue before claiming them (no attempt is spent), so they reach the worker
-/// that holds it. Several workers that all need retrieval should use a Qdrant server instead.
-async fn pass_on_if_store_held_elsewhere(ctx: &WorkerContext) -> Option<Disposition> {
-    match ctx.vectors.get().await {
-        Err(e @ StoreError::Locked { .. }) => {
-            tracing::info!(reason = %e, "passing a retrieval job on to the worker holding the vector store");
-            Some(Disposition::Retry(ctx.retry_policy().shortest()))
-        }
-        _ => None,
-    }
 }
 
 /// The webhook for a final outcome (none for a retry).

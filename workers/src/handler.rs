@@ -14,7 +14,7 @@ use ragq::config::Config;
 use ragq::jobs::{JobKind, JobMessage};
 use ragq::providers::embeddings::EmbeddingRequest;
 use ragq::providers::ChatRequest;
-use ragq::retrieval::LazyStore;
+use ragq::retrieval::VectorStore;
 use ragq::routing::{CallScope, EmbeddedCall, Routed, Router};
 use ragq::spend::budget::Estimate;
 use ragq::spend::intents::CallIntent;
@@ -79,7 +79,7 @@ pub struct JobContext<'a> {
     pub commits: &'a CommitHandle,
     /// The tenant's plan and, after a budget downgrade, the per-call cost cap.
     pub scope: CallScope<'a>,
-    pub vectors: &'a LazyStore,
+    pub vectors: &'a VectorStore,
     /// Calls `0..declared_calls` (and their shadow copies) had their intents recorded with the
     /// claim, so they are sent without a commit of their own.
     pub declared_calls: usize,

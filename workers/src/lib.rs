@@ -20,11 +20,12 @@ pub mod delivery;
 pub mod error;
 pub mod handler;
 pub mod kinds;
+pub mod placement;
 pub mod runtime;
 pub mod settle;
 
 use ragq::config::Config;
-use ragq::retrieval::LazyStore;
+use ragq::retrieval::VectorStore;
 use ragq::routing::Router;
 use ragq::tenants::TenantDirectory;
 use ragq::webhooks::PendingDelivery;
@@ -45,7 +46,7 @@ pub struct WorkerContext {
     tenants: TenantDirectory,
     commits: CommitHandle,
     webhooks: mpsc::Sender<PendingDelivery>,
-    vectors: LazyStore,
+    vectors: VectorStore,
 }
 
 impl WorkerContext {

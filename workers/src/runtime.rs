@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 use ragq::config::Config;
 use ragq::queue::topology::{self, JOBS_QUEUE};
 use ragq::queue::{self, Publisher, QueueError};
-use ragq::retrieval::LazyStore;
 use ragq::routing::Router;
 use ragq::tenants::TenantDirectory;
 use ragq::webhooks::WebhookSender;
@@ -51,16 +50,23 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
         cfg.spend.clone(),
         upkeep_cancel.clone(),
     ));
+    let worker_id = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    let (vectors, site) = crate::placement::open(&cfg.retrieval.store, &worker_id).await?;
     let ctx = Arc::new(WorkerContext {
         router,
-        vectors: LazyStore::new(cfg.retrieval.store.clone()),
+        vectors,
         cfg,
         tenants,
         commits,
         webhooks: hook_tx,
     });
     let share_cancel = CancellationToken::new();
-    let share_task = spawn_rate_share(&ctx, &pool, share_cancel.clone()).await;
+    let share_task = spawn_rate_share(&ctx, &pool, &worker_id, share_cancel.clone()).await;
+    if let Some(site) = site {
+        if let Err(e) = crate::placement::record_and_check(&pool, &site).await {
+            tracing::warn!(error = %e, "cannot compare this worker's vector store with the others'");
+        }
+    }
     let tasks = TaskTracker::new();
     if !consume_until_cancelled(&ctx, &tasks, &cancel).await {
         tracing::warn!(
@@ -86,16 +92,16 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
 async fn spawn_rate_share(
     ctx: &Arc<WorkerContext>,
     pool: &PgPool,
+    worker_id: &str,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let worker_id = format!("worker-{}", uuid::Uuid::new_v4().simple());
-    if let Ok(live) = ragq::routing::share::heartbeat(pool, &worker_id).await {
+    if let Ok(live) = ragq::routing::share::heartbeat(pool, worker_id).await {
         ctx.router.set_rate_share(1.0 / live.max(1) as f64);
     }
     let share_ctx = Arc::clone(ctx);
     tokio::spawn(ragq::routing::share::run(
         pool.clone(),
-        worker_id,
+        worker_id.to_string(),
         move |share| share_ctx.router.set_rate_share(share),
         cancel,
     ))

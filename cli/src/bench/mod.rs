@@ -45,8 +45,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub prompts: usize,
     /// The job mix as kind=weight pairs: `batch` (batch.complete), `rag` (rag.answer over a corpus
-    /// stored before the run) and `ingest`. Retrieval jobs use the embedded store, which serves
-    /// one worker process: other workers pass them on to it.
+    /// stored before the run) and `ingest`. Retrieval jobs use the embedded store: the first worker
+    /// to open it holds it and the others reach it through that worker's socket.
     #[arg(long, default_value = "batch=1")]
     pub mix: String,
     /// Tenants the jobs are spread over.
@@ -337,7 +337,7 @@ async fn setup(
             format_args!("stored a corpus of {chunks} chunks for rag.answer"),
         );
         if args.workers > 1 && matches!(r.store, ragq::retrieval::StoreConfig::Embedded { .. }) {
-            say(args, format_args!("the embedded store serves one worker: the others pass retrieval jobs on to it through a retry queue"));
+            say(args, format_args!("the first worker to open the embedded store holds it; the others reach it through its socket"));
         }
     }
     let bodies = job_bodies(&tenants, &receiver, args, mix);

@@ -118,7 +118,7 @@ pub fn check(input: &IngestInput, cfg: &RetrievalConfig) -> Result<(), JobError>
 async fn index(ctx: &JobContext<'_>, input: IngestInput) -> Result<Value, JobError> {
     let cfg = &ctx.env.cfg.retrieval;
     check(&input, cfg)?;
-    let store = ctx.vectors.get().await?;
+    let store = ctx.vectors;
     let texts: Vec<(usize, chunk::TextChunk<'_>)> = input
         .documents
         .iter()

@@ -10,6 +10,7 @@ use ragq::jobs::{JobKind, JobMessage};
 use ragq::tenants::Tenant;
 
 use crate::attempt;
+use crate::handler::JobHandler;
 use crate::settle::Disposition;
 use crate::WorkerContext;
 
@@ -29,4 +30,16 @@ pub(crate) async fn process(
             attempt::process::<rag_answer::RagAnswer>(ctx, delivery, job, tenant).await
         }
     }
+}
+
+/// Every kind, and whether it uses the vector store.
+pub fn all() -> [(JobKind, bool); 3] {
+    fn of<H: JobHandler>() -> (JobKind, bool) {
+        (H::KIND, H::USES_VECTOR_STORE)
+    }
+    [
+        of::<batch_complete::BatchComplete>(),
+        of::<ingest::Ingest>(),
+        of::<rag_answer::RagAnswer>(),
+    ]
 }

@@ -237,7 +237,7 @@ async fn retrieve(
     input: &RagAnswerInput,
     top_k: usize,
 ) -> Result<Retrieved, JobError> {
-    let store = ctx.vectors.get().await?;
+    let store = ctx.vectors;
     let embedded =
         super::ingest::embed_texts(ctx, vec![input.question.clone()], EMBED_CALL).await?;
     let embed_done = Instant::now();
