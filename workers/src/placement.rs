@@ -44,7 +44,11 @@ pub async fn open(
     match config {
         StoreConfig::Embedded { path, hnsw_ef } => {
             let shared = Arc::new(SharedStore::new(path, *hnsw_ef));
-            let shown = path.display().to_string();
+            // Absolute, so a warning names the directory, not the other worker's working directory.
+            let shown = std::path::absolute(path)
+                .unwrap_or_else(|_| path.clone())
+                .display()
+                .to_string();
             let found = match shared.placement().await {
                 Ok(placement) => {
                     tracing::info!(kinds = %kinds, store = %shown, "worker serves every job kind; the embedded vector store is {placement}");
