@@ -115,10 +115,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
         }
         Command::Worker => {
+            serve_metrics(&cfg, &cancel).await?;
             let pool = ragq::db::connect(&cfg.database).await?;
             ragq_workers::run(cfg, pool, cancel).await?;
         }
         Command::Scheduler => {
+            serve_metrics(&cfg, &cancel).await?;
             let pool = ragq::db::connect(&cfg.database).await?;
             let publisher =
                 std::sync::Arc::new(ragq::queue::publisher::ReconnectingPublisher::new(
@@ -132,6 +134,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pipeline { command } => crate::commands::pipeline::run(&cfg, command).await?,
         Command::Api => {
+            // The api serves `/metrics` on its own port.
+            ragq::telemetry::metrics::install(cfg.telemetry.labels);
             let pool = ragq::db::connect(&cfg.database).await?;
             ragq::api::serve(&cfg.api, &cfg.queue, pool, cancel).await?;
         }
@@ -217,4 +221,20 @@ pub fn shutdown_token() -> CancellationToken {
         child.cancel();
     });
     token
+}
+
+/// When `telemetry.metrics_listen` is set, installs the metrics recorder and serves `/metrics`;
+/// otherwise nothing records (the `metrics` facade's calls are then no-ops).
+async fn serve_metrics(
+    cfg: &ragq::config::Config,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = cfg.telemetry.metrics_listen {
+        ragq::telemetry::metrics::install(cfg.telemetry.labels);
+        let bound = ragq::telemetry::metrics::serve(addr, cancel.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("telemetry.metrics_listen {addr}: {e}"))?;
+        tracing::info!(url = %format!("http://{bound}/metrics"), "serving metrics");
+    }
+    Ok(())
 }

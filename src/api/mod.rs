@@ -51,8 +51,25 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         )
         .route("/v1/pipelines/{name}/runs", get(pipelines::runs))
         .route("/v1/pipelines/{name}/{action}", post(pipelines::act))
+        .route("/metrics", get(crate::telemetry::metrics::metrics_page))
+        .layer(axum::middleware::from_fn(count_request))
         .layer(DefaultBodyLimit::max(api.max_body_bytes))
         .with_state(state)
+}
+
+/// Counts each request by its route as declared (`/v1/jobs/{id}`, never the path, so ids do not
+/// become series) and status.
+async fn count_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    crate::telemetry::metrics::http_request(&route, response.status().as_u16());
+    response
 }
 
 /// Serves until `cancel` fires.

@@ -48,7 +48,15 @@ pub struct Config {
     pub spend: SpendConfig,
     pub scheduler: crate::scheduler::SchedulerConfig,
     pub retrieval: crate::retrieval::RetrievalConfig,
+    pub telemetry: TelemetryConfig,
     pub catalog: Catalog,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Where a worker or scheduler serves `/metrics`; none: it does not.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub labels: crate::telemetry::metrics::LabelLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +113,13 @@ impl RawConfig {
                 None
             }
         };
+        if let Some(listen) = &self.telemetry.metrics_listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "telemetry.metrics_listen: `{listen}` is not an address and port like 127.0.0.1:9464"
+                ));
+            }
+        }
         let retrieval = match &catalog {
             Some(catalog) => retrieval_config(&self.retrieval, catalog, &mut problems),
             None => None,
@@ -225,6 +240,14 @@ impl RawConfig {
                 max_attempts: self.worker.max_attempts,
                 shutdown_grace: ms(self.worker.shutdown_grace_ms),
                 commit_batch_max: self.worker.commit_batch_max,
+            },
+            telemetry: TelemetryConfig {
+                metrics_listen: (self.telemetry.metrics_listen.as_deref())
+                    .and_then(|a| a.parse().ok()),
+                labels: crate::telemetry::metrics::LabelLimits {
+                    tenants: self.telemetry.max_tenant_labels,
+                    features: self.telemetry.max_feature_labels,
+                },
             },
             api: ApiConfig {
                 listen: self.api.listen,

@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub spend: RawSpend,
     pub scheduler: RawScheduler,
     pub retrieval: RawRetrieval,
+    pub telemetry: RawTelemetry,
     pub providers: Vec<RawProvider>,
     pub models: Vec<RawModel>,
     pub policies: BTreeMap<String, RawPolicy>,
@@ -98,6 +99,27 @@ pub struct RawSpend {
     pub reservation_ttl_ms: u64,
     pub ledger_retention_months: u32,
     pub maintenance_interval_ms: u64,
+}
+
+/// Metrics: where workers and schedulers serve `/metrics` (off when unset; the api serves it on
+/// its own port), and how many tenants and features keep their own label values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTelemetry {
+    pub metrics_listen: Option<String>,
+    pub max_tenant_labels: usize,
+    pub max_feature_labels: usize,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        let limits = crate::telemetry::metrics::LabelLimits::default();
+        Self {
+            metrics_listen: None,
+            max_tenant_labels: limits.tenants,
+            max_feature_labels: limits.features,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +218,7 @@ impl Default for RawConfig {
             spend: RawSpend::default(),
             scheduler: RawScheduler::default(),
             retrieval: RawRetrieval::default(),
+            telemetry: RawTelemetry::default(),
             providers: vec![RawProvider {
                 name: "sim".into(),
                 kind: "openai".into(),

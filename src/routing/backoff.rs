@@ -19,7 +19,7 @@ impl Router {
         let tokens = request.context_input_tokens() + u64::from(request.max_tokens.unwrap_or(0));
         // Every attempt, retries included, takes a slot under the model's rate limits.
         self.with_backoff(&model.name, tokens, || async {
-            let r = client.chat(&model.model_id, request).await;
+            let r = super::sent(super::CHAT, model, client.chat(&model.model_id, request)).await;
             self.note_rate_limit(&model.name, &r);
             r
         })
@@ -91,8 +91,12 @@ impl Router {
             Ok(mut p) => p.reserve(tokens, Instant::now(), self.retry.pace_max_wait),
             Err(_) => Ok(Duration::ZERO),
         };
-        let wait = reserved.map_err(paced_out)?;
+        let wait = reserved.map_err(|wait| {
+            crate::telemetry::metrics::rate_limit_refused(model);
+            paced_out(wait)
+        })?;
         if !wait.is_zero() {
+            crate::telemetry::metrics::rate_limit_wait(model, wait);
             tokio::time::sleep(wait).await;
         }
         Ok(wait)

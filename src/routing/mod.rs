@@ -35,6 +35,7 @@ use crate::providers::{
     ProviderError, Usage,
 };
 use crate::spend::Price;
+use crate::telemetry::metrics;
 use catalog::{Catalog, ModelSpec, ProviderKind};
 use health::ModelHealth;
 use pace::ModelPace;
@@ -249,9 +250,9 @@ impl Router {
             return None;
         }
         let started = Instant::now();
-        let result = client.chat(&model.model_id, request).await;
+        let result = sent(CHAT, model, client.chat(&model.model_id, request)).await;
         let latency = started.elapsed();
-        self.learn(&model.name, &result, latency);
+        self.learn(CHAT, model, &result, latency, 1);
         match result {
             Ok(response) => Some(Answered::new(model, response, latency)),
             Err(e) => {
@@ -287,13 +288,13 @@ impl Router {
         let started = Instant::now();
         let (result, attempts) = self
             .with_backoff(&spec.name, tokens, || async {
-                let r = client.embed(&spec.model_id, request).await;
+                let r = sent(EMBEDDINGS, spec, client.embed(&spec.model_id, request)).await;
                 self.note_rate_limit(&spec.name, &r);
                 r
             })
             .await;
         let latency = started.elapsed();
-        self.learn(&spec.name, &result, latency);
+        self.learn(EMBEDDINGS, spec, &result, latency, attempts);
         match result {
             Ok(response) => Ok(Answered::new(spec, response, latency)),
             Err(e) => Err(exhausted_by(e, attempts)),
@@ -376,6 +377,7 @@ impl Router {
         let mut circuit_open = false;
         for rank::Candidate { model, client, .. } in candidates {
             if !self.with_health(&model.name, |h| h.admit(Instant::now())) {
+                metrics::circuit_skipped(&model.name);
                 trace.push(candidate(model, 0, "skipped: circuit open".into()));
                 circuit_open = true;
                 continue;
@@ -387,7 +389,7 @@ impl Router {
                 .instrument(span)
                 .await;
             let latency = started.elapsed();
-            self.learn(&model.name, &result, latency);
+            self.learn(CHAT, model, &result, latency, attempts);
             match result {
                 Ok(response) => {
                     trace.push(candidate(model, attempts, "ok".into()));
@@ -415,15 +417,30 @@ impl Router {
         }
     }
 
-    /// Teaches the model's health what a call did (faults count toward its breaker).
-    fn learn<T>(&self, model: &str, result: &Result<T, ProviderError>, latency: Duration) {
+    /// Teaches the model's health what a call did (faults count toward its breaker), and counts
+    /// it with its tokens.
+    fn learn<T: Metered>(
+        &self,
+        operation: &'static str,
+        model: &ModelSpec,
+        result: &Result<T, ProviderError>,
+        latency: Duration,
+        attempts: u32,
+    ) {
         let fault = result
             .as_ref()
             .err()
             .is_some_and(ProviderError::is_provider_fault);
-        self.with_health(model, |h| {
+        self.with_health(&model.name, |h| {
             h.record(Instant::now(), result.is_ok(), fault, latency)
         });
+        let outcome = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
+        metrics::provider_call(&model.provider, &model.name, outcome, attempts);
+        if let Ok(answer) = result {
+            let usage = answer.usage();
+            let tokens = (usage.input_tokens, usage.output_tokens);
+            metrics::token_usage(operation, &model.provider, &model.model_id, tokens);
+        }
     }
 
     fn with_health<T>(&self, model: &str, f: impl FnOnce(&mut ModelHealth) -> T) -> T {
@@ -438,6 +455,24 @@ impl Router {
         let spec = self.catalog.model(model)?;
         Some((spec, self.clients.get(&spec.provider)?))
     }
+}
+
+/// GenAI operation names (OpenTelemetry semantic conventions).
+const CHAT: &str = "chat";
+const EMBEDDINGS: &str = "embeddings";
+
+/// Sends one request to a provider, timing it for the GenAI request-duration histogram.
+async fn sent<T>(
+    operation: &'static str,
+    model: &ModelSpec,
+    request: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    let started = Instant::now();
+    let result = request.await;
+    let error = result.as_ref().err().map(ProviderError::code);
+    let elapsed = started.elapsed();
+    metrics::provider_request(operation, &model.provider, &model.model_id, error, elapsed);
+    result
 }
 
 fn candidate(model: &ModelSpec, attempts: u32, outcome: String) -> CandidateTrace {

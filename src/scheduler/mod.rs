@@ -131,6 +131,8 @@ impl Scheduler {
             }
             match self.tick().await {
                 Ok(report) => {
+                    crate::telemetry::metrics::scheduler_leader(report.leader);
+                    crate::telemetry::metrics::scheduler_fired(report.runs as u64);
                     if report.leader != was_leader {
                         tracing::info!(holder = %self.holder, leader = report.leader, "scheduler leadership changed");
                         was_leader = report.leader;

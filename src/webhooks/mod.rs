@@ -180,6 +180,11 @@ impl<L: AttemptLog> WebhookSender<L> {
     pub async fn attempt(&self, delivery: &PendingDelivery) {
         let result = self.post(delivery).await;
         let record = self.record_for(delivery, &result);
+        crate::telemetry::metrics::webhook_attempt(match record.state {
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Pending => "failed",
+            DeliveryState::Failed => "exhausted",
+        });
         if record.state == DeliveryState::Failed {
             tracing::warn!(delivery = %delivery.id, tenant = %delivery.tenant_id, attempts = record.attempt, "webhook attempts spent; kept for replay");
         }

@@ -29,6 +29,7 @@ pub async fn process<H: JobHandler>(
     job: JobMessage,
     tenant: Tenant,
 ) -> Disposition {
+    let started = std::time::Instant::now();
     let input = H::input(&job);
     let job = Arc::new(job);
     let policy = ctx.retry_policy();
@@ -55,7 +56,7 @@ pub async fn process<H: JobHandler>(
         }
         Err(e) => Err(e),
     };
-    commit(ctx, &job, attempt, result).await
+    commit(ctx, &job, attempt, result, started).await
 }
 
 /// Claims the job, reserving its worst case and recording the intents of its first calls (a job
@@ -122,8 +123,14 @@ async fn commit(
     job: &JobMessage,
     attempt: i32,
     result: Result<serde_json::Value, JobError>,
+    started: std::time::Instant,
 ) -> Disposition {
     let plan = settle::after_attempt(result, attempt, ctx.retry_policy());
+    let ended = match &plan.finish {
+        Finish::Succeeded(_) => "succeeded",
+        Finish::Failed { .. } => "failed",
+        Finish::Retry { .. } => "retried",
+    };
     match (&plan.finish, &plan.then) {
         (Finish::Retry { code, .. }, Disposition::Retry(delay)) => {
             let delay_ms = delay.as_millis() as u64;
@@ -146,6 +153,8 @@ async fn commit(
     let committed = ctx.commits.finish(outcome).await;
     match &committed {
         Ok(crate::commit::FinishResult::Committed) => {
+            let kind = job.kind.as_str();
+            ragq::telemetry::metrics::job_finished(kind, ended, started.elapsed());
             if let Some(w) = webhook {
                 // A full channel is fine: the poller sends it when its lease ends.
                 let _ = ctx.webhooks.try_send(PendingDelivery {

@@ -36,6 +36,7 @@ pub async fn handle(ctx: &WorkerContext, publisher: &Publisher, delivery: Delive
         Disposition::Ack => Ok(()),
         Disposition::DeadLetter(reason) => {
             tracing::warn!(reason = %reason, "dead-lettering message");
+            ragq::telemetry::metrics::dead_letter(reason);
             publisher
                 .publish_dead_letter(
                     DEAD_LETTER_EXCHANGE,

@@ -141,7 +141,10 @@ impl JobContext<'_> {
     /// for the call within the attempt (the prompt's index, say), so a re-write is a no-op.
     async fn book(&self, call_index: usize, call: &BookedCall<'_>) -> Result<(), JobError> {
         let entry = self.of().entry(call_index, call);
-        self.commits.book(entry).await.map_err(JobError::from)
+        let (feature, cost) = (entry.feature.clone(), entry.cost_micros);
+        self.commits.book(entry).await.map_err(JobError::from)?;
+        ragq::telemetry::metrics::spend(&self.job.tenant, &feature, call.model, cost);
+        Ok(())
     }
 
     fn of(&self) -> AttemptOf<'_> {

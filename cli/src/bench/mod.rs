@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Skip the raw broker baseline (under `--rate`: the broker and commit latency floor).
     #[arg(long)]
     pub no_baseline: bool,
+    /// Workers record metrics and serve `/metrics` (on an ephemeral port), as in production; for
+    /// measuring what recording costs against a run without.
+    #[arg(long)]
+    pub metrics: bool,
     /// Inject faults during the run (workers killed, RabbitMQ connections dropped, PostgreSQL
     /// restarted, provider errors and hangs, webhook receiver down) and check every invariant after.
     #[arg(long)]
@@ -324,7 +328,11 @@ async fn setup(
     let sim = ragq_tools::sim::spawn("127.0.0.1:0", sim_options, cancel.clone()).await?;
     let receiver = WebhookReceiver::spawn(cancel.clone()).await?;
     let stack = LocalStack::prepare(&args.servers, "bench", |urls| {
-        Ok(config(urls, &sim.base_url(), args.prefetch))
+        let mut text = config(urls, &sim.base_url(), args.prefetch);
+        if args.metrics {
+            text.push_str("\n[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n");
+        }
+        Ok(text)
     })
     .await?;
     let mix = mix::Mix::parse(&args.mix).map_err(anyhow::Error::msg)?;

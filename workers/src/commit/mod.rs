@@ -204,8 +204,13 @@ impl GroupCommit {
         let mut delay = Duration::from_millis(50);
         let mut tries = 0u32;
         loop {
+            let started = std::time::Instant::now();
             match self.write_on(&ops, conn).await {
-                Ok(answers) => return answer(ops, answers),
+                Ok(answers) => {
+                    let elapsed = started.elapsed();
+                    ragq::telemetry::metrics::commit("group", ops.len(), elapsed);
+                    return answer(ops, answers);
+                }
                 Err(e) if is_transient(&e) => {
                     tries += 1;
                     if cancel.is_cancelled() && tries > 3 {

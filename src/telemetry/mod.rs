@@ -1,4 +1,7 @@
-//! Logging: human-readable by default, JSON lines with `--log-json`; level from `RUST_LOG`.
+//! What an operator sees of a process: logs (human-readable by default, JSON lines with
+//! `--log-json`, level from `RUST_LOG`) and Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -1,0 +1,353 @@
+//! Prometheus metrics: every family ragq exports, the one place that records each, and the
+//! `/metrics` endpoint.
+//!
+//! Recording goes through the `metrics` facade into `metrics-exporter-prometheus`'s recorder,
+//! which keeps atomics per series: a record is a hash of its labels, a lookup and an atomic add
+//! (labels that are not static strings are allocated for the lookup). Provider call metrics follow the OpenTelemetry
+//! GenAI semantic conventions in Prometheus form (`gen_ai_client_*`); ragq's own are `ragq_*`.
+//!
+//! Tenants and features are unbounded in a SaaS, so their labels are bounded: the first
+//! `telemetry.max_tenant_labels` (`max_feature_labels`) distinct values a process sees keep their
+//! names, later ones are counted under `other` (default 100 each; 0 puts everything under
+//! `other`). Nothing here carries content: labels are ids, kinds, models, providers and codes.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Every family ragq exports, by name (the Grafana dashboard's test checks against these).
+pub mod names {
+    pub const GEN_AI_DURATION: &str = "gen_ai_client_operation_duration_seconds";
+    pub const GEN_AI_TOKENS: &str = "gen_ai_client_token_usage";
+    pub const JOBS: &str = "ragq_jobs_total";
+    pub const JOB_DURATION: &str = "ragq_job_duration_seconds";
+    pub const PROVIDER_CALLS: &str = "ragq_provider_calls_total";
+    pub const PROVIDER_RETRIES: &str = "ragq_provider_retries_total";
+    pub const RATE_LIMIT_WAITS: &str = "ragq_rate_limit_wait_seconds";
+    pub const RATE_LIMIT_REFUSALS: &str = "ragq_rate_limit_refusals_total";
+    pub const CIRCUIT_SKIPS: &str = "ragq_circuit_open_skips_total";
+    pub const SPEND: &str = "ragq_spend_micros_total";
+    pub const WEBHOOK_ATTEMPTS: &str = "ragq_webhook_attempts_total";
+    pub const DEAD_LETTERS: &str = "ragq_dead_letters_total";
+    pub const SCHEDULER_FIRINGS: &str = "ragq_scheduler_firings_total";
+    pub const SCHEDULER_LEADER: &str = "ragq_scheduler_leader";
+    pub const COMMIT_BATCH: &str = "ragq_commit_batch_size";
+    pub const COMMIT_DURATION: &str = "ragq_commit_duration_seconds";
+    pub const HTTP_REQUESTS: &str = "ragq_http_requests_total";
+
+    /// Every name above.
+    pub const ALL: [&str; 17] = [
+        GEN_AI_DURATION,
+        GEN_AI_TOKENS,
+        JOBS,
+        JOB_DURATION,
+        PROVIDER_CALLS,
+        PROVIDER_RETRIES,
+        RATE_LIMIT_WAITS,
+        RATE_LIMIT_REFUSALS,
+        CIRCUIT_SKIPS,
+        SPEND,
+        WEBHOOK_ATTEMPTS,
+        DEAD_LETTERS,
+        SCHEDULER_FIRINGS,
+        SCHEDULER_LEADER,
+        COMMIT_BATCH,
+        COMMIT_DURATION,
+        HTTP_REQUESTS,
+    ];
+}
+
+/// How many distinct tenants and features keep their own label values in one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelLimits {
+    pub tenants: usize,
+    pub features: usize,
+}
+
+impl Default for LabelLimits {
+    fn default() -> Self {
+        Self {
+            tenants: 100,
+            features: 100,
+        }
+    }
+}
+
+struct Recorder {
+    handle: PrometheusHandle,
+    tenants: BoundedLabel,
+    features: BoundedLabel,
+}
+
+static RECORDER: OnceLock<Recorder> = OnceLock::new();
+
+/// Installs the process's recorder (once: later calls keep the first one's limits) and returns
+/// the handle that renders it.
+pub fn install(limits: LabelLimits) -> PrometheusHandle {
+    let recorder = RECORDER.get_or_init(|| {
+        let handle = build().unwrap_or_else(|e| {
+            // Another recorder is installed (a test harness): render an empty one of our own.
+            tracing::warn!(error = %e, "metrics recorder not installed; /metrics stays empty");
+            PrometheusBuilder::new().build_recorder().handle()
+        });
+        Recorder {
+            handle,
+            tenants: BoundedLabel::new(limits.tenants),
+            features: BoundedLabel::new(limits.features),
+        }
+    });
+    recorder.handle.clone()
+}
+
+fn build() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    // Histograms as Prometheus histograms (buckets), so they sum across processes.
+    let seconds = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+    let tokens = [
+        1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
+    ];
+    let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)?
+        .set_buckets_for_metric(Matcher::Full(names::GEN_AI_TOKENS.into()), &tokens)?
+        .set_buckets_for_metric(Matcher::Full(names::COMMIT_BATCH.into()), &batch)?
+        .install_recorder()
+}
+
+/// The exposition text of everything recorded in this process.
+pub fn render() -> String {
+    RECORDER
+        .get()
+        .map(|r| r.handle.render())
+        .unwrap_or_default()
+}
+
+/// Serves `GET /metrics` on `addr` until `cancel`; returns the bound address. Also runs the
+/// recorder's upkeep (which the exporter's own listener would do).
+pub async fn serve(addr: SocketAddr, cancel: CancellationToken) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route("/metrics", axum::routing::get(metrics_page));
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    tokio::spawn(upkeep(cancel));
+    Ok(bound)
+}
+
+/// The `/metrics` handler, for any axum router.
+pub async fn metrics_page() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(),
+    )
+}
+
+async fn upkeep(cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if let Some(r) = RECORDER.get() {
+            r.handle.run_upkeep();
+        }
+    }
+}
+
+/// A label whose first `limit` distinct values are kept and the rest reported as `other`.
+struct BoundedLabel {
+    limit: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl BoundedLabel {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn value(&self, value: &str) -> String {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if seen.len() < self.limit {
+            seen.insert(value.to_string());
+            return value.to_string();
+        }
+        "other".to_string()
+    }
+}
+
+fn tenant_label(tenant: &str) -> String {
+    RECORDER
+        .get()
+        .map_or_else(|| "other".into(), |r| r.tenants.value(tenant))
+}
+
+fn feature_label(feature: &str) -> String {
+    RECORDER
+        .get()
+        .map_or_else(|| "other".into(), |r| r.features.value(feature))
+}
+
+/// A job's attempt ended and its outcome was committed: `succeeded`, `failed` or `retried`.
+pub fn job_finished(kind: &'static str, outcome: &'static str, in_worker: Duration) {
+    counter!(names::JOBS, "kind" => kind, "outcome" => outcome).increment(1);
+    histogram!(names::JOB_DURATION, "kind" => kind, "outcome" => outcome)
+        .record(in_worker.as_secs_f64());
+}
+
+/// One request to a provider (each retry is one): its duration, and its error type if it failed.
+pub fn provider_request(
+    operation: &'static str,
+    provider: &str,
+    model: &str,
+    error_type: Option<&'static str>,
+    elapsed: Duration,
+) {
+    let labels = [
+        ("gen_ai_operation_name", operation.to_string()),
+        ("gen_ai_provider_name", provider.to_string()),
+        ("gen_ai_request_model", model.to_string()),
+        ("error_type", error_type.unwrap_or("").to_string()),
+    ];
+    histogram!(names::GEN_AI_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+/// The billable tokens of an answered call.
+pub fn token_usage(operation: &'static str, provider: &str, model: &str, tokens: (u64, u64)) {
+    let (input, output) = tokens;
+    for (token_type, n) in [("input", input), ("output", output)] {
+        if n == 0 && token_type == "output" {
+            continue;
+        }
+        let labels = [
+            ("gen_ai_operation_name", operation.to_string()),
+            ("gen_ai_provider_name", provider.to_string()),
+            ("gen_ai_request_model", model.to_string()),
+            ("gen_ai_token_type", token_type.to_string()),
+        ];
+        histogram!(names::GEN_AI_TOKENS, &labels).record(n as f64);
+    }
+}
+
+/// A call to one model ended (after its retries): `ok`, or the error code it ended with.
+pub fn provider_call(provider: &str, model: &str, outcome: &'static str, attempts: u32) {
+    let labels = [
+        ("provider", provider.to_string()),
+        ("model", model.to_string()),
+        ("outcome", outcome.to_string()),
+    ];
+    counter!(names::PROVIDER_CALLS, &labels).increment(1);
+    if attempts > 1 {
+        let labels = [
+            ("provider", provider.to_string()),
+            ("model", model.to_string()),
+        ];
+        counter!(names::PROVIDER_RETRIES, &labels).increment(u64::from(attempts - 1));
+    }
+}
+
+/// An attempt waited for a slot under the model's rate limits.
+pub fn rate_limit_wait(model: &str, wait: Duration) {
+    histogram!(names::RATE_LIMIT_WAITS, "model" => model.to_string()).record(wait.as_secs_f64());
+}
+
+/// An attempt was not sent: the model's next slot was too far away.
+pub fn rate_limit_refused(model: &str) {
+    counter!(names::RATE_LIMIT_REFUSALS, "model" => model.to_string()).increment(1);
+}
+
+/// A candidate was skipped because its circuit breaker is open.
+pub fn circuit_skipped(model: &str) {
+    counter!(names::CIRCUIT_SKIPS, "model" => model.to_string()).increment(1);
+}
+
+/// Money booked to the ledger, in micro-dollars.
+pub fn spend(tenant: &str, feature: &str, model: &str, micros: i64) {
+    let Ok(micros) = u64::try_from(micros) else {
+        return;
+    };
+    let labels = [
+        ("tenant", tenant_label(tenant)),
+        ("feature", feature_label(feature)),
+        ("model", model.to_string()),
+    ];
+    counter!(names::SPEND, &labels).increment(micros);
+}
+
+/// One webhook attempt: `delivered`, `failed` (to be retried) or `exhausted` (no attempts left).
+pub fn webhook_attempt(outcome: &'static str) {
+    counter!(names::WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+/// A message went to the dead-letter queue; `reason` starts with its code (`code: details`).
+pub fn dead_letter(reason: &str) {
+    let code: String = reason
+        .split(':')
+        .next()
+        .unwrap_or("unknown")
+        .chars()
+        .take(48)
+        .collect();
+    counter!(names::DEAD_LETTERS, "reason" => code).increment(1);
+}
+
+/// The scheduler fired `runs` pipeline runs.
+pub fn scheduler_fired(runs: u64) {
+    counter!(names::SCHEDULER_FIRINGS).increment(runs);
+}
+
+/// Whether this scheduler holds the leader lease.
+pub fn scheduler_leader(leading: bool) {
+    gauge!(names::SCHEDULER_LEADER).set(if leading { 1.0 } else { 0.0 });
+}
+
+/// One group commit: how many items it wrote and how long it took.
+pub fn commit(kind: &'static str, size: usize, elapsed: Duration) {
+    histogram!(names::COMMIT_BATCH, "kind" => kind).record(size as f64);
+    histogram!(names::COMMIT_DURATION, "kind" => kind).record(elapsed.as_secs_f64());
+}
+
+/// One HTTP request to the api: its route (as declared, not the path) and status.
+pub fn http_request(route: &str, status: u16) {
+    let labels = [("route", route.to_string()), ("status", status.to_string())];
+    counter!(names::HTTP_REQUESTS, &labels).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_past_the_limit_are_other() {
+        let label = BoundedLabel::new(2);
+        assert_eq!(label.value("a"), "a");
+        assert_eq!(label.value("b"), "b");
+        assert_eq!(label.value("c"), "other");
+        assert_eq!(label.value("a"), "a", "a value seen first keeps its name");
+        assert_eq!(BoundedLabel::new(0).value("a"), "other");
+    }
+}

@@ -1,0 +1,220 @@
+//! Metrics: a worker process's `/metrics` and the api's after a small run agree with the jobs
+//! table and the ledger, and every family they export is one ragq declares (the Grafana
+//! dashboard is checked against the same list).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ragq::telemetry::metrics::names;
+use serde_json::json;
+
+use common::{spawn_worker_process, TestEnv};
+
+/// One sample line of the exposition format: family name, labels, value.
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap();
+                    (k.to_string(), v.trim_matches('"').to_string())
+                })
+                .collect();
+            Sample {
+                name: name.to_string(),
+                labels,
+                value: value.parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// The sum of `name`'s samples whose labels include every pair of `with`.
+fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            with.iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// The families of the samples (histogram series folded into their family).
+fn families(samples: &[Sample]) -> BTreeSet<String> {
+    samples
+        .iter()
+        .map(|s| {
+            let n = s.name.as_str();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| n.strip_suffix(suffix).filter(|b| names::ALL.contains(b)));
+            base.unwrap_or(n).to_string()
+        })
+        .collect()
+}
+
+async fn scrape(url: &str) -> Vec<Sample> {
+    let resp = reqwest::get(url).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    samples(&resp.text().await.unwrap())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_and_api_metrics_agree_with_the_database() {
+    let port = free_port();
+    let env = TestEnv::with_sections(
+        "",
+        &format!("[telemetry]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+    )
+    .await;
+    let config = env.config_file();
+    let _worker = spawn_worker_process(&config);
+    ragq::telemetry::metrics::install(Default::default());
+    let api = env.serve_api().await;
+
+    // 12 jobs over AMQP, 3 over HTTP, one that fails (unknown policy), one poison message.
+    env.publish_jobs("m", 12, 2).await;
+    for i in 0..3 {
+        env.submit_http(&api, "acme", &env.job("acme", &format!("h-{i}"), 1))
+            .await;
+    }
+    let conn = env.amqp().await;
+    let failing = json!({"id": "bad-policy", "tenant": "acme", "kind": "batch.complete",
+                         "policy": "nope", "input": {"prompts": [{"prompt": "x"}]}});
+    env.publish_job(&conn, &failing).await;
+    env.publish_raw(&conn, "batch.complete", b"{not json", Some("guest"))
+        .await;
+    env.wait_until(60, "16 jobs finished", || async {
+        env.finished_jobs().await == 16
+    })
+    .await;
+    env.wait_until(30, "webhooks delivered", || async {
+        env.count("SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'")
+            .await
+            == 15
+    })
+    .await;
+
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let env = &env;
+    let db = |sql: &'static str| async move { env.count(sql).await as f64 };
+    let succeeded = db("SELECT count(*) FROM jobs WHERE state = 'succeeded'").await;
+    let calls = db("SELECT count(*) FROM provider_calls").await;
+    let spend = db("SELECT coalesce(sum(cost_micros), 0)::bigint FROM provider_calls").await;
+    let delivered = db("SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'").await;
+    env.wait_until(10, "the worker's counters to catch up", || {
+        let url = url.clone();
+        async move {
+            let m = scrape(&url).await;
+            sum(&m, names::WEBHOOK_ATTEMPTS, &[("outcome", "delivered")]) == delivered
+                && sum(&m, names::DEAD_LETTERS, &[]) == 1.0
+        }
+    })
+    .await;
+    let m = scrape(&url).await;
+    assert_eq!(succeeded, 15.0);
+    assert_eq!(sum(&m, names::JOBS, &[("outcome", "succeeded")]), succeeded);
+    assert_eq!(sum(&m, names::JOBS, &[("outcome", "failed")]), 1.0);
+    let timed = sum(&m, &format!("{}_count", names::JOB_DURATION), &[]);
+    assert_eq!(timed, 16.0, "every finished job was timed");
+    assert_eq!(sum(&m, names::PROVIDER_CALLS, &[("outcome", "ok")]), calls);
+    assert_eq!(sum(&m, names::SPEND, &[]), spend);
+    assert_eq!(
+        sum(
+            &m,
+            names::SPEND,
+            &[("tenant", "acme"), ("feature", "tests")]
+        ),
+        spend
+    );
+    assert_eq!(
+        sum(&m, names::DEAD_LETTERS, &[("reason", "not_json")]),
+        1.0,
+        "dead letters by reason"
+    );
+    let requests = sum(
+        &m,
+        &format!("{}_count", names::GEN_AI_DURATION),
+        &[("gen_ai_operation_name", "chat")],
+    );
+    assert!(
+        requests >= calls,
+        "every answered call was at least one request"
+    );
+    let input_tokens = sum(
+        &m,
+        &format!("{}_sum", names::GEN_AI_TOKENS),
+        &[("gen_ai_token_type", "input")],
+    );
+    let booked_input =
+        db("SELECT coalesce(sum(input_tokens), 0)::bigint FROM provider_calls").await;
+    assert_eq!(input_tokens, booked_input);
+
+    // The api counts its requests by route, not by path.
+    let api_metrics = scrape(&format!("{api}/metrics")).await;
+    assert_eq!(
+        sum(
+            &api_metrics,
+            names::HTTP_REQUESTS,
+            &[("route", "/v1/jobs"), ("status", "202")]
+        ),
+        3.0
+    );
+
+    // Everything exported is a declared family, and the main ones are there.
+    let exported: BTreeSet<String> = families(&m)
+        .union(&families(&api_metrics))
+        .cloned()
+        .collect();
+    for family in &exported {
+        assert!(
+            names::ALL.contains(&family.as_str()),
+            "undeclared family {family}"
+        );
+    }
+    for family in [
+        names::JOBS,
+        names::JOB_DURATION,
+        names::GEN_AI_DURATION,
+        names::GEN_AI_TOKENS,
+        names::PROVIDER_CALLS,
+        names::SPEND,
+        names::WEBHOOK_ATTEMPTS,
+        names::DEAD_LETTERS,
+        names::COMMIT_BATCH,
+        names::COMMIT_DURATION,
+        names::HTTP_REQUESTS,
+    ] {
+        assert!(
+            exported.contains(family),
+            "{family} missing from {exported:?}"
+        );
+    }
+}
