@@ -218,3 +218,42 @@ async fn worker_and_api_metrics_agree_with_the_database() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_scheduler_gauges_read_the_backlog_and_what_budgets_have_left() {
+    let env = TestEnv::new("").await;
+    ragq::telemetry::metrics::install(Default::default());
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO budgets (tenant_id, feature, period, soft_limit_micros, hard_limit_micros) \
+         VALUES ('globex', 'gauges', 'month', 500, 1000) RETURNING id",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO budget_usage (budget_id, period_start, cost_micros) \
+         VALUES ($1, date_trunc('month', now() AT TIME ZONE 'UTC')::date, 300)",
+    )
+    .bind(id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    ragq::telemetry::metrics::refresh_from_database(&env.pool)
+        .await
+        .unwrap();
+    let m = samples(&ragq::telemetry::metrics::render());
+    let left = |limit| {
+        sum(
+            &m,
+            names::BUDGET_REMAINING,
+            &[
+                ("tenant", "globex"),
+                ("feature", "gauges"),
+                ("limit", limit),
+            ],
+        )
+    };
+    assert_eq!(left("soft"), 200.0);
+    assert_eq!(left("hard"), 700.0);
+    assert!(families(&m).contains(names::WEBHOOK_BACKLOG));
+}

@@ -431,9 +431,18 @@ impl Router {
             .as_ref()
             .err()
             .is_some_and(ProviderError::is_provider_fault);
-        self.with_health(&model.name, |h| {
-            h.record(Instant::now(), result.is_ok(), fault, latency)
+        let breaker = self.with_health(&model.name, |h| {
+            h.record(Instant::now(), result.is_ok(), fault, latency);
+            h.breaker()
         });
+        metrics::circuit_state(
+            &model.name,
+            match breaker {
+                health::Breaker::Closed { .. } => 0,
+                health::Breaker::HalfOpen { .. } => 1,
+                health::Breaker::Open { .. } => 2,
+            },
+        );
         let outcome = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
         metrics::provider_call(&model.provider, &model.name, outcome, attempts);
         if let Ok(answer) = result {

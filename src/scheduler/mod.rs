@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::queue::publisher::ReconnectingPublisher;
 use clock::Clock;
 
+/// How often the leader refreshes the database-wide gauges (webhook backlog, budgets left).
+const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Scheduler settings.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -124,6 +127,7 @@ impl Scheduler {
         let mut interval = tokio::time::interval(self.cfg.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_leader = false;
+        let mut last_refresh: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -133,6 +137,14 @@ impl Scheduler {
                 Ok(report) => {
                     crate::telemetry::metrics::scheduler_leader(report.leader);
                     crate::telemetry::metrics::scheduler_fired(report.runs as u64);
+                    if report.leader && last_refresh.is_none_or(|t| t.elapsed() >= GAUGE_REFRESH) {
+                        last_refresh = Some(std::time::Instant::now());
+                        if let Err(e) =
+                            crate::telemetry::metrics::refresh_from_database(&self.pool).await
+                        {
+                            tracing::warn!(error = %e, "cannot refresh the database-wide gauges");
+                        }
+                    }
                     if report.leader != was_leader {
                         tracing::info!(holder = %self.holder, leader = report.leader, "scheduler leadership changed");
                         was_leader = report.leader;

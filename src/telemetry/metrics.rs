@@ -31,6 +31,9 @@ pub mod names {
     pub const RATE_LIMIT_WAITS: &str = "ragq_rate_limit_wait_seconds";
     pub const RATE_LIMIT_REFUSALS: &str = "ragq_rate_limit_refusals_total";
     pub const CIRCUIT_SKIPS: &str = "ragq_circuit_open_skips_total";
+    pub const CIRCUIT_STATE: &str = "ragq_circuit_state";
+    pub const BUDGET_REMAINING: &str = "ragq_budget_remaining_micros";
+    pub const WEBHOOK_BACKLOG: &str = "ragq_webhook_backlog";
     pub const SPEND: &str = "ragq_spend_micros_total";
     pub const WEBHOOK_ATTEMPTS: &str = "ragq_webhook_attempts_total";
     pub const DEAD_LETTERS: &str = "ragq_dead_letters_total";
@@ -41,7 +44,7 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "ragq_http_requests_total";
 
     /// Every name above.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 20] = [
         GEN_AI_DURATION,
         GEN_AI_TOKENS,
         JOBS,
@@ -51,6 +54,9 @@ pub mod names {
         RATE_LIMIT_WAITS,
         RATE_LIMIT_REFUSALS,
         CIRCUIT_SKIPS,
+        CIRCUIT_STATE,
+        BUDGET_REMAINING,
+        WEBHOOK_BACKLOG,
         SPEND,
         WEBHOOK_ATTEMPTS,
         DEAD_LETTERS,
@@ -283,6 +289,59 @@ pub fn rate_limit_refused(model: &str) {
 /// A candidate was skipped because its circuit breaker is open.
 pub fn circuit_skipped(model: &str) {
     counter!(names::CIRCUIT_SKIPS, "model" => model.to_string()).increment(1);
+}
+
+/// A model's circuit breaker in this process: 0 closed, 1 half-open (one trial call), 2 open.
+pub fn circuit_state(model: &str, state: u8) {
+    gauge!(names::CIRCUIT_STATE, "model" => model.to_string()).set(f64::from(state));
+}
+
+/// Database-wide figures the scheduler's leader refreshes: deliveries waiting to be sent, and
+/// what each budget (of tenants and features that have their own labels) has left this period
+/// under its soft and hard limits.
+pub async fn refresh_from_database(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    let backlog: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'")
+            .fetch_one(pool)
+            .await?;
+    gauge!(names::WEBHOOK_BACKLOG).set(backlog as f64);
+    let budgets: Vec<BudgetLeft> = sqlx::query_as(
+        "SELECT b.tenant_id, b.feature, b.period, b.soft_limit_micros, b.hard_limit_micros, \
+                coalesce(u.cost_micros, 0) AS spent \
+         FROM budgets b LEFT JOIN budget_usage u ON u.budget_id = b.id \
+          AND u.period_start = date_trunc(b.period, now() AT TIME ZONE 'UTC')::date",
+    )
+    .fetch_all(pool)
+    .await?;
+    for b in budgets {
+        let (tenant, feature) = (tenant_label(&b.tenant_id), feature_label(&b.feature));
+        // A gauge cannot add up several budgets under `other`: those stay out.
+        if tenant == "other" || feature == "other" {
+            continue;
+        }
+        for (limit, micros) in [("soft", b.soft_limit_micros), ("hard", b.hard_limit_micros)] {
+            let Some(micros) = micros else { continue };
+            let labels = [
+                ("tenant", tenant.clone()),
+                ("feature", feature.clone()),
+                ("period", b.period.clone()),
+                ("limit", limit.to_string()),
+            ];
+            gauge!(names::BUDGET_REMAINING, &labels).set((micros - b.spent) as f64);
+        }
+    }
+    Ok(())
+}
+
+/// A budget's limits and what its current period has spent.
+#[derive(sqlx::FromRow)]
+struct BudgetLeft {
+    tenant_id: String,
+    feature: String,
+    period: String,
+    soft_limit_micros: Option<i64>,
+    hard_limit_micros: Option<i64>,
+    spent: i64,
 }
 
 /// Money booked to the ledger, in micro-dollars.
