@@ -5,77 +5,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use ragq::telemetry::metrics::names;
 use serde_json::json;
 
 use common::{spawn_worker_process, TestEnv};
-
-/// One sample line of the exposition format: family name, labels, value.
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn samples(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|p| !p.is_empty())
-                .map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap();
-                    (k.to_string(), v.trim_matches('"').to_string())
-                })
-                .collect();
-            Sample {
-                name: name.to_string(),
-                labels,
-                value: value.parse().unwrap(),
-            }
-        })
-        .collect()
-}
-
-/// The sum of `name`'s samples whose labels include every pair of `with`.
-fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            with.iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
-/// The families of the samples (histogram series folded into their family).
-fn families(samples: &[Sample]) -> BTreeSet<String> {
-    samples
-        .iter()
-        .map(|s| {
-            let n = s.name.as_str();
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| n.strip_suffix(suffix).filter(|b| names::ALL.contains(b)));
-            base.unwrap_or(n).to_string()
-        })
-        .collect()
-}
+use ragq_tools::scrape::{families, samples, sum, Sample};
 
 async fn scrape(url: &str) -> Vec<Sample> {
-    let resp = reqwest::get(url).await.unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    samples(&resp.text().await.unwrap())
+    ragq_tools::scrape::scrape(url).await.unwrap()
 }
 
 fn free_port() -> u16 {

@@ -5,6 +5,8 @@
 //! tenants, submits jobs over AMQP and HTTP (plus a few bad messages), waits for every webhook, and
 //! prints a summary read back from Postgres and the broker.
 
+use ragq::telemetry::metrics::names;
+use ragq_tools::scrape::{sum, Sample};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -80,12 +82,24 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
             .url
             .replacen("guest:guest", &format!("{API_USER}:{api_password}"), 1);
     let mut pids = Vec::new();
+    // Every process serves /metrics: workers and the scheduler each on a port of their own.
+    let mut metrics = Vec::new();
     for _ in 0..args.workers {
-        pids.push(stack.spawn("worker", &[])?);
+        let listen = format!("127.0.0.1:{}", free_port().await?);
+        let pid = stack.spawn("worker", &[(METRICS_LISTEN, listen.as_str())])?;
+        metrics.push((format!("worker {pid}"), format!("http://{listen}/metrics")));
+        pids.push(pid);
     }
     pids.push(stack.spawn("api", &[("RAGQ_QUEUE__URL", api_amqp.as_str())])?);
+    metrics.push(("api".into(), format!("http://127.0.0.1:{api_port}/metrics")));
     // The scheduler publishes as the same trusted user as the api.
-    pids.push(stack.spawn("scheduler", &[("RAGQ_QUEUE__URL", api_amqp.as_str())])?);
+    let listen = format!("127.0.0.1:{}", free_port().await?);
+    let scheduler_env = [
+        ("RAGQ_QUEUE__URL", api_amqp.as_str()),
+        (METRICS_LISTEN, listen.as_str()),
+    ];
+    pids.push(stack.spawn("scheduler", &scheduler_env)?);
+    metrics.push(("scheduler".into(), format!("http://{listen}/metrics")));
     create_pipeline(&pool, &receiver.url(), stack.cfg.queue.max_message_bytes).await?;
     println!(
         "started: sim provider at {} ({} ms latency, {:.0}% 500s, {:.0}% 429s), webhook receiver at {}, {} workers, an api and a scheduler (pids {}); globex's pipeline `status-digest` fires every 2 s",
@@ -105,12 +119,78 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
         api_url: format!("http://127.0.0.1:{api_port}"),
     };
     let outcome = submit_and_wait(&demo, &args, &cancel).await;
+    let scraped = scrape_all(&metrics).await;
     stack.stop_all().await;
     let expected = outcome?;
     let dead_letters = print_summary(&demo, expected, sim.counts(), started.elapsed()).await?;
+    print_metrics(&demo, &scraped).await?;
     let checked = check_promises(&demo, &args, sim.counts(), dead_letters).await;
     cancel.cancel();
     checked
+}
+
+/// The environment variable that sets `telemetry.metrics_listen` for one process.
+const METRICS_LISTEN: &str = "RAGQ_TELEMETRY__METRICS_LISTEN";
+
+/// Each process's `/metrics` (`who`, url), read once the jobs are done.
+async fn scrape_all(urls: &[(String, String)]) -> Vec<(String, String, Vec<Sample>)> {
+    let mut out = Vec::new();
+    for (who, url) in urls {
+        match ragq_tools::scrape::scrape(url).await {
+            Ok(samples) => out.push((who.clone(), url.clone(), samples)),
+            Err(e) => println!("  cannot read {who}'s metrics at {url}: {e}"),
+        }
+    }
+    out
+}
+
+/// What Prometheus would read from the processes, summed over them, beside the database's count.
+async fn print_metrics(
+    demo: &Demo,
+    scraped: &[(String, String, Vec<Sample>)],
+) -> anyhow::Result<()> {
+    println!("\n== metrics (Prometheus text at each process's /metrics; summed over processes)");
+    for (who, url, samples) in scraped {
+        println!("  {who}: {url} ({} series)", samples.len());
+    }
+    let total = |name: &str, with: &[(&str, &str)]| -> f64 {
+        scraped.iter().map(|(_, _, s)| sum(s, name, with)).sum()
+    };
+    let count = |sql: &'static str| {
+        let pool = demo.pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await }
+    };
+    let rows = [
+        (
+            "jobs succeeded",
+            total(names::JOBS, &[("outcome", "succeeded")]),
+            count("SELECT count(*) FROM jobs WHERE state = 'succeeded'").await?,
+        ),
+        (
+            "jobs failed",
+            total(names::JOBS, &[("outcome", "failed")]),
+            count("SELECT count(*) FROM jobs WHERE state = 'failed'").await?,
+        ),
+        (
+            "provider calls answered",
+            total(names::PROVIDER_CALLS, &[("outcome", "ok")]),
+            count("SELECT count(*) FROM provider_calls").await?,
+        ),
+        (
+            "spend, micro-dollars",
+            total(names::SPEND, &[]),
+            count("SELECT coalesce(sum(cost_micros), 0)::bigint FROM provider_calls").await?,
+        ),
+    ];
+    for (what, metric, db) in rows {
+        println!("  {what:<24} {metric:>10.0}   (database: {db})");
+    }
+    let retries = total(names::PROVIDER_RETRIES, &[]);
+    let delivered = total(names::WEBHOOK_ATTEMPTS, &[("outcome", "delivered")]);
+    let dead = total(names::DEAD_LETTERS, &[]);
+    let requests = total(names::HTTP_REQUESTS, &[]);
+    println!("  provider retries {retries:.0}, webhooks delivered {delivered:.0}, dead letters {dead:.0}, api requests {requests:.0}");
+    Ok(())
 }
 
 /// acme (publishing over AMQP as `guest`) with a monthly budget whose $0.0003 soft limit the demo

@@ -5,5 +5,6 @@
 pub mod audit;
 pub mod config_file;
 pub mod receiver;
+pub mod scrape;
 pub mod sim;
 pub mod stack;
