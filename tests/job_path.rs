@@ -228,7 +228,12 @@ async fn provider_500s_then_success_and_429_with_retry_after_are_retried() {
             .fetch_one(&env.pool)
             .await
             .unwrap();
-    assert_eq!(result["completions"][0]["routing"][0]["attempts"], 4);
+    let answered = &result["completions"][0]["routing"][0];
+    assert_eq!(answered["attempts"], 4);
+    // The provider's own response id and finish reason, as the sim sends them like OpenAI.
+    let id = answered["response_id"].as_str().unwrap_or_default();
+    assert!(id.starts_with("chatcmpl-"), "{answered}");
+    assert_eq!(answered["finish_reason"], "stop", "{answered}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,10 +38,23 @@ pub struct WireMessage {
     pub content: String,
 }
 
-/// The parts of the response ragq reads.
+/// A message as Anthropic sends it (streaming aside); ragq needs the text blocks and the usage,
+/// and keeps the id and stop reason for traces.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WireResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub content: Vec<WireBlock>,
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub stop_sequence: Option<String>,
     pub usage: Option<WireUsage>,
 }
 
@@ -148,6 +161,8 @@ pub fn parse_response(provider: &str, body: &[u8]) -> Result<ChatResponse, Provi
         return Err(invalid("no text content".into()));
     }
     Ok(ChatResponse {
+        response_id: wire.id,
+        finish_reason: wire.stop_reason,
         content: text.concat(),
         usage: Usage {
             input_tokens: usage.input_tokens,
@@ -200,6 +215,8 @@ mod tests {
         let body = br#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hello"},{"type":"text","text":" there"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3}}"#;
         let r = parse_response("claude", body).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.content, "Hello there");
+        assert_eq!(r.response_id.as_deref(), Some("msg_1"));
+        assert_eq!(r.finish_reason.as_deref(), Some("end_turn"));
         assert_eq!(
             r.usage,
             Usage {

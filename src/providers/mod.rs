@@ -84,6 +84,10 @@ pub use crate::money::Usage;
 pub struct ChatResponse {
     pub content: String,
     pub usage: Usage,
+    /// The provider's own id of the response (`chatcmpl-…`, `msg_…`), for tracing a call to it.
+    pub response_id: Option<String>,
+    /// Why generation stopped, as the provider says it (`stop`, `length`, `end_turn`, `max_tokens`).
+    pub finish_reason: Option<String>,
 }
 
 /// A provider's answer that reports the tokens it was billed for.

@@ -32,16 +32,29 @@ pub struct WireChatRequest {
     pub temperature: Option<f32>,
 }
 
-/// The parts of the response body ragq reads.
+/// A chat completion as OpenAI sends it (streaming aside); ragq needs only the choices and the
+/// usage, and keeps the id and finish reason for traces.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WireChatResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub choices: Vec<WireChoice>,
     pub usage: Option<WireUsage>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WireChoice {
+    #[serde(default)]
+    pub index: u32,
     pub message: WireMessage,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,6 +67,8 @@ pub struct WireMessage {
 pub struct WireUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<u64>,
 }
 
 impl OpenAiClient {
@@ -146,14 +161,16 @@ pub fn parse_response(provider: &str, body: &[u8]) -> Result<ChatResponse, Provi
     let usage = wire
         .usage
         .ok_or_else(|| invalid("no usage reported".into()))?;
-    let content = wire
+    let choice = wire
         .choices
         .into_iter()
         .next()
-        .and_then(|c| c.message.content)
         .ok_or_else(|| invalid("no choices".into()))?;
+    let content = (choice.message.content).ok_or_else(|| invalid("no message content".into()))?;
     Ok(ChatResponse {
         content,
+        response_id: wire.id,
+        finish_reason: choice.finish_reason,
         usage: Usage {
             input_tokens: usage.prompt_tokens,
             output_tokens: usage.completion_tokens,
@@ -191,6 +208,11 @@ mod tests {
         let body = br#"{"choices":[{"message":{"role":"assistant","content":"yo"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
         let r = parse_response("p", body).expect("parsed");
         assert_eq!(r.content, "yo");
+        assert_eq!((r.response_id, r.finish_reason), (None, None));
+        let full = br#"{"id":"chatcmpl-9","object":"chat.completion","created":1764547200,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"yo"},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+        let r = parse_response("p", full).expect("parsed");
+        assert_eq!(r.response_id.as_deref(), Some("chatcmpl-9"));
+        assert_eq!(r.finish_reason.as_deref(), Some("length"));
         assert_eq!(
             r.usage,
             Usage {

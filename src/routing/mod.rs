@@ -47,6 +47,12 @@ pub struct CandidateTrace {
     pub provider: String,
     pub attempts: u32,
     pub outcome: String,
+    /// The provider's id of the response that answered, and why it stopped (the answering
+    /// candidate only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
 }
 
 /// What a call produced: the primary outcome, and the shadow copy's if one was made.
@@ -382,17 +388,33 @@ impl Router {
                 circuit_open = true;
                 continue;
             }
-            let span = tracing::info_span!("provider_call", model = %model.name, provider = %model.provider);
+            let span = tracing::info_span!(
+                "provider_call",
+                model = %model.name,
+                provider = %model.provider,
+                response_id = tracing::field::Empty,
+                finish_reason = tracing::field::Empty,
+            );
             let started = Instant::now();
             let (result, attempts) = self
                 .call_with_backoff(client, model, request)
-                .instrument(span)
+                .instrument(span.clone())
                 .await;
             let latency = started.elapsed();
             self.learn(CHAT, model, &result, latency, attempts);
             match result {
                 Ok(response) => {
-                    trace.push(candidate(model, attempts, "ok".into()));
+                    if let Some(id) = &response.response_id {
+                        span.record("response_id", id.as_str());
+                    }
+                    if let Some(reason) = &response.finish_reason {
+                        span.record("finish_reason", reason.as_str());
+                    }
+                    trace.push(CandidateTrace {
+                        response_id: response.response_id.clone(),
+                        finish_reason: response.finish_reason.clone(),
+                        ..candidate(model, attempts, "ok".into())
+                    });
                     return Ok(RoutedCall {
                         answer: Answered::new(model, response, latency),
                         trace,
@@ -490,6 +512,8 @@ fn candidate(model: &ModelSpec, attempts: u32, outcome: String) -> CandidateTrac
         provider: model.provider.clone(),
         attempts,
         outcome,
+        response_id: None,
+        finish_reason: None,
     }
 }
 

@@ -246,17 +246,21 @@ async fn messages(
             temperature: wire.temperature,
         };
         let render = |r: WireChatResponse| {
-            let text = r
-                .choices
-                .into_iter()
-                .next()
-                .and_then(|c| c.message.content)
-                .unwrap_or_default();
+            let id = r.id.as_deref().map(|id| id.replace("chatcmpl-", "msg_"));
+            let choice = r.choices.into_iter().next();
+            let stop_reason = match choice.as_ref().and_then(|c| c.finish_reason.as_deref()) {
+                Some("length") => "max_tokens",
+                _ => "end_turn",
+            };
+            let text = choice.and_then(|c| c.message.content).unwrap_or_default();
             let usage = r.usage.map(
                 |u| json!({"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}),
             );
-            Json(json!({"type": "message", "role": "assistant",
-                        "content": [{"type": "text", "text": text}], "usage": usage}))
+            Json(
+                json!({"id": id, "type": "message", "role": "assistant", "model": r.model,
+                        "content": [{"type": "text", "text": text}],
+                        "stop_reason": stop_reason, "stop_sequence": null, "usage": usage}),
+            )
             .into_response()
         };
         if request.messages.iter().all(|m| m.role == "system") {
@@ -418,16 +422,28 @@ pub fn reply(request: &WireChatRequest) -> WireChatResponse {
         .iter()
         .map(|m| count_tokens(&m.content) + 3)
         .sum();
+    let completion_tokens = count_tokens(&content);
+    // Truncated by max_tokens: the reason a real provider gives.
+    let truncated = request
+        .max_tokens
+        .is_some_and(|max| content.split_whitespace().count() >= max as usize);
     WireChatResponse {
+        id: Some(format!("chatcmpl-{}", hex::encode(&digest[4..16]))),
+        object: Some("chat.completion".into()),
+        created: Some(chrono::Utc::now().timestamp()),
+        model: Some(request.model.clone()),
         choices: vec![WireChoice {
+            index: 0,
             message: WireMessage {
                 role: "assistant".into(),
                 content: Some(content.clone()),
             },
+            finish_reason: Some(if truncated { "length" } else { "stop" }.into()),
         }],
         usage: Some(WireUsage {
             prompt_tokens,
-            completion_tokens: count_tokens(&content),
+            completion_tokens,
+            total_tokens: Some(prompt_tokens + completion_tokens),
         }),
     }
 }
@@ -455,6 +471,24 @@ mod tests {
         let usage = a.usage.expect("usage");
         assert_eq!(usage.prompt_tokens, 5 + 3);
         assert_eq!(usage.completion_tokens, count_tokens(&text));
+        assert_eq!(
+            usage.total_tokens,
+            Some(usage.prompt_tokens + usage.completion_tokens)
+        );
+        // The whole OpenAI shape: what SDKs read besides the text.
+        assert!(a
+            .id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("chatcmpl-")));
+        assert_eq!(a.object.as_deref(), Some("chat.completion"));
+        assert_eq!(a.model.as_deref(), Some("m"));
+        assert!(a.created.is_some_and(|t| t > 1_700_000_000));
+        assert_eq!(a.choices[0].finish_reason.as_deref(), Some("stop"));
+        let short = reply(&WireChatRequest {
+            max_tokens: Some(2),
+            ..req
+        });
+        assert_eq!(short.choices[0].finish_reason.as_deref(), Some("length"));
     }
 
     #[test]
