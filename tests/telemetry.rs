@@ -196,3 +196,198 @@ async fn the_scheduler_gauges_read_the_backlog_and_what_budgets_have_left() {
     assert_eq!(left("hard"), 700.0);
     assert!(families(&m).contains(names::WEBHOOK_BACKLOG));
 }
+
+/// A span as an OTLP/JSON export carries it.
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    name: String,
+}
+
+/// An OTLP/HTTP receiver (JSON encoding) on loopback; returns its base URL and what it got.
+async fn otlp_receiver(
+    cancel: tokio_util::sync::CancellationToken,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<ExportedSpan>>>) {
+    use axum::routing::post;
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let export: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let mut got = sink.lock().unwrap();
+                for resource in export["resourceSpans"].as_array().into_iter().flatten() {
+                    for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                        for s in scope["spans"].as_array().into_iter().flatten() {
+                            let text = |k: &str| s[k].as_str().unwrap_or_default().to_string();
+                            got.push(ExportedSpan {
+                                trace_id: text("traceId"),
+                                span_id: text("spanId"),
+                                parent: text("parentSpanId"),
+                                name: text("name"),
+                            });
+                        }
+                    }
+                }
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
+            .unwrap();
+    });
+    (url, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_is_one_trace_under_its_submitters_traceparent() {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (otlp, spans) = otlp_receiver(cancel.clone()).await;
+    let env =
+        TestEnv::with_sections("", &format!("[telemetry]\notlp_endpoint = \"{otlp}\"\n")).await;
+    let config = env.config_file();
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"))
+        .arg("--config")
+        .arg(&config)
+        .arg("worker")
+        .env("RUST_LOG", "warn")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let api = env.serve_api().await;
+    // Over HTTP with the submitter's trace context, and over AMQP with it as a header.
+    let http_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let http_parent = "00f067aa0ba902b7";
+    let mut job = env.job("acme", "traced-http", 2);
+    job.as_object_mut().unwrap().remove("tenant");
+    let resp = reqwest::Client::new()
+        .post(format!("{api}/v1/jobs"))
+        .bearer_auth(env.api_key("acme"))
+        .header("traceparent", format!("00-{http_trace}-{http_parent}-01"))
+        .json(&job)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let amqp_trace = "0af7651916cd43dd8448eb211c80319c";
+    let amqp_parent = "b7ad6b7169203331";
+    let conn = env.amqp().await;
+    publish_with_traceparent(
+        &env,
+        &conn,
+        &env.job("acme", "traced-amqp", 1),
+        &format!("00-{amqp_trace}-{amqp_parent}-01"),
+    )
+    .await;
+    env.publish_job(&conn, &env.job("acme", "untraced", 1))
+        .await;
+    env.wait_until(60, "3 jobs finished", || async {
+        env.finished_jobs().await == 3
+    })
+    .await;
+    env.wait_until(30, "webhooks delivered", || async {
+        env.count("SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'")
+            .await
+            == 3
+    })
+    .await;
+    // A graceful stop flushes what the batch processor still holds.
+    let pid = worker.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    worker.wait().await.unwrap();
+
+    let spans = spans.lock().unwrap().clone();
+    for (trace, parent, calls) in [(http_trace, http_parent, 2), (amqp_trace, amqp_parent, 1)] {
+        let of_trace: Vec<&ExportedSpan> = spans.iter().filter(|s| s.trace_id == trace).collect();
+        let jobs: Vec<&&ExportedSpan> = of_trace.iter().filter(|s| s.name == "job").collect();
+        assert_eq!(
+            jobs.len(),
+            1,
+            "one job span in trace {trace}: {of_trace:#?}"
+        );
+        assert_eq!(
+            jobs[0].parent, parent,
+            "the job is a child of the submitter's span"
+        );
+        let job_id = &jobs[0].span_id;
+        for child in ["claim", "commit", "webhook_attempt"] {
+            let found = of_trace.iter().find(|s| s.name == child);
+            assert_eq!(
+                found.map(|s| &s.parent),
+                Some(job_id),
+                "{child} under the job: {of_trace:#?}"
+            );
+        }
+        let provider_calls: Vec<&&ExportedSpan> = of_trace
+            .iter()
+            .filter(|s| s.name == "provider_call")
+            .collect();
+        assert_eq!(provider_calls.len(), calls, "one provider_call per prompt");
+        let requests = of_trace
+            .iter()
+            .filter(|s| s.name == "provider_request")
+            .count();
+        assert!(requests >= calls, "each call has its attempts");
+    }
+    // The job without a traceparent starts a trace of its own.
+    let job_traces: BTreeSet<&str> = spans
+        .iter()
+        .filter(|s| s.name == "job")
+        .map(|s| s.trace_id.as_str())
+        .collect();
+    assert_eq!(job_traces.len(), 3, "one trace per job");
+    cancel.cancel();
+}
+
+async fn publish_with_traceparent(
+    env: &TestEnv,
+    conn: &lapin::Connection,
+    job: &serde_json::Value,
+    traceparent: &str,
+) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let ch = conn.create_channel().await.unwrap();
+    ragq::queue::topology::declare(&ch, &env.cfg.queue)
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(LongString::from(traceparent)),
+    );
+    let props = lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_user_id("guest".into())
+        .with_headers(headers);
+    let body = job.to_string();
+    let confirm = ch
+        .basic_publish(
+            "ragq.jobs".into(),
+            "batch.complete".into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+}

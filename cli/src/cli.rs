@@ -95,9 +95,20 @@ pub enum TenantCommand {
 
 /// Runs the parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    ragq::telemetry::init(cli.log_json);
     let path = cli.config.clone().or_else(ragq::config::default_path);
     let cfg = Config::load(path.as_deref())?;
+    let service = match &cli.command {
+        Some(Command::Worker) => "ragq-worker",
+        Some(Command::Scheduler) => "ragq-scheduler",
+        Some(Command::Api) => "ragq-api",
+        _ => "ragq",
+    };
+    // Held to the end of the run: dropping it flushes the traces.
+    let _traces = ragq::telemetry::init(
+        cli.log_json,
+        service,
+        cfg.telemetry.otlp_endpoint.as_deref(),
+    );
     let command = match (cli.command, cli.check_config) {
         (_, true) => {
             println!("configuration is valid");

@@ -117,9 +117,13 @@ async fn submit(
     let current = job_view(&state.pool, &tenant.id, &job.id).await?;
     let still_queued = current.as_ref().is_some_and(|v| v["state"] == "queued");
     if inserted || still_queued {
+        // A submitter's W3C trace context makes the job part of its trace.
+        let traceparent = headers
+            .get(crate::telemetry::traces::TRACEPARENT)
+            .and_then(|v| v.to_str().ok());
         state
             .publisher
-            .publish_job(job.kind.as_str(), &job.id, &wire)
+            .publish_job_in_trace(job.kind.as_str(), &job.id, &wire, traceparent)
             .await
             .map_err(|e| {
                 ApiError::Unavailable(format!("cannot queue the job, retry with the same id: {e}"))

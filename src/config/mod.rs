@@ -56,6 +56,8 @@ pub struct Config {
 pub struct TelemetryConfig {
     /// Where a worker or scheduler serves `/metrics`; none: it does not.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where traces go (OTLP/HTTP base URL); none: the standard environment variables decide.
+    pub otlp_endpoint: Option<String>,
     pub labels: crate::telemetry::metrics::LabelLimits,
 }
 
@@ -244,6 +246,7 @@ impl RawConfig {
             telemetry: TelemetryConfig {
                 metrics_listen: (self.telemetry.metrics_listen.as_deref())
                     .and_then(|a| a.parse().ok()),
+                otlp_endpoint: self.telemetry.otlp_endpoint,
                 labels: crate::telemetry::metrics::LabelLimits {
                     tenants: self.telemetry.max_tenant_labels,
                     features: self.telemetry.max_feature_labels,

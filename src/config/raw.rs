@@ -107,6 +107,9 @@ pub struct RawSpend {
 #[serde(deny_unknown_fields, default)]
 pub struct RawTelemetry {
     pub metrics_listen: Option<String>,
+    /// OTLP/HTTP base URL traces are sent to (`/v1/traces` is added); the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` works too.
+    pub otlp_endpoint: Option<String>,
     pub max_tenant_labels: usize,
     pub max_feature_labels: usize,
 }
@@ -116,6 +119,7 @@ impl Default for RawTelemetry {
         let limits = crate::telemetry::metrics::LabelLimits::default();
         Self {
             metrics_listen: None,
+            otlp_endpoint: None,
             max_tenant_labels: limits.tenants,
             max_feature_labels: limits.features,
         }

@@ -54,9 +54,23 @@ impl Publisher {
         job_id: &str,
         body: &[u8],
     ) -> Result<(), QueueError> {
+        self.publish_job_in_trace(kind, job_id, body, None).await
+    }
+
+    /// Publishes a job whose trace continues the one `traceparent` names (W3C trace context).
+    pub async fn publish_job_in_trace(
+        &self,
+        kind: &str,
+        job_id: &str,
+        body: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let headers = traceparent
+            .map(|t| vec![(crate::telemetry::traces::TRACEPARENT, t.to_string())])
+            .unwrap_or_default();
         let env = Envelope {
             message_id: Some(job_id),
-            headers: Vec::new(),
+            headers,
         };
         self.publish(JOBS_EXCHANGE, kind, body, &env).await
     }
@@ -253,18 +267,25 @@ impl ReconnectingPublisher {
         job_id: &str,
         body: &[u8],
     ) -> Result<(), QueueError> {
-        match self
-            .publisher()
-            .await?
-            .publish_job(kind, job_id, body)
-            .await
-        {
+        self.publish_job_in_trace(kind, job_id, body, None).await
+    }
+
+    /// [`Self::publish_job`] with the submitter's `traceparent` passed on to the worker.
+    pub async fn publish_job_in_trace(
+        &self,
+        kind: &str,
+        job_id: &str,
+        body: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let publish = |p: Publisher| async move {
+            p.publish_job_in_trace(kind, job_id, body, traceparent)
+                .await
+        };
+        match publish(self.publisher().await?).await {
             Err(QueueError::Amqp(_)) => {
                 *self.current.lock().await = None;
-                self.publisher()
-                    .await?
-                    .publish_job(kind, job_id, body)
-                    .await
+                publish(self.publisher().await?).await
             }
             other => other,
         }

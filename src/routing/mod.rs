@@ -498,9 +498,19 @@ async fn sent<T>(
     model: &ModelSpec,
     request: impl std::future::Future<Output = Result<T, ProviderError>>,
 ) -> Result<T, ProviderError> {
+    let span = tracing::info_span!(
+        "provider_request",
+        gen_ai.operation.name = operation,
+        gen_ai.provider.name = %model.provider,
+        gen_ai.request.model = %model.model_id,
+        error.type = tracing::field::Empty,
+    );
     let started = Instant::now();
-    let result = request.await;
+    let result = request.instrument(span.clone()).await;
     let error = result.as_ref().err().map(ProviderError::code);
+    if let Some(code) = error {
+        span.record("error.type", code);
+    }
     let elapsed = started.elapsed();
     metrics::provider_request(operation, &model.provider, &model.model_id, error, elapsed);
     result

@@ -1,22 +1,54 @@
 //! What an operator sees of a process: logs (human-readable by default, JSON lines with
-//! `--log-json`, level from `RUST_LOG`) and Prometheus metrics ([`metrics`]).
+//! `--log-json`, level from `RUST_LOG`), Prometheus metrics ([`metrics`]) and OpenTelemetry
+//! traces ([`traces`]).
 
 pub mod metrics;
+pub mod traces;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
-pub fn init(json: bool) {
+/// Starts logging and, when asked for (see [`traces::wanted`]), trace export as `service`. Keep
+/// the returned guard for the life of the process: dropping it flushes the spans still queued.
+pub fn init(json: bool, service: &str, otlp_endpoint: Option<&str>) -> Option<traces::TraceExport> {
     // lapin's own logger reports a graceful close as an error; every lapin failure that matters
     // reaches ragq as a Result and is logged once, where it is handled.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=off,qdrant_edge=error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests, the demo) keeps the first subscriber.
-    let _ = if json {
-        builder.json().with_current_span(true).try_init()
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = if json {
+        Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_writer(std::io::stderr),
+        )
     } else {
-        builder.try_init()
+        Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
     };
+    let logs = logs.with_filter(filter);
+    // Spans go to the trace exporter whatever the log level: ragq's spans are at info.
+    let (otel, export) =
+        match traces::wanted(otlp_endpoint).then(|| traces::layer(service, otlp_endpoint)) {
+            Some(Ok((layer, export))) => (Some(layer.with_filter(ragq_spans())), Some(export)),
+            Some(Err(e)) => {
+                eprintln!("ragq: traces are off: cannot start the OTLP exporter: {e}");
+                (None, None)
+            }
+            None => (None, None),
+        };
+    // A second init (tests, the demo) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(otel)
+        .try_init();
+    export
+}
+
+/// ragq's own spans, at info and above (dependencies' spans stay out of traces).
+fn ragq_spans() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new()
+        .with_target("ragq", LevelFilter::INFO)
+        .with_target("ragq_workers", LevelFilter::INFO)
 }

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::tenants::TenantDirectory;
 
@@ -26,6 +27,10 @@ pub struct PendingDelivery {
     pub url: String,
     pub payload: String,
     pub attempts: i32,
+    /// The job span a first attempt belongs to, so its trace shows the webhook; retries taken
+    /// from the table have none and start traces of their own.
+    #[sqlx(skip)]
+    pub job_span: Option<tracing::Span>,
 }
 
 /// The result of one attempt.
@@ -178,7 +183,20 @@ impl<L: AttemptLog> WebhookSender<L> {
 
     /// Makes one attempt and records it.
     pub async fn attempt(&self, delivery: &PendingDelivery) {
-        let result = self.post(delivery).await;
+        let span = match &delivery.job_span {
+            Some(job) => {
+                tracing::info_span!(parent: job, "webhook_attempt", attempt = delivery.attempts + 1, status = tracing::field::Empty)
+            }
+            None => tracing::info_span!(
+                "webhook_attempt",
+                attempt = delivery.attempts + 1,
+                status = tracing::field::Empty
+            ),
+        };
+        let result = self.post(delivery).instrument(span.clone()).await;
+        if let Some(status) = result.status {
+            span.record("status", status);
+        }
         let record = self.record_for(delivery, &result);
         crate::telemetry::metrics::webhook_attempt(match record.state {
             DeliveryState::Delivered => "delivered",

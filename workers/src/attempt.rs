@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use lapin::message::Delivery;
 use serde_json::json;
+use tracing::Instrument;
 
 use ragq::jobs::JobMessage;
 use ragq::routing::CallScope;
@@ -33,7 +34,9 @@ pub async fn process<H: JobHandler>(
     let input = H::input(&job);
     let job = Arc::new(job);
     let policy = ctx.retry_policy();
-    let (granted, first_calls) = claim::<H>(ctx, delivery, &job, &input).await;
+    let (granted, first_calls) = claim::<H>(ctx, delivery, &job, &input)
+        .instrument(tracing::info_span!("claim"))
+        .await;
     let (attempt, admission) = match settle::on_claim(granted, policy) {
         Ok(granted) => granted,
         Err(disposition) => return disposition,
@@ -56,7 +59,10 @@ pub async fn process<H: JobHandler>(
         }
         Err(e) => Err(e),
     };
-    commit(ctx, &job, attempt, result, started).await
+    let job_span = tracing::Span::current();
+    commit(ctx, &job, attempt, result, (started, job_span))
+        .instrument(tracing::info_span!("commit", attempt))
+        .await
 }
 
 /// Claims the job, reserving its worst case and recording the intents of its first calls (a job
@@ -123,7 +129,7 @@ async fn commit(
     job: &JobMessage,
     attempt: i32,
     result: Result<serde_json::Value, JobError>,
-    started: std::time::Instant,
+    (started, job_span): (std::time::Instant, tracing::Span),
 ) -> Disposition {
     let plan = settle::after_attempt(result, attempt, ctx.retry_policy());
     let ended = match &plan.finish {
@@ -163,6 +169,7 @@ async fn commit(
                     url: w.url,
                     payload: w.payload,
                     attempts: 0,
+                    job_span: Some(job_span),
                 });
             }
         }

@@ -9,16 +9,39 @@ use lapin::options::BasicAckOptions;
 use tracing::Instrument;
 
 use ragq::jobs::{JobMessage, PoisonReason};
+use ragq::queue::publisher::Envelope;
 use ragq::queue::topology::{self, DEAD_LETTER_EXCHANGE};
 use ragq::queue::Publisher;
+use ragq::telemetry::traces::TRACEPARENT;
 use ragq::tenants::Tenant;
 
 use crate::error::JobError;
 use crate::settle::Disposition;
 use crate::WorkerContext;
 
-/// Processes one delivery and settles it.
+/// Processes one delivery and settles it, as one `job` span from delivery to ack (a child of the
+/// publisher's trace when the message carries a `traceparent` header).
 pub async fn handle(ctx: &WorkerContext, publisher: &Publisher, delivery: Delivery) {
+    let traceparent = header(&delivery, TRACEPARENT);
+    let span = tracing::info_span!(
+        "job",
+        job_id = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        kind = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    ragq::telemetry::traces::continue_trace(&span, traceparent.as_deref());
+    settle(ctx, publisher, delivery, traceparent)
+        .instrument(span)
+        .await
+}
+
+async fn settle(
+    ctx: &WorkerContext,
+    publisher: &Publisher,
+    delivery: Delivery,
+    traceparent: Option<String>,
+) {
     // Panics inside a job's attempt are settled by the attempt; this catches the rest, so that a
     // delivery is never left unacknowledged by a task that died.
     let disposition = match AssertUnwindSafe(process(ctx, &delivery))
@@ -32,6 +55,13 @@ pub async fn handle(ctx: &WorkerContext, publisher: &Publisher, delivery: Delive
             Disposition::DeadLetter(error.to_string())
         }
     };
+    let settlement = match &disposition {
+        Disposition::Ack => "ack",
+        Disposition::DeadLetter(_) => "dead_letter",
+        Disposition::Retry(_) => "retry",
+        Disposition::Abandon => "unacked",
+    };
+    tracing::Span::current().record("outcome", settlement);
     let settled = match &disposition {
         Disposition::Ack => Ok(()),
         Disposition::DeadLetter(reason) => {
@@ -48,13 +78,15 @@ pub async fn handle(ctx: &WorkerContext, publisher: &Publisher, delivery: Delive
         }
         Disposition::Retry(delay) => {
             let tier = topology::retry_tier(&ctx.cfg.queue.retry_delays, *delay);
+            // The retry continues the job's trace.
+            let envelope = Envelope {
+                message_id: None,
+                headers: traceparent
+                    .map(|t| vec![(TRACEPARENT, t)])
+                    .unwrap_or_default(),
+            };
             publisher
-                .publish(
-                    "",
-                    &topology::retry_queue(tier),
-                    &delivery.data,
-                    &Default::default(),
-                )
+                .publish("", &topology::retry_queue(tier), &delivery.data, &envelope)
                 .await
         }
         Disposition::Abandon => return,
@@ -77,16 +109,25 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
         Ok(job) => job,
         Err(reason) => return dead_letter(&reason),
     };
-    let span = tracing::info_span!("job", job_id = %job.id, tenant = %job.tenant, kind = job.kind.as_str());
-    async move {
-        match authorize(ctx, delivery, &job).await {
-            Ok(tenant) => crate::kinds::process(ctx, delivery, job, tenant).await,
-            Err(Some(reason)) => dead_letter(&reason),
-            Err(None) => Disposition::Abandon,
-        }
+    let span = tracing::Span::current();
+    span.record("job_id", job.id.as_str());
+    span.record("tenant", job.tenant.as_str());
+    span.record("kind", job.kind.as_str());
+    match authorize(ctx, delivery, &job).await {
+        Ok(tenant) => crate::kinds::process(ctx, delivery, job, tenant).await,
+        Err(Some(reason)) => dead_letter(&reason),
+        Err(None) => Disposition::Abandon,
     }
-    .instrument(span)
-    .await
+}
+
+/// A text header of the delivery.
+fn header(delivery: &Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
 }
 
 fn dead_letter(reason: &PoisonReason) -> Disposition {

@@ -6,6 +6,7 @@
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use ragq::jobs::{Document, IngestInput, JobKind, JobMessage};
 use ragq::providers::{EmbeddingRequest, Usage};
@@ -130,7 +131,9 @@ async fn index(ctx: &JobContext<'_>, input: IngestInput) -> Result<Value, JobErr
         })
         .collect();
     let owned = texts.iter().map(|(_, c)| c.text.to_string()).collect();
-    let vectors = embed_texts(ctx, owned, 0).await?;
+    let vectors = embed_texts(ctx, owned, 0)
+        .instrument(tracing::info_span!("embed", texts = texts.len()))
+        .await?;
     if !input.documents.is_empty() {
         store
             .ensure_collection(&input.collection, cfg.dimensions)

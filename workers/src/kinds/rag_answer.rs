@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use ragq::jobs::{JobKind, JobMessage, RagAnswerInput};
 use ragq::providers::embeddings::EmbeddingRequest;
@@ -238,8 +239,9 @@ async fn retrieve(
     top_k: usize,
 ) -> Result<Retrieved, JobError> {
     let store = ctx.vectors;
-    let embedded =
-        super::ingest::embed_texts(ctx, vec![input.question.clone()], EMBED_CALL).await?;
+    let embedded = super::ingest::embed_texts(ctx, vec![input.question.clone()], EMBED_CALL)
+        .instrument(tracing::info_span!("embed", texts = 1))
+        .await?;
     let embed_done = Instant::now();
     let vector = embedded.vectors.first().cloned().unwrap_or_default();
     let query = SearchQuery {
@@ -250,7 +252,12 @@ async fn retrieve(
         filter: &input.filter,
         exact: false,
     };
-    let hits = store.search(&input.collection, &query).await?;
+    let search = tracing::info_span!("search", collection = %input.collection, top_k, hits = tracing::field::Empty);
+    let hits = store
+        .search(&input.collection, &query)
+        .instrument(search.clone())
+        .await?;
+    search.record("hits", hits.len());
     Ok(Retrieved {
         hits,
         usage: Usage {
