@@ -264,7 +264,24 @@ async fn each_job_is_one_trace_under_its_submitters_traceparent() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let api = env.serve_api().await;
+    // The api as a process of its own: the in-process recorder belongs to the metrics test.
+    let api_port = free_port();
+    let api_queue = env.api_config().queue.url;
+    let _api = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"))
+        .arg("--config")
+        .arg(&config)
+        .arg("api")
+        .env("RUST_LOG", "warn")
+        .env("RAGQ_QUEUE__URL", &api_queue)
+        .env("RAGQ_API__LISTEN", format!("127.0.0.1:{api_port}"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{api_port}");
+    env.wait_until(30, "the api to listen", || async {
+        reqwest::get(format!("{api}/healthz")).await.is_ok()
+    })
+    .await;
     // Over HTTP with the submitter's trace context, and over AMQP with it as a header.
     let http_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let http_parent = "00f067aa0ba902b7";
