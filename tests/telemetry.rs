@@ -11,6 +11,7 @@ use ragq::telemetry::metrics::names;
 use serde_json::json;
 
 use common::{spawn_worker_process, TestEnv};
+use ragq_tools::otlp::{ExportedSpan, OtlpReceiver};
 use ragq_tools::scrape::{families, samples, sum, Sample};
 
 async fn scrape(url: &str) -> Vec<Sample> {
@@ -197,61 +198,11 @@ async fn the_scheduler_gauges_read_the_backlog_and_what_budgets_have_left() {
     assert!(families(&m).contains(names::WEBHOOK_BACKLOG));
 }
 
-/// A span as an OTLP/JSON export carries it.
-#[derive(Debug, Clone)]
-struct ExportedSpan {
-    trace_id: String,
-    span_id: String,
-    parent: String,
-    name: String,
-}
-
-/// An OTLP/HTTP receiver (JSON encoding) on loopback; returns its base URL and what it got.
-async fn otlp_receiver(
-    cancel: tokio_util::sync::CancellationToken,
-) -> (String, std::sync::Arc<std::sync::Mutex<Vec<ExportedSpan>>>) {
-    use axum::routing::post;
-    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = spans.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        post(move |body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                let export: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let mut got = sink.lock().unwrap();
-                for resource in export["resourceSpans"].as_array().into_iter().flatten() {
-                    for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
-                        for s in scope["spans"].as_array().into_iter().flatten() {
-                            let text = |k: &str| s[k].as_str().unwrap_or_default().to_string();
-                            got.push(ExportedSpan {
-                                trace_id: text("traceId"),
-                                span_id: text("spanId"),
-                                parent: text("parentSpanId"),
-                                name: text("name"),
-                            });
-                        }
-                    }
-                }
-                "{}"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await
-            .unwrap();
-    });
-    (url, spans)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_job_is_one_trace_under_its_submitters_traceparent() {
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (otlp, spans) = otlp_receiver(cancel.clone()).await;
+    let receiver = OtlpReceiver::spawn(cancel.clone()).await.unwrap();
+    let otlp = receiver.url();
     let env =
         TestEnv::with_sections("", &format!("[telemetry]\notlp_endpoint = \"{otlp}\"\n")).await;
     let config = env.config_file();
@@ -326,7 +277,7 @@ async fn each_job_is_one_trace_under_its_submitters_traceparent() {
         .unwrap();
     worker.wait().await.unwrap();
 
-    let spans = spans.lock().unwrap().clone();
+    let spans = receiver.spans();
     for (trace, parent, calls) in [(http_trace, http_parent, 2), (amqp_trace, amqp_parent, 1)] {
         let of_trace: Vec<&ExportedSpan> = spans.iter().filter(|s| s.trace_id == trace).collect();
         let jobs: Vec<&&ExportedSpan> = of_trace.iter().filter(|s| s.name == "job").collect();

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod config_file;
+pub mod otlp;
 pub mod receiver;
 pub mod scrape;
 pub mod sim;

@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// measuring what recording costs against a run without.
     #[arg(long)]
     pub metrics: bool,
+    /// Workers export traces over OTLP to a receiver the bench runs on loopback; for measuring
+    /// what tracing costs against a run without.
+    #[arg(long)]
+    pub traces: bool,
     /// Inject faults during the run (workers killed, RabbitMQ connections dropped, PostgreSQL
     /// restarted, provider errors and hangs, webhook receiver down) and check every invariant after.
     #[arg(long)]
@@ -327,10 +331,20 @@ async fn setup(
     };
     let sim = ragq_tools::sim::spawn("127.0.0.1:0", sim_options, cancel.clone()).await?;
     let receiver = WebhookReceiver::spawn(cancel.clone()).await?;
+    let otlp = match args.traces {
+        true => Some(ragq_tools::otlp::OtlpReceiver::spawn(cancel.clone()).await?),
+        false => None,
+    };
     let stack = LocalStack::prepare(&args.servers, "bench", |urls| {
         let mut text = config(urls, &sim.base_url(), args.prefetch);
-        if args.metrics {
-            text.push_str("\n[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n");
+        let metrics = args.metrics.then_some("metrics_listen = \"127.0.0.1:0\"\n");
+        let traces = otlp
+            .as_ref()
+            .map(|o| format!("otlp_endpoint = \"{}\"\n", o.url()));
+        if metrics.is_some() || traces.is_some() {
+            text.push_str("\n[telemetry]\n");
+            text.push_str(metrics.unwrap_or_default());
+            text.push_str(&traces.unwrap_or_default());
         }
         Ok(text)
     })
