@@ -359,3 +359,74 @@ async fn publish_with_traceparent(
         .unwrap();
     assert!(confirm.is_ack());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_job_is_a_child_of_its_pipeline_run() {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let receiver = OtlpReceiver::spawn(cancel.clone()).await.unwrap();
+    let env = TestEnv::with_sections(
+        "",
+        &format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\n[scheduler]\ntick_ms = 200\n",
+            receiver.url()
+        ),
+    )
+    .await;
+    let spec = json!({
+        "name": "traced-digest", "cron": "* * * * * *", "time_zone": "UTC", "missed": "skip",
+        "job_template": {"kind": "batch.complete",
+            "input": {"prompts": [{"prompt": "Digest for {{scheduled_time}}"}]}}
+    });
+    let spec =
+        ragq::scheduler::pipeline::PipelineSpec::from_json(spec.to_string().as_bytes()).unwrap();
+    ragq::scheduler::pipeline::create(&env.pool, "acme", &spec, chrono::Utc::now(), 65536)
+        .await
+        .unwrap();
+    let config = env.config_file();
+    let api_queue = env.api_config().queue.url;
+    let spawn = |command: &str, queue: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"))
+            .arg("--config")
+            .arg(&config)
+            .arg(command)
+            .env("RUST_LOG", "warn")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .env("RAGQ_QUEUE__URL", queue)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    // The scheduler publishes as the trusted api user, as in production.
+    let mut scheduler = spawn("scheduler", &api_queue);
+    let mut worker = spawn("worker", &env.cfg.queue.url);
+    env.wait_until(30, "a scheduled job finished", || async {
+        env.count("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .await
+            >= 1
+    })
+    .await;
+    for child in [&mut scheduler, &mut worker] {
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        child.wait().await.unwrap();
+    }
+    let spans = receiver.spans();
+    let runs: Vec<&ExportedSpan> = spans.iter().filter(|s| s.name == "pipeline_run").collect();
+    assert!(
+        !runs.is_empty(),
+        "the scheduler exported its runs: {spans:#?}"
+    );
+    let job = spans
+        .iter()
+        .find(|s| s.name == "job" && runs.iter().any(|r| r.span_id == s.parent))
+        .unwrap_or_else(|| panic!("no job span under a pipeline run: {spans:#?}"));
+    let run = runs.iter().find(|r| r.span_id == job.parent).unwrap();
+    assert_eq!(
+        job.trace_id, run.trace_id,
+        "one trace from the run to the job"
+    );
+    cancel.cancel();
+}

@@ -75,6 +75,7 @@ pub async fn run(cfg: &Config, args: SubmitArgs, cancel: CancellationToken) -> a
             kind: job.kind.as_str(),
             id: &job.id,
             body,
+            traceparent: None,
         })
         .collect();
     tokio::select! {

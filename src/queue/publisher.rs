@@ -21,6 +21,8 @@ pub struct OutgoingJob<'a> {
     pub kind: &'a str,
     pub id: &'a str,
     pub body: &'a [u8],
+    /// The W3C trace context the job continues, if any.
+    pub traceparent: Option<&'a str>,
 }
 
 /// What to publish besides the body.
@@ -95,7 +97,7 @@ impl Publisher {
             while in_flight.len() < window.max(1) {
                 let Some((i, job)) = queued.next() else { break };
                 in_flight.push(
-                    self.publish_job(job.kind, job.id, job.body)
+                    self.publish_job_in_trace(job.kind, job.id, job.body, job.traceparent)
                         .map(move |r| (i, r)),
                 );
             }

@@ -187,12 +187,19 @@ pub async fn fire_slot(
     .rows_affected()
         == 1;
     if recorded {
-        sqlx::query("INSERT INTO outbox (routing_key, message_id, body) VALUES ($1, $2, $3)")
-            .bind(job.kind.as_str())
-            .bind(&job.id)
-            .bind(&body)
-            .execute(&mut *tx)
-            .await?;
+        // The run starts the job's trace: its span is the job span's parent (see telemetry).
+        let run =
+            tracing::info_span!("pipeline_run", pipeline = %p.name, trigger, job_id = %job.id);
+        let traceparent = crate::telemetry::traces::traceparent_of(&run);
+        sqlx::query(
+            "INSERT INTO outbox (routing_key, message_id, body, traceparent) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(job.kind.as_str())
+        .bind(&job.id)
+        .bind(&body)
+        .bind(traceparent)
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(recorded)
 }

@@ -18,11 +18,22 @@ pub enum RelayError {
     Queue(#[from] QueueError),
 }
 
+/// A message waiting in the outbox.
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    routing_key: String,
+    message_id: String,
+    body: Vec<u8>,
+    traceparent: Option<String>,
+}
+
 /// Publishes up to one batch; returns how many messages went out.
 pub async fn relay(pool: &PgPool, publisher: &ReconnectingPublisher) -> Result<usize, RelayError> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, routing_key, message_id, body FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "SELECT id, routing_key, message_id, body, traceparent FROM outbox \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(BATCH)
     .fetch_all(&mut *tx)
@@ -32,10 +43,15 @@ pub async fn relay(pool: &PgPool, publisher: &ReconnectingPublisher) -> Result<u
     }
     let jobs: Vec<OutgoingJob<'_>> = rows
         .iter()
-        .map(|(_, kind, id, body)| OutgoingJob { kind, id, body })
+        .map(|r| OutgoingJob {
+            kind: &r.routing_key,
+            id: &r.message_id,
+            body: &r.body,
+            traceparent: r.traceparent.as_deref(),
+        })
         .collect();
     publisher.publish_jobs(&jobs, 256, || {}).await?;
-    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
         .bind(&ids)
         .execute(&mut *tx)

@@ -6,7 +6,8 @@
 //! `claim`, `embed`, `search`, `provider_call` (one per model tried) and its `provider_request`s
 //! (one per attempt), `commit` and `webhook_attempt` beneath it. A submitter's `traceparent`
 //! (AMQP header, or HTTP header on `POST /v1/jobs`, which the api passes on) makes the job a child
-//! of the submitter's trace. Spans carry ids, kinds, models, sizes, tokens, costs and codes, never
+//! of the submitter's trace; a scheduled job is the child of its `pipeline_run` span, whose
+//! context is stored with its outbox message. Spans carry ids, kinds, models, sizes, tokens, costs and codes, never
 //! prompts, answers or secrets.
 
 use std::collections::HashMap;

@@ -409,6 +409,7 @@ impl JobBody {
             kind: self.kind,
             id: &self.id,
             body: &self.body,
+            traceparent: None,
         }
     }
 }
