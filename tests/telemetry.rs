@@ -84,6 +84,10 @@ async fn worker_and_api_metrics_agree_with_the_database() {
     assert_eq!(sum(&m, names::JOBS, &[("outcome", "failed")]), 1.0);
     let timed = sum(&m, &format!("{}_count", names::JOB_DURATION), &[]);
     assert_eq!(timed, 16.0, "every finished job was timed");
+    // Queue waits need a publish time: the api's 3 messages carry ragq's header; the test's raw
+    // AMQP messages carry none (an external publisher may set the standard timestamp instead).
+    let waited = sum(&m, &format!("{}_count", names::QUEUE_WAIT), &[]);
+    assert_eq!(waited, 3.0, "the api's jobs had their queue wait measured");
     assert_eq!(sum(&m, names::PROVIDER_CALLS, &[("outcome", "ok")]), calls);
     assert_eq!(sum(&m, names::SPEND, &[]), spend);
     assert_eq!(

@@ -15,6 +15,9 @@ pub struct Publisher {
     user_id: String,
 }
 
+/// Header with the publish time in milliseconds since the epoch (see [`properties`]).
+pub const PUBLISHED_MS_HEADER: &str = "x-ragq-published-ms";
+
 /// A job to publish: routing key (its kind), message id (its id) and body.
 #[derive(Debug, Clone, Copy)]
 pub struct OutgoingJob<'a> {
@@ -140,7 +143,8 @@ impl Publisher {
         body: &[u8],
         env: &Envelope<'_>,
     ) -> Result<(), QueueError> {
-        let props = properties(&self.user_id, env);
+        let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        let props = properties(&self.user_id, env, now_ms);
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -156,8 +160,14 @@ impl Publisher {
 
 /// Every message ragq publishes: persistent JSON carrying the publishing user (which RabbitMQ
 /// validates against the connection's), the envelope's headers and its message id.
-fn properties(user_id: &str, env: &Envelope<'_>) -> BasicProperties {
+fn properties(user_id: &str, env: &Envelope<'_>, now_ms: u64) -> BasicProperties {
     let mut headers = FieldTable::default();
+    // When it was published, for the worker's queue-wait figure: milliseconds in a header, and the
+    // standard (whole seconds) timestamp for other consumers.
+    headers.insert(
+        PUBLISHED_MS_HEADER.into(),
+        AMQPValue::LongLongInt(i64::try_from(now_ms).unwrap_or(i64::MAX)),
+    );
     for (k, v) in &env.headers {
         headers.insert(
             (*k).into(),
@@ -168,6 +178,7 @@ fn properties(user_id: &str, env: &Envelope<'_>) -> BasicProperties {
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_user_id(user_id.into())
+        .with_timestamp(now_ms / 1000)
         .with_headers(headers);
     match env.message_id {
         Some(id) => props.with_message_id(id.into()),
@@ -304,7 +315,7 @@ mod tests {
             message_id: Some("job-1"),
             headers: vec![(REASON_HEADER, "schema: bad".to_string())],
         };
-        let p = properties("acme-user", &env);
+        let p = properties("acme-user", &env, 1_764_547_200_123);
         assert_eq!(p.delivery_mode(), &Some(2), "persistent");
         assert_eq!(
             p.content_type().as_ref().map(|c| c.as_str()),
@@ -317,12 +328,18 @@ mod tests {
             headers.inner().get(REASON_HEADER),
             Some(AMQPValue::LongString(r)) if r.to_string() == "schema: bad"
         ));
+        assert_eq!(p.timestamp(), &Some(1_764_547_200));
+        assert_eq!(
+            headers.inner().get(PUBLISHED_MS_HEADER),
+            Some(&AMQPValue::LongLongInt(1_764_547_200_123))
+        );
         let bare = properties(
             "u",
             &Envelope {
                 message_id: None,
                 headers: vec![],
             },
+            0,
         );
         assert!(bare.message_id().is_none());
     }

@@ -26,6 +26,7 @@ pub mod names {
     pub const GEN_AI_TOKENS: &str = "gen_ai_client_token_usage";
     pub const JOBS: &str = "ragq_jobs_total";
     pub const JOB_DURATION: &str = "ragq_job_duration_seconds";
+    pub const QUEUE_WAIT: &str = "ragq_queue_wait_seconds";
     pub const PROVIDER_CALLS: &str = "ragq_provider_calls_total";
     pub const PROVIDER_RETRIES: &str = "ragq_provider_retries_total";
     pub const RATE_LIMIT_WAITS: &str = "ragq_rate_limit_wait_seconds";
@@ -44,11 +45,12 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "ragq_http_requests_total";
 
     /// Every name above.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         GEN_AI_DURATION,
         GEN_AI_TOKENS,
         JOBS,
         JOB_DURATION,
+        QUEUE_WAIT,
         PROVIDER_CALLS,
         PROVIDER_RETRIES,
         RATE_LIMIT_WAITS,
@@ -223,6 +225,12 @@ pub fn job_finished(kind: &'static str, outcome: &'static str, in_worker: Durati
     counter!(names::JOBS, "kind" => kind, "outcome" => outcome).increment(1);
     histogram!(names::JOB_DURATION, "kind" => kind, "outcome" => outcome)
         .record(in_worker.as_secs_f64());
+}
+
+/// How long a delivered message waited in the queues since it was published (a retry's wait
+/// starts at its republish).
+pub fn queue_wait(kind: &'static str, wait: Duration) {
+    histogram!(names::QUEUE_WAIT, "kind" => kind).record(wait.as_secs_f64());
 }
 
 /// One request to a provider (each retry is one): its duration, and its error type if it failed.

@@ -9,7 +9,7 @@ use lapin::options::BasicAckOptions;
 use tracing::Instrument;
 
 use ragq::jobs::{JobMessage, PoisonReason};
-use ragq::queue::publisher::Envelope;
+use ragq::queue::publisher::{Envelope, PUBLISHED_MS_HEADER};
 use ragq::queue::topology::{self, DEAD_LETTER_EXCHANGE};
 use ragq::queue::Publisher;
 use ragq::telemetry::traces::TRACEPARENT;
@@ -109,6 +109,9 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
         Ok(job) => job,
         Err(reason) => return dead_letter(&reason),
     };
+    if let Some(wait) = queue_wait(delivery) {
+        ragq::telemetry::metrics::queue_wait(job.kind.as_str(), wait);
+    }
     let span = tracing::Span::current();
     span.record("job_id", job.id.as_str());
     span.record("tenant", job.tenant.as_str());
@@ -118,6 +121,26 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
         Err(Some(reason)) => dead_letter(&reason),
         Err(None) => Disposition::Abandon,
     }
+}
+
+/// How long the message waited since it was published, from ragq's millisecond header or the
+/// standard timestamp (whole seconds) another publisher may have set; none without either.
+fn queue_wait(delivery: &Delivery) -> Option<std::time::Duration> {
+    let headers = delivery.properties.headers().as_ref();
+    let from_header = headers.and_then(|h| match h.inner().get(PUBLISHED_MS_HEADER)? {
+        lapin::types::AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok(),
+        _ => None,
+    });
+    let published_ms = from_header.or_else(|| {
+        delivery
+            .properties
+            .timestamp()
+            .map(|s| s.saturating_mul(1000))
+    })?;
+    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).ok()?;
+    Some(std::time::Duration::from_millis(
+        now_ms.saturating_sub(published_ms),
+    ))
 }
 
 /// A text header of the delivery.
