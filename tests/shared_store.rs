@@ -19,7 +19,7 @@ use ragq::retrieval::shared::{Placement, SharedStore};
 use ragq::retrieval::{ChunkPoint, MetadataFilter, SearchQuery, VectorStore};
 use serde_json::json;
 
-use common::{spawn_worker_logging, TestEnv};
+use common::{spawn_worker_logging, terminate, TestEnv};
 
 const COLLECTION: &str = "handbook";
 const DIM: usize = 256;
@@ -198,14 +198,6 @@ fn requests_served_to_others(log: &Path) -> u64 {
         .sum()
 }
 
-fn terminate(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 const LOG_FILTER: &str = "warn,ragq::retrieval::shared=info";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,8 +237,7 @@ async fn two_workers_answer_retrieval_jobs_without_passing_them_around() {
     assert_eq!(retried, 0, "every job ran once");
 
     // The second worker did answer retrieval jobs, through the holder.
-    terminate(second.id().unwrap());
-    second.wait().await.unwrap();
+    terminate(&mut second).await;
     let log = logs.join("first.log");
     env.wait_until(
         10,

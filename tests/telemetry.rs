@@ -10,7 +10,10 @@ use std::collections::BTreeSet;
 use ragq::telemetry::metrics::names;
 use serde_json::json;
 
-use common::{spawn_worker_process, TestEnv};
+use common::{spawn_ragq, spawn_worker_process, terminate, TestEnv};
+
+/// Exports what the batch processor holds every 200 ms, so tests need not wait 5 s.
+const BATCH_DELAY: (&str, &str) = ("OTEL_BSP_SCHEDULE_DELAY", "200");
 use ragq_tools::otlp::{ExportedSpan, OtlpReceiver};
 use ragq_tools::scrape::{families, samples, sum, Sample};
 
@@ -210,28 +213,16 @@ async fn each_job_is_one_trace_under_its_submitters_traceparent() {
     let env =
         TestEnv::with_sections("", &format!("[telemetry]\notlp_endpoint = \"{otlp}\"\n")).await;
     let config = env.config_file();
-    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"))
-        .arg("--config")
-        .arg(&config)
-        .arg("worker")
-        .env("RUST_LOG", "warn")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut worker = spawn_ragq(&config, "worker", &[BATCH_DELAY]);
     // The api as a process of its own: the in-process recorder belongs to the metrics test.
     let api_port = free_port();
     let api_queue = env.api_config().queue.url;
-    let _api = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"))
-        .arg("--config")
-        .arg(&config)
-        .arg("api")
-        .env("RUST_LOG", "warn")
-        .env("RAGQ_QUEUE__URL", &api_queue)
-        .env("RAGQ_API__LISTEN", format!("127.0.0.1:{api_port}"))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let listen = format!("127.0.0.1:{api_port}");
+    let api_env = [
+        ("RAGQ_QUEUE__URL", api_queue.as_str()),
+        ("RAGQ_API__LISTEN", listen.as_str()),
+    ];
+    let _api = spawn_ragq(&config, "api", &api_env);
     let api = format!("http://127.0.0.1:{api_port}");
     env.wait_until(30, "the api to listen", || async {
         reqwest::get(format!("{api}/healthz")).await.is_ok()
@@ -274,12 +265,7 @@ async fn each_job_is_one_trace_under_its_submitters_traceparent() {
     })
     .await;
     // A graceful stop flushes what the batch processor still holds.
-    let pid = worker.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    worker.wait().await.unwrap();
+    terminate(&mut worker).await;
 
     let spans = receiver.spans();
     for (trace, parent, calls) in [(http_trace, http_parent, 2), (amqp_trace, amqp_parent, 1)] {
@@ -330,15 +316,7 @@ async fn publish_with_traceparent(
     job: &serde_json::Value,
     traceparent: &str,
 ) {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     use lapin::types::{AMQPValue, FieldTable, LongString};
-    let ch = conn.create_channel().await.unwrap();
-    ragq::queue::topology::declare(&ch, &env.cfg.queue)
-        .await
-        .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
     let mut headers = FieldTable::default();
     headers.insert(
         "traceparent".into(),
@@ -349,19 +327,8 @@ async fn publish_with_traceparent(
         .with_user_id("guest".into())
         .with_headers(headers);
     let body = job.to_string();
-    let confirm = ch
-        .basic_publish(
-            "ragq.jobs".into(),
-            "batch.complete".into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    env.publish_with(conn, "batch.complete", body.as_bytes(), props)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,35 +355,21 @@ async fn a_scheduled_job_is_a_child_of_its_pipeline_run() {
         .unwrap();
     let config = env.config_file();
     let api_queue = env.api_config().queue.url;
-    let spawn = |command: &str, queue: &str| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"))
-            .arg("--config")
-            .arg(&config)
-            .arg(command)
-            .env("RUST_LOG", "warn")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-            .env("RAGQ_QUEUE__URL", queue)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
     // The scheduler publishes as the trusted api user, as in production.
-    let mut scheduler = spawn("scheduler", &api_queue);
-    let mut worker = spawn("worker", &env.cfg.queue.url);
+    let mut scheduler = spawn_ragq(
+        &config,
+        "scheduler",
+        &[BATCH_DELAY, ("RAGQ_QUEUE__URL", api_queue.as_str())],
+    );
+    let mut worker = spawn_ragq(&config, "worker", &[BATCH_DELAY]);
     env.wait_until(30, "a scheduled job finished", || async {
         env.count("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
             .await
             >= 1
     })
     .await;
-    for child in [&mut scheduler, &mut worker] {
-        let pid = child.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        child.wait().await.unwrap();
-    }
+    terminate(&mut scheduler).await;
+    terminate(&mut worker).await;
     let spans = receiver.spans();
     let runs: Vec<&ExportedSpan> = spans.iter().filter(|s| s.name == "pipeline_run").collect();
     assert!(

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::JobMessage;
-use crate::queue::publisher::ReconnectingPublisher;
+use crate::queue::publisher::{OutgoingJob, ReconnectingPublisher};
 use crate::queue::QueueConfig;
 use crate::tenants::{Tenant, TenantDirectory};
 pub use error::ApiError;
@@ -121,13 +121,15 @@ async fn submit(
         let traceparent = headers
             .get(crate::telemetry::traces::TRACEPARENT)
             .and_then(|v| v.to_str().ok());
-        state
-            .publisher
-            .publish_job_in_trace(job.kind.as_str(), &job.id, &wire, traceparent)
-            .await
-            .map_err(|e| {
-                ApiError::Unavailable(format!("cannot queue the job, retry with the same id: {e}"))
-            })?;
+        let outgoing = OutgoingJob {
+            kind: job.kind.as_str(),
+            id: &job.id,
+            body: &wire,
+            traceparent,
+        };
+        state.publisher.send_job(&outgoing).await.map_err(|e| {
+            ApiError::Unavailable(format!("cannot queue the job, retry with the same id: {e}"))
+        })?;
     }
     let status = if inserted {
         StatusCode::ACCEPTED

@@ -59,25 +59,26 @@ impl Publisher {
         job_id: &str,
         body: &[u8],
     ) -> Result<(), QueueError> {
-        self.publish_job_in_trace(kind, job_id, body, None).await
+        let job = OutgoingJob {
+            kind,
+            id: job_id,
+            body,
+            traceparent: None,
+        };
+        self.send_job(&job).await
     }
 
-    /// Publishes a job whose trace continues the one `traceparent` names (W3C trace context).
-    pub async fn publish_job_in_trace(
-        &self,
-        kind: &str,
-        job_id: &str,
-        body: &[u8],
-        traceparent: Option<&str>,
-    ) -> Result<(), QueueError> {
-        let headers = traceparent
+    /// Publishes one job, with its trace context as the `traceparent` header when it has one.
+    pub async fn send_job(&self, job: &OutgoingJob<'_>) -> Result<(), QueueError> {
+        let headers = job
+            .traceparent
             .map(|t| vec![(crate::telemetry::traces::TRACEPARENT, t.to_string())])
             .unwrap_or_default();
         let env = Envelope {
-            message_id: Some(job_id),
+            message_id: Some(job.id),
             headers,
         };
-        self.publish(JOBS_EXCHANGE, kind, body, &env).await
+        self.publish(JOBS_EXCHANGE, job.kind, job.body, &env).await
     }
 
     /// Publishes many jobs with up to `window` confirms outstanding at once (one round trip per job
@@ -99,10 +100,7 @@ impl Publisher {
         loop {
             while in_flight.len() < window.max(1) {
                 let Some((i, job)) = queued.next() else { break };
-                in_flight.push(
-                    self.publish_job_in_trace(job.kind, job.id, job.body, job.traceparent)
-                        .map(move |r| (i, r)),
-                );
+                in_flight.push(self.send_job(job).map(move |r| (i, r)));
             }
             let Some((i, result)) = in_flight.next().await else {
                 break;
@@ -280,25 +278,21 @@ impl ReconnectingPublisher {
         job_id: &str,
         body: &[u8],
     ) -> Result<(), QueueError> {
-        self.publish_job_in_trace(kind, job_id, body, None).await
+        let job = OutgoingJob {
+            kind,
+            id: job_id,
+            body,
+            traceparent: None,
+        };
+        self.send_job(&job).await
     }
 
-    /// [`Self::publish_job`] with the submitter's `traceparent` passed on to the worker.
-    pub async fn publish_job_in_trace(
-        &self,
-        kind: &str,
-        job_id: &str,
-        body: &[u8],
-        traceparent: Option<&str>,
-    ) -> Result<(), QueueError> {
-        let publish = |p: Publisher| async move {
-            p.publish_job_in_trace(kind, job_id, body, traceparent)
-                .await
-        };
-        match publish(self.publisher().await?).await {
+    /// [`Publisher::send_job`], reconnecting once if the connection was lost.
+    pub async fn send_job(&self, job: &OutgoingJob<'_>) -> Result<(), QueueError> {
+        match self.publisher().await?.send_job(job).await {
             Err(QueueError::Amqp(_)) => {
                 *self.current.lock().await = None;
-                publish(self.publisher().await?).await
+                self.publisher().await?.send_job(job).await
             }
             other => other,
         }

@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -181,22 +181,25 @@ async fn upkeep(cancel: CancellationToken) {
 /// A label whose first `limit` distinct values are kept and the rest reported as `other`.
 struct BoundedLabel {
     limit: usize,
-    seen: Mutex<HashSet<String>>,
+    seen: RwLock<HashSet<String>>,
 }
 
 impl BoundedLabel {
     fn new(limit: usize) -> Self {
         Self {
             limit,
-            seen: Mutex::new(HashSet::new()),
+            seen: RwLock::new(HashSet::new()),
         }
     }
 
     fn value(&self, value: &str) -> String {
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Every booked call asks: values already seen take only the shared lock.
+        let known = self.seen.read().unwrap_or_else(PoisonError::into_inner);
+        if known.contains(value) {
+            return value.to_string();
+        }
+        drop(known);
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
         if seen.contains(value) {
             return value.to_string();
         }

@@ -232,6 +232,21 @@ impl TestEnv {
         body: &[u8],
         user_id: Option<&str>,
     ) {
+        let mut props = BasicProperties::default().with_delivery_mode(2);
+        if let Some(u) = user_id {
+            props = props.with_user_id(u.into());
+        }
+        self.publish_with(conn, routing_key, body, props).await;
+    }
+
+    /// Publishes raw bytes to `ragq.jobs` with exactly these properties, confirmed.
+    pub async fn publish_with(
+        &self,
+        conn: &Connection,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) {
         let ch = conn.create_channel().await.unwrap();
         ragq::queue::topology::declare(&ch, &self.cfg.queue)
             .await
@@ -239,10 +254,6 @@ impl TestEnv {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        let mut props = BasicProperties::default().with_delivery_mode(2);
-        if let Some(u) = user_id {
-            props = props.with_user_id(u.into());
-        }
         let confirm = ch
             .basic_publish(
                 "ragq.jobs".into(),
@@ -456,20 +467,54 @@ fn worker_command(
     stderr: std::process::Stdio,
     json: bool,
 ) -> tokio::process::Child {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"));
+    let mut command = ragq_command(config, "worker", &[("RUST_LOG", filter)]);
     if json {
         command.arg("--log-json");
     }
     command
-        .arg("--config")
-        .arg(config)
-        .arg("worker")
-        .env("RUST_LOG", filter)
-        .stdout(std::process::Stdio::null())
         .stderr(stderr)
-        .kill_on_drop(true)
         .spawn()
         .expect("worker process starts")
+}
+
+/// `ragq --config <config> <subcommand>` with `env` set (warnings logged unless it sets
+/// RUST_LOG), killed when dropped.
+pub fn spawn_ragq(
+    config: &std::path::Path,
+    subcommand: &str,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    ragq_command(config, subcommand, env)
+        .spawn()
+        .expect("ragq process starts")
+}
+
+fn ragq_command(
+    config: &std::path::Path,
+    subcommand: &str,
+    env: &[(&str, &str)],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"));
+    command
+        .arg("--config")
+        .arg(config)
+        .arg(subcommand)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Stops a ragq process with SIGTERM (an orderly shutdown) and waits for it to exit.
+pub async fn terminate(child: &mut tokio::process::Child) {
+    let pid = child.id().expect("the process is running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().await.unwrap();
 }
 
 impl Drop for TestEnv {

@@ -60,7 +60,7 @@ pub async fn process<H: JobHandler>(
         Err(e) => Err(e),
     };
     let job_span = tracing::Span::current();
-    commit(ctx, &job, attempt, result, (started, job_span))
+    commit(ctx, &job, attempt, result, started, job_span)
         .instrument(tracing::info_span!("commit", attempt))
         .await
 }
@@ -129,7 +129,8 @@ async fn commit(
     job: &JobMessage,
     attempt: i32,
     result: Result<serde_json::Value, JobError>,
-    (started, job_span): (std::time::Instant, tracing::Span),
+    started: std::time::Instant,
+    job_span: tracing::Span,
 ) -> Disposition {
     let plan = settle::after_attempt(result, attempt, ctx.retry_policy());
     let ended = match &plan.finish {
