@@ -223,8 +223,17 @@ fn feature_label(feature: &str) -> String {
         .map_or_else(|| "other".into(), |r| r.features.value(feature))
 }
 
+/// Whether a recorder is installed: without one, nothing below builds its labels (the facade
+/// would discard them anyway), so metrics that are off cost the job path nothing.
+fn recording() -> bool {
+    RECORDER.get().is_some()
+}
+
 /// A job's attempt ended and its outcome was committed: `succeeded`, `failed` or `retried`.
 pub fn job_finished(kind: &'static str, outcome: &'static str, in_worker: Duration) {
+    if !recording() {
+        return;
+    }
     counter!(names::JOBS, "kind" => kind, "outcome" => outcome).increment(1);
     histogram!(names::JOB_DURATION, "kind" => kind, "outcome" => outcome)
         .record(in_worker.as_secs_f64());
@@ -233,6 +242,9 @@ pub fn job_finished(kind: &'static str, outcome: &'static str, in_worker: Durati
 /// How long a delivered message waited in the queues since it was published (a retry's wait
 /// starts at its republish).
 pub fn queue_wait(kind: &'static str, wait: Duration) {
+    if !recording() {
+        return;
+    }
     histogram!(names::QUEUE_WAIT, "kind" => kind).record(wait.as_secs_f64());
 }
 
@@ -244,6 +256,9 @@ pub fn provider_request(
     error_type: Option<&'static str>,
     elapsed: Duration,
 ) {
+    if !recording() {
+        return;
+    }
     let labels = [
         ("gen_ai_operation_name", operation.to_string()),
         ("gen_ai_provider_name", provider.to_string()),
@@ -255,6 +270,9 @@ pub fn provider_request(
 
 /// The billable tokens of an answered call.
 pub fn token_usage(operation: &'static str, provider: &str, model: &str, tokens: (u64, u64)) {
+    if !recording() {
+        return;
+    }
     let (input, output) = tokens;
     for (token_type, n) in [("input", input), ("output", output)] {
         if n == 0 && token_type == "output" {
@@ -272,6 +290,9 @@ pub fn token_usage(operation: &'static str, provider: &str, model: &str, tokens:
 
 /// A call to one model ended (after its retries): `ok`, or the error code it ended with.
 pub fn provider_call(provider: &str, model: &str, outcome: &'static str, attempts: u32) {
+    if !recording() {
+        return;
+    }
     let labels = [
         ("provider", provider.to_string()),
         ("model", model.to_string()),
@@ -289,21 +310,33 @@ pub fn provider_call(provider: &str, model: &str, outcome: &'static str, attempt
 
 /// An attempt waited for a slot under the model's rate limits.
 pub fn rate_limit_wait(model: &str, wait: Duration) {
+    if !recording() {
+        return;
+    }
     histogram!(names::RATE_LIMIT_WAITS, "model" => model.to_string()).record(wait.as_secs_f64());
 }
 
 /// An attempt was not sent: the model's next slot was too far away.
 pub fn rate_limit_refused(model: &str) {
+    if !recording() {
+        return;
+    }
     counter!(names::RATE_LIMIT_REFUSALS, "model" => model.to_string()).increment(1);
 }
 
 /// A candidate was skipped because its circuit breaker is open.
 pub fn circuit_skipped(model: &str) {
+    if !recording() {
+        return;
+    }
     counter!(names::CIRCUIT_SKIPS, "model" => model.to_string()).increment(1);
 }
 
 /// A model's circuit breaker in this process: 0 closed, 1 half-open (one trial call), 2 open.
 pub fn circuit_state(model: &str, state: u8) {
+    if !recording() {
+        return;
+    }
     gauge!(names::CIRCUIT_STATE, "model" => model.to_string()).set(f64::from(state));
 }
 
@@ -357,6 +390,9 @@ struct BudgetLeft {
 
 /// Money booked to the ledger, in micro-dollars.
 pub fn spend(tenant: &str, feature: &str, model: &str, micros: i64) {
+    if !recording() {
+        return;
+    }
     let Ok(micros) = u64::try_from(micros) else {
         return;
     };
@@ -370,11 +406,17 @@ pub fn spend(tenant: &str, feature: &str, model: &str, micros: i64) {
 
 /// One webhook attempt: `delivered`, `failed` (to be retried) or `exhausted` (no attempts left).
 pub fn webhook_attempt(outcome: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!(names::WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
 }
 
 /// A message went to the dead-letter queue; `reason` starts with its code (`code: details`).
 pub fn dead_letter(reason: &str) {
+    if !recording() {
+        return;
+    }
     let code: String = reason
         .split(':')
         .next()
@@ -387,22 +429,34 @@ pub fn dead_letter(reason: &str) {
 
 /// The scheduler fired `runs` pipeline runs.
 pub fn scheduler_fired(runs: u64) {
+    if !recording() {
+        return;
+    }
     counter!(names::SCHEDULER_FIRINGS).increment(runs);
 }
 
 /// Whether this scheduler holds the leader lease.
 pub fn scheduler_leader(leading: bool) {
+    if !recording() {
+        return;
+    }
     gauge!(names::SCHEDULER_LEADER).set(if leading { 1.0 } else { 0.0 });
 }
 
 /// One group commit: how many items it wrote and how long it took.
 pub fn commit(kind: &'static str, size: usize, elapsed: Duration) {
+    if !recording() {
+        return;
+    }
     histogram!(names::COMMIT_BATCH, "kind" => kind).record(size as f64);
     histogram!(names::COMMIT_DURATION, "kind" => kind).record(elapsed.as_secs_f64());
 }
 
 /// One HTTP request to the api: its route (as declared, not the path) and status.
 pub fn http_request(route: &str, status: u16) {
+    if !recording() {
+        return;
+    }
     let labels = [("route", route.to_string()), ("status", status.to_string())];
     counter!(names::HTTP_REQUESTS, &labels).increment(1);
 }

@@ -28,22 +28,27 @@ pub fn init(json: bool, service: &str, otlp_endpoint: Option<&str>) -> Option<tr
         Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
     };
     let logs = logs.with_filter(filter);
-    // Spans go to the trace exporter whatever the log level: ragq's spans are at info.
-    let (otel, export) =
-        match traces::wanted(otlp_endpoint).then(|| traces::layer(service, otlp_endpoint)) {
-            Some(Ok((layer, export))) => (Some(layer.with_filter(ragq_spans())), Some(export)),
-            Some(Err(e)) => {
-                eprintln!("ragq: traces are off: cannot start the OTLP exporter: {e}");
-                (None, None)
-            }
-            None => (None, None),
-        };
+    // Spans go to the trace exporter whatever the log level: ragq's spans are at info. Without
+    // traces the logs layer stands alone: an absent (`None`) layer would declare interest in every
+    // callsite and enable every span and event of every crate, only for the log filter to drop
+    // them.
+    let registry = tracing_subscriber::registry().with(logs);
     // A second init (tests, the demo) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(logs)
-        .with(otel)
-        .try_init();
-    export
+    if !traces::wanted(otlp_endpoint) {
+        let _ = registry.try_init();
+        return None;
+    }
+    match traces::layer(service, otlp_endpoint) {
+        Ok((layer, export)) => {
+            let _ = registry.with(layer.with_filter(ragq_spans())).try_init();
+            Some(export)
+        }
+        Err(e) => {
+            eprintln!("ragq: traces are off: cannot start the OTLP exporter: {e}");
+            let _ = registry.try_init();
+            None
+        }
+    }
 }
 
 /// ragq's own spans, at info and above (dependencies' spans stay out of traces).
