@@ -1,12 +1,13 @@
 //! ragq: queue-driven batch and RAG workers for SaaS backends.
 //!
 //! This crate is the platform every ragq process links: the job contract, queue, database,
-//! providers, routing, retrieval, spend, webhooks, scheduler, api and config. The worker runtime
+//! providers, routing, retrieval, spend, webhooks, scheduler, api, dashboard and config. The worker runtime
 //! and the job handlers are the `ragq-workers` crate (`workers/`); the `ragq` binary, the demo and
 //! the benchmarks are `ragq-cli` (`cli/`); the simulated provider and test tooling `ragq-tools`.
 
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod jobs;
 pub mod money;

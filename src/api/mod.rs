@@ -30,6 +30,9 @@ pub(crate) struct ApiState {
     pub(crate) tenants: TenantDirectory,
     pub(crate) publisher: ReconnectingPublisher,
     pub(crate) max_message_bytes: usize,
+    /// SHA-256 of the operator key, which opens the all-tenant dashboard (none: no such view).
+    pub(crate) operator_key_hash: Option<Vec<u8>>,
+    pub(crate) dashboard_cookie_secure: bool,
 }
 
 /// Builds the router (also used by tests on an ephemeral port).
@@ -39,6 +42,9 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         pool,
         publisher: ReconnectingPublisher::new(queue.clone(), "ragq-api"),
         max_message_bytes: queue.max_message_bytes,
+        operator_key_hash: (api.operator_key.as_ref())
+            .map(|k| crate::tenants::hash_api_key(k.expose())),
+        dashboard_cookie_secure: api.dashboard_cookie_secure,
     });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -52,6 +58,7 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         .route("/v1/pipelines/{name}/runs", get(pipelines::runs))
         .route("/v1/pipelines/{name}/{action}", post(pipelines::act))
         .route("/metrics", get(crate::telemetry::metrics::metrics_page))
+        .merge(crate::dashboard::routes())
         .layer(axum::middleware::from_fn(count_request))
         .layer(DefaultBodyLimit::max(api.max_body_bytes))
         .with_state(state)
@@ -260,4 +267,10 @@ impl IntoResponse for ApiError {
 pub struct ApiConfig {
     pub listen: String,
     pub max_body_bytes: usize,
+    /// The key that opens the dashboard's all-tenant view, read from the environment variable
+    /// `api.operator_key_env` names.
+    pub operator_key: Option<crate::secret::Secret>,
+    /// Marks the dashboard's session cookie `Secure` (set it when clients reach the api over
+    /// HTTPS, through a proxy that terminates TLS).
+    pub dashboard_cookie_secure: bool,
 }

@@ -15,6 +15,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 
 use crate::routing::catalog::{Catalog, CatalogError};
+use crate::secret::Secret;
 
 pub use crate::api::ApiConfig;
 pub use crate::db::DatabaseConfig;
@@ -126,9 +127,10 @@ impl RawConfig {
             Some(catalog) => retrieval_config(&self.retrieval, catalog, &mut problems),
             None => None,
         };
+        let operator_key = operator_key(self.api.operator_key_env.as_deref(), &mut problems);
         match (catalog, retrieval) {
             (Some(catalog), Some(retrieval)) if problems.is_empty() => {
-                Ok(self.into_config(catalog, retrieval))
+                Ok(self.into_config(catalog, retrieval, operator_key))
             }
             _ => Err(ConfigError::Invalid(problems)),
         }
@@ -222,7 +224,12 @@ impl RawConfig {
         ]
     }
 
-    fn into_config(self, catalog: Catalog, retrieval: crate::retrieval::RetrievalConfig) -> Config {
+    fn into_config(
+        self,
+        catalog: Catalog,
+        retrieval: crate::retrieval::RetrievalConfig,
+        operator_key: Option<Secret>,
+    ) -> Config {
         let ms = Duration::from_millis;
         Config {
             database: DatabaseConfig {
@@ -253,8 +260,10 @@ impl RawConfig {
                 },
             },
             api: ApiConfig {
+                operator_key,
                 listen: self.api.listen,
                 max_body_bytes: self.api.max_body_bytes,
+                dashboard_cookie_secure: self.api.dashboard_cookie_secure,
             },
             webhooks: WebhookConfig {
                 timeout: ms(self.webhooks.timeout_ms),
@@ -288,6 +297,26 @@ impl RawConfig {
             },
             retrieval,
             catalog,
+        }
+    }
+}
+
+/// The dashboard's operator key, from the environment variable `api.operator_key_env` names.
+fn operator_key(var: Option<&str>, problems: &mut Vec<String>) -> Option<Secret> {
+    let var = var?;
+    match std::env::var(var) {
+        Ok(key) if key.trim().len() >= 16 => Some(Secret::new(key.trim())),
+        Ok(_) => {
+            problems.push(format!(
+                "api.operator_key_env: the key in {var} is shorter than 16 characters"
+            ));
+            None
+        }
+        Err(_) => {
+            problems.push(format!(
+                "api.operator_key_env: environment variable {var} is not set"
+            ));
+            None
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct RawWorker {
 pub struct RawApi {
     pub listen: String,
     pub max_body_bytes: usize,
+    /// The environment variable holding the dashboard's operator key (all tenants); unset: the
+    /// dashboard has tenant views only.
+    pub operator_key_env: Option<String>,
+    pub dashboard_cookie_secure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +315,8 @@ impl Default for RawApi {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1 << 20,
+            operator_key_env: None,
+            dashboard_cookie_secure: false,
         }
     }
 }

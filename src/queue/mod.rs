@@ -11,6 +11,7 @@
 //! `x-ragq-reason` header; those dead-lettered by the broker carry its `x-death` header.
 
 pub mod admin;
+pub mod dead_letters;
 pub mod publisher;
 pub mod topology;
 

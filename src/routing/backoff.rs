@@ -93,6 +93,11 @@ impl Router {
         };
         let wait = reserved.map_err(|wait| {
             crate::telemetry::metrics::rate_limit_refused(model);
+            let provider = self
+                .catalog
+                .model(model)
+                .map_or("", |m| m.provider.as_str());
+            self.stats.call(provider, model, "paced", 0, None);
             paced_out(wait)
         })?;
         if !wait.is_zero() {

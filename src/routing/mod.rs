@@ -35,7 +35,7 @@ use crate::providers::{
     ProviderError, Usage,
 };
 use crate::spend::Price;
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, stats};
 use catalog::{Catalog, ModelSpec, ProviderKind};
 use health::ModelHealth;
 use pace::ModelPace;
@@ -125,6 +125,8 @@ pub struct Router {
     health: HashMap<String, Mutex<ModelHealth>>,
     /// Per model with rate limits: this worker's pacing under its share of them.
     pace: HashMap<String, Mutex<ModelPace>>,
+    /// What every call did, for the dashboard (written by the worker's stats task).
+    stats: Arc<stats::ProviderStats>,
 }
 
 impl Router {
@@ -174,7 +176,13 @@ impl Router {
             retry,
             health,
             pace,
+            stats: Arc::default(),
         })
+    }
+
+    /// The call stats this router records, for the task that writes them.
+    pub fn stats(&self) -> Arc<stats::ProviderStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Sets this worker's share of every model's rate limits (1 / live workers).
@@ -384,6 +392,7 @@ impl Router {
         for rank::Candidate { model, client, .. } in candidates {
             if !self.with_health(&model.name, |h| h.admit(Instant::now())) {
                 metrics::circuit_skipped(&model.name);
+                (self.stats).call(&model.provider, &model.name, "circuit_open", 0, None);
                 trace.push(candidate(model, 0, "skipped: circuit open".into()));
                 circuit_open = true;
                 continue;
@@ -457,16 +466,22 @@ impl Router {
             h.record(Instant::now(), result.is_ok(), fault, latency);
             h.breaker()
         });
-        metrics::circuit_state(
-            &model.name,
-            match breaker {
-                health::Breaker::Closed { .. } => 0,
-                health::Breaker::HalfOpen { .. } => 1,
-                health::Breaker::Open { .. } => 2,
-            },
-        );
+        let state = match breaker {
+            health::Breaker::Closed { .. } => stats::BreakerState::Closed,
+            health::Breaker::HalfOpen { .. } => stats::BreakerState::HalfOpen,
+            health::Breaker::Open { .. } => stats::BreakerState::Open,
+        };
+        metrics::circuit_state(&model.name, state as u8);
+        self.stats.breaker(&model.provider, &model.name, state);
         let outcome = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
         metrics::provider_call(&model.provider, &model.name, outcome, attempts);
+        (self.stats).call(
+            &model.provider,
+            &model.name,
+            outcome,
+            attempts,
+            Some(latency),
+        );
         if let Ok(answer) = result {
             let usage = answer.usage();
             let tokens = (usage.input_tokens, usage.output_tokens);

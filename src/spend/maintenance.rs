@@ -1,6 +1,7 @@
 //! Spend upkeep every worker runs: release reservations whose worker died, book the call intents
 //! it left (as estimates), and keep the ledger's monthly partitions created ahead and pruned to the
-//! retention (serialized in Postgres, so any number of workers may run it).
+//! retention, and fold the dashboard's minute stats into hours (both serialized in Postgres, so
+//! any number of workers may run them).
 
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ pub async fn run(pool: PgPool, cfg: SpendConfig, cancel: CancellationToken) {
         if ticks.is_multiple_of(partition_every.max(1)) {
             if let Err(e) = maintain_ledger(&pool, cfg.ledger_retention_months).await {
                 tracing::warn!(error = %e, "cannot maintain ledger partitions");
+            }
+            if let Err(e) = crate::telemetry::stats::fold(&pool).await {
+                tracing::warn!(error = %e, "cannot fold the dashboard's minute stats into hours");
             }
         }
         ticks += 1;

@@ -417,13 +417,7 @@ pub fn dead_letter(reason: &str) {
     if !recording() {
         return;
     }
-    let code: String = reason
-        .split(':')
-        .next()
-        .unwrap_or("unknown")
-        .chars()
-        .take(48)
-        .collect();
+    let code = crate::queue::dead_letters::reason_code(reason);
     counter!(names::DEAD_LETTERS, "reason" => code).increment(1);
 }
 

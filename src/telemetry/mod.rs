@@ -3,6 +3,7 @@
 //! traces ([`traces`]).
 
 pub mod metrics;
+pub mod stats;
 pub mod traces;
 
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};

@@ -35,7 +35,8 @@ pub fn hash_api_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
-fn random_token(prefix: &str) -> String {
+/// A random bearer token: 32 bytes from the thread-local CSPRNG, base64, after `prefix`.
+pub(crate) fn random_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     format!(

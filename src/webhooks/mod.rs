@@ -27,8 +27,9 @@ pub struct PendingDelivery {
     pub url: String,
     pub payload: String,
     pub attempts: i32,
-    /// The job span a first attempt belongs to, so its trace shows the webhook; retries taken
-    /// from the table have none and start traces of their own.
+    /// The job's trace as stored with the delivery: retries taken from the table continue it.
+    pub traceparent: Option<String>,
+    /// The job span a first attempt belongs to (in the worker that ran the job).
     #[sqlx(skip)]
     pub job_span: Option<tracing::Span>,
 }
@@ -187,11 +188,15 @@ impl<L: AttemptLog> WebhookSender<L> {
             Some(job) => {
                 tracing::info_span!(parent: job, "webhook_attempt", attempt = delivery.attempts + 1, status = tracing::field::Empty)
             }
-            None => tracing::info_span!(
-                "webhook_attempt",
-                attempt = delivery.attempts + 1,
-                status = tracing::field::Empty
-            ),
+            None => {
+                let span = tracing::info_span!(
+                    "webhook_attempt",
+                    attempt = delivery.attempts + 1,
+                    status = tracing::field::Empty
+                );
+                crate::telemetry::traces::continue_trace(&span, delivery.traceparent.as_deref());
+                span
+            }
         };
         let result = self.post(delivery).instrument(span.clone()).await;
         if let Some(status) = result.status {
@@ -281,7 +286,7 @@ impl<L: AttemptLog> WebhookSender<L> {
              WHERE id IN (SELECT id FROM webhook_deliveries \
                           WHERE state = 'pending' AND next_attempt_at <= now() \
                           ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, tenant_id, url, payload, attempts",
+             RETURNING id, tenant_id, url, payload, attempts, traceparent",
         )
         .bind(limit)
         .bind(lease_ms)

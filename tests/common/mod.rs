@@ -154,9 +154,13 @@ impl TestEnv {
 
     /// Serves the HTTP api in-process; returns its base URL.
     pub async fn serve_api(&self) -> String {
+        self.serve_api_with(self.api_config()).await
+    }
+
+    /// Serves the HTTP api in-process with `cfg` (from [`TestEnv::api_config`], changed).
+    pub async fn serve_api_with(&self, cfg: Config) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cfg = self.api_config();
         let app = ragq::api::router(&cfg.api, &cfg.queue, self.pool.clone());
         let cancel = self.cancel.clone();
         tokio::spawn(async move {

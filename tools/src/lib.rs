@@ -3,6 +3,7 @@
 //! ragq processes started as an operator would) used by the demo, the benchmarks and the tests.
 
 pub mod audit;
+pub mod browser;
 pub mod config_file;
 pub mod otlp;
 pub mod receiver;

@@ -149,7 +149,11 @@ async fn commit(
     let webhook = job
         .webhook_url
         .as_ref()
-        .and_then(|url| webhook_for(job, attempt, &plan.finish, url));
+        .and_then(|url| webhook_for(job, attempt, &plan.finish, url))
+        .map(|w| NewDelivery {
+            traceparent: ragq::telemetry::traces::traceparent_of(&job_span),
+            ..w
+        });
     let outcome = Outcome {
         tenant_id: job.tenant.clone(),
         job_id: job.id.clone(),
@@ -170,6 +174,7 @@ async fn commit(
                     url: w.url,
                     payload: w.payload,
                     attempts: 0,
+                    traceparent: None,
                     job_span: Some(job_span),
                 });
             }
@@ -214,6 +219,7 @@ fn webhook_for(job: &JobMessage, attempt: i32, finish: &Finish, url: &str) -> Op
         event_type: event_type.into(),
         url: url.to_string(),
         payload: payload.to_string(),
+        traceparent: None,
     })
 }
 

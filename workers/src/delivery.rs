@@ -9,6 +9,7 @@ use lapin::options::BasicAckOptions;
 use tracing::Instrument;
 
 use ragq::jobs::{JobMessage, PoisonReason};
+use ragq::queue::dead_letters::{self, DeadLetter};
 use ragq::queue::publisher::{Envelope, PUBLISHED_MS_HEADER};
 use ragq::queue::topology::{self, DEAD_LETTER_EXCHANGE};
 use ragq::queue::Publisher;
@@ -44,7 +45,8 @@ async fn settle(
 ) {
     // Panics inside a job's attempt are settled by the attempt; this catches the rest, so that a
     // delivery is never left unacknowledged by a task that died.
-    let disposition = match AssertUnwindSafe(process(ctx, &delivery))
+    let mut known = None;
+    let disposition = match AssertUnwindSafe(process(ctx, &delivery, &mut known))
         .catch_unwind()
         .await
     {
@@ -67,14 +69,18 @@ async fn settle(
         Disposition::DeadLetter(reason) => {
             tracing::warn!(reason = %reason, "dead-lettering message");
             ragq::telemetry::metrics::dead_letter(reason);
-            publisher
+            let published = publisher
                 .publish_dead_letter(
                     DEAD_LETTER_EXCHANGE,
                     delivery.routing_key.as_str(),
                     &delivery.data,
                     reason,
                 )
-                .await
+                .await;
+            if published.is_ok() {
+                record_dead_letter(ctx, &delivery, known.as_ref(), reason).await;
+            }
+            published
         }
         Disposition::Retry(delay) => {
             let tier = topology::retry_tier(&ctx.cfg.queue.retry_delays, *delay);
@@ -104,7 +110,12 @@ async fn settle(
     }
 }
 
-async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
+/// Runs the delivery's job; `known` is set to the job's tenant and kind once it is authorized.
+async fn process(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    known: &mut Option<(String, &'static str)>,
+) -> Disposition {
     let job = match JobMessage::parse(&delivery.data, ctx.cfg.queue.max_message_bytes) {
         Ok(job) => job,
         Err(reason) => return dead_letter(&reason),
@@ -117,7 +128,10 @@ async fn process(ctx: &WorkerContext, delivery: &Delivery) -> Disposition {
     span.record("tenant", job.tenant.as_str());
     span.record("kind", job.kind.as_str());
     match authorize(ctx, delivery, &job).await {
-        Ok(tenant) => crate::kinds::process(ctx, delivery, job, tenant).await,
+        Ok(tenant) => {
+            *known = Some((tenant.id.clone(), job.kind.as_str()));
+            crate::kinds::process(ctx, delivery, job, tenant).await
+        }
         Err(Some(reason)) => dead_letter(&reason),
         Err(None) => Disposition::Abandon,
     }
@@ -141,6 +155,29 @@ fn queue_wait(delivery: &Delivery) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(
         now_ms.saturating_sub(published_ms),
     ))
+}
+
+/// Counts a dead letter in Postgres for the dashboard; the message itself is in the queue, so a
+/// failure here loses a chart point, not the message.
+async fn record_dead_letter(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    known: Option<&(String, &'static str)>,
+    reason: &str,
+) {
+    let letter = DeadLetter {
+        tenant: known.map(|k| k.0.as_str()),
+        kind: known.map(|k| k.1),
+        reason,
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str()),
+    };
+    if let Err(e) = dead_letters::record(&ctx.pool, letter).await {
+        tracing::warn!(error = %e, "cannot count the dead letter for the dashboard");
+    }
 }
 
 /// A text header of the delivery.

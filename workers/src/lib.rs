@@ -47,6 +47,7 @@ pub struct WorkerContext {
     commits: CommitHandle,
     webhooks: mpsc::Sender<PendingDelivery>,
     vectors: VectorStore,
+    pool: sqlx::PgPool,
 }
 
 impl WorkerContext {

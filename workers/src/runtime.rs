@@ -59,9 +59,19 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
         tenants,
         commits,
         webhooks: hook_tx,
+        pool: pool.clone(),
     });
     let share_cancel = CancellationToken::new();
     let share_task = spawn_rate_share(&ctx, &pool, &worker_id, share_cancel.clone()).await;
+    // Stopped after the jobs, so that it writes their last provider calls.
+    let stats_cancel = CancellationToken::new();
+    let stats_task = tokio::spawn(ragq::telemetry::stats::run(
+        ctx.router.stats(),
+        pool.clone(),
+        worker_id.clone(),
+        STATS_INTERVAL,
+        stats_cancel.clone(),
+    ));
     if let Some(site) = site {
         if let Err(e) = crate::placement::record_and_check(&pool, &site).await {
             tracing::warn!(error = %e, "cannot compare this worker's vector store with the others'");
@@ -83,10 +93,15 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     let _ = upkeep_task.await;
     share_cancel.cancel();
     let _ = share_task.await;
+    stats_cancel.cancel();
+    let _ = stats_task.await;
     drop(ctx);
     let _ = commit_task.await;
     Ok(())
 }
+
+/// How often provider call stats are written for the dashboard: what a crash can lose of them.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// This worker's share of the models' rate limits, kept from the live-worker heartbeat.
 async fn spawn_rate_share(

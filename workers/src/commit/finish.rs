@@ -72,6 +72,10 @@ async fn commit_outcomes(
     let hook = |f: fn(&NewDelivery) -> &str| -> Vec<Option<&str>> {
         outcomes.iter().map(|o| o.webhook.as_ref().map(f)).collect()
     };
+    let traceparents: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.webhook.as_ref().and_then(|h| h.traceparent.as_deref()))
+        .collect();
     let lease_ms = i64::try_from(webhook_lease.as_millis()).unwrap_or(i64::MAX);
     let tenants: Vec<&str> = outcomes.iter().map(|o| o.tenant_id.as_str()).collect();
     let jobs: Vec<&str> = outcomes.iter().map(|o| o.job_id.as_str()).collect();
@@ -90,6 +94,7 @@ async fn commit_outcomes(
         &hook(|h| &h.url) as &[Option<&str>],
         &hook(|h| &h.payload) as &[Option<&str>],
         lease_ms,
+        &traceparents as &[Option<&str>],
     )
     .fetch_all(&mut **tx)
     .await?;

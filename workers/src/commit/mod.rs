@@ -71,6 +71,8 @@ pub struct NewDelivery {
     pub event_type: String,
     pub url: String,
     pub payload: String,
+    /// The job's trace, which the delivery's retries continue (none when traces are off).
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,227 @@
+//! Signing in to the dashboard: a key (a tenant's API key or the operator key) is exchanged once
+//! for a random session token held in an HttpOnly cookie; only the token's hash is stored, with
+//! the scope it grants and when it expires.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use sha2::{Digest, Sha256};
+
+use super::{html_response, internal, page, svg::escape, Scope};
+use crate::api::ApiState;
+
+const COOKIE: &str = "ragq_dashboard";
+/// How long a browser stays signed in.
+const SESSION_HOURS: i32 = 8;
+
+/// The scope the request may see: from an `Authorization: Bearer` key, else from its session
+/// cookie; none when it has neither (or they are unknown or expired).
+pub(super) async fn scope_of(
+    state: &ApiState,
+    headers: &HeaderMap,
+) -> Result<Option<Scope>, sqlx::Error> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(key) = bearer {
+        return scope_of_key(state, key.trim()).await;
+    }
+    let Some(token) = cookie(headers, COOKIE) else {
+        return Ok(None);
+    };
+    let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT s.tenant_id, t.name FROM dashboard_sessions s \
+         LEFT JOIN tenants t ON t.id = s.tenant_id \
+         WHERE s.token_hash = $1 AND s.expires_at > now()",
+    )
+    .bind(hash(token))
+    .fetch_optional(&state.pool)
+    .await?;
+    Ok(row.map(|(tenant, name)| match tenant {
+        None => Scope::Operator,
+        Some(id) => Scope::Tenant {
+            name: name.unwrap_or_else(|| id.clone()),
+            id,
+        },
+    }))
+}
+
+async fn scope_of_key(state: &ApiState, key: &str) -> Result<Option<Scope>, sqlx::Error> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if state.operator_key_hash.as_deref() == Some(hash(key).as_slice()) {
+        return Ok(Some(Scope::Operator));
+    }
+    let Some(tenant) = state.tenants.by_api_key(key).await? else {
+        return Ok(None);
+    };
+    let name: Option<(String,)> = sqlx::query_as("SELECT name FROM tenants WHERE id = $1")
+        .bind(&tenant.id)
+        .fetch_optional(&state.pool)
+        .await?;
+    Ok(Some(Scope::Tenant {
+        name: name.map_or_else(|| tenant.id.clone(), |n| n.0),
+        id: tenant.id,
+    }))
+}
+
+fn hash(value: &str) -> Vec<u8> {
+    Sha256::digest(value.as_bytes()).to_vec()
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+/// The sign-in form, with what went wrong if anything did.
+pub(super) fn login_page(status: StatusCode, problem: Option<&str>) -> Response {
+    let problem = problem
+        .map(|p| format!("<p class=\"problem\" role=\"alert\">{}</p>", escape(p)))
+        .unwrap_or_default();
+    let body = format!(
+        "<main class=\"login\"><h1>ragq dashboard</h1>{problem}\
+         <form method=\"post\" action=\"/dashboard/login\">\
+         <label for=\"key\">API key (your tenant's) or operator key</label>\
+         <input id=\"key\" name=\"key\" type=\"password\" autocomplete=\"current-password\" required>\
+         <button type=\"submit\">Sign in</button></form></main>"
+    );
+    html_response(status, page::document("Sign in · ragq dashboard", &body))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct LoginForm {
+    key: String,
+}
+
+pub(super) async fn login(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !same_origin(&headers) {
+        return login_page(
+            StatusCode::FORBIDDEN,
+            Some("sign-in must come from this dashboard's own page"),
+        );
+    }
+    let scope = match scope_of_key(&state, form.key.trim()).await {
+        Ok(Some(scope)) => scope,
+        Ok(None) => return login_page(StatusCode::UNAUTHORIZED, Some("unknown key")),
+        Err(e) => return internal(&e),
+    };
+    let token = crate::tenants::random_token("dsh_");
+    let stored = sqlx::query(
+        "INSERT INTO dashboard_sessions (token_hash, tenant_id, expires_at) \
+         VALUES ($1, $2, now() + make_interval(hours => $3))",
+    )
+    .bind(hash(&token))
+    .bind(scope.tenant())
+    .bind(SESSION_HOURS)
+    .execute(&state.pool)
+    .await;
+    if let Err(e) = stored {
+        return internal(&e);
+    }
+    let secure = if state.dashboard_cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        SESSION_HOURS * 3600
+    );
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/dashboard".to_string()),
+            (header::SET_COOKIE, cookie),
+        ],
+    )
+        .into_response()
+}
+
+/// Ends the session: its row is deleted and the cookie cleared.
+pub(super) async fn logout(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Some(token) = cookie(&headers, COOKIE) {
+        let deleted = sqlx::query("DELETE FROM dashboard_sessions WHERE token_hash = $1")
+            .bind(hash(token))
+            .execute(&state.pool)
+            .await;
+        if let Err(e) = deleted {
+            return internal(&e);
+        }
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/dashboard".to_string()),
+            (
+                header::SET_COOKIE,
+                format!("{COOKIE}=; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age=0"),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+/// A form post from another site would sign the browser in to someone else's key (login CSRF):
+/// when the browser names the origin, it must be this host.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    origin_host.is_some() && origin_host == host
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; ragq_dashboard=dsh_x/y+z=; b=2"),
+        );
+        assert_eq!(cookie(&headers, COOKIE), Some("dsh_x/y+z="));
+        assert_eq!(cookie(&headers, "c"), None);
+    }
+
+    #[test]
+    fn sign_in_from_another_origin_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert!(same_origin(&headers));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
+        assert!(same_origin(&headers));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(!same_origin(&headers));
+        headers.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&headers));
+    }
+}
