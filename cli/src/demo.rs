@@ -5,6 +5,7 @@
 //! tenants, submits jobs over AMQP and HTTP (plus a few bad messages), waits for every webhook, and
 //! prints a summary read back from Postgres and the broker.
 
+use crate::demo_dashboard;
 use ragq::telemetry::metrics::names;
 use ragq_tools::scrape::{sum, Sample};
 use std::time::{Duration, Instant};
@@ -34,6 +35,9 @@ pub struct DemoArgs {
     /// Prompts per job.
     #[arg(long, default_value_t = 3)]
     pub prompts: usize,
+    /// Keep everything running this many seconds after the summary, to open the dashboard.
+    #[arg(long, default_value_t = 0)]
+    pub hold_secs: u64,
     #[command(flatten)]
     pub servers: ServerArgs,
     #[command(flatten)]
@@ -90,7 +94,17 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
         metrics.push((format!("worker {pid}"), format!("http://{listen}/metrics")));
         pids.push(pid);
     }
-    pids.push(stack.spawn("api", &[("RAGQ_QUEUE__URL", api_amqp.as_str())])?);
+    // Only the api reads the operator key (every process validates the config it is given).
+    let operator_key = format!("demo-operator-{}", uuid::Uuid::new_v4().simple());
+    let api_env = [
+        ("RAGQ_QUEUE__URL", api_amqp.as_str()),
+        (
+            "RAGQ_API__OPERATOR_KEY_ENV",
+            demo_dashboard::OPERATOR_KEY_ENV,
+        ),
+        (demo_dashboard::OPERATOR_KEY_ENV, operator_key.as_str()),
+    ];
+    pids.push(stack.spawn("api", &api_env)?);
     metrics.push(("api".into(), format!("http://127.0.0.1:{api_port}/metrics")));
     // The scheduler publishes as the same trusted user as the api.
     let listen = format!("127.0.0.1:{}", free_port().await?);
@@ -120,10 +134,20 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
     };
     let outcome = submit_and_wait(&demo, &args, &cancel).await;
     let scraped = scrape_all(&metrics).await;
-    stack.stop_all().await;
-    let expected = outcome?;
+    let expected = match outcome {
+        Ok(expected) => expected,
+        Err(e) => {
+            stack.stop_all().await;
+            return Err(e);
+        }
+    };
     let dead_letters = print_summary(&demo, expected, sim.counts(), started.elapsed()).await?;
     print_metrics(&demo, &scraped).await?;
+    let globex_key = demo.globex.api_key.expose();
+    let shown = demo_dashboard::print(&demo.pool, &demo.api_url, &operator_key, globex_key).await;
+    demo_dashboard::hold(&demo.api_url, &operator_key, args.hold_secs, &cancel).await;
+    stack.stop_all().await;
+    shown?;
     let checked = check_promises(&demo, &args, sim.counts(), dead_letters).await;
     cancel.cancel();
     checked

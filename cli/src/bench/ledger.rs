@@ -76,7 +76,7 @@ pub async fn run(pool: &PgPool, rows: i64) -> anyhow::Result<LedgerReport> {
 }
 
 /// Bulk history straight into the partitions, with matching daily aggregates.
-async fn preload(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
+pub(super) async fn preload(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     ragq::spend::maintenance::maintain_ledger(pool, 0).await?;
     // History older than this month lands in the default partition, as a long-lived ledger's would
     // before retention drops it.

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+mod dashboard;
 mod faults;
 mod floor;
 mod latency;
@@ -95,6 +96,16 @@ pub struct BenchArgs {
     /// HNSW beam width for `--rag-chunks` searches.
     #[arg(long, default_value_t = 128)]
     pub hnsw_ef: usize,
+    /// Instead of the job path, time the `/dashboard` page over 30 days of history (see
+    /// `--dashboard-jobs` and `--dashboard-ledger`).
+    #[arg(long)]
+    pub dashboard: bool,
+    /// Finished jobs in the `--dashboard` history.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub dashboard_jobs: i64,
+    /// Ledger rows in the `--dashboard` history.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub dashboard_ledger: i64,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -165,6 +176,10 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     }
     if args.faults {
         return faults::run(&args, &cancel).await;
+    }
+    if args.dashboard {
+        let (jobs, rows) = (args.dashboard_jobs, args.dashboard_ledger);
+        return dashboard::run(&args.servers, jobs, rows, args.json).await;
     }
     if let Some(chunks) = args.rag_chunks {
         return retrieval::run(chunks, args.hnsw_ef, args.json, &cancel).await;
