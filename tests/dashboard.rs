@@ -52,11 +52,22 @@ async fn run(env: &TestEnv, api: &str) -> (CancellationToken, tokio::task::JoinH
             == 11
     })
     .await;
-    env.wait_until(30, "the worker's provider stats written", || async {
-        env.count("SELECT coalesce(sum(calls), 0)::bigint FROM provider_stats WHERE outcome = 'ok'")
+    // The worker writes its stats every few seconds.
+    env.wait_until(
+        30,
+        "the worker's job and provider stats written",
+        || async {
+            env.count(
+                "SELECT coalesce(sum(calls), 0)::bigint FROM provider_stats WHERE outcome = 'ok'",
+            )
             .await
-            == env.count("SELECT count(*) FROM provider_calls").await
-    })
+                == env.count("SELECT count(*) FROM provider_calls").await
+                && env
+                    .count("SELECT coalesce(sum(jobs), 0)::bigint FROM job_stats")
+                    .await
+                    == 11
+        },
+    )
     .await;
     // The worker stays up (its breakers show while its lease is live); the test's end stops it.
     (stop, worker)
@@ -131,7 +142,7 @@ const READ_PAGE: &str = r#"(() => {
     latency: marks('latency-total'),
     outcomes: marks('provider-outcomes'),
     spend: Number(document.getElementById('spend-total').dataset.micros),
-    spendMarks: marks('spend'),
+    spendMarks: marks('spend-feature'),
     webhooks: marks('webhooks'),
     rules: [...document.querySelectorAll('#chart-budget-0 .rule')]
       .map(r => [r.dataset.series, Number(r.dataset.value)]),
@@ -234,4 +245,38 @@ fn artifacts() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts")
         })
+}
+
+/// Maintenance folds minute stats older than two days into hours, keeping every count and
+/// histogram bucket, and leaves recent minutes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_minute_stats_fold_into_hours_without_losing_counts() {
+    let env = TestEnv::new("").await;
+    let insert = "INSERT INTO job_stats (bucket, minutes, tenant_id, kind, outcome, jobs, total_ms, work_ms) \
+                  SELECT date_trunc('hour', now() - interval '3 days') + make_interval(mins => m), 1, \
+                    'acme', 'batch.complete', 'succeeded', 2, \
+                    ragq_hist_add(ragq_hist_one(40), ragq_hist_one(m * 100)), ragq_hist_one(30) \
+                  FROM generate_series(0, 119) AS m \
+                  UNION ALL SELECT date_trunc('minute', now()), 1, 'acme', 'batch.complete', \
+                    'succeeded', 1, ragq_hist_one(40), ragq_hist_one(30)";
+    sqlx::query(insert).execute(&env.pool).await.unwrap();
+    let totals =
+        "SELECT sum(jobs)::bigint, ragq_hist_sum(total_ms), ragq_hist_sum(work_ms) FROM job_stats";
+    let before: (i64, Vec<i64>, Vec<i64>) =
+        sqlx::query_as(totals).fetch_one(&env.pool).await.unwrap();
+    ragq::telemetry::stats::fold(&env.pool).await.unwrap();
+    let after: (i64, Vec<i64>, Vec<i64>) =
+        sqlx::query_as(totals).fetch_one(&env.pool).await.unwrap();
+    assert_eq!(before, after, "nothing lost in the fold");
+    assert_eq!(before.0, 241);
+    let rows: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT minutes, jobs FROM job_stats ORDER BY bucket")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [(60, 120), (60, 120), (1, 1)],
+        "two hours and this minute"
+    );
 }

@@ -254,6 +254,8 @@ async fn each_job_is_one_trace_under_its_submitters_traceparent() {
     .await;
     env.publish_job(&conn, &env.job("acme", "untraced", 1))
         .await;
+    // One delivery is refused once: its retry, sent later from the table, stays in its trace.
+    env.hooks.refuse_next(1);
     env.wait_until(60, "3 jobs finished", || async {
         env.finished_jobs().await == 3
     })
@@ -307,6 +309,24 @@ async fn each_job_is_one_trace_under_its_submitters_traceparent() {
         .map(|s| s.trace_id.as_str())
         .collect();
     assert_eq!(job_traces.len(), 3, "one trace per job");
+    let attempts: Vec<&ExportedSpan> = spans
+        .iter()
+        .filter(|s| s.name == "webhook_attempt")
+        .collect();
+    assert_eq!(
+        attempts.len(),
+        4,
+        "3 deliveries, one retried: {attempts:#?}"
+    );
+    for attempt in attempts {
+        let under_job = spans.iter().any(|s| {
+            s.name == "job" && s.trace_id == attempt.trace_id && s.span_id == attempt.parent
+        });
+        assert!(
+            under_job,
+            "a webhook attempt outside its job's trace: {attempt:#?}"
+        );
+    }
     cancel.cancel();
 }
 

@@ -209,36 +209,36 @@ pub async fn breakers(pool: &PgPool) -> Result<Vec<BreakerCount>, sqlx::Error> {
     .await
 }
 
-/// Spend of one point and one group (a tenant for the operator, a feature for a tenant).
+/// Spend of one point, tenant, feature and model.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SpendPoint {
     pub t: DateTime<Utc>,
-    pub group_name: String,
+    pub tenant_id: String,
+    pub feature: String,
+    pub model: String,
     pub cost_micros: i64,
 }
 
 /// Spend over the window: from the ledger at the window's step, or from the daily aggregates by
-/// day for 30 days (then `t` is the day's start and the frame's steps are not used).
+/// day for 30 days (then the frame is [`Frame::by_day`]).
 pub async fn spend_over_time(
     pool: &PgPool,
     frame: &Frame,
     tenant: Option<&str>,
 ) -> Result<Vec<SpendPoint>, sqlx::Error> {
-    let sql = if frame.window == Window::Month {
-        "SELECT (day::timestamp AT TIME ZONE 'UTC') AS t, \
-                CASE WHEN $4::text IS NULL THEN tenant_id ELSE feature END AS group_name, \
+    let sql = if frame.step.num_days() >= 1 {
+        "SELECT (day::timestamp AT TIME ZONE 'UTC') AS t, tenant_id, feature, model, \
                 sum(cost_micros)::int8 AS cost_micros \
          FROM spend_daily \
-         WHERE day >= ($2 AT TIME ZONE 'UTC')::date AND day < ($3 AT TIME ZONE 'UTC')::date + 1 \
+         WHERE day >= ($2 AT TIME ZONE 'UTC')::date AND day < ($3 AT TIME ZONE 'UTC')::date \
            AND ($4::text IS NULL OR tenant_id = $4) AND $1::float8 > 0 \
-         GROUP BY 1, 2"
+         GROUP BY 1, 2, 3, 4"
     } else {
-        "SELECT date_bin(make_interval(secs => $1), occurred_at, $2) AS t, \
-                CASE WHEN $4::text IS NULL THEN tenant_id ELSE feature END AS group_name, \
-                sum(cost_micros)::int8 AS cost_micros \
+        "SELECT date_bin(make_interval(secs => $1), occurred_at, $2) AS t, tenant_id, feature, \
+                model, sum(cost_micros)::int8 AS cost_micros \
          FROM provider_calls \
          WHERE occurred_at >= $2 AND occurred_at < $3 AND ($4::text IS NULL OR tenant_id = $4) \
-         GROUP BY 1, 2"
+         GROUP BY 1, 2, 3, 4"
     };
     sqlx::query_as(sql)
         .bind(frame.step_secs())
@@ -263,7 +263,7 @@ pub async fn spend_by_model(
     frame: &Frame,
     tenant: Option<&str>,
 ) -> Result<Vec<ModelSpend>, sqlx::Error> {
-    let sql = if frame.window == Window::Month {
+    let sql = if frame.step.num_days() >= 1 {
         "SELECT model, sum(calls)::int8 AS calls, sum(input_tokens + output_tokens)::int8 AS tokens, \
                 sum(cost_micros)::int8 AS cost_micros \
          FROM spend_daily \

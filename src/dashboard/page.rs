@@ -338,34 +338,12 @@ fn spend_charts(
     scope: &Scope,
 ) -> String {
     let labels = frame.labels();
-    let mut totals: HashMap<&str, i64> = HashMap::new();
-    for p in spend {
-        *totals.entry(&p.group_name).or_default() += p.cost_micros;
+    let mut dimensions: Vec<(&str, SpendKey)> = Vec::new();
+    if *scope == Scope::Operator {
+        dimensions.push(("tenant", |p| p.tenant_id.clone()));
     }
-    // The seven largest groups by name, the rest as "other", so the chart stays readable.
-    let mut ranked: Vec<(&str, i64)> = totals.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let shown: BTreeSet<&str> = ranked.iter().take(7).map(|r| r.0).collect();
-    let mut series: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for p in spend {
-        let Some(i) = frame.index(p.t) else { continue };
-        let name = if shown.contains(p.group_name.as_str()) {
-            group_label(&p.group_name)
-        } else {
-            "other".to_string()
-        };
-        series
-            .entry(name)
-            .or_insert_with(|| vec![0.0; frame.points])[i] += p.cost_micros as f64 / 1e6;
-    }
-    let series: Vec<Series> = series
-        .into_iter()
-        .map(|(name, values)| Series { name, values })
-        .collect();
-    let by = match scope {
-        Scope::Operator => "tenant",
-        Scope::Tenant { .. } => "feature",
-    };
+    dimensions.push(("feature", |p| group_label(&p.feature)));
+    dimensions.push(("model", |p| p.model.clone()));
     let total_micros: i64 = models.iter().map(|m| m.cost_micros).sum();
     let total_tokens: i64 = models.iter().map(|m| m.tokens).sum();
     let names: Vec<String> = models.iter().map(|m| m.model.clone()).collect();
@@ -392,11 +370,14 @@ fn spend_charts(
         },
         Unit::Dollars.format(per_thousand(total_micros, total_tokens)),
     );
-    out.push_str(&figure(
-        "spend",
-        &format!("Spend over time, by {by}"),
-        &svg::stacked_bars("spend", Unit::Dollars, &labels, &series),
-    ));
+    for (by, key) in dimensions {
+        let series = spend_series(frame, spend, key);
+        out.push_str(&figure(
+            &format!("spend-{by}"),
+            &format!("Spend over time, by {by}"),
+            &svg::stacked_bars("spend", Unit::Dollars, &labels, &series),
+        ));
+    }
     out.push_str(&figure(
         "spend-model",
         "Spend by model",
@@ -408,6 +389,35 @@ fn spend_charts(
         &svg::bars("$ per 1K tokens", Unit::Dollars, &names, &[per_1k]),
     ));
     out
+}
+
+/// What spend is grouped by in one chart.
+type SpendKey = fn(&data::SpendPoint) -> String;
+
+/// Spend per point in series by `key`: the seven largest groups, the rest as "other", so that the
+/// chart stays readable.
+fn spend_series(frame: &Frame, spend: &[data::SpendPoint], key: SpendKey) -> Vec<Series> {
+    let mut totals: HashMap<String, i64> = HashMap::new();
+    for p in spend {
+        *totals.entry(key(p)).or_default() += p.cost_micros;
+    }
+    let mut ranked: Vec<(String, i64)> = totals.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let shown: BTreeSet<String> = ranked.into_iter().take(7).map(|r| r.0).collect();
+    let mut series: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for p in spend {
+        let Some(i) = frame.index(p.t) else { continue };
+        let name = Some(key(p))
+            .filter(|k| shown.contains(k))
+            .unwrap_or_else(|| "other".to_string());
+        series
+            .entry(name)
+            .or_insert_with(|| vec![0.0; frame.points])[i] += p.cost_micros as f64 / 1e6;
+    }
+    series
+        .into_iter()
+        .map(|(name, values)| Series { name, values })
+        .collect()
 }
 
 fn group_label(name: &str) -> String {

@@ -163,9 +163,18 @@ async fn commit(
     };
     let committed = ctx.commits.finish(outcome).await;
     match &committed {
-        Ok(crate::commit::FinishResult::Committed) => {
+        Ok(crate::commit::FinishResult::Committed { accepted_at }) => {
             let kind = job.kind.as_str();
-            ragq::telemetry::metrics::job_finished(kind, ended, started.elapsed());
+            let in_worker = started.elapsed();
+            ragq::telemetry::metrics::job_finished(kind, ended, in_worker);
+            let since_accepted = (chrono::Utc::now() - *accepted_at)
+                .to_std()
+                .unwrap_or_default();
+            let timing = ragq::telemetry::stats::JobTiming {
+                since_accepted,
+                in_worker,
+            };
+            (ctx.job_stats).record(&job.tenant, kind, ended, timing);
             if let Some(w) = webhook {
                 // A full channel is fine: the poller sends it when its lease ends.
                 let _ = ctx.webhooks.try_send(PendingDelivery {

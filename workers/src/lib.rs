@@ -48,6 +48,8 @@ pub struct WorkerContext {
     webhooks: mpsc::Sender<PendingDelivery>,
     vectors: VectorStore,
     pool: sqlx::PgPool,
+    /// Finished attempts for the dashboard, written with the router's call stats.
+    job_stats: std::sync::Arc<ragq::telemetry::stats::JobStats>,
 }
 
 impl WorkerContext {

@@ -60,13 +60,18 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
         commits,
         webhooks: hook_tx,
         pool: pool.clone(),
+        job_stats: Default::default(),
     });
     let share_cancel = CancellationToken::new();
     let share_task = spawn_rate_share(&ctx, &pool, &worker_id, share_cancel.clone()).await;
     // Stopped after the jobs, so that it writes their last provider calls.
     let stats_cancel = CancellationToken::new();
+    let sources = ragq::telemetry::stats::Sources {
+        providers: ctx.router.stats(),
+        jobs: Arc::clone(&ctx.job_stats),
+    };
     let stats_task = tokio::spawn(ragq::telemetry::stats::run(
-        ctx.router.stats(),
+        sources,
         pool.clone(),
         worker_id.clone(),
         STATS_INTERVAL,

@@ -152,7 +152,7 @@ pub fn after_attempt(
 /// How to settle the delivery once the outcome's commit answered.
 pub fn after_commit(commit: &Result<FinishResult, CommitError>, then: Disposition) -> Disposition {
     match commit {
-        Ok(FinishResult::Committed) => then,
+        Ok(FinishResult::Committed { .. }) => then,
         // Another delivery took the job over; the outcome is theirs to write.
         Ok(FinishResult::Fenced) => Disposition::Ack,
         Err(_) => Disposition::Abandon,
@@ -288,7 +288,12 @@ mod tests {
     fn only_a_committed_outcome_keeps_its_settlement() {
         let then = Disposition::Retry(DELAYS[0]);
         assert_eq!(
-            after_commit(&Ok(FinishResult::Committed), then.clone()),
+            after_commit(
+                &Ok(FinishResult::Committed {
+                    accepted_at: chrono::Utc::now()
+                }),
+                then.clone()
+            ),
             then
         );
         assert_eq!(

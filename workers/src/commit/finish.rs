@@ -1,7 +1,9 @@
 //! Ending attempts: outcomes fenced by attempt number, the intents an ended attempt leaves, the
 //! webhook delivery of each outcome that took effect, and the release of its reservation.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 use ragq::jobs::JobState;
@@ -20,16 +22,20 @@ pub(super) async fn finish_jobs(
         return Ok(Vec::new());
     }
     let committed = commit_outcomes(tx, outcomes, webhook_lease).await?;
-    let took_effect: Vec<bool> = outcomes
+    let took_effect: Vec<Option<DateTime<Utc>>> = outcomes
         .iter()
-        .map(|o| committed.contains(&(o.tenant_id.clone(), o.job_id.clone())))
+        .map(|o| {
+            committed
+                .get(&(o.tenant_id.clone(), o.job_id.clone()))
+                .copied()
+        })
         .collect();
     // Settle: the attempt's calls are booked (in this or an earlier batch), so what it reserved goes
     // back; a final outcome also counts the job against its budgets' job totals.
     let settled: Vec<budget::ReleaseKey<'_>> = outcomes
         .iter()
         .zip(&took_effect)
-        .filter(|(o, ok)| **ok && has_budget(&o.tenant_id))
+        .filter(|(o, ok)| ok.is_some() && has_budget(&o.tenant_id))
         .map(|(o, _)| budget::ReleaseKey {
             tenant: &o.tenant_id,
             job_id: &o.job_id,
@@ -38,22 +44,20 @@ pub(super) async fn finish_jobs(
         })
         .collect();
     budget::release(tx, &settled).await?;
-    let result = |ok: bool| {
-        if ok {
-            FinishResult::Committed
-        } else {
-            FinishResult::Fenced
-        }
+    let result = |ok: Option<DateTime<Utc>>| match ok {
+        Some(accepted_at) => FinishResult::Committed { accepted_at },
+        None => FinishResult::Fenced,
     };
     Ok(took_effect.into_iter().map(result).collect())
 }
 
-/// Runs `sql/finish.sql`; returns the (tenant, job) of each outcome that took effect.
+/// Runs `sql/finish.sql`; returns the (tenant, job) of each outcome that took effect, with when
+/// the job was accepted.
 async fn commit_outcomes(
     tx: &mut Tx<'_>,
     outcomes: &[&Outcome],
     webhook_lease: Duration,
-) -> Result<HashSet<(String, String)>, sqlx::Error> {
+) -> Result<HashMap<(String, String), DateTime<Utc>>, sqlx::Error> {
     let mut states = Vec::with_capacity(outcomes.len());
     let mut results = Vec::with_capacity(outcomes.len());
     let mut codes = Vec::with_capacity(outcomes.len());
@@ -98,5 +102,8 @@ async fn commit_outcomes(
     )
     .fetch_all(&mut **tx)
     .await?;
-    Ok(committed.into_iter().map(|r| (r.tenant_id, r.id)).collect())
+    Ok(committed
+        .into_iter()
+        .map(|r| ((r.tenant_id, r.id), r.accepted_at))
+        .collect())
 }

@@ -87,7 +87,10 @@ pub struct Outcome {
 /// Whether an outcome took effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishResult {
-    Committed,
+    /// The outcome is the job's; it was accepted (first recorded) at `accepted_at`.
+    Committed {
+        accepted_at: chrono::DateTime<chrono::Utc>,
+    },
     /// The job was claimed again by someone else since this attempt started; its outcome is theirs.
     Fenced,
 }
