@@ -28,7 +28,8 @@ CREATE AGGREGATE ragq_hist_sum(BIGINT[]) (SFUNC = ragq_hist_add, STYPE = BIGINT[
 -- Finished attempts per minute, written by each worker every few seconds from what it committed
 -- (in the outcome's own statement this cost Postgres about 30 us per job). `minutes` is the row's
 -- width: 1, or 60 once maintenance has folded rows older than two days into hours, which keeps a
--- 30-day chart to a few thousand rows.
+-- 30-day chart to a few thousand rows. Rows of tenant_id `*` count every tenant (the operator's
+-- view), so that view reads a few rows per minute however many tenants there are.
 --   outcome: succeeded / failed (terminal), retried (handed back for a later attempt).
 --   total_ms: from the job's acceptance to the outcome; work_ms: the attempt inside a worker.
 CREATE TABLE job_stats (
@@ -92,10 +93,14 @@ CREATE TABLE dashboard_sessions (
 CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_at);
 
 -- Time-range reads. The ledger and the deliveries are appended in time order, so BRIN indexes find
--- a window's pages for almost nothing on the write path (a B-tree on deliveries, which are updated
+-- a window's pages for almost nothing on the write path (B-trees on deliveries, which are updated
 -- as they are attempted, cost the job path a measurable share of Postgres' time per job).
-CREATE INDEX provider_calls_occurred ON provider_calls USING brin (occurred_at);
-CREATE INDEX webhook_deliveries_created ON webhook_deliveries USING brin (created_at);
+-- autosummarize: autovacuum summarizes each range as it fills; until then a range is always read,
+-- which is right for the newest pages and wrong for a whole table loaded before any vacuum.
+CREATE INDEX provider_calls_occurred ON provider_calls USING brin (occurred_at)
+    WITH (autosummarize = on);
+CREATE INDEX webhook_deliveries_created ON webhook_deliveries USING brin (created_at)
+    WITH (autosummarize = on);
 
 -- Folds the minute rows of both stats tables older than two days into hour rows, and drops
 -- dashboard sessions that expired. Any process may call it; an advisory lock serializes them.

@@ -2,12 +2,14 @@
 //! the scope's tenant (`$tenant IS NULL` only for the operator), so a tenant's page is built from
 //! its own rows alone.
 //!
+//! The page reads them in one read-only transaction, so every chart shows the same moment.
+//!
 //! Sources: `job_stats` (committed with each outcome), `provider_stats` and `provider_breakers`
 //! (written by each worker every few seconds), the ledger (hour and day windows) or its daily
 //! aggregates (30 days), `budgets`/`budget_usage`, `webhook_deliveries` and `dead_letters`.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 /// The time span a page shows, and the width of its points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +145,7 @@ pub struct JobPoint {
 }
 
 pub async fn jobs(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     frame: &Frame,
     tenant: Option<&str>,
 ) -> Result<Vec<JobPoint>, sqlx::Error> {
@@ -151,15 +153,14 @@ pub async fn jobs(
         "SELECT date_bin(make_interval(secs => $1), bucket, $2) AS t, kind, outcome, \
                 sum(jobs)::int8 AS jobs, ragq_hist_sum(total_ms) AS total_ms, \
                 ragq_hist_sum(work_ms) AS work_ms \
-         FROM job_stats \
-         WHERE bucket >= $2 AND bucket < $3 AND ($4::text IS NULL OR tenant_id = $4) \
+         FROM job_stats WHERE bucket >= $2 AND bucket < $3 AND tenant_id = $4 \
          GROUP BY 1, 2, 3",
     )
     .bind(frame.step_secs())
     .bind(frame.from)
     .bind(frame.to)
-    .bind(tenant)
-    .fetch_all(pool)
+    .bind(tenant.unwrap_or(crate::telemetry::stats::ALL_TENANTS))
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -176,7 +177,7 @@ pub struct ProviderTally {
 /// Provider call outcomes since `from`, over every worker (providers are shared by all tenants;
 /// the page shows tenants their rates, not the platform's volumes).
 pub async fn provider_outcomes(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     from: DateTime<Utc>,
 ) -> Result<Vec<ProviderTally>, sqlx::Error> {
     sqlx::query_as(
@@ -185,7 +186,7 @@ pub async fn provider_outcomes(
          FROM provider_stats WHERE bucket >= $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     )
     .bind(from.duration_trunc(TimeDelta::minutes(1)).unwrap_or(from))
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -198,14 +199,14 @@ pub struct BreakerCount {
     pub workers: i64,
 }
 
-pub async fn breakers(pool: &PgPool) -> Result<Vec<BreakerCount>, sqlx::Error> {
+pub async fn breakers(conn: &mut PgConnection) -> Result<Vec<BreakerCount>, sqlx::Error> {
     sqlx::query_as(
         "SELECT model, count(*) FILTER (WHERE b.state = 'open') AS open, \
                 count(*) FILTER (WHERE b.state = 'half_open') AS half_open, count(*) AS workers \
          FROM provider_breakers b JOIN worker_leases w USING (worker_id) \
          WHERE w.expires_at > now() GROUP BY 1 ORDER BY 1",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -222,7 +223,7 @@ pub struct SpendPoint {
 /// Spend over the window: from the ledger at the window's step, or from the daily aggregates by
 /// day for 30 days (then the frame is [`Frame::by_day`]).
 pub async fn spend_over_time(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     frame: &Frame,
     tenant: Option<&str>,
 ) -> Result<Vec<SpendPoint>, sqlx::Error> {
@@ -245,7 +246,7 @@ pub async fn spend_over_time(
         .bind(frame.from)
         .bind(frame.to)
         .bind(tenant)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
 }
 
@@ -259,7 +260,7 @@ pub struct ModelSpend {
 }
 
 pub async fn spend_by_model(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     frame: &Frame,
     tenant: Option<&str>,
 ) -> Result<Vec<ModelSpend>, sqlx::Error> {
@@ -278,7 +279,7 @@ pub async fn spend_by_model(
     sqlx::query_as(sql)
         .bind(frame.from)
         .bind(tenant)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
 }
 
@@ -298,7 +299,10 @@ pub struct BudgetBurn {
     pub steps: Vec<i64>,
 }
 
-pub async fn budgets(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<BudgetBurn>, sqlx::Error> {
+pub async fn budgets(
+    conn: &mut PgConnection,
+    tenant: Option<&str>,
+) -> Result<Vec<BudgetBurn>, sqlx::Error> {
     sqlx::query_as(
         "WITH b AS ( \
            SELECT b.*, date_trunc(b.period, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS period_start \
@@ -327,7 +331,7 @@ pub async fn budgets(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<BudgetBu
            ON u.budget_id = b.id AND u.period_start = (b.period_start AT TIME ZONE 'UTC')::date",
     )
     .bind(tenant)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -340,7 +344,7 @@ pub struct DeliveryPoint {
 }
 
 pub async fn deliveries(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     frame: &Frame,
     tenant: Option<&str>,
 ) -> Result<Vec<DeliveryPoint>, sqlx::Error> {
@@ -354,7 +358,7 @@ pub async fn deliveries(
     .bind(frame.from)
     .bind(frame.to)
     .bind(tenant)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -366,7 +370,7 @@ pub struct DeadLetterCount {
 }
 
 pub async fn dead_letters(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     frame: &Frame,
     tenant: Option<&str>,
 ) -> Result<Vec<DeadLetterCount>, sqlx::Error> {
@@ -376,7 +380,7 @@ pub async fn dead_letters(
     )
     .bind(frame.from)
     .bind(tenant)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 

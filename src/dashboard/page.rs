@@ -24,17 +24,23 @@ pub async fn render(
         _ => frame.clone(),
     };
     let tenant = scope.tenant();
-    let (jobs, providers, recent, breakers, spend, models, budgets, hooks, letters) = tokio::try_join!(
-        data::jobs(pool, &frame, tenant),
-        data::provider_outcomes(pool, frame.from),
-        data::provider_outcomes(pool, now - TimeDelta::minutes(5)),
-        data::breakers(pool),
-        data::spend_over_time(pool, &spend_frame, tenant),
-        data::spend_by_model(pool, &spend_frame, tenant),
-        data::budgets(pool, tenant),
-        data::deliveries(pool, &frame, tenant),
-        data::dead_letters(pool, &frame, tenant),
-    )?;
+    // One snapshot for every chart. JIT compilation is off: these aggregates run in tens to
+    // hundreds of milliseconds, and compiling them took longer than it saved.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+    let jobs = data::jobs(&mut tx, &frame, tenant).await?;
+    let providers = data::provider_outcomes(&mut tx, frame.from).await?;
+    let recent = data::provider_outcomes(&mut tx, now - TimeDelta::minutes(5)).await?;
+    let breakers = data::breakers(&mut tx).await?;
+    let spend = data::spend_over_time(&mut tx, &spend_frame, tenant).await?;
+    let models = data::spend_by_model(&mut tx, &spend_frame, tenant).await?;
+    let budgets = data::budgets(&mut tx, tenant).await?;
+    let hooks = data::deliveries(&mut tx, &frame, tenant).await?;
+    let letters = data::dead_letters(&mut tx, &frame, tenant).await?;
+    tx.commit().await?;
     let mut body = String::new();
     header(&mut body, scope, window);
     body.push_str("<main>");

@@ -175,6 +175,9 @@ pub async fn run(
     }
 }
 
+/// The `tenant_id` of the job stats rows that count every tenant (no tenant id can be `*`).
+pub const ALL_TENANTS: &str = "*";
+
 /// How long a finished attempt took: since ragq accepted the job, and inside the worker.
 #[derive(Debug, Clone, Copy)]
 pub struct JobTiming {
@@ -213,16 +216,21 @@ impl JobStats {
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
-        let key = JobKey {
-            minute: minute(Utc::now()),
-            tenant: tenant.to_string(),
-            kind,
-            outcome,
-        };
-        let tally = pending.entry(key).or_default();
-        tally.jobs += 1;
-        tally.total[bucket_of(t.since_accepted.as_secs_f64() * 1000.0)] += 1;
-        tally.work[bucket_of(t.in_worker.as_secs_f64() * 1000.0)] += 1;
+        let minute = minute(Utc::now());
+        // Each attempt counts for its tenant and for all tenants, so the operator's charts read a
+        // few rows per minute however many tenants there are.
+        for tenant in [tenant, ALL_TENANTS] {
+            let key = JobKey {
+                minute,
+                tenant: tenant.to_string(),
+                kind,
+                outcome,
+            };
+            let tally = pending.entry(key).or_default();
+            tally.jobs += 1;
+            tally.total[bucket_of(t.since_accepted.as_secs_f64() * 1000.0)] += 1;
+            tally.work[bucket_of(t.in_worker.as_secs_f64() * 1000.0)] += 1;
+        }
     }
 
     /// Adds what was recorded to `job_stats`; on failure it is kept for the next try.

@@ -168,7 +168,7 @@ async fn tenants(pool: &PgPool) -> anyhow::Result<String> {
     Ok(key)
 }
 
-/// Finished jobs over 30 days with their webhook deliveries, and the job stats their commits
+/// Finished jobs over 30 days (in time order, as they are written) with their webhook deliveries, and the job stats their commits
 /// would have written, folded as maintenance leaves them.
 async fn preload_jobs(pool: &PgPool, jobs: i64) -> anyhow::Result<()> {
     let chunk = 250_000i64;
@@ -177,15 +177,16 @@ async fn preload_jobs(pool: &PgPool, jobs: i64) -> anyhow::Result<()> {
         let n = chunk.min(jobs - done);
         sqlx::query(
             "WITH g AS (SELECT g, 'tenant-' || lpad((g % 100)::text, 4, '0') AS tenant, \
-                   now() - make_interval(secs => (g % (86400 * 30))::float8) AS at \
+                   now() - make_interval(secs => 86400 * 30 * ($3 - g)::float8 / $3) AS at \
                  FROM generate_series($1::int8, $2::int8) AS g), \
              j AS (INSERT INTO jobs (tenant_id, id, kind, state, policy, input, tags, attempts, \
-                     result, created_at, started_at, finished_at) \
+                     result, error_code, created_at, started_at, finished_at) \
                    SELECT tenant, 'job-' || g, \
                      (ARRAY['batch.complete', 'rag.answer', 'ingest'])[g % 3 + 1], \
                      CASE WHEN g % 50 = 0 THEN 'failed' ELSE 'succeeded' END, 'cost-optimized', \
                      '{\"prompts\": [{\"prompt\": \"x\"}]}', '{\"feature\": \"faq\"}', 1, \
                      CASE WHEN g % 50 = 0 THEN NULL ELSE '{\"answers\": []}'::jsonb END, \
+                     CASE WHEN g % 50 = 0 THEN 'provider_unavailable' END, \
                      at - interval '2 seconds', at - interval '1 second', at FROM g) \
              INSERT INTO webhook_deliveries (id, tenant_id, job_id, event_type, url, payload, \
                  state, attempts, created_at, delivered_at) \
@@ -195,20 +196,25 @@ async fn preload_jobs(pool: &PgPool, jobs: i64) -> anyhow::Result<()> {
         )
         .bind(done)
         .bind(done + n - 1)
+        .bind(jobs)
         .execute(pool)
         .await?;
         done += n;
     }
-    // error_code is required of failed jobs.
-    sqlx::query("UPDATE jobs SET error_code = 'provider_unavailable' WHERE state = 'failed'")
-        .execute(pool)
-        .await?;
     sqlx::query(
         "INSERT INTO job_stats (bucket, minutes, tenant_id, kind, outcome, jobs, total_ms, work_ms) \
          SELECT date_trunc('minute', finished_at), 1, tenant_id, kind, state, count(*), \
            ragq_hist_sum(ragq_hist_one(extract(epoch FROM finished_at - created_at) * 1000)), \
            ragq_hist_sum(ragq_hist_one(extract(epoch FROM finished_at - started_at) * 1000)) \
          FROM jobs GROUP BY 1, 3, 4, 5",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO job_stats (bucket, minutes, tenant_id, kind, outcome, jobs, total_ms, work_ms) \
+         SELECT bucket, 1, '*', kind, outcome, sum(jobs), ragq_hist_sum(total_ms), \
+           ragq_hist_sum(work_ms) \
+         FROM job_stats GROUP BY bucket, kind, outcome",
     )
     .execute(pool)
     .await?;
@@ -239,8 +245,11 @@ async fn preload_stats(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query("SELECT ragq_stats_maintenance()")
         .execute(pool)
         .await?;
+    // What autovacuum does to a table that has grown: statistics, and the BRIN indexes' ranges
+    // summarized (an unsummarized range is read by every time-range query).
     sqlx::query(
-        "ANALYZE jobs, job_stats, provider_stats, webhook_deliveries, dead_letters, spend_daily",
+        "VACUUM (ANALYZE) provider_calls, jobs, job_stats, provider_stats, webhook_deliveries, \
+         dead_letters, spend_daily",
     )
     .execute(pool)
     .await?;

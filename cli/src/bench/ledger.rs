@@ -79,7 +79,7 @@ pub async fn run(pool: &PgPool, rows: i64) -> anyhow::Result<LedgerReport> {
 pub(super) async fn preload(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     ragq::spend::maintenance::maintain_ledger(pool, 0).await?;
     // History older than this month lands in the default partition, as a long-lived ledger's would
-    // before retention drops it.
+    // before retention drops it. Rows go in in time order, as calls are booked.
     let chunk = 1_000_000i64;
     let mut done = 0i64;
     while done < rows {
@@ -91,11 +91,12 @@ pub(super) async fn preload(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
              SELECT 'tenant-' || lpad((g % 100)::text, 4, '0'), 'hist-' || g, 1, 0, 'sim', \
                CASE WHEN g % 3 = 0 THEN 'sim-large' ELSE 'sim-small' END, \
                CASE WHEN g % 2 = 0 THEN 'faq' ELSE 'search' END, 200, 50, 150000, 600000, 60, 5, '{}', \
-               now() - make_interval(secs => (g % (86400 * 28))::float8) \
+               now() - make_interval(secs => 86400 * 28 * ($3 - g)::float8 / $3) \
              FROM generate_series($1::int8, $2::int8) AS g",
         )
         .bind(done)
         .bind(done + n - 1)
+        .bind(rows)
         .execute(pool)
         .await?;
         done += n;
