@@ -55,6 +55,7 @@ pub async fn print(
     println!(
         "\n== dashboard ({api}/dashboard: sign in with a tenant's API key, or the operator key)"
     );
+    wait_for_stats(pool).await?;
     let ledger = |tenant: Option<&'static str>| {
         let pool = pool.clone();
         async move {
@@ -88,6 +89,27 @@ pub async fn print(
     );
     anyhow::ensure!(!others, "globex's dashboard names another tenant");
     Ok(())
+}
+
+/// Workers write their stats every few seconds: waits until every finished job and answered call
+/// is counted.
+async fn wait_for_stats(pool: &PgPool) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        let (finished, counted, answered, seen): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'failed')), \
+                    (SELECT coalesce(sum(jobs), 0)::bigint FROM job_stats \
+                     WHERE tenant_id = '*' AND outcome <> 'retried'), \
+                    (SELECT count(*) FROM provider_calls), \
+                    (SELECT coalesce(sum(calls), 0)::bigint FROM provider_stats WHERE outcome = 'ok')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if counted >= finished && seen >= answered {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the workers did not write their stats within 10 s")
 }
 
 /// Keeps everything running for `secs` (or until Ctrl-C) so the page can be opened.
