@@ -33,6 +33,7 @@ pub(crate) struct ApiState {
     /// SHA-256 of the operator key, which opens the all-tenant dashboard (none: no such view).
     pub(crate) operator_key_hash: Option<Vec<u8>>,
     pub(crate) dashboard_cookie_secure: bool,
+    pub(crate) url_policy: crate::webhooks::url_policy::UrlPolicy,
 }
 
 /// Builds the router (also used by tests on an ephemeral port).
@@ -45,6 +46,7 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         operator_key_hash: (api.operator_key.as_ref())
             .map(|k| crate::tenants::hash_api_key(k.expose())),
         dashboard_cookie_secure: api.dashboard_cookie_secure,
+        url_policy: api.url_policy.clone(),
     });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -119,6 +121,13 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
     let job = parse_submission(&body, &tenant, state.max_message_bytes)?;
+    if let Some(url) = &job.webhook_url {
+        state
+            .url_policy
+            .check(url)
+            .await
+            .map_err(|refusal| ApiError::BadRequest(format!("webhook_url refused: {refusal}")))?;
+    }
     let wire = serde_json::to_vec(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
     let inserted = crate::jobs::store::insert_queued(&state.pool, &job).await?;
     let current = job_view(&state.pool, &tenant.id, &job.id).await?;
@@ -273,4 +282,6 @@ pub struct ApiConfig {
     /// Marks the dashboard's session cookie `Secure` (set it when clients reach the api over
     /// HTTPS, through a proxy that terminates TLS).
     pub dashboard_cookie_secure: bool,
+    /// Which webhook URLs submissions may name (`webhooks.allow_private`, `webhooks.https_only`).
+    pub url_policy: crate::webhooks::url_policy::UrlPolicy,
 }

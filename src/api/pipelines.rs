@@ -19,6 +19,12 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
     let spec = PipelineSpec::from_json(&body).map_err(ApiError::BadRequest)?;
+    // The template's webhook is called by every run: the URL policy applies now, not at 3 am.
+    if let Some(url) = spec.job_template.get("webhook_url").and_then(Value::as_str) {
+        state.url_policy.check(url).await.map_err(|refusal| {
+            ApiError::BadRequest(format!("job_template.webhook_url refused: {refusal}"))
+        })?;
+    }
     let p = pipeline::create(
         &state.pool,
         &tenant.id,

@@ -16,6 +16,7 @@ use figment::Figment;
 
 use crate::routing::catalog::{Catalog, CatalogError};
 use crate::secret::Secret;
+use crate::webhooks::url_policy::UrlPolicy;
 
 pub use crate::api::ApiConfig;
 pub use crate::db::DatabaseConfig;
@@ -128,9 +129,16 @@ impl RawConfig {
             None => None,
         };
         let operator_key = operator_key(self.api.operator_key_env.as_deref(), &mut problems);
+        let url_policy = match UrlPolicy::parse_ranges(&self.webhooks.allow_private) {
+            Ok(ranges) => UrlPolicy::new(ranges, self.webhooks.https_only),
+            Err(e) => {
+                problems.push(format!("webhooks.allow_private: {e}"));
+                UrlPolicy::default()
+            }
+        };
         match (catalog, retrieval) {
             (Some(catalog), Some(retrieval)) if problems.is_empty() => {
-                Ok(self.into_config(catalog, retrieval, operator_key))
+                Ok(self.into_config(catalog, retrieval, operator_key, url_policy))
             }
             _ => Err(ConfigError::Invalid(problems)),
         }
@@ -229,6 +237,7 @@ impl RawConfig {
         catalog: Catalog,
         retrieval: crate::retrieval::RetrievalConfig,
         operator_key: Option<Secret>,
+        url_policy: UrlPolicy,
     ) -> Config {
         let ms = Duration::from_millis;
         Config {
@@ -261,11 +270,13 @@ impl RawConfig {
             },
             api: ApiConfig {
                 operator_key,
+                url_policy: url_policy.clone(),
                 listen: self.api.listen,
                 max_body_bytes: self.api.max_body_bytes,
                 dashboard_cookie_secure: self.api.dashboard_cookie_secure,
             },
             webhooks: WebhookConfig {
+                url_policy,
                 timeout: ms(self.webhooks.timeout_ms),
                 max_attempts: self.webhooks.max_attempts,
                 initial_backoff: ms(self.webhooks.initial_backoff_ms),

@@ -81,6 +81,10 @@ pub struct RawWebhooks {
     pub concurrency: usize,
     pub claim_lease_ms: u64,
     pub poll_interval_ms: u64,
+    /// Address ranges tenants' URLs may reach although they are not public (`127.0.0.0/8`).
+    pub allow_private: Vec<String>,
+    /// Refuse plain http URLs.
+    pub https_only: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,6 +335,8 @@ impl Default for RawWebhooks {
             concurrency: 64,
             claim_lease_ms: 60_000,
             poll_interval_ms: 1_000,
+            allow_private: Vec::new(),
+            https_only: false,
         }
     }
 }

@@ -142,6 +142,8 @@ pub enum PoisonReason {
     UnknownTenant(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("webhook_url refused: {0}")]
+    WebhookUrl(String),
 }
 
 impl PoisonReason {
@@ -152,6 +154,7 @@ impl PoisonReason {
             Self::Schema(_) => "schema",
             Self::UnknownTenant(_) => "unknown_tenant",
             Self::Unauthorized(_) => "unauthorized",
+            Self::WebhookUrl(_) => "webhook_url_refused",
         }
     }
 }

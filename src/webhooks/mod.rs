@@ -7,7 +7,9 @@
 //! worker picks the delivery up when the lease ends. Every attempt is a row in `webhook_attempts`.
 
 pub mod signature;
+pub mod url_policy;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -18,6 +20,19 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::tenants::TenantDirectory;
+
+/// An error and its causes, `a: b: c`: reqwest's own message ("error sending request") hides
+/// why, such as the URL policy refusing the address a name resolved to.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
 
 /// A delivery ready to be attempted; `attempts` counts attempts already made.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -172,6 +187,11 @@ impl<L: AttemptLog> WebhookSender<L> {
             .timeout(cfg.timeout)
             // A receiver must answer itself; following redirects would send signed data elsewhere.
             .redirect(reqwest::redirect::Policy::none())
+            // Connections go only to addresses the URL policy allows, whatever a name resolves
+            // to by the time of the attempt.
+            .dns_resolver(Arc::new(url_policy::PolicyResolver {
+                policy: cfg.url_policy.clone(),
+            }))
             .build()?;
         Ok(Self {
             pool,
@@ -240,6 +260,10 @@ impl<L: AttemptLog> WebhookSender<L> {
             error: Some(error),
             duration: started.elapsed(),
         };
+        // An address in the URL itself never reaches the resolver: judge it here.
+        if let Err(refusal) = self.cfg.url_policy.check_form(&d.url) {
+            return failed(format!("webhook_url refused: {refusal}"));
+        }
         let tenant = match self.tenants.get(&d.tenant_id).await {
             Ok(Some(t)) => t,
             Ok(None) => return failed(format!("tenant {} no longer exists", d.tenant_id)),
@@ -274,7 +298,7 @@ impl<L: AttemptLog> WebhookSender<L> {
                     duration: started.elapsed(),
                 }
             }
-            Err(e) => failed(e.to_string()),
+            Err(e) => failed(with_causes(&e)),
         }
     }
 
@@ -331,6 +355,8 @@ impl<L: AttemptLog> WebhookSender<L> {
 
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
+    /// Which URLs tenants may have ragq call (checked again at every attempt).
+    pub url_policy: url_policy::UrlPolicy,
     pub timeout: Duration,
     pub max_attempts: u32,
     pub initial_backoff: Duration,
@@ -347,6 +373,7 @@ mod tests {
 
     fn cfg() -> WebhookConfig {
         WebhookConfig {
+            url_policy: Default::default(),
             timeout: Duration::from_secs(1),
             max_attempts: 5,
             initial_backoff: Duration::from_secs(1),

@@ -16,10 +16,13 @@ impl ConfigFile {
     /// A file pointing at the local services: the database, the RabbitMQ vhost and the directory
     /// of the embedded vector store.
     pub fn new(by: &str, database: &str, queue: &str, vectors: &str) -> Self {
+        // The local stack's webhook receivers listen on loopback, which the URL policy refuses
+        // unless the operator allows it.
         Self::empty(by)
             .set("database.url", database)
             .set("queue.url", queue)
             .set("retrieval.path", vectors)
+            .list("webhooks.allow_private", ["127.0.0.0/8"])
     }
 
     /// A file with only the defaults (the local services on their standard ports).

@@ -127,6 +127,12 @@ async fn process(
     span.record("job_id", job.id.as_str());
     span.record("tenant", job.tenant.as_str());
     span.record("kind", job.kind.as_str());
+    // The URL policy, before anything runs: a job whose webhook may not be called is poison.
+    if let Some(url) = &job.webhook_url {
+        if let Err(refusal) = ctx.cfg.webhooks.url_policy.check(url).await {
+            return dead_letter(&PoisonReason::WebhookUrl(refusal.to_string()));
+        }
+    }
     match authorize(ctx, delivery, &job).await {
         Ok(tenant) => {
             *known = Some((tenant.id.clone(), job.kind.as_str()));
