@@ -67,3 +67,43 @@ impl From<sqlx::Error> for ApiError {
         Self::Unavailable(format!("database: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+    use axum::response::IntoResponse;
+
+    async fn body(e: ApiError) -> (u16, String) {
+        let response = e.into_response();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn server_errors_show_an_id_and_no_details() {
+        let leaky = "database: error returned from database: invalid byte sequence for encoding \"UTF8\": 0x00";
+        let (status, text) = body(ApiError::Unavailable(leaky.into())).await;
+        assert_eq!(status, 503);
+        assert!(
+            text.contains("error id") && text.contains("retry"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("UTF8") && !text.contains("database"),
+            "{text}"
+        );
+        let (status, text) = body(ApiError::Internal("sqlx pool timed out".into())).await;
+        assert_eq!(status, 500);
+        assert!(!text.contains("sqlx"), "{text}");
+        let (status, text) =
+            body(ApiError::BadRequest("`id` must be 1-128 characters".into())).await;
+        assert_eq!(status, 400);
+        assert!(
+            text.contains("`id` must be"),
+            "client errors say what is wrong: {text}"
+        );
+    }
+}

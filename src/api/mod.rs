@@ -259,14 +259,24 @@ pub async fn job_view(pool: &PgPool, tenant: &str, id: &str) -> Result<Option<Va
 }
 
 impl IntoResponse for ApiError {
+    /// Client errors say what is wrong. Server errors never show their details (driver, broker or
+    /// upstream text): the client gets a generic message and an error id, the log gets both.
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "api request failed");
-        }
+        let message = if status.is_server_error() {
+            let error_id = uuid::Uuid::new_v4().simple().to_string();
+            tracing::error!(error = %self, error_id = %error_id, "api request failed");
+            let what = match self {
+                Self::Unavailable(_) => "temporarily unavailable; retry (a job with the same id)",
+                _ => "internal error",
+            };
+            format!("{what} (error id {error_id})")
+        } else {
+            self.to_string()
+        };
         (
             status,
-            Json(json!({"error": {"code": self.code(), "message": self.to_string()}})),
+            Json(json!({"error": {"code": self.code(), "message": message}})),
         )
             .into_response()
     }

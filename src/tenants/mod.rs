@@ -145,6 +145,31 @@ fn from_row((id, amqp_user, secret, plan): Row) -> Tenant {
 /// A cached lookup (a miss is cached too) and when it was made.
 type CachedTenant = (Option<Tenant>, Instant);
 
+/// The most lookups a directory keeps. Messages naming made-up tenants would otherwise grow the
+/// cache without end (each miss is cached, so that a flood of them is not a flood of queries).
+const MAX_CACHED_TENANTS: usize = 10_000;
+
+/// Caches `entry` under `id`; a full cache first drops what has expired, then every miss, and
+/// as a last resort everything (it is only a cache).
+fn insert_bounded(
+    cache: &mut HashMap<String, CachedTenant>,
+    id: &str,
+    entry: CachedTenant,
+    ttl: Duration,
+    max: usize,
+) {
+    if cache.len() >= max && !cache.contains_key(id) {
+        cache.retain(|_, (_, at)| at.elapsed() < ttl);
+        if cache.len() >= max {
+            cache.retain(|_, (tenant, _)| tenant.is_some());
+        }
+        if cache.len() >= max {
+            cache.clear();
+        }
+    }
+    cache.insert(id.to_string(), entry);
+}
+
 /// Cached tenant lookups for workers and the api.
 #[derive(Debug, Clone)]
 pub struct TenantDirectory {
@@ -175,7 +200,8 @@ impl TenantDirectory {
                 .await?;
         let tenant = row.map(from_row);
         if let Ok(mut cache) = self.cache.write() {
-            cache.insert(id.to_string(), (tenant.clone(), Instant::now()));
+            let entry = (tenant.clone(), Instant::now());
+            insert_bounded(&mut cache, id, entry, self.ttl, MAX_CACHED_TENANTS);
         }
         Ok(tenant)
     }
@@ -201,6 +227,33 @@ impl TenantDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_stays_bounded_under_made_up_tenants() {
+        let mut cache = HashMap::new();
+        let ttl = Duration::from_secs(30);
+        let known = Tenant {
+            id: "acme".into(),
+            amqp_user: None,
+            webhook_secret: Secret::new("whsec_x"),
+            plan: "standard".into(),
+        };
+        insert_bounded(&mut cache, "acme", (Some(known), Instant::now()), ttl, 100);
+        for i in 0..1_000 {
+            insert_bounded(
+                &mut cache,
+                &format!("forged-{i}"),
+                (None, Instant::now()),
+                ttl,
+                100,
+            );
+            assert!(cache.len() <= 100);
+        }
+        assert!(
+            cache.get("acme").is_some_and(|e| e.0.is_some()),
+            "known tenants survive misses"
+        );
+    }
 
     #[test]
     fn tokens_are_random_and_prefixed() {
