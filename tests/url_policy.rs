@@ -156,3 +156,59 @@ async fn deliveries_are_checked_again_on_the_address_they_would_use() {
     stop.cancel();
     worker.await.unwrap();
 }
+
+/// `ragq tenant add` refuses a trusted publisher as a tenant's AMQP user (it could publish for
+/// every tenant) and an alert webhook aimed at a non-public address (the test's config allows
+/// only loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_setup_refuses_trusted_users_and_private_alert_urls() {
+    let env = TestEnv::new("").await;
+    let config = env.config_file();
+    let trusted = env.cfg.queue.trusted_publishers[0].clone();
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"))
+                .arg("--config")
+                .arg(&config)
+                .args(&args)
+                .env("RUST_LOG", "error")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let args = |s: &[&str]| s.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let out = run(args(&["tenant", "add", "newco", "--amqp-user", &trusted])).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trusted publisher"));
+    let metadata = "http://169.254.169.254/latest/meta-data";
+    let out = run(args(&[
+        "tenant",
+        "add",
+        "newco",
+        "--alert-webhook",
+        metadata,
+    ]))
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("link-local"));
+    assert_eq!(
+        env.count("SELECT count(*) FROM tenants WHERE id = 'newco'")
+            .await,
+        0
+    );
+    let out = run(args(&[
+        "tenant",
+        "add",
+        "newco",
+        "--amqp-user",
+        "newco-user",
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

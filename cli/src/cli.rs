@@ -165,6 +165,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A tenant's alert webhook is a URL ragq will call: the outbound URL policy applies when it is set.
+async fn check_alert_url(cfg: &Config, url: Option<&str>) -> anyhow::Result<()> {
+    if let Some(url) = url {
+        if let Err(refusal) = cfg.webhooks.url_policy.check(url).await {
+            anyhow::bail!("alert webhook refused: {refusal}");
+        }
+    }
+    Ok(())
+}
+
 async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
     let pool = ragq::db::connect(&cfg.database).await?;
     match command {
@@ -174,6 +184,14 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
             amqp_user,
             alert_webhook,
         } => {
+            if let Some(user) = amqp_user.as_deref() {
+                anyhow::ensure!(
+                    !cfg.queue.trusted_publishers.iter().any(|t| t == user),
+                    "AMQP user `{user}` is a trusted publisher (queue.trusted_publishers), which may \
+                     publish for any tenant: give the tenant an AMQP user of its own"
+                );
+            }
+            check_alert_url(cfg, alert_webhook.as_deref()).await?;
             let created = ragq::tenants::create(
                 &pool,
                 &id,
@@ -194,6 +212,7 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
             println!("tenant `{id}` is on plan `{plan}`");
         }
         TenantCommand::AlertWebhook { id, url } => {
+            check_alert_url(cfg, url.as_deref()).await?;
             ragq::tenants::set_alert_webhook(&pool, &id, url.as_deref()).await?;
             println!(
                 "tenant `{id}`: budget alerts go to {}",
