@@ -79,11 +79,7 @@ async fn a_worker_dead_letters_a_job_whose_webhook_it_may_not_call() {
     let env = TestEnv::new("").await;
     let mut cfg = env.cfg.clone();
     cfg.webhooks.url_policy = UrlPolicy::default();
-    let stop = env.cancel.child_token();
-    let worker = {
-        let (pool, stop) = (env.pool.clone(), stop.clone());
-        tokio::spawn(async move { ragq_workers::run(cfg, pool, stop).await.unwrap() })
-    };
+    let (stop, worker) = env.start_worker_with(cfg);
     let conn = env.amqp().await;
     let mut job = env.job("acme", "to-loopback", 1);
     job["webhook_url"] = json!("http://2130706433:9/hook");
@@ -113,11 +109,7 @@ async fn deliveries_are_checked_again_on_the_address_they_would_use() {
     let env = TestEnv::new("").await;
     let mut cfg = env.cfg.clone();
     cfg.webhooks.url_policy = UrlPolicy::default();
-    let stop = env.cancel.child_token();
-    let worker = {
-        let (pool, stop) = (env.pool.clone(), stop.clone());
-        tokio::spawn(async move { ragq_workers::run(cfg, pool, stop).await.unwrap() })
-    };
+    let (stop, worker) = env.start_worker_with(cfg);
     // The harness's receiver, reached by a name and by its address.
     let by_name = env.hook_url.replace("127.0.0.1", "localhost");
     for (id, url) in [

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use super::data::{self, Frame, Window};
 use super::svg::{self, escape, Rule, Series, Unit};
 use super::Scope;
-use crate::telemetry::stats::{quantile_ms, BUCKETS};
+use crate::telemetry::stats::{add, quantile_ms, BUCKETS};
 
 /// Builds the whole page for `scope` over `window`, as of `now`.
 pub async fn render(
@@ -181,12 +181,6 @@ fn job_charts(frame: &Frame, jobs: &[data::JobPoint]) -> String {
         ),
     ]
     .concat()
-}
-
-fn add(into: &mut [i64; BUCKETS], from: &[i64]) {
-    for (a, b) in into.iter_mut().zip(from) {
-        *a += b;
-    }
 }
 
 fn latency_figure(id: &str, title: &str, by_kind: &BTreeMap<&str, [i64; BUCKETS]>) -> String {

@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
-use sha2::{Digest, Sha256};
 
 use super::{html_response, internal, page, svg::escape, Scope};
 use crate::api::ApiState;
@@ -70,8 +69,9 @@ async fn scope_of_key(state: &ApiState, key: &str) -> Result<Option<Scope>, sqlx
     }))
 }
 
+/// SHA-256, as API keys are stored: the same digest serves keys and session tokens.
 fn hash(value: &str) -> Vec<u8> {
-    Sha256::digest(value.as_bytes()).to_vec()
+    crate::tenants::hash_api_key(value)
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -278,7 +278,8 @@ impl JobStats {
     }
 }
 
-fn add(into: &mut [i64; BUCKETS], from: &[i64; BUCKETS]) {
+/// Adds histogram `from` into `into`, bucket by bucket.
+pub fn add(into: &mut [i64; BUCKETS], from: &[i64]) {
     for (a, b) in into.iter_mut().zip(from) {
         *a += b;
     }

@@ -209,8 +209,15 @@ impl TestEnv {
 
     /// Starts an in-process worker; cancel the returned token to stop it.
     pub fn start_worker(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        self.start_worker_with(self.cfg.clone())
+    }
+
+    /// Starts an in-process worker with `cfg` (this test's config, changed).
+    pub fn start_worker_with(
+        &self,
+        cfg: Config,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let token = self.cancel.child_token();
-        let cfg = self.cfg.clone();
         let pool = self.pool.clone();
         let t = token.clone();
         let handle = tokio::spawn(async move {
