@@ -50,6 +50,8 @@ shadow = {{ model = "dear", share = 1.0 }}
 [policies.split]
 models = ["sim-small", "dear"]
 ab = [{{ model = "sim-small", weight = 1 }}, {{ model = "dear", weight = 1 }}]
+[plans.free]
+policies = ["best-first", "cheapest"]
 "#,
         dear.base_url()
     );
@@ -178,6 +180,62 @@ async fn a_plan_allow_list_restricts_its_tenants_models() {
     assert_eq!(
         trace[0]["outcome"], "skipped: plan `free` may not use this model",
         "{trace}"
+    );
+
+    // Default-deny: globex's plan (`standard`) is not in best-first's `plans`, so it gets none of
+    // its models; and `plans.free.policies` keeps acme off every policy it does not list.
+    let api = env.serve_api().await;
+    let mut unlisted = env.job("globex", "unlisted-plan", 1);
+    unlisted["policy"] = "best-first".into();
+    env.submit_http(&api, "globex", &unlisted).await;
+    let conn = env.amqp().await;
+    let mut other = env.job("acme", "other-policy", 1);
+    other["policy"] = "premium".into();
+    env.publish_job(&conn, &other).await;
+    env.wait_for_state("globex", "unlisted-plan", "failed", 40)
+        .await;
+    env.wait_for_state("acme", "other-policy", "failed", 40)
+        .await;
+    let codes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, error_code FROM jobs WHERE id IN ('unlisted-plan', 'other-policy') ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        codes,
+        [
+            ("other-policy".to_string(), "policy_not_allowed".to_string()),
+            ("unlisted-plan".to_string(), "no_usable_model".to_string()),
+        ]
+    );
+    let calls: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM provider_calls WHERE job_id IN ('unlisted-plan', 'other-policy')",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(calls, 0, "neither refused job reached a provider");
+
+    // The api refuses the same submission before it is queued.
+    let response = reqwest::Client::new()
+        .post(format!("{api}/v1/jobs"))
+        .bearer_auth(env.api_key("acme"))
+        .json(
+            &serde_json::json!({"id": "api-other-policy", "kind": "batch.complete",
+            "policy": "premium", "input": {"prompts": [{"prompt": "hi"}]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("plan `free` may not use routing policy `premium`"),
+        "{body}"
     );
 }
 

@@ -60,7 +60,7 @@ fn scheduler_on(env: &TestEnv, clock: &Arc<ManualClock>, pool: sqlx::PgPool) -> 
     let cfg = SchedulerConfig {
         tick: StdDuration::from_millis(100),
         lease_ttl: Duration::seconds(10),
-        max_message_bytes: env.cfg.queue.max_message_bytes,
+        pipelines: env.cfg.scheduler.pipelines,
     };
     Scheduler::new(pool, publisher, clock.clone(), cfg)
 }
@@ -82,7 +82,7 @@ async fn replica(env: &TestEnv, clock: &Arc<ManualClock>) -> Replica {
 }
 
 async fn create(env: &TestEnv, spec: &PipelineSpec, now: DateTime<Utc>) {
-    pipeline::create(&env.pool, "acme", spec, now, 1 << 20)
+    pipeline::create(&env.pool, "acme", spec, now, &env.cfg.scheduler.pipelines)
         .await
         .unwrap();
 }

@@ -370,9 +370,15 @@ async fn a_scheduled_job_is_a_child_of_its_pipeline_run() {
     });
     let spec =
         ragq::scheduler::pipeline::PipelineSpec::from_json(spec.to_string().as_bytes()).unwrap();
-    ragq::scheduler::pipeline::create(&env.pool, "acme", &spec, chrono::Utc::now(), 65536)
-        .await
-        .unwrap();
+    ragq::scheduler::pipeline::create(
+        &env.pool,
+        "acme",
+        &spec,
+        chrono::Utc::now(),
+        &env.cfg.scheduler.pipelines,
+    )
+    .await
+    .unwrap();
     let config = env.config_file();
     let api_queue = env.api_config().queue.url;
     // The scheduler publishes as the trusted api user, as in production.

@@ -190,6 +190,11 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
                     "AMQP user `{user}` is a trusted publisher (queue.trusted_publishers), which may \
                      publish for any tenant: give the tenant an AMQP user of its own"
                 );
+                anyhow::ensure!(
+                    user != ragq::queue::url_user(&cfg.queue.url),
+                    "AMQP user `{user}` is ragq's own (queue.url), whose messages carry other \
+                     publishers on: give the tenant an AMQP user of its own"
+                );
             }
             check_alert_url(cfg, alert_webhook.as_deref()).await?;
             let created = ragq::tenants::create(

@@ -114,7 +114,7 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
     ];
     pids.push(stack.spawn("scheduler", &scheduler_env)?);
     metrics.push(("scheduler".into(), format!("http://{listen}/metrics")));
-    create_pipeline(&pool, &receiver.url(), stack.cfg.queue.max_message_bytes).await?;
+    create_pipeline(&pool, &receiver.url(), &stack.cfg.scheduler.pipelines).await?;
     println!(
         "started: sim provider at {} ({} ms latency, {:.0}% 500s, {:.0}% 429s), webhook receiver at {}, {} workers, an api and a scheduler (pids {}); globex's pipeline `status-digest` fires every 2 s",
         sim.base_url(),
@@ -245,7 +245,11 @@ async fn create_tenants(
 }
 
 /// globex's pipeline `status-digest`, every 2 seconds.
-async fn create_pipeline(pool: &PgPool, hook: &str, max_bytes: usize) -> anyhow::Result<()> {
+async fn create_pipeline(
+    pool: &PgPool,
+    hook: &str,
+    limits: &ragq::scheduler::pipeline::PipelineLimits,
+) -> anyhow::Result<()> {
     let spec = serde_json::json!({
         "name": "status-digest", "cron": "*/2 * * * * *", "time_zone": "Europe/Lisbon", "missed": "skip",
         "job_template": {"kind": "batch.complete", "webhook_url": hook,
@@ -254,8 +258,7 @@ async fn create_pipeline(pool: &PgPool, hook: &str, max_bytes: usize) -> anyhow:
     });
     let digest =
         PipelineSpec::from_json(spec.to_string().as_bytes()).map_err(anyhow::Error::msg)?;
-    ragq::scheduler::pipeline::create(pool, "globex", &digest, chrono::Utc::now(), max_bytes)
-        .await?;
+    ragq::scheduler::pipeline::create(pool, "globex", &digest, chrono::Utc::now(), limits).await?;
     Ok(())
 }
 

@@ -17,6 +17,8 @@ pub enum ApiError {
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
@@ -31,6 +33,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -44,6 +47,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::TooLarge(_) => "too_large",
+            Self::TooManyRequests(_) => "rate_limited",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -55,7 +59,7 @@ impl From<crate::scheduler::pipeline::PipelineError> for ApiError {
         use crate::scheduler::pipeline::PipelineError as P;
         match e {
             P::Invalid(m) => Self::BadRequest(format!("invalid pipeline: {m}")),
-            P::Exists(_) => Self::Conflict(e.to_string()),
+            P::Exists(_) | P::TooMany(_) => Self::Conflict(e.to_string()),
             P::NotFound(_) => Self::NotFound(e.to_string()),
             P::Db(db) => db.into(),
         }

@@ -6,6 +6,7 @@
 //! idempotent: the existing job is returned, and re-published if it is still waiting to be queued.
 
 pub mod error;
+mod limits;
 mod pipelines;
 
 use std::sync::Arc;
@@ -34,6 +35,10 @@ pub(crate) struct ApiState {
     pub(crate) operator_key_hash: Option<Vec<u8>>,
     pub(crate) dashboard_cookie_secure: bool,
     pub(crate) url_policy: crate::webhooks::url_policy::UrlPolicy,
+    pub(crate) plans: crate::tenants::plans::Plans,
+    pub(crate) limiter: limits::KeyLimiter,
+    pub(crate) request_timeout: std::time::Duration,
+    pub(crate) pipelines: crate::scheduler::pipeline::PipelineLimits,
 }
 
 /// Builds the router (also used by tests on an ephemeral port).
@@ -47,6 +52,10 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
             .map(|k| crate::tenants::hash_api_key(k.expose())),
         dashboard_cookie_secure: api.dashboard_cookie_secure,
         url_policy: api.url_policy.clone(),
+        plans: api.plans.clone(),
+        limiter: limits::KeyLimiter::new(api.rate_limit_per_s),
+        request_timeout: api.request_timeout,
+        pipelines: api.pipelines,
     });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -61,6 +70,14 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         .route("/v1/pipelines/{name}/{action}", post(pipelines::act))
         .route("/metrics", get(crate::telemetry::metrics::metrics_page))
         .merge(crate::dashboard::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            limits::deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            limits::rate_limit,
+        ))
         .layer(axum::middleware::from_fn(count_request))
         .layer(DefaultBodyLimit::max(api.max_body_bytes))
         .with_state(state)
@@ -121,6 +138,9 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
     let job = parse_submission(&body, &tenant, state.max_message_bytes)?;
+    (state.plans)
+        .check_policy(&tenant.plan, &job.policy)
+        .map_err(ApiError::Forbidden)?;
     if let Some(url) = &job.webhook_url {
         state
             .url_policy
@@ -131,7 +151,9 @@ async fn submit(
     let wire = serde_json::to_vec(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
     let inserted = crate::jobs::store::insert_queued(&state.pool, &job).await?;
     let current = job_view(&state.pool, &tenant.id, &job.id).await?;
-    let still_queued = current.as_ref().is_some_and(|v| v["state"] == "queued");
+    let still_queued = current
+        .as_ref()
+        .is_some_and(|v| v.state == JobState::Queued);
     if inserted || still_queued {
         // A submitter's W3C trace context makes the job part of its trace.
         let traceparent = headers
@@ -152,7 +174,9 @@ async fn submit(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(current.unwrap_or(Value::Null))).into_response())
+    // The row was just written (or found): absent only if deleted meanwhile.
+    let current = current.ok_or_else(|| ApiError::Internal("job vanished after insert".into()))?;
+    Ok((status, Json(current)).into_response())
 }
 
 /// Reads a submission: the tenant comes from the API key; a body naming another tenant is refused.
@@ -188,7 +212,7 @@ async fn read(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
     job_view(&state.pool, &tenant.id, &id)
         .await?
@@ -242,20 +266,105 @@ async fn spend(
 }
 
 /// A job as clients see it.
-pub async fn job_view(pool: &PgPool, tenant: &str, id: &str) -> Result<Option<Value>, sqlx::Error> {
-    let row: Option<(Value,)> = sqlx::query_as(
-        "SELECT json_build_object('id', id, 'tenant', tenant_id, 'kind', kind, 'state', state, \
-           'policy', policy, 'attempts', attempts, 'tags', tags, 'result', result, \
-           'error', CASE WHEN error_code IS NULL THEN NULL \
-                         ELSE json_build_object('code', error_code, 'message', error) END, \
-           'created_at', created_at, 'finished_at', finished_at)::jsonb \
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub tenant: String,
+    #[schema(value_type = String, example = "batch.complete")]
+    pub kind: String,
+    /// `queued`, `running`, `succeeded` or `failed`.
+    pub state: JobState,
+    pub policy: String,
+    /// Attempts started so far.
+    pub attempts: i32,
+    #[schema(value_type = Object)]
+    pub tags: Value,
+    /// The outcome of a succeeded job (its completions, answer or indexing counts).
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    /// Why a failed job failed.
+    pub error: Option<JobFailure>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// A failed job's error: a stable code and a message for people.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct JobFailure {
+    pub code: String,
+    pub message: Option<String>,
+}
+
+type JobRow = (
+    String,
+    String,
+    String,
+    JobState,
+    String,
+    i32,
+    Value,
+    Option<Value>,
+    Option<String>,
+    Option<String>,
+    chrono::DateTime<chrono::Utc>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+/// A job as clients see it, if `tenant` has one with this id.
+pub async fn job_view(
+    pool: &PgPool,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<JobView>, sqlx::Error> {
+    let row: Option<JobRow> = sqlx::query_as(
+        "SELECT id, tenant_id, kind, state, policy, attempts, tags, result, error_code, error, \
+           created_at, finished_at \
          FROM jobs WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant)
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(v,)| v))
+    Ok(row.map(
+        |(
+            id,
+            tenant,
+            kind,
+            state,
+            policy,
+            attempts,
+            tags,
+            result,
+            code,
+            message,
+            created,
+            finished,
+        )| {
+            JobView {
+                id,
+                tenant,
+                kind,
+                state,
+                policy,
+                attempts,
+                tags,
+                result,
+                error: code.map(|code| JobFailure { code, message }),
+                created_at: created,
+                finished_at: finished,
+            }
+        },
+    ))
 }
 
 impl IntoResponse for ApiError {
@@ -294,4 +403,11 @@ pub struct ApiConfig {
     pub dashboard_cookie_secure: bool,
     /// Which webhook URLs submissions may name (`webhooks.allow_private`, `webhooks.https_only`).
     pub url_policy: crate::webhooks::url_policy::UrlPolicy,
+    /// Which policies each plan may name, checked at submission as the worker checks it again.
+    pub plans: crate::tenants::plans::Plans,
+    /// Requests per second per API key; 0: unlimited.
+    pub rate_limit_per_s: u32,
+    pub request_timeout: std::time::Duration,
+    /// Bounds on the pipelines `POST /v1/pipelines` creates.
+    pub pipelines: crate::scheduler::pipeline::PipelineLimits,
 }

@@ -25,14 +25,7 @@ pub(crate) async fn create(
             ApiError::BadRequest(format!("job_template.webhook_url refused: {refusal}"))
         })?;
     }
-    let p = pipeline::create(
-        &state.pool,
-        &tenant.id,
-        &spec,
-        Utc::now(),
-        state.max_message_bytes,
-    )
-    .await?;
+    let p = pipeline::create(&state.pool, &tenant.id, &spec, Utc::now(), &state.pipelines).await?;
     Ok((StatusCode::CREATED, Json(json!(p))).into_response())
 }
 

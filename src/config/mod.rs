@@ -52,6 +52,7 @@ pub struct Config {
     pub retrieval: crate::retrieval::RetrievalConfig,
     pub telemetry: TelemetryConfig,
     pub catalog: Catalog,
+    pub plans: crate::tenants::plans::Plans,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +129,11 @@ impl RawConfig {
             Some(catalog) => retrieval_config(&self.retrieval, catalog, &mut problems),
             None => None,
         };
+        let plans = crate::tenants::plans::Plans::from_raw(
+            &self.plans,
+            |p| self.policies.contains_key(p),
+            &mut problems,
+        );
         let operator_key = operator_key(self.api.operator_key_env.as_deref(), &mut problems);
         let url_policy = match UrlPolicy::parse_ranges(&self.webhooks.allow_private) {
             Ok(ranges) => UrlPolicy::new(ranges, self.webhooks.https_only),
@@ -138,7 +144,7 @@ impl RawConfig {
         };
         match (catalog, retrieval) {
             (Some(catalog), Some(retrieval)) if problems.is_empty() => {
-                Ok(self.into_config(catalog, retrieval, operator_key, url_policy))
+                Ok(self.into_config(catalog, retrieval, plans, operator_key, url_policy))
             }
             _ => Err(ConfigError::Invalid(problems)),
         }
@@ -146,7 +152,7 @@ impl RawConfig {
 
     /// The rules on single settings outside the catalog and retrieval: (holds, what breaks it).
     /// Long because it is a table, one rule per entry.
-    fn limits(&self) -> [(bool, &'static str); 21] {
+    fn limits(&self) -> [(bool, &'static str); 23] {
         let (q, w, h, r, sp, sc) = (
             &self.queue,
             &self.worker,
@@ -229,6 +235,14 @@ impl RawConfig {
                 "api.max_body_bytes must be at least 1024",
             ),
             (h.timeout_ms >= 1, "webhooks.timeout_ms must be positive"),
+            (
+                self.api.request_timeout_ms >= 100,
+                "api.request_timeout_ms must be at least 100",
+            ),
+            (
+                sc.max_pipelines_per_tenant >= 1,
+                "scheduler.max_pipelines_per_tenant must be at least 1",
+            ),
         ]
     }
 
@@ -236,10 +250,16 @@ impl RawConfig {
         self,
         catalog: Catalog,
         retrieval: crate::retrieval::RetrievalConfig,
+        plans: crate::tenants::plans::Plans,
         operator_key: Option<Secret>,
         url_policy: UrlPolicy,
     ) -> Config {
         let ms = Duration::from_millis;
+        let pipelines = crate::scheduler::pipeline::PipelineLimits {
+            max_message_bytes: self.queue.max_message_bytes,
+            min_interval: Duration::from_secs(self.scheduler.min_cron_interval_s),
+            max_per_tenant: self.scheduler.max_pipelines_per_tenant,
+        };
         Config {
             database: DatabaseConfig {
                 url: self.database.url,
@@ -269,11 +289,15 @@ impl RawConfig {
                 },
             },
             api: ApiConfig {
+                plans: plans.clone(),
                 operator_key,
                 url_policy: url_policy.clone(),
                 listen: self.api.listen,
                 max_body_bytes: self.api.max_body_bytes,
                 dashboard_cookie_secure: self.api.dashboard_cookie_secure,
+                rate_limit_per_s: self.api.rate_limit_per_s,
+                request_timeout: ms(self.api.request_timeout_ms),
+                pipelines,
             },
             webhooks: WebhookConfig {
                 url_policy,
@@ -304,10 +328,11 @@ impl RawConfig {
                 lease_ttl: chrono::Duration::milliseconds(
                     i64::try_from(self.scheduler.lease_ttl_ms).unwrap_or(i64::MAX),
                 ),
-                max_message_bytes: self.queue.max_message_bytes,
+                pipelines,
             },
             retrieval,
             catalog,
+            plans,
         }
     }
 }

@@ -31,6 +31,7 @@ pub struct RawConfig {
     pub providers: Vec<RawProvider>,
     pub models: Vec<RawModel>,
     pub policies: BTreeMap<String, RawPolicy>,
+    pub plans: BTreeMap<String, crate::tenants::plans::RawPlan>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +70,10 @@ pub struct RawApi {
     /// dashboard has tenant views only.
     pub operator_key_env: Option<String>,
     pub dashboard_cookie_secure: bool,
+    /// Requests per second per API key (a burst of one second's worth); 0: unlimited.
+    pub rate_limit_per_s: u32,
+    /// A request running longer gets 503.
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +144,9 @@ impl Default for RawTelemetry {
 pub struct RawScheduler {
     pub tick_ms: u64,
     pub lease_ttl_ms: u64,
+    /// The shortest gap a pipeline's cron may leave between two slots.
+    pub min_cron_interval_s: u64,
+    pub max_pipelines_per_tenant: u32,
 }
 
 /// Retrieval: the vector store, the embedding model, chunking, and `rag.answer` prompts.
@@ -213,6 +221,8 @@ impl Default for RawScheduler {
         Self {
             tick_ms: 1_000,
             lease_ttl_ms: 10_000,
+            min_cron_interval_s: 60,
+            max_pipelines_per_tenant: 100,
         }
     }
 }
@@ -260,6 +270,7 @@ impl Default for RawConfig {
                     RawPolicy::ordered(&["sim-large", "sim-small"]),
                 ),
             ]),
+            plans: BTreeMap::new(),
         }
     }
 }
@@ -321,6 +332,8 @@ impl Default for RawApi {
             max_body_bytes: 1 << 20,
             operator_key_env: None,
             dashboard_cookie_secure: false,
+            rate_limit_per_s: 50,
+            request_timeout_ms: 30_000,
         }
     }
 }

@@ -50,6 +50,32 @@ impl ProviderError {
         }
     }
 
+    /// What a tenant may read of the failure (job errors, routing traces, webhooks): the provider,
+    /// the status and the kind of failure, never the upstream body, a URL or the transport's text,
+    /// which may name the operator's endpoints or echo another request. The full error goes to the
+    /// log where the call failed. ragq's own failures (provider [`RAGQ`]) are shown whole.
+    pub fn public(&self) -> String {
+        match self {
+            Self::Status {
+                provider, message, ..
+            }
+            | Self::Connect { provider, message }
+            | Self::InvalidResponse { provider, message }
+                if provider == RAGQ =>
+            {
+                message.clone()
+            }
+            Self::Status {
+                provider, status, ..
+            } => format!("provider {provider} answered HTTP {status}"),
+            Self::Timeout { .. } => self.to_string(),
+            Self::Connect { provider, .. } => format!("cannot reach provider {provider}"),
+            Self::InvalidResponse { provider, .. } => {
+                format!("provider {provider} sent an unusable response")
+            }
+        }
+    }
+
     /// A short machine-readable code for results and logs.
     pub fn code(&self) -> &'static str {
         match self {
@@ -62,6 +88,10 @@ impl ProviderError {
         }
     }
 }
+
+/// The provider named by failures ragq decides itself (every circuit open, every candidate paced
+/// out, no usable model): their text is ragq's own and safe to show.
+pub const RAGQ: &str = "-";
 
 /// The one place that decides which HTTP statuses are worth retrying.
 pub fn status_is_retryable(status: u16) -> bool {

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod dead_letters;
+pub mod identity;
 pub mod publisher;
 pub mod topology;
 

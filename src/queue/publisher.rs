@@ -118,17 +118,22 @@ impl Publisher {
         (confirmed, first_error)
     }
 
-    /// Publishes to a dead-letter exchange with the reason in a header.
+    /// Publishes to a dead-letter exchange with the reason and the original publisher (see
+    /// [`super::identity`]) in headers.
     pub async fn publish_dead_letter(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         reason: &str,
+        publisher: &str,
     ) -> Result<(), QueueError> {
         let env = Envelope {
             message_id: None,
-            headers: vec![(REASON_HEADER, reason.to_string())],
+            headers: vec![
+                (REASON_HEADER, reason.to_string()),
+                (super::identity::PUBLISHER_HEADER, publisher.to_string()),
+            ],
         };
         self.publish(exchange, routing_key, body, &env).await
     }

@@ -165,6 +165,16 @@ impl StoreError {
             Self::Unavailable(_) => "vector_store_unavailable",
         }
     }
+
+    /// What a tenant may read: the failure without the store's paths or its driver's text (those
+    /// go to the log).
+    pub fn public(&self) -> String {
+        match self {
+            Self::Locked { .. } => "the embedded vector store is held by another process".into(),
+            Self::Unavailable(_) => "the vector store is unavailable".into(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// A future a vector store operation returns.

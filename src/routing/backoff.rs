@@ -142,7 +142,7 @@ pub(super) fn classify_for_backoff(
 /// The error of a call whose every candidate is paced out until `wait` from now.
 pub(super) fn paced_out(wait: Duration) -> ProviderError {
     ProviderError::Status {
-        provider: "-".into(),
+        provider: crate::providers::error::RAGQ.into(),
         status: 429,
         message: "every candidate is at its rate limit (paced by ragq, not sent)".into(),
         retry_after: Some(wait),

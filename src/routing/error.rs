@@ -16,8 +16,18 @@ pub enum RouteError {
         cap_micros: i64,
         trace: Vec<CandidateTrace>,
     },
+    /// Every model of the policy was ruled out before any call (plan, region, quality, size).
     #[error(
-        "every candidate of policy `{policy}` failed; last: {last} ({})",
+        "no model of policy `{policy}` may serve this call ({})",
+        summary(trace)
+    )]
+    NoCandidate {
+        policy: String,
+        trace: Vec<CandidateTrace>,
+    },
+    #[error(
+        "every candidate of policy `{policy}` failed; last: {} ({})",
+        last.public(),
         summary(trace)
     )]
     Exhausted {
@@ -32,7 +42,7 @@ impl RouteError {
     /// Whether the job may succeed if run again later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::UnknownPolicy(_) | Self::OverBudget { .. } => false,
+            Self::UnknownPolicy(_) | Self::OverBudget { .. } | Self::NoCandidate { .. } => false,
             Self::Exhausted { retryable, .. } => *retryable,
         }
     }
@@ -40,7 +50,7 @@ impl RouteError {
     /// The longest delay a provider asked for, to pace the job's redelivery.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::UnknownPolicy(_) | Self::OverBudget { .. } => None,
+            Self::UnknownPolicy(_) | Self::OverBudget { .. } | Self::NoCandidate { .. } => None,
             Self::Exhausted { last, .. } => last.retry_after(),
         }
     }
@@ -49,6 +59,7 @@ impl RouteError {
         match self {
             Self::UnknownPolicy(_) => "unknown_policy",
             Self::OverBudget { .. } => "budget_exceeded",
+            Self::NoCandidate { .. } => "no_usable_model",
             Self::Exhausted { last, .. } => last.code(),
         }
     }
@@ -66,22 +77,18 @@ pub(super) fn summary(trace: &[CandidateTrace]) -> String {
 /// The error of a call that found every candidate's circuit open.
 pub(super) fn circuits_open() -> ProviderError {
     ProviderError::Connect {
-        provider: "-".into(),
+        provider: crate::providers::error::RAGQ.into(),
         message: "every candidate's circuit breaker is open".into(),
     }
 }
 
-/// Every candidate was tried and failed (or the policy had none usable).
+/// Every candidate was tried and failed.
 pub(super) fn exhausted(
     policy: &str,
-    last: Option<ProviderError>,
+    last: ProviderError,
     retryable: bool,
     trace: Vec<CandidateTrace>,
 ) -> RouteError {
-    let last = last.unwrap_or_else(|| ProviderError::InvalidResponse {
-        provider: "-".into(),
-        message: format!("policy `{policy}` has no usable model"),
-    });
     RouteError::Exhausted {
         policy: policy.to_string(),
         last,

@@ -290,9 +290,9 @@ impl Router {
             )));
         };
         let exhausted_by = |e: ProviderError, attempts: u32| {
-            let trace = vec![candidate(spec, attempts, format!("{}: {e}", e.code()))];
+            let trace = vec![failed(spec, attempts, &e)];
             let retryable = e.is_retryable();
-            exhausted(model, Some(e), retryable, trace)
+            exhausted(model, e, retryable, trace)
         };
         if !self.with_health(&spec.name, |h| h.admit(Instant::now())) {
             return Err(exhausted_by(circuits_open(), 0));
@@ -431,20 +431,24 @@ impl Router {
                 }
                 Err(e) => {
                     any_retryable |= e.is_retryable();
-                    trace.push(candidate(model, attempts, format!("{}: {e}", e.code())));
+                    trace.push(failed(model, attempts, &e));
                     last = Some(e);
                 }
             }
         }
-        match (&last, cost_cap_micros) {
+        match (last, cost_cap_micros) {
             // Nothing was called because every usable model's circuit is open: try again later.
-            (None, _) if circuit_open => Err(exhausted(policy, Some(circuits_open()), true, trace)),
+            (None, _) if circuit_open => Err(exhausted(policy, circuits_open(), true, trace)),
             (None, Some(cap)) => Err(RouteError::OverBudget {
                 policy: policy.to_string(),
                 cap_micros: cap,
                 trace,
             }),
-            _ => Err(exhausted(policy, last, any_retryable, trace)),
+            (None, None) => Err(RouteError::NoCandidate {
+                policy: policy.to_string(),
+                trace,
+            }),
+            (Some(last), _) => Err(exhausted(policy, last, any_retryable, trace)),
         }
     }
 
@@ -529,6 +533,13 @@ async fn sent<T>(
     let elapsed = started.elapsed();
     metrics::provider_request(operation, &model.provider, &model.model_id, error, elapsed);
     result
+}
+
+/// A candidate that failed: the tenant's trace gets the failure's public form; the log gets the
+/// whole error (upstream text, the transport's cause) for the operator.
+fn failed(model: &ModelSpec, attempts: u32, e: &ProviderError) -> CandidateTrace {
+    tracing::warn!(model = %model.name, attempts, code = e.code(), error = %e, "provider call failed");
+    candidate(model, attempts, format!("{}: {}", e.code(), e.public()))
 }
 
 fn candidate(model: &ModelSpec, attempts: u32, outcome: String) -> CandidateTrace {

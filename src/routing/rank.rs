@@ -123,7 +123,13 @@ fn skip_reason(
     worst_micros: i64,
 ) -> Option<String> {
     let needed = request.context_input_tokens() + u64::from(request.max_tokens.unwrap_or(0));
-    let plan_list = scope.plan.and_then(|p| policy.plans.get(p));
+    // Once a policy lists plans, a plan it does not name gets only what `"*"` lists: nothing
+    // without it (default-deny).
+    let plan_list = scope.plan.filter(|_| !policy.plans.is_empty()).map(|p| {
+        (policy.plans.get(p))
+            .or_else(|| policy.plans.get(crate::tenants::plans::ANY_OTHER_PLAN))
+            .map_or(&[][..], Vec::as_slice)
+    });
     if policy.min_quality.is_some_and(|q| model.quality_tier < q) {
         Some(format!(
             "skipped: quality tier {} is below the policy's minimum",
@@ -221,6 +227,8 @@ mod tests {
              [policies.cheapest]\nmodels = [\"large\", \"medium\", \"small\"]\nstrategy = \"cost\"\n\
              [policies.eu]\nmodels = [\"large\", \"small\"]\nregions = [\"eu\"]\n\
              [policies.tiered]\nmodels = [\"small\", \"large\"]\nplans = {{ free = [\"small\"] }}\n\
+             [policies.tiered-open]\nmodels = [\"small\", \"large\"]\n\
+             plans = {{ free = [\"small\"], \"*\" = [\"large\"] }}\n\
              [policies.split]\nmodels = [\"small\", \"large\"]\n\
              ab = [{{ model = \"small\", weight = 1 }}, {{ model = \"large\", weight = 1 }}]\n\
              [policies.shadowed]\nmodels = [\"small\"]\nshadow = {{ model = \"large\", share = 0.5 }}\n\
@@ -307,12 +315,20 @@ mod tests {
             skipped[0].contains("plan `free` may not use this model"),
             "{skipped:?}"
         );
-        let (order, _) = plan(&r, "tiered", &request(10, 10, "c"), OPEN);
-        assert_eq!(
-            order,
-            ["small", "large"],
-            "a plan the policy does not list is not restricted"
+        let standard = CallScope {
+            plan: Some("standard"),
+            cost_cap_micros: None,
+        };
+        let (order, skipped) = plan(&r, "tiered", &request(10, 10, "c"), standard);
+        assert!(
+            order.is_empty(),
+            "a plan the policy does not list gets none of its models: {order:?}"
         );
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        let (order, _) = plan(&r, "tiered-open", &request(10, 10, "c"), standard);
+        assert_eq!(order, ["large"], "`*` lists what other plans may use");
+        let (order, _) = plan(&r, "tiered-open", &request(10, 10, "c"), free);
+        assert_eq!(order, ["small"]);
         // 20 tokens at $10/M is 200 micro-dollars, over a cap of 100; at $0.10/M it is 2.
         let capped = CallScope {
             plan: None,

@@ -30,7 +30,8 @@ const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
 pub struct SchedulerConfig {
     pub tick: std::time::Duration,
     pub lease_ttl: Duration,
-    pub max_message_bytes: usize,
+    /// Bounds on the pipelines tenants create (and on the job messages their runs render).
+    pub pipelines: pipeline::PipelineLimits,
 }
 
 /// One scheduler replica.
@@ -86,12 +87,18 @@ impl Scheduler {
         if !leader {
             return Ok(TickReport::default());
         }
-        let runs =
-            match fire::fire_due(&self.pool, &self.holder, now, self.cfg.max_message_bytes).await {
-                Ok(runs) => runs,
-                Err(fire::FireError::LostLease) => return Ok(TickReport::default()),
-                Err(fire::FireError::Db(e)) => return Err(e.into()),
-            };
+        let runs = match fire::fire_due(
+            &self.pool,
+            &self.holder,
+            now,
+            self.cfg.pipelines.max_message_bytes,
+        )
+        .await
+        {
+            Ok(runs) => runs,
+            Err(fire::FireError::LostLease) => return Ok(TickReport::default()),
+            Err(fire::FireError::Db(e)) => return Err(e.into()),
+        };
         let mut published = 0;
         loop {
             let n = outbox::relay(&self.pool, &self.publisher).await?;

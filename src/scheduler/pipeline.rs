@@ -33,6 +33,21 @@ pub enum Missed {
     RunAll,
 }
 
+/// What a tenant's pipelines may be: bounded so that no tenant can fill the schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineLimits {
+    /// The largest job message a run may render.
+    pub max_message_bytes: usize,
+    /// The shortest gap allowed between two slots of one pipeline.
+    pub min_interval: std::time::Duration,
+    /// Pipelines per tenant, paused ones included.
+    pub max_per_tenant: u32,
+}
+
+/// Slots looked at to find a schedule's shortest gap (irregular lists such as `0,1 * * * * *`
+/// show theirs within a few).
+const GAP_SLOTS: usize = 64;
+
 /// A pipeline as created over the CLI or HTTP.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +126,10 @@ pub enum PipelineError {
     Exists(String),
     #[error("no pipeline `{0}`")]
     NotFound(String),
+    #[error(
+        "a tenant may have {0} pipelines (scheduler.max_pipelines_per_tenant); delete one first"
+    )]
+    TooMany(u32),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -176,7 +195,7 @@ pub async fn create(
     tenant: &str,
     spec: &PipelineSpec,
     now: DateTime<Utc>,
-    max_bytes: usize,
+    limits: &PipelineLimits,
 ) -> Result<Pipeline, PipelineError> {
     let invalid = PipelineError::Invalid;
     check_spec(spec).map_err(invalid)?;
@@ -184,6 +203,7 @@ pub async fn create(
     let next = schedule
         .next_after(now)
         .ok_or_else(|| invalid(format!("`{}` never fires after {now}", spec.cron)))?;
+    check_interval(&schedule, &spec.cron, next, limits.min_interval).map_err(invalid)?;
     let mut pipeline = Pipeline {
         id: 0,
         tenant_id: tenant.to_string(),
@@ -198,7 +218,21 @@ pub async fn create(
         starting_deadline_secs: spec.starting_deadline_secs,
         next_fire_at: next,
     };
-    render(&pipeline, next, false, max_bytes).map_err(invalid)?;
+    render(&pipeline, next, false, limits.max_message_bytes).map_err(invalid)?;
+    // One statement counts and inserts under a per-tenant advisory lock, so concurrent creates
+    // cannot pass the cap together. No row back: the name exists, or the tenant is at its cap.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ragq.pipelines'), hashtext($1))")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM pipelines WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+    if count >= i64::from(limits.max_per_tenant) {
+        return Err(PipelineError::TooMany(limits.max_per_tenant));
+    }
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO pipelines (tenant_id, name, cron, time_zone, job_template, enabled, overlap, missed, \
            missed_limit, starting_deadline_secs, next_fire_at) \
@@ -215,10 +249,38 @@ pub async fn create(
     .bind(spec.missed_limit)
     .bind(spec.starting_deadline_secs)
     .bind(next)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     pipeline.id = id.ok_or_else(|| PipelineError::Exists(spec.name.clone()))?;
+    tx.commit().await?;
     Ok(pipeline)
+}
+
+/// Refuses a schedule whose slots come closer together than `min` (checked over its next
+/// [`GAP_SLOTS`] slots from `first`).
+fn check_interval(
+    schedule: &CronSchedule,
+    cron: &str,
+    first: DateTime<Utc>,
+    min: std::time::Duration,
+) -> Result<(), String> {
+    let min = chrono::Duration::from_std(min).unwrap_or(chrono::Duration::MAX);
+    let mut at = first;
+    for _ in 0..GAP_SLOTS {
+        let Some(next) = schedule.next_after(at) else {
+            return Ok(());
+        };
+        if next - at < min {
+            return Err(format!(
+                "`{cron}` fires {} s apart; the shortest interval allowed is {} s \
+                 (scheduler.min_cron_interval_s)",
+                (next - at).num_seconds(),
+                min.num_seconds()
+            ));
+        }
+        at = next;
+    }
+    Ok(())
 }
 
 /// The spec's own rules: its name, its missed-run limit and its starting deadline.

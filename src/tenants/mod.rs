@@ -14,6 +14,8 @@ use sqlx::PgPool;
 
 use crate::secret::Secret;
 
+pub mod plans;
+
 /// A tenant as the platform needs it at run time.
 #[derive(Debug, Clone)]
 pub struct Tenant {

@@ -17,12 +17,15 @@ impl ConfigFile {
     /// of the embedded vector store.
     pub fn new(by: &str, database: &str, queue: &str, vectors: &str) -> Self {
         // The local stack's webhook receivers listen on loopback, which the URL policy refuses
-        // unless the operator allows it.
+        // unless the operator allows it. Demos and tests run pipelines every second or two, and
+        // send bursts of requests with one key.
         Self::empty(by)
             .set("database.url", database)
             .set("queue.url", queue)
             .set("retrieval.path", vectors)
             .list("webhooks.allow_private", ["127.0.0.0/8"])
+            .set("scheduler.min_cron_interval_s", 1)
+            .set("api.rate_limit_per_s", 10_000)
     }
 
     /// A file with only the defaults (the local services on their standard ports).

@@ -104,6 +104,11 @@ async fn run_guarded<H: JobHandler>(
             format!("unknown routing policy `{}`", ctx.job.policy),
         ));
     }
+    if let Some(plan) = ctx.scope.plan {
+        (ctx.env.cfg.plans)
+            .check_policy(plan, &ctx.job.policy)
+            .map_err(|refusal| JobError::permanent("policy_not_allowed", refusal))?;
+    }
     let input = input.map_err(JobError::invalid)?;
     guard(H::run(ctx, input)).await
 }

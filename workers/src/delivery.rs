@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use ragq::jobs::{JobMessage, PoisonReason};
 use ragq::queue::dead_letters::{self, DeadLetter};
+use ragq::queue::identity::{Origin, PUBLISHER_HEADER};
 use ragq::queue::publisher::{Envelope, PUBLISHED_MS_HEADER};
 use ragq::queue::topology::{self, DEAD_LETTER_EXCHANGE};
 use ragq::queue::Publisher;
@@ -32,7 +33,12 @@ pub async fn handle(ctx: &WorkerContext, publisher: &Publisher, delivery: Delive
         outcome = tracing::field::Empty,
     );
     ragq::telemetry::traces::continue_trace(&span, traceparent.as_deref());
-    settle(ctx, publisher, delivery, traceparent)
+    let origin = Origin::of(
+        delivery.properties.user_id().as_ref().map(|u| u.as_str()),
+        header(&delivery, PUBLISHER_HEADER).as_deref(),
+        &ctx.own_amqp_user,
+    );
+    settle(ctx, publisher, delivery, traceparent, origin)
         .instrument(span)
         .await
 }
@@ -42,11 +48,12 @@ async fn settle(
     publisher: &Publisher,
     delivery: Delivery,
     traceparent: Option<String>,
+    origin: Origin,
 ) {
     // Panics inside a job's attempt are settled by the attempt; this catches the rest, so that a
     // delivery is never left unacknowledged by a task that died.
     let mut known = None;
-    let disposition = match AssertUnwindSafe(process(ctx, &delivery, &mut known))
+    let disposition = match AssertUnwindSafe(process(ctx, &delivery, &origin, &mut known))
         .catch_unwind()
         .await
     {
@@ -75,6 +82,7 @@ async fn settle(
                     delivery.routing_key.as_str(),
                     &delivery.data,
                     reason,
+                    origin.header_value(),
                 )
                 .await;
             if published.is_ok() {
@@ -84,12 +92,12 @@ async fn settle(
         }
         Disposition::Retry(delay) => {
             let tier = topology::retry_tier(&ctx.cfg.queue.retry_delays, *delay);
-            // The retry continues the job's trace.
+            // The retry continues the job's trace, and is authorized as its first publish was.
+            let mut headers = vec![(PUBLISHER_HEADER, origin.header_value().to_string())];
+            headers.extend(traceparent.map(|t| (TRACEPARENT, t)));
             let envelope = Envelope {
                 message_id: None,
-                headers: traceparent
-                    .map(|t| vec![(TRACEPARENT, t)])
-                    .unwrap_or_default(),
+                headers,
             };
             publisher
                 .publish("", &topology::retry_queue(tier), &delivery.data, &envelope)
@@ -114,6 +122,7 @@ async fn settle(
 async fn process(
     ctx: &WorkerContext,
     delivery: &Delivery,
+    origin: &Origin,
     known: &mut Option<(String, &'static str)>,
 ) -> Disposition {
     let job = match JobMessage::parse(&delivery.data, ctx.cfg.queue.max_message_bytes) {
@@ -133,7 +142,7 @@ async fn process(
             return dead_letter(&PoisonReason::WebhookUrl(refusal.to_string()));
         }
     }
-    match authorize(ctx, delivery, &job).await {
+    match authorize(ctx, origin, &job).await {
         Ok(tenant) => {
             *known = Some((tenant.id.clone(), job.kind.as_str()));
             crate::kinds::process(ctx, delivery, job, tenant).await
@@ -200,11 +209,12 @@ fn dead_letter(reason: &PoisonReason) -> Disposition {
     Disposition::DeadLetter(format!("{}: {reason}", reason.code()))
 }
 
-/// Checks the tenant exists and the AMQP user (validated by RabbitMQ) may publish for it.
+/// Checks the tenant exists and the message's publisher (its AMQP user, validated by RabbitMQ, or
+/// the one ragq carried over a re-publish) may publish for it.
 /// `Err(None)` means the check itself could not be made (database down).
 async fn authorize(
     ctx: &WorkerContext,
-    delivery: &Delivery,
+    origin: &Origin,
     job: &JobMessage,
 ) -> Result<Tenant, Option<PoisonReason>> {
     let tenant = match ctx.tenants.get(&job.tenant).await {
@@ -215,10 +225,20 @@ async fn authorize(
             return Err(None);
         }
     };
-    let Some(user) = delivery.properties.user_id().as_ref().map(|u| u.as_str()) else {
-        return Err(Some(PoisonReason::Unauthorized(
-            "message has no user_id property; publish with user_id set to your AMQP user".into(),
-        )));
+    let user = match origin {
+        Origin::Publisher(user) => user.as_str(),
+        Origin::Anonymous => {
+            return Err(Some(PoisonReason::Unauthorized(
+                "message has no user_id property; publish with user_id set to your AMQP user"
+                    .into(),
+            )))
+        }
+        Origin::Forged { by } => {
+            return Err(Some(PoisonReason::Unauthorized(format!(
+                "header {PUBLISHER_HEADER} is set by ragq only, not by AMQP user `{}`",
+                by.as_deref().unwrap_or("(none)")
+            ))))
+        }
     };
     let trusted = ctx.cfg.queue.trusted_publishers.iter().any(|t| t == user);
     if trusted || tenant.amqp_user.as_deref() == Some(user) {

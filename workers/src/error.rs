@@ -123,15 +123,21 @@ impl From<RouteError> for JobError {
     }
 }
 
+/// A job's error reaches its tenant (result, webhook, API), so infrastructure failures carry only
+/// their public form there; the whole error is logged here, once.
 impl From<StoreError> for JobError {
     fn from(e: StoreError) -> Self {
-        Self::classified(e.code(), e.to_string(), e.is_retryable(), None)
+        if e.is_retryable() {
+            tracing::warn!(error = %e, "vector store failed");
+        }
+        Self::classified(e.code(), e.public(), e.is_retryable(), None)
     }
 }
 
 impl From<CommitError> for JobError {
     fn from(e: CommitError) -> Self {
-        Self::transient("database_unavailable", e.to_string())
+        tracing::warn!(error = %e, "cannot commit the job's outcome");
+        Self::transient("database_unavailable", "the database is unavailable")
     }
 }
 

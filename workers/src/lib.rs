@@ -50,6 +50,8 @@ pub struct WorkerContext {
     pool: sqlx::PgPool,
     /// Finished attempts for the dashboard, written with the router's call stats.
     job_stats: std::sync::Arc<ragq::telemetry::stats::JobStats>,
+    /// The AMQP user this worker publishes as: the only one whose publisher header is believed.
+    own_amqp_user: String,
 }
 
 impl WorkerContext {

@@ -53,6 +53,7 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     let worker_id = format!("worker-{}", uuid::Uuid::new_v4().simple());
     let (vectors, site) = crate::placement::open(&cfg.retrieval.store, &worker_id).await?;
     let ctx = Arc::new(WorkerContext {
+        own_amqp_user: ragq::queue::url_user(&cfg.queue.url),
         router,
         vectors,
         cfg,

@@ -35,7 +35,8 @@ fn catalog_toml() -> String {
     let models: Vec<String> = (0..MODELS).map(|m| format!("\"m{m}\"")).collect();
     let _ = write!(
         t,
-        "[policies.cost-50]\nmodels = [{}]\nstrategy = \"cost\"\nregions = [\"eu\", \"us\"]\nmin_quality = 1\nplans = {{ free = [\"m0\", \"m2\", \"m4\"] }}\n",
+        "[policies.cost-50]\nmodels = [{}]\nstrategy = \"cost\"\nregions = [\"eu\", \"us\"]\nmin_quality = 1\nplans = {{ free = [\"m0\", \"m2\", \"m4\"], \"*\" = [{}] }}\n",
+        models.join(", "),
         models.join(", ")
     );
     t

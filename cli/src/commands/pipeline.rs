@@ -50,9 +50,10 @@ pub enum PipelineCommand {
 
 pub async fn run(cfg: &Config, command: PipelineCommand) -> anyhow::Result<()> {
     let pool = ragq::db::connect(&cfg.database).await?;
-    let max = cfg.queue.max_message_bytes;
     match command {
-        PipelineCommand::Create { tenant, spec } => create(&pool, &tenant, spec, max).await?,
+        PipelineCommand::Create { tenant, spec } => {
+            create(&pool, &tenant, spec, &cfg.scheduler.pipelines).await?
+        }
         PipelineCommand::List { tenant } => list(&pool, tenant.as_deref()).await?,
         PipelineCommand::Pause { tenant, name } => {
             pipeline::set_enabled(&pool, &tenant, &name, false, Utc::now()).await?;
@@ -67,7 +68,7 @@ pub async fn run(cfg: &Config, command: PipelineCommand) -> anyhow::Result<()> {
             );
         }
         PipelineCommand::Trigger { tenant, name } => {
-            match ragq::scheduler::fire::trigger(&pool, &tenant, &name, Utc::now(), max).await? {
+            match ragq::scheduler::fire::trigger(&pool, &tenant, &name, Utc::now(), cfg.scheduler.pipelines.max_message_bytes).await? {
                 Some(job) => {
                     let publisher = ReconnectingPublisher::new(cfg.queue.clone(), "ragq-pipeline");
                     ragq::scheduler::outbox::relay(&pool, &publisher).await?;
@@ -97,7 +98,12 @@ pub async fn run(cfg: &Config, command: PipelineCommand) -> anyhow::Result<()> {
 }
 
 /// Creates a pipeline from a JSON spec given inline or as `@file`.
-async fn create(pool: &PgPool, tenant: &str, spec: String, max: usize) -> anyhow::Result<()> {
+async fn create(
+    pool: &PgPool,
+    tenant: &str,
+    spec: String,
+    limits: &pipeline::PipelineLimits,
+) -> anyhow::Result<()> {
     let text = match spec.strip_prefix('@') {
         Some(path) => {
             std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?
@@ -106,7 +112,7 @@ async fn create(pool: &PgPool, tenant: &str, spec: String, max: usize) -> anyhow
     };
     let spec: PipelineSpec =
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("pipeline spec: {e}"))?;
-    let p = pipeline::create(pool, tenant, &spec, Utc::now(), max).await?;
+    let p = pipeline::create(pool, tenant, &spec, Utc::now(), limits).await?;
     println!(
         "pipeline `{}` created for tenant `{tenant}`; first run at {}",
         p.name,
