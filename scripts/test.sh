@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
 bash scripts/browser.sh
+bash scripts/schemathesis.sh --version > /dev/null
 extra=()
 if [[ -n "${QDRANT_URL:-}" ]]; then extra=(-- --include-ignored); fi
 exec cargo test --workspace --all-targets --no-fail-fast "$@" "${extra[@]}"

@@ -274,6 +274,17 @@ async fn permanent_provider_errors_fail_the_job_with_a_webhook() {
     let body: serde_json::Value = serde_json::from_str(&env.received()[0].body).unwrap();
     assert_eq!(body["type"], "job.failed");
     assert_eq!(body["data"]["error"]["code"], "provider_rejected");
+    // The tenant reads the provider and status, never the upstream body or the endpoint's URL.
+    let message = body["data"]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("answered HTTP 400"), "{message}");
+    for internal in ["simulated failure", "127.0.0.1", "http://"] {
+        assert!(!message.contains(internal), "`{internal}` in `{message}`");
+    }
+    let stored: String = sqlx::query_scalar("SELECT error FROM jobs WHERE id = 'rejected-1'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, message);
     assert_eq!(
         env.job_state("acme", "rejected-1").await.as_deref(),
         Some("failed")

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use ragq::telemetry::metrics::names;
 use serde_json::json;
 
-use common::{spawn_ragq, spawn_worker_process, terminate, TestEnv};
+use common::{free_port, spawn_ragq, spawn_worker_process, terminate, TestEnv};
 
 /// Exports what the batch processor holds every 200 ms, so tests need not wait 5 s.
 const BATCH_DELAY: (&str, &str) = ("OTEL_BSP_SCHEDULE_DELAY", "200");
@@ -19,14 +19,6 @@ use ragq_tools::scrape::{families, samples, sum, Sample};
 
 async fn scrape(url: &str) -> Vec<Sample> {
     ragq_tools::scrape::scrape(url).await.unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,19 +207,7 @@ async fn each_job_is_one_trace_under_its_submitters_traceparent() {
     let config = env.config_file();
     let mut worker = spawn_ragq(&config, "worker", &[BATCH_DELAY]);
     // The api as a process of its own: the in-process recorder belongs to the metrics test.
-    let api_port = free_port();
-    let api_queue = env.api_config().queue.url;
-    let listen = format!("127.0.0.1:{api_port}");
-    let api_env = [
-        ("RAGQ_QUEUE__URL", api_queue.as_str()),
-        ("RAGQ_API__LISTEN", listen.as_str()),
-    ];
-    let _api = spawn_ragq(&config, "api", &api_env);
-    let api = format!("http://127.0.0.1:{api_port}");
-    env.wait_until(30, "the api to listen", || async {
-        reqwest::get(format!("{api}/healthz")).await.is_ok()
-    })
-    .await;
+    let (_api, api) = env.spawn_api(&[]).await;
     // Over HTTP with the submitter's trace context, and over AMQP with it as a header.
     let http_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let http_parent = "00f067aa0ba902b7";

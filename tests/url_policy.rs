@@ -9,23 +9,7 @@ mod common;
 use ragq::webhooks::url_policy::UrlPolicy;
 use serde_json::json;
 
-use common::TestEnv;
-
-/// Every spelling of a non-public address a tenant might try.
-const HOSTILE: [&str; 12] = [
-    "http://127.0.0.1:9/hook",
-    "http://localhost:9/hook",
-    "http://[::1]:9/hook",
-    "http://2130706433/hook",
-    "http://0x7f.0.0.1/hook",
-    "http://0/hook",
-    "http://user:pass@127.0.0.1/hook",
-    "http://[::ffff:127.0.0.1]/hook",
-    "http://169.254.169.254/latest/meta-data",
-    "http://10.0.0.1/hook",
-    "ftp://127.0.0.1/hook",
-    "http://127.0.0.1/\u{0}hook",
-];
+use common::{TestEnv, HOSTILE_URLS as HOSTILE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_refuses_webhooks_into_the_operators_network() {

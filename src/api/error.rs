@@ -24,6 +24,46 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The body of every error response: `{"error": {"code", "message"}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `conflict`, `too_large`, `rate_limited`, `unavailable` or `internal`.
+    pub code: String,
+    /// For people: the rule broken; for server errors a generic text with an error id.
+    pub message: String,
+}
+
+/// The refusals every authenticated route may answer with, for the API's description.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // described, never built: the handlers answer with `ApiError`
+pub(crate) enum Refusals {
+    /// The request breaks a rule; the message names it.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No `Authorization: Bearer <api key>`, or a key that is not known.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Past the key's request rate (`api.rate_limit_per_s`).
+    #[response(
+        status = 429,
+        headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))
+    )]
+    RateLimited(ErrorBody),
+    /// A server fault; the message holds an error id the operator's log explains.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The database or broker is away, or the request ran past `api.request_timeout_ms`: retry
+    /// (a submission with the same id).
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -64,6 +104,60 @@ impl From<crate::scheduler::pipeline::PipelineError> for ApiError {
             P::Db(db) => db.into(),
         }
     }
+}
+
+/// Middleware: the api's own routes answer every error as [`ErrorBody`] JSON, including the
+/// framework's rejections (a malformed query string, a body over the limit, a wrong method),
+/// which come as plain text. Their text says what is wrong with the request and holds nothing
+/// internal.
+pub(crate) async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let api_route = request.uri().path().starts_with("/v1/");
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = (response.headers().get(axum::http::header::CONTENT_TYPE))
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !api_route || is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        _ if status.is_server_error() => "internal error".to_string(),
+        "" => status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string(),
+        t => t.to_string(),
+    };
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let mut rebuilt = (
+        status,
+        axum::Json(ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message,
+            },
+        }),
+    )
+        .into_response();
+    // Keep what the framework said beyond the body (`Allow` on a 405).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rebuilt.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rebuilt
 }
 
 impl From<sqlx::Error> for ApiError {

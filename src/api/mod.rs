@@ -7,6 +7,7 @@
 
 pub mod error;
 mod limits;
+mod openapi;
 mod pipelines;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -58,7 +59,8 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         pipelines: api.pipelines,
     });
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::serve))
         .route("/v1/jobs", post(submit))
         .route("/v1/jobs/{id}", get(read))
         .route("/v1/spend", get(spend))
@@ -78,6 +80,7 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
             Arc::clone(&state),
             limits::rate_limit,
         ))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(count_request))
         .layer(DefaultBodyLimit::max(api.max_body_bytes))
         .with_state(state)
@@ -131,6 +134,36 @@ pub(crate) async fn authenticate(
         .ok_or(ApiError::Unauthorized("unknown API key"))
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String))
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Submits a job. The id is the idempotency key: the same id again returns the job as it is.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    request_body(
+        content = openapi::JobSubmission,
+        description = "A job message (schemas/job.schema.json); `tenant` may be left out, the key names it"
+    ),
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context: the job joins the caller's trace")),
+    responses(
+        (status = 202, description = "Accepted and queued", body = JobView),
+        (status = 200, description = "This id was submitted before: the job as it is", body = JobView),
+        (status = 403, description = "The body names another tenant, or the plan may not use the policy", body = error::ErrorBody),
+        (status = 413, description = "Larger than queue.max_message_bytes or api.max_body_bytes", body = error::ErrorBody),
+        error::Refusals,
+    ),
+    security(("api_key" = []))
+)]
 async fn submit(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -208,12 +241,29 @@ fn parse_submission(
     })
 }
 
+/// Reads one of the tenant's jobs: state, attempts, result or error.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "The tenant has no job with this id", body = error::ErrorBody),
+        error::Refusals,
+    ),
+    security(("api_key" = []))
+)]
 async fn read(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
+    // An id no job can have (control characters, too long) is not looked up.
+    if !crate::jobs::is_job_id(&id) {
+        return Err(ApiError::NotFound("no job with this id".into()));
+    }
     job_view(&state.pool, &tenant.id, &id)
         .await?
         .map(Json)
@@ -222,14 +272,35 @@ async fn read(
 
 /// `GET /v1/spend?group_by=feature,model,day&from=YYYY-MM-DD&to=YYYY-MM-DD&format=json|csv`: the
 /// caller's own spend from the daily aggregates.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 struct SpendParams {
+    /// Comma-separated: tenant, feature, model, provider, day (default feature).
     group_by: Option<String>,
+    /// First day, inclusive (`YYYY-MM-DD`, UTC).
     from: Option<String>,
+    /// Last day, inclusive.
     to: Option<String>,
+    /// `json` (default) or `csv`.
     format: Option<String>,
 }
 
+/// The tenant's spend, grouped as asked, from the ledger's daily aggregates.
+#[utoipa::path(
+    get,
+    path = "/v1/spend",
+    tag = "spend",
+    params(SpendParams),
+    responses(
+        (status = 200, description = "One row per group", content(
+            (Vec<crate::spend::report::SpendRow> = "application/json"),
+            (String = "text/csv"),
+        )),
+        error::Refusals,
+    ),
+    security(("api_key" = []))
+)]
 async fn spend(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -383,11 +454,13 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        (
-            status,
-            Json(json!({"error": {"code": self.code(), "message": message}})),
-        )
-            .into_response()
+        let body = error::ErrorBody {
+            error: error::ErrorDetail {
+                code: self.code().into(),
+                message,
+            },
+        };
+        (status, Json(body)).into_response()
     }
 }
 

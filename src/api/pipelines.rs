@@ -10,8 +10,29 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::{authenticate, ApiError, ApiState};
+
+/// The answer of a pipeline action: the pipeline (pause, resume) or the triggered run.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // described, never built: `act` answers with either as JSON
+enum PipelineOrTriggered {
+    Pipeline(pipeline::Pipeline),
+    Triggered(Triggered),
+}
 use crate::scheduler::pipeline::{self, PipelineSpec};
 
+/// Creates a cron pipeline for the tenant.
+#[utoipa::path(
+    post,
+    path = "/v1/pipelines",
+    tag = "pipelines",
+    request_body = PipelineSpec,
+    responses(
+        (status = 201, description = "Created; its first slot is the first after now", body = pipeline::Pipeline),
+        (status = 409, description = "The name exists, or the tenant has scheduler.max_pipelines_per_tenant pipelines", body = super::error::ErrorBody),
+        super::error::Refusals,
+    ),
+    security(("api_key" = []))
+)]
 pub(crate) async fn create(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -29,6 +50,17 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(json!(p))).into_response())
 }
 
+/// The tenant's pipelines.
+#[utoipa::path(
+    get,
+    path = "/v1/pipelines",
+    tag = "pipelines",
+    responses(
+        (status = 200, description = "Every pipeline of the tenant", body = Vec<pipeline::Pipeline>),
+        super::error::Refusals,
+    ),
+    security(("api_key" = []))
+)]
 pub(crate) async fn list(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -39,24 +71,62 @@ pub(crate) async fn list(
     )))
 }
 
+/// A pipeline's last 100 runs, newest first, with their jobs' outcomes.
+#[utoipa::path(
+    get,
+    path = "/v1/pipelines/{name}/runs",
+    tag = "pipelines",
+    params(("name" = String, Path, description = "The pipeline's name")),
+    responses(
+        (status = 200, description = "The runs", body = Vec<pipeline::RunView>),
+        (status = 404, description = "The tenant has no such pipeline", body = super::error::ErrorBody),
+        super::error::Refusals,
+    ),
+    security(("api_key" = []))
+)]
 pub(crate) async fn runs(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
+    known_name(&name)?;
     Ok(Json(json!(
         pipeline::runs(&state.pool, &tenant.id, &name, 100).await?
     )))
 }
 
-/// `pause`, `resume` or `trigger`.
+/// What `trigger` did.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Triggered {
+    /// The run's job, queued now; none when the pipeline's overlap rule skipped the run.
+    job_id: Option<String>,
+    skipped: bool,
+}
+
+/// `pause`, `resume` or `trigger` a pipeline.
+#[utoipa::path(
+    post,
+    path = "/v1/pipelines/{name}/{action}",
+    tag = "pipelines",
+    params(
+        ("name" = String, Path, description = "The pipeline's name"),
+        ("action" = String, Path, description = "`pause`, `resume` or `trigger`"),
+    ),
+    responses(
+        (status = 200, description = "pause and resume: the pipeline; trigger: the run's job", body = inline(PipelineOrTriggered)),
+        (status = 404, description = "No such pipeline or action", body = super::error::ErrorBody),
+        super::error::Refusals,
+    ),
+    security(("api_key" = []))
+)]
 pub(crate) async fn act(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
+    known_name(&name)?;
     let now = Utc::now();
     match action.as_str() {
         "pause" | "resume" => {
@@ -79,10 +149,23 @@ pub(crate) async fn act(
             if let Err(e) = crate::scheduler::outbox::relay(&state.pool, &state.publisher).await {
                 tracing::warn!(error = %e, "triggered run left for the scheduler's relay");
             }
-            Ok(Json(json!({"job_id": job, "skipped": job.is_none()})))
+            let skipped = job.is_none();
+            Ok(Json(json!(Triggered {
+                job_id: job,
+                skipped
+            })))
         }
         other => Err(ApiError::NotFound(format!(
             "no pipeline action `{other}`: use pause, resume or trigger"
         ))),
+    }
+}
+
+/// A name no pipeline can have (control characters, too long) is not looked up.
+fn known_name(name: &str) -> Result<(), ApiError> {
+    if pipeline::is_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("no pipeline with this name".into()))
     }
 }

@@ -11,7 +11,7 @@
 
 pub mod data;
 mod page;
-mod session;
+pub(crate) mod session;
 pub mod svg;
 
 use std::sync::Arc;
@@ -78,19 +78,33 @@ async fn secure_headers(mut response: Response) -> Response {
 }
 
 #[derive(Debug, serde::Deserialize)]
-struct PageParams {
+pub(crate) struct PageParams {
     window: Option<String>,
 }
 
-async fn show(
+/// The dashboard page: the signed-in tenant's view, or every tenant's for the operator key.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "operations",
+    params(("window" = Option<String>, Query, pattern = "^(hour|day|30d)$", description = "`hour` (default), `day` or `30d`")),
+    responses(
+        (status = 200, description = "The page (HTML, no script)", content_type = "text/html"),
+        (status = 400, description = "A `window` that is not hour, day or 30d", content_type = "text/html"),
+        (status = 401, description = "Not signed in: the sign-in form", content_type = "text/html"),
+        (status = 503, description = "The database is away", content_type = "text/html"),
+    ),
+    security(("dashboard_session" = []), ("api_key" = []))
+)]
+pub(crate) async fn show(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Query(params): Query<PageParams>,
+    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let window = match params.window.as_deref().map(Window::parse) {
-        None => Window::Hour,
-        Some(Some(w)) => w,
-        Some(None) => {
+    let window = match params.map(|Query(p)| p.window.as_deref().map(Window::parse)) {
+        Ok(None) => Window::Hour,
+        Ok(Some(Some(w))) => w,
+        _ => {
             return message(
                 StatusCode::BAD_REQUEST,
                 "`window` must be one of hour, day, 30d",
@@ -108,7 +122,14 @@ async fn show(
     }
 }
 
-async fn style() -> Response {
+/// The dashboard's stylesheet (its CSP allows no other).
+#[utoipa::path(
+    get,
+    path = "/dashboard/style.css",
+    tag = "operations",
+    responses((status = 200, description = "CSS", content_type = "text/css"))
+)]
+pub(crate) async fn style() -> Response {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         include_str!("style.css"),

@@ -12,7 +12,7 @@ use axum::Form;
 use super::{html_response, internal, page, svg::escape, Scope};
 use crate::api::ApiState;
 
-const COOKIE: &str = "ragq_dashboard";
+pub(crate) const COOKIE: &str = "ragq_dashboard";
 /// How long a browser stays signed in.
 const SESSION_HOURS: i32 = 8;
 
@@ -100,15 +100,30 @@ pub(super) fn login_page(status: StatusCode, problem: Option<&str>) -> Response 
     html_response(status, page::document("Sign in · ragq dashboard", &body))
 }
 
-#[derive(Debug, serde::Deserialize)]
-pub(super) struct LoginForm {
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub(crate) struct LoginForm {
+    /// A tenant's API key or the operator key.
     key: String,
 }
 
-pub(super) async fn login(
+/// Signs a browser in: a session cookie for the key's view.
+#[utoipa::path(
+    post,
+    path = "/dashboard/login",
+    tag = "operations",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Signed in: to the dashboard, with the session cookie"),
+        (status = 400, description = "Not the sign-in form: the form again", content_type = "text/html"),
+        (status = 401, description = "Unknown key: the form again", content_type = "text/html"),
+        (status = 403, description = "Posted from another origin", content_type = "text/html"),
+        (status = 503, description = "The database is away", content_type = "text/html"),
+    )
+)]
+pub(crate) async fn login(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     if !same_origin(&headers) {
         return login_page(
@@ -116,6 +131,10 @@ pub(super) async fn login(
             Some("sign-in must come from this dashboard's own page"),
         );
     }
+    // A post that is not the form (another content type, no key) gets the form back.
+    let Ok(Form(form)) = form else {
+        return login_page(StatusCode::BAD_REQUEST, Some("enter a key"));
+    };
     let scope = match scope_of_key(&state, form.key.trim()).await {
         Ok(Some(scope)) => scope,
         Ok(None) => return login_page(StatusCode::UNAUTHORIZED, Some("unknown key")),
@@ -154,7 +173,17 @@ pub(super) async fn login(
 }
 
 /// Ends the session: its row is deleted and the cookie cleared.
-pub(super) async fn logout(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+#[utoipa::path(
+    post,
+    path = "/dashboard/logout",
+    tag = "operations",
+    responses(
+        (status = 303, description = "Signed out: to the sign-in form"),
+        (status = 503, description = "The database is away", content_type = "text/html"),
+    ),
+    security((), ("dashboard_session" = []))
+)]
+pub(crate) async fn logout(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     if let Some(token) = cookie(&headers, COOKIE) {
         let deleted = sqlx::query("DELETE FROM dashboard_sessions WHERE token_hash = $1")
             .bind(hash(token))

@@ -244,6 +244,11 @@ impl JobMessage {
     }
 }
 
+/// Whether `value` may be a job id (what a read of an id that cannot exist skips the database for).
+pub fn is_job_id(value: &str) -> bool {
+    check_id("id", value, 128).is_ok()
+}
+
 fn check_id(field: &str, value: &str, max: usize) -> Result<(), String> {
     let ok_chars = value
         .bytes()

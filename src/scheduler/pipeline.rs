@@ -11,7 +11,16 @@ use crate::jobs::JobMessage;
 
 /// What runs may do when the previous one has not finished.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, sqlx::Type,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    sqlx::Type,
+    utoipa::ToSchema,
 )]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
@@ -23,7 +32,16 @@ pub enum Overlap {
 
 /// What happens to slots missed while no scheduler ran.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, sqlx::Type,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    sqlx::Type,
+    utoipa::ToSchema,
 )]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
@@ -49,14 +67,20 @@ pub struct PipelineLimits {
 const GAP_SLOTS: usize = 64;
 
 /// A pipeline as created over the CLI or HTTP.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
+    /// Five fields (minute precision) or six (seconds first).
+    #[schema(example = "0 0 3 * * *")]
     pub cron: String,
+    /// An IANA zone name.
     #[serde(default = "utc")]
     pub time_zone: String,
-    /// A job message without `id` and `tenant`.
+    /// A job message without `id` and `tenant`; `{{scheduled_time}}` and `{{scheduled_date}}` in
+    /// its strings are filled per run.
+    #[schema(value_type = Object)]
     pub job_template: Value,
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -65,8 +89,10 @@ pub struct PipelineSpec {
     #[serde(default = "run_once")]
     pub missed: Missed,
     #[serde(default = "ten")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub missed_limit: i32,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub starting_deadline_secs: Option<i32>,
 }
 
@@ -102,13 +128,14 @@ fn ten() -> i32 {
 }
 
 /// A stored pipeline.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Pipeline {
     pub id: i64,
     pub tenant_id: String,
     pub name: String,
     pub cron: String,
     pub time_zone: String,
+    #[schema(value_type = Object)]
     pub job_template: Value,
     pub enabled: bool,
     pub overlap: Overlap,
@@ -283,13 +310,16 @@ fn check_interval(
     Ok(())
 }
 
+/// Whether `name` may name a pipeline: 1 to 64 characters of `[A-Za-z0-9._-]`.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && (name.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// The spec's own rules: its name, its missed-run limit and its starting deadline.
 fn check_spec(spec: &PipelineSpec) -> Result<(), String> {
-    let name_ok = !spec.name.is_empty()
-        && spec.name.len() <= 64
-        && (spec.name.bytes())
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !name_ok {
+    if !is_name(&spec.name) {
         return Err(format!(
             "name `{}`: 1 to 64 characters of [A-Za-z0-9._-]",
             spec.name
@@ -360,7 +390,7 @@ pub async fn set_enabled(
 }
 
 /// One run and its job's outcome.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RunView {
     pub scheduled_at: DateTime<Utc>,
     pub trigger: String,

@@ -188,29 +188,59 @@ pub fn to_csv(dims: &[Dimension], rows: &[ReportRow]) -> String {
     out
 }
 
+/// One report row as JSON: the group's keys (only those grouped by), then the sums.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct SpendRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// `YYYY-MM-DD` (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    pub calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// Cost in micro-dollars (1,000,000 = $1).
+    pub cost_micros: i64,
+    /// Micro-dollars per 1,000 tokens, rounded half up; 0 without tokens.
+    pub cost_per_1k_tokens_micros: i64,
+}
+
+/// The rows as [`SpendRow`]s.
+pub fn to_rows(dims: &[Dimension], rows: &[ReportRow]) -> Vec<SpendRow> {
+    rows.iter()
+        .map(|r| {
+            let mut row = SpendRow {
+                calls: r.calls,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cost_micros: r.cost_micros,
+                cost_per_1k_tokens_micros: r.cost_per_1k_tokens_micros,
+                ..SpendRow::default()
+            };
+            for (d, k) in dims.iter().zip(&r.keys) {
+                let slot = match d {
+                    Dimension::Tenant => &mut row.tenant,
+                    Dimension::Feature => &mut row.feature,
+                    Dimension::Model => &mut row.model,
+                    Dimension::Provider => &mut row.provider,
+                    Dimension::Day => &mut row.day,
+                };
+                *slot = Some(k.clone());
+            }
+            row
+        })
+        .collect()
+}
+
 /// JSON objects keyed by column name.
 pub fn to_json(dims: &[Dimension], rows: &[ReportRow]) -> serde_json::Value {
-    let h = header(dims);
-    serde_json::Value::Array(
-        rows.iter()
-            .map(|r| {
-                let mut obj = serde_json::Map::new();
-                for (d, k) in dims.iter().zip(&r.keys) {
-                    obj.insert(d.name().into(), k.clone().into());
-                }
-                obj.insert("calls".into(), r.calls.into());
-                obj.insert("input_tokens".into(), r.input_tokens.into());
-                obj.insert("output_tokens".into(), r.output_tokens.into());
-                obj.insert("cost_micros".into(), r.cost_micros.into());
-                obj.insert(
-                    "cost_per_1k_tokens_micros".into(),
-                    r.cost_per_1k_tokens_micros.into(),
-                );
-                debug_assert!(h.len() >= dims.len());
-                serde_json::Value::Object(obj)
-            })
-            .collect(),
-    )
+    serde_json::to_value(to_rows(dims, rows)).unwrap_or_default()
 }
 
 /// An aligned text table.

@@ -156,6 +156,13 @@ pub async fn serve(addr: SocketAddr, cancel: CancellationToken) -> std::io::Resu
 }
 
 /// The `/metrics` handler, for any axum router.
+/// The process's metrics in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain"))
+)]
 pub async fn metrics_page() -> impl axum::response::IntoResponse {
     (
         [(

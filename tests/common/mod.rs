@@ -42,12 +42,48 @@ fn rabbitmqctl(args: &[&str]) {
         .args(args)
         .output()
         .expect("rabbitmqctl runs (tests need the local RabbitMQ)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Adding a user a second time (another `api_config` of the same test) changes nothing.
     assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.status.success() || (args[0] == "add_user" && stderr.contains("already exists")),
+        "rabbitmqctl {args:?}: {stderr}"
     );
 }
+
+/// Every spelling of a non-public or non-http address a tenant might aim a webhook at. None needs
+/// DNS beyond /etc/hosts, and nothing ever connects to them: each is refused before any call.
+pub const HOSTILE_URLS: [&str; 30] = [
+    "http://127.0.0.1:9/hook",
+    "http://localhost:9/hook",
+    "http://LOCALHOST./hook",
+    "http://[::1]:9/hook",
+    "http://2130706433/hook",
+    "http://0x7f.0.0.1/hook",
+    "http://0177.0.0.1/hook",
+    "http://127.1/hook",
+    "http://0/hook",
+    "http://0.0.0.0/hook",
+    "http://[::]/hook",
+    "http://user:pass@127.0.0.1/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://[::ffff:7f00:1]/hook",
+    "http://[64:ff9b::7f00:1]/hook",
+    "http://169.254.169.254/latest/meta-data",
+    "http://[fe80::1]/hook",
+    "http://10.0.0.1/hook",
+    "http://172.16.0.1/hook",
+    "http://192.168.1.1/hook",
+    "http://100.64.0.1/hook",
+    "http://[fd00::1]/hook",
+    "http://224.0.0.1/hook",
+    "http://255.255.255.255/hook",
+    "ftp://127.0.0.1/hook",
+    "file:///etc/passwd",
+    "gopher://127.0.0.1:6379/_INFO",
+    "http://127.0.0.1/\u{0}hook",
+    "http://127.0.0.1/ hook",
+    "http://127.0.0.1/\u{7f}hook",
+];
 
 impl TestEnv {
     /// A fresh environment (`queue_extra` is added to the `[queue]` section) with tenants `acme` (AMQP user `guest`) and `globex` (AMQP user `globex-user`).
@@ -368,6 +404,25 @@ impl TestEnv {
 
 impl TestEnv {
     /// Writes this env's config to a file for worker processes; removed with the env.
+    /// Starts `ragq api` as a process of its own (publishing as the trusted api user) with extra
+    /// `RAGQ_*` settings; returns it and its base URL once it answers.
+    pub async fn spawn_api(&self, env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let queue = self.api_config().queue.url;
+        let mut vars = vec![
+            ("RAGQ_QUEUE__URL", queue.as_str()),
+            ("RAGQ_API__LISTEN", listen.as_str()),
+        ];
+        vars.extend_from_slice(env);
+        let child = spawn_ragq(&self.config_file(), "api", &vars);
+        let base = format!("http://{listen}");
+        self.wait_until(30, "the api to listen", || async {
+            reqwest::get(format!("{base}/healthz")).await.is_ok()
+        })
+        .await;
+        (child, base)
+    }
+
     pub fn config_file(&self) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("ragq-test-{}", self.tag));
         std::fs::create_dir_all(&dir).unwrap();
@@ -457,6 +512,15 @@ impl TestEnv {
 }
 
 /// Starts `ragq worker` as a separate process (so it can be killed or signalled for real).
+/// A TCP port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn spawn_worker_process(config: &std::path::Path) -> tokio::process::Child {
     worker_command(config, "warn", std::process::Stdio::inherit(), false)
 }
