@@ -12,7 +12,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-use common::TestEnv;
+use common::{rabbitmqctl as ctl, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_only_tenant_user_publishes_and_reads_nothing() {
@@ -98,7 +98,7 @@ async fn retries_keep_the_publisher_and_a_replayed_forgery_is_refused_again() {
         Some(user.as_str()),
         "the dead letter names its publisher"
     );
-    replay(&admin, &first).await;
+    replay(&env, &admin, &first).await;
     let again = dead_letter_with_reason(&env, &admin, "may not publish for tenant `acme`").await;
     assert_eq!(again.data, forged.to_string().into_bytes());
     let reason = header(
@@ -126,19 +126,6 @@ async fn retries_keep_the_publisher_and_a_replayed_forgery_is_refused_again() {
     stop.cancel();
     worker.await.unwrap();
     ctl(&["delete_user", &user]);
-}
-
-/// Runs rabbitmqctl, failing the test when it fails.
-fn ctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A RabbitMQ user with the README's tenant permissions, made `tenant`'s AMQP user, connected.
@@ -246,21 +233,8 @@ async fn dead_letter_with_reason(
 
 /// Publishes a dead letter back to `ragq.jobs` as ragq's own user (guest), with its headers, as a
 /// shovel replaying the dead-letter queue does.
-async fn replay(admin: &Connection, msg: &lapin::message::BasicGetMessage) {
-    let ch = admin.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
+async fn replay(env: &TestEnv, admin: &Connection, msg: &lapin::message::BasicGetMessage) {
     let props = msg.properties.clone().with_user_id("guest".into());
-    let confirm = ch
-        .basic_publish(
-            "ragq.jobs".into(),
-            "batch.complete".into(),
-            BasicPublishOptions::default(),
-            &msg.data,
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    env.publish_with(admin, "batch.complete", &msg.data, props)
+        .await;
 }

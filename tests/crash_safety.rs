@@ -167,20 +167,12 @@ async fn worker_reconnects_when_rabbitmq_drops_its_connections() {
         env.finished_jobs().await >= 3
     })
     .await;
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "close_all_connections",
-            "--vhost",
-            &env.vhost,
-            "test: connection loss",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::rabbitmqctl(&[
+        "close_all_connections",
+        "--vhost",
+        &env.vhost,
+        "test: connection loss",
+    ]);
     let done_at_drop = env.finished_jobs().await;
     assert!(
         done_at_drop < JOBS,

@@ -388,7 +388,12 @@ async fn a_thousand_hostile_requests_and_messages_are_all_refused_and_nothing_cr
     let config = env.config_file();
     let mut worker = spawn_ragq(&config, "worker", &[]);
     let (mut api, base) = env.spawn_api(&[]).await;
-    let http = reqwest::Client::new();
+    // A connection each, as hostile clients open them: after an early 413 the server closes its
+    // side, and a pooled connection could be reused before the client saw that.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
 
     let requests = http_cases(&env);
     let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
@@ -510,11 +515,13 @@ async fn schemathesis_fuzzes_the_live_api_from_its_document_and_finds_nothing() 
             "not_a_server_error,status_code_conformance,content_type_conformance,\
              response_headers_conformance,response_schema_conformance,negative_data_rejection",
         ])
+        // One worker: hypothesis's generation is not thread-safe in every path (with two it
+        // failed now and then inside hypothesis, before any request was sent).
         .args([
             "--max-examples",
             "60",
             "--workers",
-            "2",
+            "1",
             "--seed",
             "20261201",
         ])

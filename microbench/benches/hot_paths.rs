@@ -174,5 +174,42 @@ fn retrieval(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, parsing, signing, routing, admission, scheduling, retrieval);
+/// The outbound URL policy as a worker runs it on every job with a webhook (and the sender's
+/// resolver on every delivery): the form alone, an address literal, and a name resolved through
+/// the system resolver (`localhost`, from /etc/hosts: nothing leaves the machine).
+fn url_policy(c: &mut Criterion) {
+    use ragq::webhooks::url_policy::UrlPolicy;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let policy = UrlPolicy::new(
+        UrlPolicy::parse_ranges(&["127.0.0.0/8".into()]).unwrap(),
+        false,
+    );
+    c.bench_function("url policy: form of a named https URL (no DNS)", |b| {
+        b.iter(|| {
+            policy
+                .check_form(black_box("https://hooks.acme.example/ragq/v1?tenant=acme"))
+                .unwrap()
+        })
+    });
+    c.bench_function("url policy: full check, address literal", |b| {
+        b.iter(|| {
+            rt.block_on(policy.check(black_box("http://127.0.0.1:9/hook")))
+                .unwrap()
+        })
+    });
+    c.bench_function(
+        "url policy: full check, name via the system resolver",
+        |b| {
+            b.iter(|| {
+                rt.block_on(policy.check(black_box("http://localhost:9/hook")))
+                    .unwrap()
+            })
+        },
+    );
+}
+
+criterion_group!(benches, parsing, signing, routing, admission, scheduling, retrieval, url_policy);
 criterion_main!(benches);

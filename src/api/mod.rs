@@ -337,7 +337,7 @@ async fn spend(
 }
 
 /// A job as clients see it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct JobView {
     pub id: String,
     pub tenant: String,
@@ -354,6 +354,7 @@ pub struct JobView {
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
     /// Why a failed job failed.
+    #[sqlx(json(nullable))]
     pub error: Option<JobFailure>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -370,26 +371,11 @@ pub enum JobState {
 }
 
 /// A failed job's error: a stable code and a message for people.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobFailure {
     pub code: String,
     pub message: Option<String>,
 }
-
-type JobRow = (
-    String,
-    String,
-    String,
-    JobState,
-    String,
-    i32,
-    Value,
-    Option<Value>,
-    Option<String>,
-    Option<String>,
-    chrono::DateTime<chrono::Utc>,
-    Option<chrono::DateTime<chrono::Utc>>,
-);
 
 /// A job as clients see it, if `tenant` has one with this id.
 pub async fn job_view(
@@ -397,45 +383,17 @@ pub async fn job_view(
     tenant: &str,
     id: &str,
 ) -> Result<Option<JobView>, sqlx::Error> {
-    let row: Option<JobRow> = sqlx::query_as(
-        "SELECT id, tenant_id, kind, state, policy, attempts, tags, result, error_code, error, \
+    sqlx::query_as(
+        "SELECT id, tenant_id AS tenant, kind, state, policy, attempts, tags, result, \
+           CASE WHEN error_code IS NULL THEN NULL \
+                ELSE jsonb_build_object('code', error_code, 'message', error) END AS error, \
            created_at, finished_at \
          FROM jobs WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant)
     .bind(id)
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(
-        |(
-            id,
-            tenant,
-            kind,
-            state,
-            policy,
-            attempts,
-            tags,
-            result,
-            code,
-            message,
-            created,
-            finished,
-        )| {
-            JobView {
-                id,
-                tenant,
-                kind,
-                state,
-                policy,
-                attempts,
-                tags,
-                result,
-                error: code.map(|code| JobFailure { code, message }),
-                created_at: created,
-                finished_at: finished,
-            }
-        },
-    ))
+    .await
 }
 
 impl IntoResponse for ApiError {

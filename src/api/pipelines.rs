@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 
 use super::{authenticate, ApiError, ApiState};
 
+use crate::scheduler::pipeline::{self, PipelineSpec};
+
 /// The answer of a pipeline action: the pipeline (pause, resume) or the triggered run.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // described, never built: `act` answers with either as JSON
@@ -18,7 +20,6 @@ enum PipelineOrTriggered {
     Pipeline(pipeline::Pipeline),
     Triggered(Triggered),
 }
-use crate::scheduler::pipeline::{self, PipelineSpec};
 
 /// Creates a cron pipeline for the tenant.
 #[utoipa::path(
@@ -40,12 +41,12 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
     let spec = PipelineSpec::from_json(&body).map_err(ApiError::BadRequest)?;
-    // The template's webhook is called by every run: the URL policy applies now, not at 3 am.
-    if let Some(url) = spec.job_template.get("webhook_url").and_then(Value::as_str) {
-        state.url_policy.check(url).await.map_err(|refusal| {
-            ApiError::BadRequest(format!("job_template.webhook_url refused: {refusal}"))
-        })?;
-    }
+    pipeline::check_webhook(&spec, &state.url_policy)
+        .await
+        .map_err(ApiError::BadRequest)?;
+    (state.plans)
+        .check_policy(&tenant.plan, pipeline::template_policy(&spec))
+        .map_err(ApiError::Forbidden)?;
     let p = pipeline::create(&state.pool, &tenant.id, &spec, Utc::now(), &state.pipelines).await?;
     Ok((StatusCode::CREATED, Json(json!(p))).into_response())
 }

@@ -58,8 +58,11 @@ pub struct JobMessage {
     pub tags: BTreeMap<String, String>,
 }
 
+/// The routing policy of a job that names none.
+pub const DEFAULT_POLICY: &str = "cost-optimized";
+
 fn default_policy() -> String {
-    "cost-optimized".to_string()
+    DEFAULT_POLICY.to_string()
 }
 
 /// Input of a `batch.complete` job: prompts answered independently.

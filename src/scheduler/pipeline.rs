@@ -310,6 +310,24 @@ fn check_interval(
     Ok(())
 }
 
+/// The template's webhook is called by every run: the URL policy applies at creation, not at 3 am.
+pub async fn check_webhook(
+    spec: &PipelineSpec,
+    policy: &crate::webhooks::url_policy::UrlPolicy,
+) -> Result<(), String> {
+    match spec.job_template.get("webhook_url").and_then(Value::as_str) {
+        Some(url) => (policy.check(url).await)
+            .map(|_| ())
+            .map_err(|refusal| format!("job_template.webhook_url refused: {refusal}")),
+        None => Ok(()),
+    }
+}
+
+/// The routing policy the template's jobs will name.
+pub fn template_policy(spec: &PipelineSpec) -> &str {
+    (spec.job_template.get("policy").and_then(Value::as_str)).unwrap_or(crate::jobs::DEFAULT_POLICY)
+}
+
 /// Whether `name` may name a pipeline: 1 to 64 characters of `[A-Za-z0-9._-]`.
 pub fn is_name(name: &str) -> bool {
     !name.is_empty()

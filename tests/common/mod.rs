@@ -37,7 +37,8 @@ fn vectors_dir(tag: &str) -> std::path::PathBuf {
         .join("vectors")
 }
 
-fn rabbitmqctl(args: &[&str]) {
+/// Runs rabbitmqctl, failing the test when it fails.
+pub fn rabbitmqctl(args: &[&str]) {
     let out = std::process::Command::new("rabbitmqctl")
         .args(args)
         .output()

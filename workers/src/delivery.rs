@@ -205,9 +205,18 @@ fn header(delivery: &Delivery, name: &str) -> Option<String> {
     }
 }
 
+/// The reason quotes the message where that helps (the field at fault and its value); it is cut
+/// to [`MAX_REASON_CHARS`], so a hostile message cannot put kilobytes of its text into the log or
+/// the dead letter's header.
 fn dead_letter(reason: &PoisonReason) -> Disposition {
-    Disposition::DeadLetter(format!("{}: {reason}", reason.code()))
+    let text: String = format!("{}: {reason}", reason.code())
+        .chars()
+        .take(MAX_REASON_CHARS)
+        .collect();
+    Disposition::DeadLetter(text)
 }
+
+const MAX_REASON_CHARS: usize = 300;
 
 /// Checks the tenant exists and the message's publisher (its AMQP user, validated by RabbitMQ, or
 /// the one ragq carried over a re-publish) may publish for it.

@@ -51,9 +51,7 @@ pub enum PipelineCommand {
 pub async fn run(cfg: &Config, command: PipelineCommand) -> anyhow::Result<()> {
     let pool = ragq::db::connect(&cfg.database).await?;
     match command {
-        PipelineCommand::Create { tenant, spec } => {
-            create(&pool, &tenant, spec, &cfg.scheduler.pipelines).await?
-        }
+        PipelineCommand::Create { tenant, spec } => create(&pool, cfg, &tenant, spec).await?,
         PipelineCommand::List { tenant } => list(&pool, tenant.as_deref()).await?,
         PipelineCommand::Pause { tenant, name } => {
             pipeline::set_enabled(&pool, &tenant, &name, false, Utc::now()).await?;
@@ -98,12 +96,7 @@ pub async fn run(cfg: &Config, command: PipelineCommand) -> anyhow::Result<()> {
 }
 
 /// Creates a pipeline from a JSON spec given inline or as `@file`.
-async fn create(
-    pool: &PgPool,
-    tenant: &str,
-    spec: String,
-    limits: &pipeline::PipelineLimits,
-) -> anyhow::Result<()> {
+async fn create(pool: &PgPool, cfg: &Config, tenant: &str, spec: String) -> anyhow::Result<()> {
     let text = match spec.strip_prefix('@') {
         Some(path) => {
             std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?
@@ -112,7 +105,10 @@ async fn create(
     };
     let spec: PipelineSpec =
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("pipeline spec: {e}"))?;
-    let p = pipeline::create(pool, tenant, &spec, Utc::now(), limits).await?;
+    pipeline::check_webhook(&spec, &cfg.webhooks.url_policy)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let p = pipeline::create(pool, tenant, &spec, Utc::now(), &cfg.scheduler.pipelines).await?;
     println!(
         "pipeline `{}` created for tenant `{tenant}`; first run at {}",
         p.name,
