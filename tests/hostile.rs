@@ -14,7 +14,11 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 
-use common::{spawn_ragq, terminate, TestEnv, HOSTILE_URLS};
+use common::{spawn_worker_logging, terminate, TestEnv, HOSTILE_URLS};
+
+/// Tenant content planted where the parser quotes it in its error: it may travel in the dead
+/// letter's header, never into the worker's log.
+const CANARY: &str = "canary-tenant-content-7f3a";
 
 /// The URL policy as shipped: no private ranges allowed, so every trick is refused.
 const STRICT: &str = "[webhooks]\nallow_private = []\n";
@@ -347,6 +351,13 @@ fn amqp_cases(env: &TestEnv) -> Vec<Message> {
             .map(|(w, b)| as_acme(w, b)),
     );
     cases.push(as_acme("1.5 MiB message".into(), vec![b' '; 3 << 19]));
+    let mut quoted = bases("acme")[0].clone();
+    quoted["id"] = json!("hostile-canary");
+    quoted["input"] = json!(CANARY);
+    cases.push(as_acme(
+        "input as a string".into(),
+        quoted.to_string().into_bytes(),
+    ));
     // acme's user (guest here) naming other tenants; no user at all; and a trusted publisher
     // writing the publisher header only ragq may write.
     for tenant in ["globex", "nobody"] {
@@ -386,7 +397,8 @@ fn amqp_cases(env: &TestEnv) -> Vec<Message> {
 async fn a_thousand_hostile_requests_and_messages_are_all_refused_and_nothing_crashes() {
     let env = TestEnv::with_sections("", STRICT).await;
     let config = env.config_file();
-    let mut worker = spawn_ragq(&config, "worker", &[]);
+    let worker_log = config.with_file_name("worker.log");
+    let mut worker = spawn_worker_logging(&config, "warn", &worker_log);
     let (mut api, base) = env.spawn_api(&[]).await;
     // A connection each, as hostile clients open them: after an early 413 the server closes its
     // side, and a pooled connection could be reused before the client saw that.
@@ -471,6 +483,15 @@ async fn a_thousand_hostile_requests_and_messages_are_all_refused_and_nothing_cr
     }
     assert_eq!(letters, messages.len(), "one dead letter per message");
     assert!(!reasons.contains_key(""), "{reasons:?}");
+    let log = std::fs::read_to_string(&worker_log).unwrap();
+    assert!(
+        log.contains("dead-lettering message"),
+        "the worker logged its dead letters"
+    );
+    assert!(
+        !log.contains(CANARY),
+        "tenant content reached the worker's log"
+    );
 
     // Nothing ran, for acme or anyone, and neither process died.
     assert_eq!(

@@ -74,7 +74,12 @@ async fn settle(
     let settled = match &disposition {
         Disposition::Ack => Ok(()),
         Disposition::DeadLetter(reason) => {
-            tracing::warn!(reason = %reason, "dead-lettering message");
+            // Only the code: the details may quote the message (tenant content), and they travel
+            // with the dead letter in its `x-ragq-reason` header.
+            tracing::warn!(
+                reason = %dead_letters::reason_code(reason),
+                "dead-lettering message (details in its x-ragq-reason header)"
+            );
             ragq::telemetry::metrics::dead_letter(reason);
             let published = publisher
                 .publish_dead_letter(
