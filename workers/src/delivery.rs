@@ -211,8 +211,8 @@ fn header(delivery: &Delivery, name: &str) -> Option<String> {
 }
 
 /// The reason quotes the message where that helps (the field at fault and its value); it is cut
-/// to [`MAX_REASON_CHARS`], so a hostile message cannot put kilobytes of its text into the log or
-/// the dead letter's header.
+/// to [`MAX_REASON_CHARS`], so a hostile message cannot put kilobytes of its text into the dead
+/// letter's header (the log gets only the reason's code).
 fn dead_letter(reason: &PoisonReason) -> Disposition {
     let text: String = format!("{}: {reason}", reason.code())
         .chars()
