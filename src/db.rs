@@ -16,6 +16,8 @@ pub enum DbSetupError {
     Create { name: String, source: sqlx::Error },
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot seal the secrets stored in clear: {0}")]
+    Seal(crate::tenants::secrets::ResealError),
 }
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -32,14 +34,25 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
         .await
         .map_err(DbSetupError::Connect)?;
     if cfg.migrate_on_start {
-        MIGRATOR.run(&pool).await?;
+        migrate(&pool, &cfg.sealing).await?;
     }
     Ok(pool)
 }
 
-/// Applies migrations to an existing pool (`ragq migrate`).
-pub async fn migrate(pool: &PgPool) -> Result<(), DbSetupError> {
+/// Applies the SQL migrations, then seals the secrets still stored in clear when a key is
+/// configured (SQL cannot: the key is not in the database).
+pub async fn migrate(pool: &PgPool, sealing: &crate::keyring::Keyring) -> Result<(), DbSetupError> {
     MIGRATOR.run(pool).await?;
+    if sealing.current_id().is_some() {
+        use crate::tenants::secrets::{reseal, Reseal};
+        let actor = crate::audit::Actor::system();
+        let sealed = reseal(pool, sealing, &actor, Reseal::ClearOnly)
+            .await
+            .map_err(DbSetupError::Seal)?;
+        if sealed > 0 {
+            tracing::info!(sealed, "sealed secrets stored in clear");
+        }
+    }
     Ok(())
 }
 
@@ -80,4 +93,6 @@ pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
     pub migrate_on_start: bool,
+    /// Seals secrets stored in clear when migrating (a data migration after the SQL ones).
+    pub sealing: crate::keyring::Keyring,
 }

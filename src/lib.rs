@@ -6,10 +6,12 @@
 //! the benchmarks are `ragq-cli` (`cli/`); the simulated provider and test tooling `ragq-tools`.
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod dashboard;
 pub mod db;
 pub mod jobs;
+pub mod keyring;
 pub mod money;
 pub mod providers;
 pub mod queue;

@@ -203,8 +203,15 @@ async fn pipelines_are_capped_per_tenant_and_held_to_a_minimum_interval() {
         let pool = env.pool.clone();
         let spec = spec(i);
         async move {
-            ragq::scheduler::pipeline::create(&pool, "acme", &spec, chrono::Utc::now(), &limits)
-                .await
+            ragq::scheduler::pipeline::create(
+                &pool,
+                &ragq::audit::Actor::cli(),
+                "acme",
+                &spec,
+                chrono::Utc::now(),
+                &limits,
+            )
+            .await
         }
     }))
     .await;

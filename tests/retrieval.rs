@@ -620,6 +620,7 @@ async fn a_budget_downgrade_shrinks_the_context_of_rag_answer() {
         .await;
     ragq::spend::budget::set(
         &env.pool,
+        &ragq::audit::Actor::cli(),
         &ragq::spend::budget::BudgetSpec {
             tenant: "acme".into(),
             feature: String::new(),

@@ -82,9 +82,16 @@ async fn replica(env: &TestEnv, clock: &Arc<ManualClock>) -> Replica {
 }
 
 async fn create(env: &TestEnv, spec: &PipelineSpec, now: DateTime<Utc>) {
-    pipeline::create(&env.pool, "acme", spec, now, &env.cfg.scheduler.pipelines)
-        .await
-        .unwrap();
+    pipeline::create(
+        &env.pool,
+        &ragq::audit::Actor::cli(),
+        "acme",
+        spec,
+        now,
+        &env.cfg.scheduler.pipelines,
+    )
+    .await
+    .unwrap();
 }
 
 /// Scheduled times of a pipeline's runs in `state`.
@@ -375,12 +382,26 @@ async fn daylight_saving_days_in_berlin_fire_each_night_once() {
     };
     walk(utc(2026, 3, 31, 0, 0)).await;
     clock.set(utc(2026, 10, 23, 12, 0));
-    pipeline::set_enabled(&env.pool, "acme", "nightly", false, clock.now())
-        .await
-        .unwrap();
-    pipeline::set_enabled(&env.pool, "acme", "nightly", true, clock.now())
-        .await
-        .unwrap();
+    pipeline::set_enabled(
+        &env.pool,
+        &ragq::audit::Actor::cli(),
+        "acme",
+        "nightly",
+        false,
+        clock.now(),
+    )
+    .await
+    .unwrap();
+    pipeline::set_enabled(
+        &env.pool,
+        &ragq::audit::Actor::cli(),
+        "acme",
+        "nightly",
+        true,
+        clock.now(),
+    )
+    .await
+    .unwrap();
     walk(utc(2026, 10, 27, 0, 0)).await;
     let got: BTreeSet<DateTime<Utc>> = runs(&env, "nightly", "enqueued")
         .await

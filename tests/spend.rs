@@ -88,9 +88,13 @@ async fn eight_concurrent_workers_never_pass_the_hard_limit() {
     assert!(jobs.iter().all(|j| estimate_of(j, &[SMALL]) == est));
     // Room for 100 jobs and a bit: exactly 100 may run, whatever the interleaving.
     let hard = est.max_micros * 100 + est.max_micros / 2;
-    let id = budget::set(&env.pool, &spec("", Some(hard), None, OnLimit::Fail))
-        .await
-        .unwrap();
+    let id = budget::set(
+        &env.pool,
+        &ragq::audit::Actor::cli(),
+        &spec("", Some(hard), None, OnLimit::Fail),
+    )
+    .await
+    .unwrap();
     publish(&env, &jobs).await;
 
     let mut cfg = env.cfg.clone();
@@ -155,9 +159,13 @@ async fn a_killed_workers_reservation_expires_and_nothing_is_booked_twice() {
     let jobs: Vec<_> = (0..5)
         .map(|i| same_size_job(&env, &format!("held-{i}"), "chat", "cost-optimized"))
         .collect();
-    let id = budget::set(&env.pool, &spec("", Some(1_000_000), None, OnLimit::Fail))
-        .await
-        .unwrap();
+    let id = budget::set(
+        &env.pool,
+        &ragq::audit::Actor::cli(),
+        &spec("", Some(1_000_000), None, OnLimit::Fail),
+    )
+    .await
+    .unwrap();
     publish(&env, &jobs).await;
     let config = env.config_file();
     let mut first = spawn_worker_process(&config);
@@ -206,9 +214,14 @@ async fn a_killed_workers_reservation_expires_and_nothing_is_booked_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_alert_threshold_fires_once_per_period() {
     let env = TestEnv::new("").await;
-    ragq::tenants::set_alert_webhook(&env.pool, "acme", Some(&env.hook_url))
-        .await
-        .unwrap();
+    ragq::tenants::set_alert_webhook(
+        &env.pool,
+        &ragq::audit::Actor::cli(),
+        "acme",
+        Some(&env.hook_url),
+    )
+    .await
+    .unwrap();
     let (_stop, _worker) = env.start_worker();
     // Learn what one job really costs, then set a soft limit that 10 such jobs reach.
     publish(
@@ -223,6 +236,7 @@ async fn each_alert_threshold_fires_once_per_period() {
     assert!(per_job > 0);
     let id = budget::set(
         &env.pool,
+        &ragq::audit::Actor::cli(),
         &spec("", None, Some(per_job * 10), OnLimit::Fail),
     )
     .await
@@ -287,11 +301,16 @@ async fn at_the_limit_fail_refuses_and_downgrade_runs_on_a_cheaper_model() {
     let both = estimate_of(&probe, &[SMALL, LARGE]);
     // Room for the small model's worst case, not the large one's.
     let hard = (both.min_micros + both.max_micros) / 2;
-    budget::set(&env.pool, &spec("fails", Some(hard), None, OnLimit::Fail))
-        .await
-        .unwrap();
     budget::set(
         &env.pool,
+        &ragq::audit::Actor::cli(),
+        &spec("fails", Some(hard), None, OnLimit::Fail),
+    )
+    .await
+    .unwrap();
+    budget::set(
+        &env.pool,
+        &ragq::audit::Actor::cli(),
         &spec("degrades", Some(hard), None, OnLimit::Downgrade),
     )
     .await

@@ -352,6 +352,7 @@ async fn a_scheduled_job_is_a_child_of_its_pipeline_run() {
         ragq::scheduler::pipeline::PipelineSpec::from_json(spec.to_string().as_bytes()).unwrap();
     ragq::scheduler::pipeline::create(
         &env.pool,
+        &ragq::audit::Actor::cli(),
         "acme",
         &spec,
         chrono::Utc::now(),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use ragq::audit::Actor;
 use ragq::config::Config;
 use ragq_tools::sim::SimOptions;
 
@@ -67,10 +68,57 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::commands::spend::SpendCommand,
     },
+    /// API keys: create, list, revoke, rotate.
+    Key {
+        #[command(subcommand)]
+        command: crate::commands::keys::KeyCommand,
+    },
+    /// Kept webhook deliveries.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+    /// Secrets at rest: make a sealing key, re-seal stored secrets under the current one.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+    /// The audit log of administrative changes, newest first.
+    Audit(crate::commands::audit::AuditArgs),
     /// Run the whole system on this machine and print what happened.
     Demo(crate::demo::DemoArgs),
     /// End-to-end load run on this machine, with the broker's own rate as a baseline.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Re-send a tenant's kept deliveries with their original webhook-id (receivers dedupe on it).
+    Replay {
+        #[arg(long)]
+        tenant: String,
+        /// One job's deliveries.
+        #[arg(long, conflicts_with_all = ["since", "until"])]
+        job: Option<String>,
+        /// Deliveries created at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Deliveries created before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Which deliveries: those whose attempts are spent, those delivered, or both.
+        #[arg(long, value_parser = ["failed", "delivered", "any"], default_value = "failed")]
+        state: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Print a new random sealing key (base64, 32 bytes) for `secrets.key_file` or `key_env`.
+    NewKey,
+    /// Re-seal every stored secret under the current key (after a key change: keep the old key
+    /// in `secrets.retired_key_files` until this has run), or seal those still in clear.
+    Reencrypt,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +139,24 @@ pub enum TenantCommand {
     AlertWebhook { id: String, url: Option<String> },
     /// Move a tenant to a plan (routing policies may restrict models per plan).
     Plan { id: String, plan: String },
+    /// Erase a tenant: its jobs, vectors, webhook payloads, keys, pipelines and budgets; its
+    /// ledger is anonymized or kept (`retention.erased_ledger`, or --ledger).
+    Delete {
+        id: String,
+        #[arg(long, value_parser = ["anonymize", "keep"])]
+        ledger: Option<String>,
+        /// Confirms the erasure (it cannot be undone).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Give a tenant a new webhook secret (printed once); deliveries carry signatures with both
+    /// secrets during the grace period.
+    RotateWebhookSecret {
+        id: String,
+        /// How long the current secret keeps signing beside the new one (`0s`: not at all).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+        grace: std::time::Duration,
+    },
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -117,6 +183,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         (Some(command), false) => command,
         (None, false) => anyhow::bail!("give a subcommand, or --check-config (see ragq --help)"),
     };
+    if matches!(command, Command::Worker | Command::Api | Command::Scheduler)
+        && cfg.secrets.current_id().is_none()
+    {
+        tracing::warn!(
+            "no sealing key (secrets.key_file or secrets.key_env): webhook secrets and tenants' \
+             provider keys are stored in clear; make one with `ragq secrets new-key`"
+        );
+    }
     let cancel = shutdown_token();
     match command {
         Command::Migrate => {
@@ -159,6 +233,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant { command } => tenant(&cfg, command).await?,
         Command::Budget { command } => crate::commands::spend::budget(&cfg, command).await?,
         Command::Spend { command } => crate::commands::spend::spend(&cfg, command).await?,
+        Command::Key { command } => crate::commands::keys::run(&cfg, command).await?,
+        Command::Webhook {
+            command:
+                WebhookCommand::Replay {
+                    tenant,
+                    job,
+                    since,
+                    until,
+                    state,
+                },
+        } => {
+            let pool = ragq::db::connect(&cfg.database).await?;
+            let filter = ragq::webhooks::replay::ReplayFilter {
+                job_id: job,
+                since,
+                until,
+                state: Some(state),
+            };
+            let done =
+                ragq::webhooks::replay::replay(&pool, &Actor::cli(), &tenant, &filter).await?;
+            println!(
+                "{} deliveries of tenant `{tenant}` queued to be sent again (running workers send them)",
+                done.replayed
+            );
+            for id in done.webhook_ids {
+                println!("  {id}");
+            }
+        }
+        Command::Secrets { command } => secrets(&cfg, command).await?,
+        Command::Audit(args) => crate::commands::audit::run(&cfg, args).await?,
         Command::Demo(args) => crate::demo::run(args, cancel).await?,
         Command::Bench(args) => crate::bench::run(args, cancel).await?,
     }
@@ -197,32 +301,90 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
                 );
             }
             check_alert_url(cfg, alert_webhook.as_deref()).await?;
-            let created = ragq::tenants::create(
-                &pool,
-                &id,
-                name.as_deref().unwrap_or(&id),
-                amqp_user.as_deref(),
-            )
-            .await?;
-            if let Some(url) = alert_webhook {
-                ragq::tenants::set_alert_webhook(&pool, &id, Some(&url)).await?;
-            }
+            let spec = ragq::tenants::TenantSpec {
+                id: &id,
+                name: name.as_deref().unwrap_or(&id),
+                amqp_user: amqp_user.as_deref(),
+                alert_webhook: alert_webhook.as_deref(),
+            };
+            let created =
+                ragq::tenants::create_with(&pool, &Actor::cli(), &cfg.secrets, &spec).await?;
             println!("tenant:         {}", created.tenant.id);
-            println!("api key:        {}", created.api_key.expose());
-            println!("webhook secret: {}", created.tenant.webhook_secret.expose());
+            println!(
+                "api key:        {} (key {})",
+                created.api_key.expose(),
+                created.api_key_id
+            );
+            println!("webhook secret: {}", created.webhook_secret.expose());
             println!("(shown once; ragq stores only a hash of the API key)");
         }
+        TenantCommand::Delete { id, ledger, yes } => {
+            anyhow::ensure!(
+                yes,
+                "erasing tenant `{id}` cannot be undone: run again with --yes"
+            );
+            let keep = match ledger.as_deref() {
+                Some(mode) => mode == "keep",
+                None => cfg.retention.keep_erased_ledger,
+            };
+            let store = ragq::retrieval::VectorStore::open(&cfg.retrieval.store)?;
+            let erased =
+                ragq::tenants::erasure::erase(&pool, &store, &Actor::cli(), &id, keep).await?;
+            println!(
+                "tenant `{id}` erased; its ledger is {} as `{}`",
+                if keep { "kept" } else { "anonymized" },
+                erased.pseudonym
+            );
+            println!("vectors removed from: {}", erased.collections.join(", "));
+            println!("rows: {}", erased.rows);
+        }
+        TenantCommand::RotateWebhookSecret { id, grace } => {
+            let rotated = ragq::tenants::secrets::rotate_webhook_secret(
+                &pool,
+                &cfg.secrets,
+                &Actor::cli(),
+                &id,
+                grace,
+            )
+            .await?;
+            println!("webhook secret: {}", rotated.secret.expose());
+            match rotated.previous_until {
+                Some(until) => println!(
+                    "(shown once; until {} deliveries are signed with the previous secret too)",
+                    until.to_rfc3339()
+                ),
+                None => println!("(shown once; the previous secret no longer signs)"),
+            }
+        }
         TenantCommand::Plan { id, plan } => {
-            ragq::tenants::set_plan(&pool, &id, &plan).await?;
+            ragq::tenants::set_plan(&pool, &Actor::cli(), &id, &plan).await?;
             println!("tenant `{id}` is on plan `{plan}`");
         }
         TenantCommand::AlertWebhook { id, url } => {
             check_alert_url(cfg, url.as_deref()).await?;
-            ragq::tenants::set_alert_webhook(&pool, &id, url.as_deref()).await?;
+            ragq::tenants::set_alert_webhook(&pool, &Actor::cli(), &id, url.as_deref()).await?;
             println!(
                 "tenant `{id}`: budget alerts go to {}",
                 url.as_deref().unwrap_or("nowhere")
             );
+        }
+    }
+    Ok(())
+}
+
+async fn secrets(cfg: &Config, command: SecretsCommand) -> anyhow::Result<()> {
+    match command {
+        SecretsCommand::NewKey => println!("{}", ragq::keyring::Keyring::generate_key()),
+        SecretsCommand::Reencrypt => {
+            let Some(key) = cfg.secrets.current_id() else {
+                anyhow::bail!(
+                    "no sealing key is configured: set secrets.key_file or secrets.key_env first"
+                );
+            };
+            let pool = ragq::db::connect(&cfg.database).await?;
+            use ragq::tenants::secrets::{reseal, Reseal};
+            let n = reseal(&pool, &cfg.secrets, &Actor::cli(), Reseal::NotCurrent).await?;
+            println!("{n} stored secrets re-sealed under key {key}");
         }
     }
     Ok(())

@@ -76,7 +76,7 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
     let api_password = uuid::Uuid::new_v4().simple().to_string();
     admin::ensure_user(API_USER, &api_password, &stack.vhost)?;
     let pool = stack.pool.clone();
-    let globex = create_tenants(&pool, &receiver).await?;
+    let globex = create_tenants(&pool, &stack.cfg.secrets, &receiver).await?;
 
     // The api publishes as its own AMQP user, one the workers trust to publish for any tenant.
     let api_amqp =
@@ -222,13 +222,36 @@ async fn print_metrics(
 /// the demo uses.
 async fn create_tenants(
     pool: &PgPool,
+    keyring: &ragq::keyring::Keyring,
     receiver: &WebhookReceiver,
 ) -> anyhow::Result<ragq::tenants::NewTenant> {
-    let acme = ragq::tenants::create(pool, "acme", "Acme Corp", Some("guest")).await?;
-    let globex = ragq::tenants::create(pool, "globex", "Globex", None).await?;
-    receiver.trust("acme", acme.tenant.webhook_secret.expose());
-    receiver.trust("globex", globex.tenant.webhook_secret.expose());
-    ragq::tenants::set_alert_webhook(pool, "acme", Some(&receiver.url())).await?;
+    let acme = ragq::tenants::create(
+        pool,
+        &ragq::audit::Actor::cli(),
+        keyring,
+        "acme",
+        "Acme Corp",
+        Some("guest"),
+    )
+    .await?;
+    let globex = ragq::tenants::create(
+        pool,
+        &ragq::audit::Actor::cli(),
+        keyring,
+        "globex",
+        "Globex",
+        None,
+    )
+    .await?;
+    receiver.trust("acme", acme.webhook_secret.expose());
+    receiver.trust("globex", globex.webhook_secret.expose());
+    ragq::tenants::set_alert_webhook(
+        pool,
+        &ragq::audit::Actor::cli(),
+        "acme",
+        Some(&receiver.url()),
+    )
+    .await?;
     let acme_budget = BudgetSpec {
         tenant: "acme".into(),
         feature: String::new(),
@@ -240,7 +263,7 @@ async fn create_tenants(
         alert_thresholds: vec![50, 80, 100],
         on_limit: OnLimit::Fail,
     };
-    ragq::spend::budget::set(pool, &acme_budget).await?;
+    ragq::spend::budget::set(pool, &ragq::audit::Actor::cli(), &acme_budget).await?;
     Ok(globex)
 }
 
@@ -258,7 +281,15 @@ async fn create_pipeline(
     });
     let digest =
         PipelineSpec::from_json(spec.to_string().as_bytes()).map_err(anyhow::Error::msg)?;
-    ragq::scheduler::pipeline::create(pool, "globex", &digest, chrono::Utc::now(), limits).await?;
+    ragq::scheduler::pipeline::create(
+        pool,
+        &ragq::audit::Actor::cli(),
+        "globex",
+        &digest,
+        chrono::Utc::now(),
+        limits,
+    )
+    .await?;
     Ok(())
 }
 
@@ -404,8 +435,15 @@ async fn wait_for_webhooks(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let now = chrono::Utc::now();
-    ragq::scheduler::pipeline::set_enabled(&demo.pool, "globex", "status-digest", false, now)
-        .await?;
+    ragq::scheduler::pipeline::set_enabled(
+        &demo.pool,
+        &ragq::audit::Actor::cli(),
+        "globex",
+        "status-digest",
+        false,
+        now,
+    )
+    .await?;
     let busy = "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')";
     while count(&demo.pool, busy).await? > 0
         || demo.receiver.received().len() < job_hooks_expected(demo).await? + 3

@@ -16,8 +16,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Past a rate: the message, and whole seconds to wait (sent as `Retry-After`).
     #[error("{0}")]
-    TooManyRequests(String),
+    TooManyRequests(String, u64),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -46,9 +47,14 @@ pub(crate) enum Refusals {
     /// The request breaks a rule; the message names it.
     #[response(status = 400)]
     BadRequest(ErrorBody),
-    /// No `Authorization: Bearer <api key>`, or a key that is not known.
+    /// No `Authorization: Bearer <api key>`, or a key that is unknown, revoked or expired.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
+    /// The key lacks the route's scope, acts for no tenant (an operator key on a tenant's route)
+    /// or for another tenant than the request names; or (submissions) the tenant's plan may not
+    /// use the policy.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
     /// Past the key's request rate (`api.rate_limit_per_s`).
     #[response(
         status = 429,
@@ -73,7 +79,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,7 +93,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::TooLarge(_) => "too_large",
-            Self::TooManyRequests(_) => "rate_limited",
+            Self::TooManyRequests(..) => "rate_limited",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -59,27 +59,40 @@ fn key_of(request: &Request) -> [u8; 32] {
     bearer.map_or([0; 32], |k| Sha256::digest(k.trim().as_bytes()).into())
 }
 
-/// Middleware: 429 with `Retry-After` (whole seconds, at least 1) past the key's rate.
+/// Middleware: 429 with `Retry-After` past the rate of the presented secret. This guards the
+/// database from floods of unknown keys; [`KeyLimiter::admit_key`] then holds a known key to
+/// the same rate across its secrets, so a rotation's grace period does not double it.
 pub(crate) async fn rate_limit(
     State(state): State<Arc<ApiState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    match state.limiter.admit(key_of(&request), Instant::now()) {
+    match state.limiter.check(key_of(&request), Instant::now()) {
         Ok(()) => next.run(request).await,
-        Err(wait) => {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let secs = secs.max(1);
-            let mut response = ApiError::TooManyRequests(format!(
-                "more than {} requests per second with this API key; retry in {secs} s",
-                state.limiter.per_minute / 60.0
-            ))
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            response
-        }
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+impl KeyLimiter {
+    /// Admits one request of the API key `key_id` (whichever of its secrets it came with).
+    pub(crate) fn admit_key(&self, key_id: &str) -> Result<(), ApiError> {
+        use sha2::{Digest, Sha256};
+        let bucket: [u8; 32] = Sha256::digest(format!("id:{key_id}").as_bytes()).into();
+        self.check(bucket, Instant::now())
+    }
+
+    /// [`KeyLimiter::admit`] as the api answers it: 429 with whole seconds to wait (at least 1).
+    fn check(&self, bucket: [u8; 32], now: Instant) -> Result<(), ApiError> {
+        self.admit(bucket, now).map_err(|wait| {
+            let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+            ApiError::TooManyRequests(
+                format!(
+                    "more than {} requests per second with this API key; retry in {secs} s",
+                    self.per_minute / 60.0
+                ),
+                secs,
+            )
+        })
     }
 }
 

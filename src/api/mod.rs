@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::JobMessage;
 use crate::queue::publisher::{OutgoingJob, ReconnectingPublisher};
 use crate::queue::QueueConfig;
+use crate::tenants::keys::{self, Caller, Scope};
 use crate::tenants::{Tenant, TenantDirectory};
 pub use error::ApiError;
 
@@ -70,6 +71,8 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         )
         .route("/v1/pipelines/{name}/runs", get(pipelines::runs))
         .route("/v1/pipelines/{name}/{action}", post(pipelines::act))
+        .route("/v1/audit", get(audit_log))
+        .route("/v1/webhooks/replay", post(replay_webhooks))
         .route("/metrics", get(crate::telemetry::metrics::metrics_page))
         .merge(crate::dashboard::routes())
         .layer(axum::middleware::from_fn_with_state(
@@ -116,20 +119,66 @@ pub async fn serve(
     Ok(())
 }
 
-pub(crate) async fn authenticate(
-    state: &ApiState,
-    headers: &HeaderMap,
-) -> Result<Tenant, ApiError> {
-    let key = headers
+/// The `Bearer` secret of a request, if it has one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized(
-            "missing `Authorization: Bearer <api key>` header",
-        ))?;
+        .map(str::trim)
+}
+
+/// The API key a request carries, held to its rate and to `scope`: 401 without a working key,
+/// 429 past the key's rate, 403 without the scope.
+pub(crate) async fn caller(
+    state: &ApiState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<Caller, ApiError> {
+    let secret = bearer(headers).ok_or(ApiError::Unauthorized(
+        "missing `Authorization: Bearer <api key>` header",
+    ))?;
+    let caller = match &state.operator_key_hash {
+        Some(hash) if *hash == crate::tenants::hash_api_key(secret) => Caller {
+            key_id: OPERATOR_ENV_KEY.into(),
+            tenant: None,
+            scopes: vec![Scope::Operator],
+        },
+        _ => keys::authenticate(&state.pool, secret)
+            .await?
+            .map_err(|refusal| ApiError::Unauthorized(refusal.message()))?,
+    };
+    state.limiter.admit_key(&caller.key_id)?;
+    if caller.may(scope) {
+        return Ok(caller);
+    }
+    Err(ApiError::Forbidden(match caller.tenant {
+        None => "an operator key acts for no tenant: use a key of the tenant".into(),
+        Some(_) => format!("this API key lacks the `{}` scope", scope.as_str()),
+    }))
+}
+
+/// The key id the environment's operator key (`api.operator_key_env`) acts as in the audit log.
+pub(crate) const OPERATOR_ENV_KEY: &str = "operator-env";
+
+/// The tenant a request acts for: its key's, which must hold `scope`.
+pub(crate) async fn authenticate(
+    state: &ApiState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<Tenant, ApiError> {
+    let caller = caller(state, headers, scope).await?;
+    tenant_of(state, &caller).await
+}
+
+/// The caller's tenant (a key's tenant exists: keys go with their tenant).
+pub(crate) async fn tenant_of(state: &ApiState, caller: &Caller) -> Result<Tenant, ApiError> {
+    let id = caller.tenant.as_deref().ok_or_else(|| {
+        ApiError::Forbidden("an operator key acts for no tenant: use a key of the tenant".into())
+    })?;
     state
         .tenants
-        .by_api_key(key.trim())
+        .get(id)
         .await?
         .ok_or(ApiError::Unauthorized("unknown API key"))
 }
@@ -158,7 +207,6 @@ async fn healthz() -> &'static str {
     responses(
         (status = 202, description = "Accepted and queued", body = JobView),
         (status = 200, description = "This id was submitted before: the job as it is", body = JobView),
-        (status = 403, description = "The body names another tenant, or the plan may not use the policy", body = error::ErrorBody),
         (status = 413, description = "Larger than queue.max_message_bytes or api.max_body_bytes", body = error::ErrorBody),
         error::Refusals,
     ),
@@ -169,7 +217,7 @@ async fn submit(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let tenant = authenticate(&state, &headers).await?;
+    let tenant = authenticate(&state, &headers, Scope::JobsWrite).await?;
     let job = parse_submission(&body, &tenant, state.max_message_bytes)?;
     (state.plans)
         .check_policy(&tenant.plan, &job.policy)
@@ -259,7 +307,7 @@ async fn read(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let tenant = authenticate(&state, &headers).await?;
+    let tenant = authenticate(&state, &headers, Scope::JobsRead).await?;
     // An id no job can have (control characters, too long) is not looked up.
     if !crate::jobs::is_job_id(&id) {
         return Err(ApiError::NotFound("no job with this id".into()));
@@ -284,6 +332,9 @@ struct SpendParams {
     to: Option<String>,
     /// `json` (default) or `csv`.
     format: Option<String>,
+    /// One tenant: a tenant key may name only its own; an operator key reads every tenant
+    /// without it.
+    tenant: Option<String>,
 }
 
 /// The tenant's spend, grouped as asked, from the ledger's daily aggregates.
@@ -307,7 +358,18 @@ async fn spend(
     axum::extract::Query(params): axum::extract::Query<SpendParams>,
 ) -> Result<Response, ApiError> {
     use crate::spend::report::{self, Dimension, ReportQuery};
-    let tenant = authenticate(&state, &headers).await?;
+    let caller = caller(&state, &headers, Scope::SpendRead).await?;
+    let tenant = match (caller.tenant, params.tenant) {
+        (Some(own), None) => Some(own),
+        (Some(own), Some(asked)) if own == asked => Some(own),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Forbidden(
+                "`tenant` names another tenant than the API key's".into(),
+            ))
+        }
+        // An operator key reads every tenant, or the one asked for.
+        (None, asked) => asked,
+    };
     let group_by = Dimension::parse_list(params.group_by.as_deref().unwrap_or("feature"))
         .map_err(ApiError::BadRequest)?;
     let date = |v: &Option<String>, name: &str| {
@@ -317,7 +379,7 @@ async fn spend(
             .map_err(|_| ApiError::BadRequest(format!("`{name}` must be a date like 2026-11-25")))
     };
     let q = ReportQuery {
-        tenant: Some(tenant.id),
+        tenant,
         from: date(&params.from, "from")?,
         to: date(&params.to, "to")?,
         group_by,
@@ -334,6 +396,57 @@ async fn spend(
             "`format` must be json or csv, not `{other}`"
         ))),
     }
+}
+
+/// Re-sends the tenant's kept webhook deliveries (failed ones by default) with their original
+/// `webhook-id`, so receivers dedupe; running workers send them within their poll interval.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/replay",
+    tag = "jobs",
+    request_body = crate::webhooks::replay::ReplayFilter,
+    responses(
+        (status = 200, description = "The deliveries queued to be sent again", body = crate::webhooks::replay::Replayed),
+        error::Refusals,
+    ),
+    security(("api_key" = []))
+)]
+async fn replay_webhooks(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::webhooks::replay::Replayed>, ApiError> {
+    use crate::webhooks::replay::{self, ReplayError, ReplayFilter};
+    let caller = caller(&state, &headers, Scope::JobsWrite).await?;
+    let tenant = tenant_of(&state, &caller).await?;
+    let filter: ReplayFilter =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+    match replay::replay(&state.pool, &caller.actor(), &tenant.id, &filter).await {
+        Ok(done) => Ok(Json(done)),
+        Err(ReplayError::Invalid(m)) => Err(ApiError::BadRequest(m)),
+        Err(ReplayError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// The audit log, newest first, filtered; operator keys only.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    params(crate::audit::AuditFilter),
+    responses(
+        (status = 200, description = "The rows, newest first", body = Vec<crate::audit::AuditRow>),
+        error::Refusals,
+    ),
+    security(("api_key" = []))
+)]
+async fn audit_log(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Query(filter): axum::extract::Query<crate::audit::AuditFilter>,
+) -> Result<Json<Vec<crate::audit::AuditRow>>, ApiError> {
+    caller(&state, &headers, Scope::Operator).await?;
+    Ok(Json(crate::audit::list(&state.pool, &filter).await?))
 }
 
 /// A job as clients see it.
@@ -418,7 +531,15 @@ impl IntoResponse for ApiError {
                 message,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::TooManyRequests(_, secs) = self {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        response
     }
 }
 

@@ -31,8 +31,9 @@ const JOB_SUBMISSION: &str = "JobSubmission";
         title = "ragq",
         description = "Background AI jobs for SaaS backends: submit batch completions, document \
             ingestion and RAG answers, read their outcomes, spend and cron pipelines. Every \
-            /v1 route authenticates with a tenant's API key (`Authorization: Bearer ...`) and \
-            sees only that tenant's data. Errors are `{\"error\": {\"code\", \"message\"}}`."
+            /v1 route authenticates with an API key (`Authorization: Bearer ...`) holding the \
+            route's scope (403 without it): a tenant's key sees only that tenant's data, an \
+            operator key reads across tenants and the audit log. Errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
     paths(
         super::submit,
@@ -42,6 +43,8 @@ const JOB_SUBMISSION: &str = "JobSubmission";
         super::pipelines::list,
         super::pipelines::runs,
         super::pipelines::act,
+        super::audit_log,
+        super::replay_webhooks,
         super::healthz,
         serve,
         crate::telemetry::metrics::metrics_page,
@@ -65,12 +68,16 @@ const JOB_SUBMISSION: &str = "JobSubmission";
         Missed,
         super::pipelines::Triggered,
         crate::dashboard::session::LoginForm,
+        crate::audit::AuditRow,
+        crate::webhooks::replay::ReplayFilter,
+        crate::webhooks::replay::Replayed,
     )),
     modifiers(&Security),
     tags(
         (name = "jobs", description = "Submit jobs and read their outcomes"),
         (name = "spend", description = "The tenant's spend from the ledger's daily aggregates"),
         (name = "pipelines", description = "Cron pipelines that submit a job per slot"),
+        (name = "audit", description = "Who changed what: every administrative change (operator keys)"),
         (name = "operations", description = "Health, metrics, this description and the dashboard"),
     )
 )]

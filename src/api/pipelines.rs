@@ -9,7 +9,8 @@ use axum::Json;
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use super::{authenticate, ApiError, ApiState};
+use super::{authenticate, caller, tenant_of, ApiError, ApiState};
+use crate::tenants::keys::Scope;
 
 use crate::scheduler::pipeline::{self, PipelineSpec};
 
@@ -39,7 +40,8 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let tenant = authenticate(&state, &headers).await?;
+    let caller = caller(&state, &headers, Scope::PipelinesWrite).await?;
+    let tenant = tenant_of(&state, &caller).await?;
     let spec = PipelineSpec::from_json(&body).map_err(ApiError::BadRequest)?;
     pipeline::check_webhook(&spec, &state.url_policy)
         .await
@@ -47,7 +49,16 @@ pub(crate) async fn create(
     (state.plans)
         .check_policy(&tenant.plan, pipeline::template_policy(&spec))
         .map_err(ApiError::Forbidden)?;
-    let p = pipeline::create(&state.pool, &tenant.id, &spec, Utc::now(), &state.pipelines).await?;
+    let (pool, actor) = (&state.pool, caller.actor());
+    let p = pipeline::create(
+        pool,
+        &actor,
+        &tenant.id,
+        &spec,
+        Utc::now(),
+        &state.pipelines,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(json!(p))).into_response())
 }
 
@@ -66,7 +77,7 @@ pub(crate) async fn list(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = authenticate(&state, &headers).await?;
+    let tenant = authenticate(&state, &headers, Scope::PipelinesRead).await?;
     Ok(Json(json!(
         pipeline::list(&state.pool, Some(&tenant.id)).await?
     )))
@@ -90,7 +101,7 @@ pub(crate) async fn runs(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = authenticate(&state, &headers).await?;
+    let tenant = authenticate(&state, &headers, Scope::PipelinesRead).await?;
     known_name(&name)?;
     Ok(Json(json!(
         pipeline::runs(&state.pool, &tenant.id, &name, 100).await?
@@ -126,12 +137,15 @@ pub(crate) async fn act(
     headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = authenticate(&state, &headers).await?;
+    let caller = caller(&state, &headers, Scope::PipelinesWrite).await?;
+    let tenant = tenant_of(&state, &caller).await?;
     known_name(&name)?;
     let now = Utc::now();
+    let actor = caller.actor();
     match action.as_str() {
         "pause" | "resume" => {
-            pipeline::set_enabled(&state.pool, &tenant.id, &name, action == "resume", now).await?;
+            let resume = action == "resume";
+            pipeline::set_enabled(&state.pool, &actor, &tenant.id, &name, resume, now).await?;
             Ok(Json(json!(
                 pipeline::get(&state.pool, &tenant.id, &name).await?
             )))
@@ -142,7 +156,7 @@ pub(crate) async fn act(
             let (pool, tenant_id) = (state.pool.clone(), tenant.id.clone());
             let max = state.max_message_bytes;
             let job = tokio::spawn(async move {
-                crate::scheduler::fire::trigger(&pool, &tenant_id, &name, now, max).await
+                crate::scheduler::fire::trigger(&pool, &actor, &tenant_id, &name, now, max).await
             })
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??;

@@ -53,6 +53,17 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub catalog: Catalog,
     pub plans: crate::tenants::plans::Plans,
+    /// Seals webhook secrets and tenants' provider keys at rest.
+    pub secrets: crate::keyring::Keyring,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionConfig {
+    /// Finished jobs' content is purged this long after they finish; none: kept for ever.
+    pub jobs: Option<Duration>,
+    /// `ragq tenant delete` keeps the tenant's ledger rows as they are (else anonymizes them).
+    pub keep_erased_ledger: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +146,13 @@ impl RawConfig {
             &mut problems,
         );
         let operator_key = operator_key(self.api.operator_key_env.as_deref(), &mut problems);
+        let secrets = keyring(&self.secrets, &mut problems);
+        if !matches!(self.retention.erased_ledger.as_str(), "anonymize" | "keep") {
+            problems.push(format!(
+                "retention.erased_ledger: `anonymize` or `keep`, not `{}`",
+                self.retention.erased_ledger
+            ));
+        }
         let url_policy = match UrlPolicy::parse_ranges(&self.webhooks.allow_private) {
             Ok(ranges) => UrlPolicy::new(ranges, self.webhooks.https_only),
             Err(e) => {
@@ -144,7 +162,8 @@ impl RawConfig {
         };
         match (catalog, retrieval) {
             (Some(catalog), Some(retrieval)) if problems.is_empty() => {
-                Ok(self.into_config(catalog, retrieval, plans, operator_key, url_policy))
+                let parts = (operator_key, url_policy, secrets);
+                Ok(self.into_config(catalog, retrieval, plans, parts))
             }
             _ => Err(ConfigError::Invalid(problems)),
         }
@@ -251,8 +270,7 @@ impl RawConfig {
         catalog: Catalog,
         retrieval: crate::retrieval::RetrievalConfig,
         plans: crate::tenants::plans::Plans,
-        operator_key: Option<Secret>,
-        url_policy: UrlPolicy,
+        (operator_key, url_policy, secrets): (Option<Secret>, UrlPolicy, crate::keyring::Keyring),
     ) -> Config {
         let ms = Duration::from_millis;
         let pipelines = crate::scheduler::pipeline::PipelineLimits {
@@ -265,6 +283,7 @@ impl RawConfig {
                 url: self.database.url,
                 max_connections: self.database.max_connections,
                 migrate_on_start: self.database.migrate_on_start,
+                sealing: secrets.clone(),
             },
             queue: QueueConfig {
                 url: self.queue.url,
@@ -273,6 +292,9 @@ impl RawConfig {
                 max_message_bytes: self.queue.max_message_bytes,
                 retry_delays: self.queue.retry_delays_ms.iter().map(|d| ms(*d)).collect(),
                 trusted_publishers: self.queue.trusted_publishers,
+                dead_letter_ttl: (self.queue.dead_letter_ttl_days > 0).then(|| {
+                    Duration::from_secs(u64::from(self.queue.dead_letter_ttl_days) * 86_400)
+                }),
             },
             worker: WorkerConfig {
                 max_attempts: self.worker.max_attempts,
@@ -308,6 +330,7 @@ impl RawConfig {
                 concurrency: self.webhooks.concurrency,
                 claim_lease: ms(self.webhooks.claim_lease_ms),
                 poll_interval: ms(self.webhooks.poll_interval_ms),
+                keyring: secrets.clone(),
             },
             retry: RetryConfig {
                 initial_interval: ms(self.retry.initial_interval_ms),
@@ -333,8 +356,47 @@ impl RawConfig {
             retrieval,
             catalog,
             plans,
+            secrets,
+            retention: RetentionConfig {
+                jobs: (self.retention.jobs_days > 0)
+                    .then(|| Duration::from_secs(u64::from(self.retention.jobs_days) * 86_400)),
+                keep_erased_ledger: self.retention.erased_ledger == "keep",
+            },
         }
     }
+}
+
+/// The keyring of `[secrets]`: the current key from `key_env` or `key_file` (not both), retired
+/// keys from `retired_key_files`.
+fn keyring(raw: &raw::RawSecrets, problems: &mut Vec<String>) -> crate::keyring::Keyring {
+    use crate::keyring::Keyring;
+    let mut read = |what: String, text: Result<String, String>| match text
+        .and_then(|t| Keyring::parse_key(&t))
+    {
+        Ok(key) => Some(key),
+        Err(e) => {
+            problems.push(format!("{what}: {e}"));
+            None
+        }
+    };
+    let file =
+        |path: &str| std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"));
+    let current = match (&raw.key_env, &raw.key_file) {
+        (Some(_), Some(_)) => read(
+            "secrets".into(),
+            Err("give key_env or key_file, not both".into()),
+        ),
+        (Some(var), None) => read(
+            "secrets.key_env".into(),
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set")),
+        ),
+        (None, Some(path)) => read("secrets.key_file".into(), file(path)),
+        (None, None) => None,
+    };
+    let retired: Vec<[u8; 32]> = (raw.retired_key_files.iter())
+        .filter_map(|path| read("secrets.retired_key_files".into(), file(path)))
+        .collect();
+    Keyring::new(current, &retired)
 }
 
 /// The dashboard's operator key, from the environment variable `api.operator_key_env` names.

@@ -32,6 +32,38 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     pub policies: BTreeMap<String, RawPolicy>,
     pub plans: BTreeMap<String, crate::tenants::plans::RawPlan>,
+    pub secrets: RawSecrets,
+    pub retention: RawRetention,
+}
+
+/// How long tenant content is kept: a finished job's input, result and webhook payloads are
+/// purged after `jobs_days` (0: kept for ever); the ledger and aggregates are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetention {
+    pub jobs_days: u32,
+    /// What `ragq tenant delete` does with the tenant's ledger rows: `anonymize` or `keep`.
+    pub erased_ledger: String,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        Self {
+            jobs_days: 30,
+            erased_ledger: "anonymize".into(),
+        }
+    }
+}
+
+/// Where the key sealing secrets at rest comes from (never the key itself): an environment
+/// variable or a file holding 32 bytes in base64; and files of retired keys that still open
+/// values sealed before a key change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSecrets {
+    pub key_env: Option<String>,
+    pub key_file: Option<String>,
+    pub retired_key_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +83,7 @@ pub struct RawQueue {
     pub max_message_bytes: usize,
     pub retry_delays_ms: Vec<u64>,
     pub trusted_publishers: Vec<String>,
+    pub dead_letter_ttl_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +274,8 @@ impl Default for RawConfig {
             scheduler: RawScheduler::default(),
             retrieval: RawRetrieval::default(),
             telemetry: RawTelemetry::default(),
+            secrets: RawSecrets::default(),
+            retention: RawRetention::default(),
             providers: vec![RawProvider {
                 name: "sim".into(),
                 kind: "openai".into(),
@@ -311,6 +346,7 @@ impl Default for RawQueue {
             max_message_bytes: 1 << 20,
             retry_delays_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000],
             trusted_publishers: vec!["guest".into()],
+            dead_letter_ttl_days: 14,
         }
     }
 }

@@ -17,25 +17,24 @@ pub(crate) const COOKIE: &str = "ragq_dashboard";
 const SESSION_HOURS: i32 = 8;
 
 /// The scope the request may see: from an `Authorization: Bearer` key, else from its session
-/// cookie; none when it has neither (or they are unknown or expired).
+/// cookie; none when it has neither (or they are unknown, revoked or expired).
 pub(super) async fn scope_of(
     state: &ApiState,
     headers: &HeaderMap,
 ) -> Result<Option<Scope>, sqlx::Error> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if let Some(key) = bearer {
-        return scope_of_key(state, key.trim()).await;
+    if let Some(key) = crate::api::bearer(headers) {
+        return Ok(signed_in_as(state, key).await?.map(|(scope, _)| scope));
     }
     let Some(token) = cookie(headers, COOKIE) else {
         return Ok(None);
     };
+    // A session lasts as long as the key it was opened with.
     let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT s.tenant_id, t.name FROM dashboard_sessions s \
          LEFT JOIN tenants t ON t.id = s.tenant_id \
-         WHERE s.token_hash = $1 AND s.expires_at > now()",
+         LEFT JOIN api_keys k ON k.id = s.key_id \
+         WHERE s.token_hash = $1 AND s.expires_at > now() \
+           AND (s.key_id IS NULL OR (k.revoked_at IS NULL AND coalesce(k.expires_at > now(), true)))",
     )
     .bind(hash(token))
     .fetch_optional(&state.pool)
@@ -49,24 +48,36 @@ pub(super) async fn scope_of(
     }))
 }
 
-async fn scope_of_key(state: &ApiState, key: &str) -> Result<Option<Scope>, sqlx::Error> {
+/// The view a key opens and the key's id (none for the environment's operator key): a tenant's
+/// key needs `spend:read`, an operator key sees every tenant.
+async fn signed_in_as(
+    state: &ApiState,
+    key: &str,
+) -> Result<Option<(Scope, Option<String>)>, sqlx::Error> {
     if key.is_empty() {
         return Ok(None);
     }
     if state.operator_key_hash.as_deref() == Some(hash(key).as_slice()) {
-        return Ok(Some(Scope::Operator));
+        return Ok(Some((Scope::Operator, None)));
     }
-    let Some(tenant) = state.tenants.by_api_key(key).await? else {
+    let Ok(caller) = crate::tenants::keys::authenticate(&state.pool, key).await? else {
         return Ok(None);
     };
+    if !caller.may(crate::tenants::keys::Scope::SpendRead) {
+        return Ok(None);
+    }
+    let Some(tenant) = caller.tenant else {
+        return Ok(Some((Scope::Operator, Some(caller.key_id))));
+    };
     let name: Option<(String,)> = sqlx::query_as("SELECT name FROM tenants WHERE id = $1")
-        .bind(&tenant.id)
+        .bind(&tenant)
         .fetch_optional(&state.pool)
         .await?;
-    Ok(Some(Scope::Tenant {
-        name: name.map_or_else(|| tenant.id.clone(), |n| n.0),
-        id: tenant.id,
-    }))
+    let scope = Scope::Tenant {
+        name: name.map_or_else(|| tenant.clone(), |n| n.0),
+        id: tenant,
+    };
+    Ok(Some((scope, Some(caller.key_id))))
 }
 
 /// SHA-256, as API keys are stored: the same digest serves keys and session tokens.
@@ -135,18 +146,22 @@ pub(crate) async fn login(
     let Ok(Form(form)) = form else {
         return login_page(StatusCode::BAD_REQUEST, Some("enter a key"));
     };
-    let scope = match scope_of_key(&state, form.key.trim()).await {
-        Ok(Some(scope)) => scope,
-        Ok(None) => return login_page(StatusCode::UNAUTHORIZED, Some("unknown key")),
+    let (scope, key_id) = match signed_in_as(&state, form.key.trim()).await {
+        Ok(Some(signed_in)) => signed_in,
+        Ok(None) => {
+            let problem = "unknown, revoked or expired key, or one without spend:read";
+            return login_page(StatusCode::UNAUTHORIZED, Some(problem));
+        }
         Err(e) => return internal(&e),
     };
     let token = crate::tenants::random_token("dsh_");
     let stored = sqlx::query(
-        "INSERT INTO dashboard_sessions (token_hash, tenant_id, expires_at) \
-         VALUES ($1, $2, now() + make_interval(hours => $3))",
+        "INSERT INTO dashboard_sessions (token_hash, tenant_id, key_id, expires_at) \
+         VALUES ($1, $2, $3, now() + make_interval(hours => $4))",
     )
     .bind(hash(&token))
     .bind(scope.tenant())
+    .bind(key_id)
     .bind(SESSION_HOURS)
     .execute(&state.pool)
     .await;

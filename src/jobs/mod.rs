@@ -4,6 +4,7 @@
 //! the same rules (a test keeps the two in agreement). A message that breaks them is poison: it gets
 //! a [`PoisonReason`] and goes to the dead-letter queue, never into a handler.
 
+pub mod retention;
 pub mod state;
 pub mod store;
 

@@ -80,6 +80,8 @@ pub struct QueueConfig {
     pub retry_delays: Vec<Duration>,
     /// AMQP users allowed to publish for any tenant (the api, the scheduler, `ragq submit`).
     pub trusted_publishers: Vec<String>,
+    /// How long a dead letter (which may hold tenant content) stays in `ragq.dlq`; none: for ever.
+    pub dead_letter_ttl: Option<Duration>,
 }
 
 #[cfg(test)]

@@ -53,7 +53,14 @@ fn text(s: &str) -> AMQPValue {
 pub async fn declare(channel: &Channel, cfg: &QueueConfig) -> Result<(), lapin::Error> {
     exchange(channel, JOBS_EXCHANGE, ExchangeKind::Topic).await?;
     exchange(channel, DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
-    queue(channel, DEAD_LETTER_QUEUE, &[]).await?;
+    // Dead letters may hold tenant content: they expire (queue.dead_letter_ttl_days). Declared
+    // as a queue argument, which an existing ragq.dlq declared without it refuses: see README.
+    let dlq_args: Vec<(&str, AMQPValue)> = (cfg.dead_letter_ttl)
+        .map(|ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+        .map(|ms| ("x-message-ttl", AMQPValue::LongLongInt(ms)))
+        .into_iter()
+        .collect();
+    queue(channel, DEAD_LETTER_QUEUE, &dlq_args).await?;
     bind(channel, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "").await?;
     let limit = i64::from(cfg.delivery_limit);
     let jobs_args = [

@@ -161,7 +161,23 @@ impl EmbeddedStore {
         let Some(c) = self.existing(collection).await? else {
             return Ok(());
         };
-        let filter = edge_filter(super::documents_filter(tenant, document_ids, None))?;
+        self.delete_where(c, super::documents_filter(tenant, document_ids, None))
+            .await
+    }
+
+    pub async fn erase_tenant(&self, collection: &str, tenant: &str) -> Result<(), StoreError> {
+        let Some(c) = self.existing(collection).await? else {
+            return Ok(());
+        };
+        self.delete_where(c, super::all_of_tenant(tenant)).await
+    }
+
+    async fn delete_where(
+        &self,
+        c: std::sync::Arc<Collection>,
+        conditions: Vec<super::Condition>,
+    ) -> Result<(), StoreError> {
+        let filter = edge_filter(conditions)?;
         write(c, move |shard| {
             shard.update(UpdateOperation::PointOperation(
                 PointOperations::DeletePointsByFilter(filter),

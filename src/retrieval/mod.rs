@@ -214,6 +214,9 @@ pub trait VectorBackend: Send + Sync {
 
     fn count<'a>(&'a self, collection: &'a str, tenant: &'a str) -> StoreFuture<'a, u64>;
 
+    /// Removes every chunk of the tenant in the collection (tenant erasure).
+    fn erase_tenant<'a>(&'a self, collection: &'a str, tenant: &'a str) -> StoreFuture<'a, ()>;
+
     /// Makes the collection's writes durable; a store whose writes already are keeps this default.
     fn flush<'a>(&'a self, _collection: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(std::future::ready(Ok(())))
@@ -288,6 +291,14 @@ macro_rules! vector_backend {
             fn flush<'a>(&'a self, collection: &'a str) -> $crate::retrieval::StoreFuture<'a, ()> {
                 Box::pin(Self::flush(self, collection))
             }
+
+            fn erase_tenant<'a>(
+                &'a self,
+                collection: &'a str,
+                tenant: &'a str,
+            ) -> $crate::retrieval::StoreFuture<'a, ()> {
+                Box::pin(Self::erase_tenant(self, collection, tenant))
+            }
         }
     };
 }
@@ -342,6 +353,13 @@ impl VectorStore {
         (self.backend)
             .delete_documents(collection, tenant, document_ids)
             .await
+    }
+
+    /// Removes every chunk the tenant has in `collection` (a collection that does not exist has
+    /// none).
+    pub async fn erase_tenant(&self, collection: &str, tenant: &str) -> Result<(), StoreError> {
+        check_collection_name(collection)?;
+        self.backend.erase_tenant(collection, tenant).await
     }
 
     /// The tenant's best chunks for the query, best first. A collection the tenant has no chunks
@@ -484,6 +502,14 @@ pub fn tenant_filter(tenant: &str, filter: &MetadataFilter) -> Vec<Condition> {
 }
 
 /// One tenant's chunks of some documents, optionally from a chunk index on.
+/// Every chunk of the tenant.
+pub fn all_of_tenant(tenant: &str) -> Vec<Condition> {
+    vec![Condition::Is(
+        TENANT_FIELD.into(),
+        FilterValue::Text(tenant.into()),
+    )]
+}
+
 pub fn documents_filter(
     tenant: &str,
     document_ids: &[String],

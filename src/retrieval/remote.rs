@@ -170,7 +170,27 @@ impl QdrantStore {
         if self.dimension(collection).await?.is_none() {
             return Ok(());
         }
-        let filter = grpc_filter(super::documents_filter(tenant, document_ids, None));
+        self.delete_where(
+            collection,
+            super::documents_filter(tenant, document_ids, None),
+        )
+        .await
+    }
+
+    pub async fn erase_tenant(&self, collection: &str, tenant: &str) -> Result<(), StoreError> {
+        if self.dimension(collection).await?.is_none() {
+            return Ok(());
+        }
+        self.delete_where(collection, super::all_of_tenant(tenant))
+            .await
+    }
+
+    async fn delete_where(
+        &self,
+        collection: &str,
+        conditions: Vec<super::Condition>,
+    ) -> Result<(), StoreError> {
+        let filter = grpc_filter(conditions);
         self.client
             .delete_points(
                 DeletePointsBuilder::new(collection)

@@ -208,27 +208,26 @@ pub async fn fire_slot(
 /// Returns the run's job id, or `None` if its overlap policy skipped it.
 pub async fn trigger(
     pool: &PgPool,
+    actor: &crate::audit::Actor,
     tenant: &str,
     name: &str,
     now: DateTime<Utc>,
     max_bytes: usize,
 ) -> Result<Option<String>, pipeline::PipelineError> {
     let mut tx = pool.begin().await?;
-    let sql = [
-        "SELECT ",
-        pipeline::COLUMNS,
-        " FROM pipelines WHERE tenant_id = $1 AND name = $2 FOR UPDATE",
-    ]
-    .concat();
-    let p: Pipeline = sqlx::query_as(&sql)
-        .bind(tenant)
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| pipeline::PipelineError::NotFound(name.to_string()))?;
+    let p = pipeline::lock(&mut tx, tenant, name).await?;
     let enqueued = fire_slot(&mut tx, &p, now, true, max_bytes).await?;
+    let job = enqueued.then(|| pipeline::job_id(&p.name, now, true));
+    let change = crate::audit::Change {
+        action: "pipeline.trigger",
+        tenant: Some(tenant),
+        target: name,
+        before: None,
+        after: Some(serde_json::json!({ "job_id": job, "skipped": !enqueued })),
+    };
+    crate::audit::record(&mut tx, actor, change).await?;
     tx.commit().await?;
-    Ok(enqueued.then(|| pipeline::job_id(&p.name, now, true)))
+    Ok(job)
 }
 
 /// The latest enqueued run's job, if it has not finished.

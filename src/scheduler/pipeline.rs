@@ -7,6 +7,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use super::cron::CronSchedule;
+use crate::audit::{self, Actor, Change};
 use crate::jobs::JobMessage;
 
 /// What runs may do when the previous one has not finished.
@@ -219,6 +220,7 @@ fn fill(v: &mut Value, time: &str, date: &str) {
 /// Creates a pipeline; its first slot is the first after `now`.
 pub async fn create(
     pool: &PgPool,
+    actor: &Actor,
     tenant: &str,
     spec: &PipelineSpec,
     now: DateTime<Utc>,
@@ -279,6 +281,14 @@ pub async fn create(
     .fetch_optional(&mut *tx)
     .await?;
     pipeline.id = id.ok_or_else(|| PipelineError::Exists(spec.name.clone()))?;
+    let change = Change {
+        action: "pipeline.create",
+        tenant: Some(tenant),
+        target: &spec.name,
+        before: None,
+        after: Some(audited(&pipeline)),
+    };
+    audit::record(&mut tx, actor, change).await?;
     tx.commit().await?;
     Ok(pipeline)
 }
@@ -381,16 +391,38 @@ pub async fn get(pool: &PgPool, tenant: &str, name: &str) -> Result<Pipeline, Pi
         .ok_or_else(|| PipelineError::NotFound(name.to_string()))
 }
 
+/// The tenant's pipeline `name`, locked for a change in `tx`.
+pub(crate) async fn lock(
+    tx: &mut sqlx::PgConnection,
+    tenant: &str,
+    name: &str,
+) -> Result<Pipeline, PipelineError> {
+    let sql = [
+        "SELECT ",
+        COLUMNS,
+        " FROM pipelines WHERE tenant_id = $1 AND name = $2 FOR UPDATE",
+    ]
+    .concat();
+    sqlx::query_as(&sql)
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(tx)
+        .await?
+        .ok_or_else(|| PipelineError::NotFound(name.to_string()))
+}
+
 /// Pauses or resumes. Resuming starts from the next slot after `now`: slots while paused are not
 /// missed runs.
 pub async fn set_enabled(
     pool: &PgPool,
+    actor: &Actor,
     tenant: &str,
     name: &str,
     enabled: bool,
     now: DateTime<Utc>,
 ) -> Result<(), PipelineError> {
-    let p = get(pool, tenant, name).await?;
+    let mut tx = pool.begin().await?;
+    let p = lock(&mut tx, tenant, name).await?;
     let next = CronSchedule::parse(&p.cron, &p.time_zone)
         .map_err(PipelineError::Invalid)?
         .next_after(now)
@@ -402,9 +434,32 @@ pub async fn set_enabled(
     .bind(p.id)
     .bind(enabled)
     .bind(next)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    let change = Change {
+        action: if enabled {
+            "pipeline.resume"
+        } else {
+            "pipeline.pause"
+        },
+        tenant: Some(tenant),
+        target: name,
+        before: Some(serde_json::json!({ "enabled": p.enabled })),
+        after: Some(serde_json::json!({ "enabled": enabled })),
+    };
+    audit::record(&mut tx, actor, change).await?;
+    tx.commit().await?;
     Ok(())
+}
+
+/// A pipeline as the audit log keeps it: its settings, and its job template's input (tenant
+/// content: prompts, questions) as a digest only.
+pub(crate) fn audited(p: &Pipeline) -> Value {
+    let mut value = serde_json::json!(p);
+    if let Some(input) = value.pointer_mut("/job_template/input") {
+        *input = audit::digest_content(input);
+    }
+    value
 }
 
 /// One run and its job's outcome.

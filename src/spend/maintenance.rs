@@ -1,7 +1,7 @@
 //! Spend upkeep every worker runs: release reservations whose worker died, book the call intents
 //! it left (as estimates), and keep the ledger's monthly partitions created ahead and pruned to the
-//! retention, and fold the dashboard's minute stats into hours (both serialized in Postgres, so
-//! any number of workers may run them).
+//! retention, fold the dashboard's minute stats into hours (both serialized in Postgres, so any
+//! number of workers may run them), and purge jobs' content past `retention.jobs_days`.
 
 use std::time::Duration;
 
@@ -14,7 +14,12 @@ use super::SpendConfig;
 const MONTHS_AHEAD: i32 = 2;
 
 /// Runs until cancelled; errors are logged and retried on the next tick.
-pub async fn run(pool: PgPool, cfg: SpendConfig, cancel: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    cfg: SpendConfig,
+    job_retention: Option<Duration>,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(cfg.maintenance_interval);
     let mut ticks: u64 = 0;
     // Partitions are checked at start and then about hourly; reservations on every tick.
@@ -36,6 +41,19 @@ pub async fn run(pool: PgPool, cfg: SpendConfig, cancel: CancellationToken) {
             }
             if let Err(e) = crate::telemetry::stats::fold(&pool).await {
                 tracing::warn!(error = %e, "cannot fold the dashboard's minute stats into hours");
+            }
+            if let Some(keep) = job_retention {
+                match crate::jobs::retention::purge(&pool, keep, Duration::ZERO).await {
+                    Ok(p) if p.jobs + p.deliveries > 0 => {
+                        tracing::info!(
+                            jobs = p.jobs,
+                            deliveries = p.deliveries,
+                            "purged content past retention"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot purge content past retention"),
+                }
             }
         }
         ticks += 1;

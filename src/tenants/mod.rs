@@ -1,7 +1,8 @@
-//! Tenants: who may submit jobs, how they authenticate, and the secret their webhooks are signed with.
+//! Tenants: who may submit jobs, how they authenticate (`keys`), and the secrets their webhooks
+//! are signed with (`secrets`), sealed at rest.
 //!
-//! API keys are stored as SHA-256 hashes (a random 256-bit key needs no slow hash) and shown once at
-//! creation. Workers look tenants up through a small cache so a job costs no extra query.
+//! Workers look tenants up through a small cache so a job costs no extra query; secrets stay
+//! sealed in it until a delivery is signed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,16 +13,27 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use serde_json::json;
+
+use crate::audit::{self, Actor, Change};
+use crate::keyring::Keyring;
 use crate::secret::Secret;
 
+pub mod erasure;
+pub mod keys;
 pub mod plans;
+pub mod secrets;
 
 /// A tenant as the platform needs it at run time.
 #[derive(Debug, Clone)]
 pub struct Tenant {
     pub id: String,
     pub amqp_user: Option<String>,
-    pub webhook_secret: Secret,
+    /// The webhook secret as stored: sealed (see [`crate::keyring`]), opened only to sign by
+    /// [`Tenant::signing_secrets`].
+    pub webhook_secret: String,
+    /// The secret before the last rotation, as stored, and until when it still signs.
+    pub previous_webhook_secret: Option<(String, chrono::DateTime<chrono::Utc>)>,
     pub plan: String,
 }
 
@@ -30,6 +42,10 @@ pub struct Tenant {
 pub struct NewTenant {
     pub tenant: Tenant,
     pub api_key: Secret,
+    /// The id of that first key (`key_…`).
+    pub api_key_id: String,
+    /// The webhook secret in clear, shown once.
+    pub webhook_secret: Secret,
 }
 
 /// Hash under which an API key is stored and looked up.
@@ -47,78 +63,192 @@ pub(crate) fn random_token(prefix: &str) -> String {
     )
 }
 
-/// Creates a tenant with a fresh API key and webhook secret; an existing id is refused.
+/// Creates a tenant with its first API key (`default`, every tenant scope) and a webhook secret;
+/// an existing id is refused.
 pub async fn create(
     pool: &PgPool,
+    actor: &Actor,
+    keyring: &Keyring,
     id: &str,
     name: &str,
     amqp_user: Option<&str>,
 ) -> Result<NewTenant, TenantError> {
+    let spec = TenantSpec {
+        id,
+        name,
+        amqp_user,
+        alert_webhook: None,
+    };
+    create_with(pool, actor, keyring, &spec).await
+}
+
+/// A tenant to create.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantSpec<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub amqp_user: Option<&'a str>,
+    /// Where its budget alerts are POSTed.
+    pub alert_webhook: Option<&'a str>,
+}
+
+/// [`create`], with every setting given at once (one change, one audit row).
+pub async fn create_with(
+    pool: &PgPool,
+    actor: &Actor,
+    keyring: &Keyring,
+    spec: &TenantSpec<'_>,
+) -> Result<NewTenant, TenantError> {
+    let TenantSpec {
+        id,
+        name,
+        amqp_user,
+        alert_webhook,
+    } = *spec;
     crate::jobs::check_tenant(id).map_err(TenantError::Invalid)?;
-    let api_key = random_token("rq_").replace(['+', '/', '='], "x");
-    let secret = random_token("whsec_");
+    if id.starts_with("erased-") {
+        return Err(TenantError::Invalid(
+            "ids starting `erased-` name erased tenants' ledgers".into(),
+        ));
+    }
+    if let Some(u) = alert_webhook {
+        crate::jobs::check_webhook_url(u).map_err(TenantError::Invalid)?;
+    }
+    let secret = Secret::new(random_token("whsec_"));
+    let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO tenants (id, name, api_key_hash, amqp_user, webhook_secret) \
+        "INSERT INTO tenants (id, name, amqp_user, webhook_secret, alert_webhook_url) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
     .bind(name)
-    .bind(hash_api_key(&api_key))
     .bind(amqp_user)
-    .bind(&secret)
-    .execute(pool)
+    .bind(keyring.seal(secret.expose(), &secrets::context(id)))
+    .bind(alert_webhook)
+    .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
         return Err(TenantError::Exists(id.to_string()));
     }
+    let spec = keys::KeySpec {
+        tenant: Some(id.to_string()),
+        name: "default".into(),
+        scopes: keys::Scope::TENANT.to_vec(),
+        expires_at: None,
+    };
+    let key = keys::insert(&mut tx, &spec)
+        .await
+        .map_err(|e| TenantError::Invalid(e.to_string()))?;
+    let change = Change {
+        action: "tenant.create",
+        tenant: Some(id),
+        target: id,
+        before: None,
+        after: Some(serde_json::json!({
+            "name": name, "amqp_user": amqp_user, "alert_webhook_url": alert_webhook,
+            "plan": "standard", "first_key": key.id,
+        })),
+    };
+    audit::record(&mut tx, actor, change).await?;
+    tx.commit().await?;
     Ok(NewTenant {
         tenant: Tenant {
             id: id.to_string(),
             amqp_user: amqp_user.map(str::to_string),
-            webhook_secret: Secret::new(secret),
+            webhook_secret: keyring.seal(secret.expose(), &secrets::context(id)),
+            previous_webhook_secret: None,
             plan: "standard".into(),
         },
-        api_key: Secret::new(api_key),
+        api_key: key.secret,
+        api_key_id: key.id,
+        webhook_secret: secret,
     })
+}
+
+/// Changes one setting column of a tenant, recording before and after in the audit log.
+async fn set_setting(
+    pool: &PgPool,
+    actor: &Actor,
+    id: &str,
+    setting: TenantSetting<'_>,
+) -> Result<(), TenantError> {
+    let mut tx = pool.begin().await?;
+    let before: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT plan, alert_webhook_url FROM tenants WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (plan, alert_url) = before.ok_or_else(|| TenantError::Unknown(id.to_string()))?;
+    let (action, before, after) = match setting {
+        TenantSetting::Plan(new) => {
+            sqlx::query("UPDATE tenants SET plan = $2 WHERE id = $1")
+                .bind(id)
+                .bind(new)
+                .execute(&mut *tx)
+                .await?;
+            (
+                "tenant.plan",
+                json!({ "plan": plan }),
+                json!({ "plan": new }),
+            )
+        }
+        TenantSetting::AlertWebhook(new) => {
+            sqlx::query("UPDATE tenants SET alert_webhook_url = $2 WHERE id = $1")
+                .bind(id)
+                .bind(new)
+                .execute(&mut *tx)
+                .await?;
+            let (b, a) = (
+                json!({ "alert_webhook_url": alert_url }),
+                json!({ "alert_webhook_url": new }),
+            );
+            ("tenant.alert_webhook", b, a)
+        }
+    };
+    let change = Change {
+        action,
+        tenant: Some(id),
+        target: id,
+        before: Some(before),
+        after: Some(after),
+    };
+    audit::record(&mut tx, actor, change).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+enum TenantSetting<'a> {
+    Plan(&'a str),
+    AlertWebhook(Option<&'a str>),
 }
 
 /// Moves a tenant to another plan (policies may restrict models per plan); workers see it within
 /// their tenant cache's lifetime (30 s).
-pub async fn set_plan(pool: &PgPool, id: &str, plan: &str) -> Result<(), TenantError> {
+pub async fn set_plan(
+    pool: &PgPool,
+    actor: &Actor,
+    id: &str,
+    plan: &str,
+) -> Result<(), TenantError> {
     if plan.is_empty() || plan.len() > 64 {
         return Err(TenantError::Invalid(format!(
             "plan `{plan}`: 1 to 64 characters"
         )));
     }
-    let updated = sqlx::query("UPDATE tenants SET plan = $2 WHERE id = $1")
-        .bind(id)
-        .bind(plan)
-        .execute(pool)
-        .await?;
-    if updated.rows_affected() == 0 {
-        return Err(TenantError::Unknown(id.to_string()));
-    }
-    Ok(())
+    set_setting(pool, actor, id, TenantSetting::Plan(plan)).await
 }
 
 /// Sets (or clears) the URL a tenant's budget alerts are POSTed to.
 pub async fn set_alert_webhook(
     pool: &PgPool,
+    actor: &Actor,
     id: &str,
     url: Option<&str>,
 ) -> Result<(), TenantError> {
     if let Some(u) = url {
         crate::jobs::check_webhook_url(u).map_err(TenantError::Invalid)?;
     }
-    let updated = sqlx::query("UPDATE tenants SET alert_webhook_url = $2 WHERE id = $1")
-        .bind(id)
-        .bind(url)
-        .execute(pool)
-        .await?;
-    if updated.rows_affected() == 0 {
-        return Err(TenantError::Unknown(id.to_string()));
-    }
-    Ok(())
+    set_setting(pool, actor, id, TenantSetting::AlertWebhook(url)).await
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,18 +259,31 @@ pub enum TenantError {
     Invalid(String),
     #[error("tenant `{0}` already exists")]
     Exists(String),
+    #[error("{0}")]
+    Sealed(#[from] crate::keyring::SealError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }
 
-type Row = (String, Option<String>, String, String);
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    amqp_user: Option<String>,
+    webhook_secret: String,
+    previous_webhook_secret: Option<String>,
+    previous_webhook_secret_until: Option<chrono::DateTime<chrono::Utc>>,
+    plan: String,
+}
 
-fn from_row((id, amqp_user, secret, plan): Row) -> Tenant {
+fn from_row(row: Row) -> Tenant {
     Tenant {
-        id,
-        amqp_user,
-        webhook_secret: Secret::new(secret),
-        plan,
+        id: row.id,
+        amqp_user: row.amqp_user,
+        webhook_secret: row.webhook_secret,
+        previous_webhook_secret: row
+            .previous_webhook_secret
+            .zip(row.previous_webhook_secret_until),
+        plan: row.plan,
     }
 }
 
@@ -195,11 +338,13 @@ impl TenantDirectory {
         if let Some(hit) = self.cached(id) {
             return Ok(hit);
         }
-        let row: Option<Row> =
-            sqlx::query_as("SELECT id, amqp_user, webhook_secret, plan FROM tenants WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT id, amqp_user, webhook_secret, previous_webhook_secret, \
+               previous_webhook_secret_until, plan FROM tenants WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         let tenant = row.map(from_row);
         if let Ok(mut cache) = self.cache.write() {
             let entry = (tenant.clone(), Instant::now());
@@ -212,17 +357,6 @@ impl TenantDirectory {
         let cache = self.cache.read().ok()?;
         let (tenant, at) = cache.get(id)?;
         (at.elapsed() < self.ttl).then(|| tenant.clone())
-    }
-
-    /// The tenant owning an API key, if any.
-    pub async fn by_api_key(&self, key: &str) -> Result<Option<Tenant>, sqlx::Error> {
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT id, amqp_user, webhook_secret, plan FROM tenants WHERE api_key_hash = $1",
-        )
-        .bind(hash_api_key(key))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(from_row))
     }
 }
 
@@ -237,7 +371,8 @@ mod tests {
         let known = Tenant {
             id: "acme".into(),
             amqp_user: None,
-            webhook_secret: Secret::new("whsec_x"),
+            webhook_secret: "whsec_x".into(),
+            previous_webhook_secret: None,
             plan: "standard".into(),
         };
         insert_bounded(&mut cache, "acme", (Some(known), Instant::now()), ttl, 100);

@@ -1,11 +1,13 @@
 //! Webhooks: each job outcome is POSTed to the job's URL, signed per Standard Webhooks with the
-//! tenant's secret, retried with backoff until delivered or its attempts are spent, then kept for replay.
+//! tenant's secret, retried with backoff until delivered or its attempts are spent, then kept for
+//! replay (`replay`) with a `webhook.exhausted` event to the tenant's alert webhook.
 //!
 //! A delivery row is committed in the same transaction as the job outcome, so no outcome loses its
 //! webhook. The worker that committed it makes the first attempt at once; the row's
 //! `next_attempt_at` is pushed out by a lease meanwhile, so if that worker dies the poller of any
 //! worker picks the delivery up when the lease ends. Every attempt is a row in `webhook_attempts`.
 
+pub mod replay;
 pub mod signature;
 pub mod url_policy;
 
@@ -42,6 +44,8 @@ pub struct PendingDelivery {
     pub url: String,
     pub payload: String,
     pub attempts: i32,
+    /// Attempts made before the last replay: the allowance of attempts counts from here.
+    pub attempts_base: i32,
     /// The job's trace as stored with the delivery: retries taken from the table continue it.
     pub traceparent: Option<String>,
     /// The job span a first attempt belongs to (in the worker that ran the job).
@@ -147,13 +151,30 @@ pub async fn write_attempts(
     )
     .execute(&mut *conn)
     .await?;
+    // A delivery whose attempts are spent emits `webhook.exhausted` to its tenant's alert webhook
+    // (once per exhaustion: a replay that fails again emits another; the event's own exhaustion
+    // emits nothing).
     sqlx::query(
-        "UPDATE webhook_deliveries d SET attempts = t.attempt, state = t.state, last_error = t.error, \
-           delivered_at = CASE WHEN t.state = 'delivered' THEN now() END, \
-           next_attempt_at = now() + make_interval(secs => t.retry_ms::float8 / 1000) \
-         FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::int8[]) \
-              AS t(id, attempt, state, error, retry_ms) \
-         WHERE d.id = t.id AND d.attempts = t.attempt - 1 AND d.state = 'pending'",
+        "WITH moved AS ( \
+           UPDATE webhook_deliveries d SET attempts = t.attempt, state = t.state, last_error = t.error, \
+             delivered_at = CASE WHEN t.state = 'delivered' THEN now() END, \
+             next_attempt_at = now() + make_interval(secs => t.retry_ms::float8 / 1000) \
+           FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::int8[]) \
+                AS t(id, attempt, state, error, retry_ms) \
+           WHERE d.id = t.id AND d.attempts = t.attempt - 1 AND d.state = 'pending' \
+           RETURNING d.id, d.tenant_id, d.job_id, d.event_type, d.state, d.attempts, d.last_error \
+         ) \
+         INSERT INTO webhook_deliveries (id, tenant_id, job_id, event_type, url, payload, state) \
+         SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), m.tenant_id, \
+           'delivery:' || m.id || ':' || m.attempts, 'webhook.exhausted', tn.alert_webhook_url, \
+           json_build_object('type', 'webhook.exhausted', 'timestamp', now(), 'data', json_build_object( \
+             'tenant', m.tenant_id, 'webhook_id', m.id, 'job_id', m.job_id, \
+             'event_type', m.event_type, 'attempts', m.attempts, 'last_error', m.last_error))::text, \
+           'pending' \
+         FROM moved m JOIN tenants tn ON tn.id = m.tenant_id \
+         WHERE m.state = 'failed' AND m.event_type <> 'webhook.exhausted' \
+           AND tn.alert_webhook_url IS NOT NULL \
+         ON CONFLICT DO NOTHING",
     )
     .bind(&ids)
     .bind(&attempts)
@@ -229,14 +250,16 @@ impl<L: AttemptLog> WebhookSender<L> {
             DeliveryState::Failed => "exhausted",
         });
         if record.state == DeliveryState::Failed {
-            tracing::warn!(delivery = %delivery.id, tenant = %delivery.tenant_id, attempts = record.attempt, "webhook attempts spent; kept for replay");
+            tracing::warn!(delivery = %delivery.id, tenant = %delivery.tenant_id, attempts = record.attempt, "webhook attempts spent; kept for replay (`ragq webhook replay`), webhook.exhausted sent to the tenant's alert webhook");
         }
         self.log.record(record).await;
     }
 
     fn record_for(&self, d: &PendingDelivery, result: &AttemptResult) -> AttemptRecord {
         let attempt = d.attempts + 1;
-        let attempts_spent = u32::try_from(attempt).unwrap_or(u32::MAX) >= self.cfg.max_attempts;
+        let since_replay = attempt - d.attempts_base;
+        let attempts_spent =
+            u32::try_from(since_replay).unwrap_or(u32::MAX) >= self.cfg.max_attempts;
         let state = match (result.delivered(), attempts_spent) {
             (true, _) => DeliveryState::Delivered,
             (false, true) => DeliveryState::Failed,
@@ -269,15 +292,19 @@ impl<L: AttemptLog> WebhookSender<L> {
             Ok(None) => return failed(format!("tenant {} no longer exists", d.tenant_id)),
             Err(e) => return failed(format!("cannot load tenant: {e}")),
         };
-        let timestamp = chrono::Utc::now().timestamp();
-        let signature = match signature::sign(
-            tenant.webhook_secret.expose(),
-            &d.id,
-            timestamp,
-            d.payload.as_bytes(),
-        ) {
+        let now = chrono::Utc::now();
+        let timestamp = now.timestamp();
+        // Inside a rotation's grace period both secrets sign: the header holds both signatures.
+        let signature = tenant
+            .signing_secrets(&self.cfg.keyring, now)
+            .map_err(|e| e.to_string())
+            .and_then(|secrets| {
+                signature::sign_all(&secrets, &d.id, timestamp, d.payload.as_bytes())
+                    .map_err(|e| e.to_string())
+            });
+        let signature = match signature {
             Ok(s) => s,
-            Err(e) => return failed(e.to_string()),
+            Err(e) => return failed(e),
         };
         let response = self
             .http
@@ -310,7 +337,7 @@ impl<L: AttemptLog> WebhookSender<L> {
              WHERE id IN (SELECT id FROM webhook_deliveries \
                           WHERE state = 'pending' AND next_attempt_at <= now() \
                           ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, tenant_id, url, payload, attempts, traceparent",
+             RETURNING id, tenant_id, url, payload, attempts, attempts_base, traceparent",
         )
         .bind(limit)
         .bind(lease_ms)
@@ -365,6 +392,8 @@ pub struct WebhookConfig {
     /// How long an in-process first delivery owns a webhook before the poller may take it.
     pub claim_lease: Duration,
     pub poll_interval: Duration,
+    /// Opens tenants' sealed webhook secrets to sign.
+    pub keyring: crate::keyring::Keyring,
 }
 
 #[cfg(test)]
@@ -381,6 +410,7 @@ mod tests {
             concurrency: 1,
             claim_lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
+            keyring: Default::default(),
         }
     }
 

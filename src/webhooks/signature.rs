@@ -42,6 +42,20 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Strin
     Ok(format!("v1,{}", STANDARD.encode(tag)))
 }
 
+/// The header value signed with each of `secrets`, space-separated (the Standard Webhooks header
+/// holds several so receivers can move between secrets without a gap).
+pub fn sign_all(
+    secrets: &[crate::secret::Secret],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<String, SignatureError> {
+    let signatures: Result<Vec<String>, _> = (secrets.iter())
+        .map(|s| sign(s.expose(), id, timestamp, body))
+        .collect();
+    Ok(signatures?.join(" "))
+}
+
 /// Verifies a received webhook as a receiver would: any `v1` signature in the space-separated header
 /// may match, in constant time, and the timestamp must be within `tolerance_secs` of `now`.
 pub fn verify(

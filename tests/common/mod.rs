@@ -147,14 +147,28 @@ impl TestEnv {
         .render();
         let cfg = Config::from_toml(&config_toml).expect("test config is valid");
         let pool = ragq::db::connect(&cfg.database).await.expect("database");
-        let acme = ragq::tenants::create(&pool, "acme", "Acme", Some("guest"))
-            .await
-            .unwrap();
-        let globex = ragq::tenants::create(&pool, "globex", "Globex", Some("globex-user"))
-            .await
-            .unwrap();
-        hooks.trust("acme", acme.tenant.webhook_secret.expose());
-        hooks.trust("globex", globex.tenant.webhook_secret.expose());
+        let acme = ragq::tenants::create(
+            &pool,
+            &ragq::audit::Actor::cli(),
+            &cfg.secrets,
+            "acme",
+            "Acme",
+            Some("guest"),
+        )
+        .await
+        .unwrap();
+        let globex = ragq::tenants::create(
+            &pool,
+            &ragq::audit::Actor::cli(),
+            &cfg.secrets,
+            "globex",
+            "Globex",
+            Some("globex-user"),
+        )
+        .await
+        .unwrap();
+        hooks.trust("acme", acme.webhook_secret.expose());
+        hooks.trust("globex", globex.webhook_secret.expose());
         Self {
             tag,
             db_name,
@@ -236,7 +250,7 @@ impl TestEnv {
 
     pub fn secret(&self, tenant: &str) -> String {
         let t = self.tenants.iter().find(|t| t.tenant.id == tenant).unwrap();
-        t.tenant.webhook_secret.expose().to_string()
+        t.webhook_secret.expose().to_string()
     }
 
     pub fn api_key(&self, tenant: &str) -> String {
@@ -563,6 +577,32 @@ pub fn spawn_ragq(
     ragq_command(config, subcommand, env)
         .spawn()
         .expect("ragq process starts")
+}
+
+/// Runs `ragq --config <config> <args…>` to its end; panics unless it succeeds. Its stdout.
+pub async fn run_ragq(config: &std::path::Path, args: &[&str]) -> String {
+    try_ragq(config, args)
+        .await
+        .unwrap_or_else(|out| panic!("ragq {args:?} failed: {out}"))
+}
+
+/// Runs `ragq --config <config> <args…>` to its end: its stdout, or (when it fails) its stdout and
+/// stderr.
+pub async fn try_ragq(config: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragq"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("ragq runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    }
 }
 
 fn ragq_command(

@@ -12,6 +12,28 @@ pub struct ConfigFile {
     by: String,
 }
 
+/// The sealing key of a local stack, beside its vector store: made (random) on first use and
+/// kept, so every process of the stack opens what the others sealed.
+fn sealing_key_file(vectors: &str) -> String {
+    let path = format!("{}.sealing-key", vectors.trim_end_matches('/'));
+    if !std::path::Path::new(&path).exists() {
+        if let Some(dir) = std::path::Path::new(&path).parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        // create_new: of two processes making it at once, one writes and the other keeps it.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&path);
+        if let Ok(mut file) = file {
+            use std::io::Write;
+            let _ = file.write_all(ragq::keyring::Keyring::generate_key().as_bytes());
+        }
+    }
+    path
+}
+
 impl ConfigFile {
     /// A file pointing at the local services: the database, the RabbitMQ vhost and the directory
     /// of the embedded vector store.
@@ -23,6 +45,7 @@ impl ConfigFile {
             .set("database.url", database)
             .set("queue.url", queue)
             .set("retrieval.path", vectors)
+            .set("secrets.key_file", sealing_key_file(vectors))
             .list("webhooks.allow_private", ["127.0.0.0/8"])
             .set("scheduler.min_cron_interval_s", 1)
             .set("api.rate_limit_per_s", 10_000)

@@ -188,6 +188,7 @@ async fn commit(
                     url: w.url,
                     payload: w.payload,
                     attempts: 0,
+                    attempts_base: 0,
                     traceparent: None,
                     job_span: Some(job_span),
                 });

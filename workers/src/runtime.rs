@@ -48,6 +48,7 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     let upkeep_task = tokio::spawn(ragq::spend::maintenance::run(
         pool.clone(),
         cfg.spend.clone(),
+        cfg.retention.jobs,
         upkeep_cancel.clone(),
     ));
     let worker_id = format!("worker-{}", uuid::Uuid::new_v4().simple());

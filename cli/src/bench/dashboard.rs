@@ -154,7 +154,15 @@ async fn tenants(pool: &PgPool) -> anyhow::Result<String> {
     let mut key = String::new();
     for t in 0..TENANTS {
         let id = format!("tenant-{t:04}");
-        let created = ragq::tenants::create(pool, &id, &id, None).await?;
+        let created = ragq::tenants::create(
+            pool,
+            &ragq::audit::Actor::cli(),
+            &ragq::keyring::Keyring::plaintext(),
+            &id,
+            &id,
+            None,
+        )
+        .await?;
         if t == 7 {
             key = created.api_key.expose().to_string();
         }

@@ -39,9 +39,25 @@ pub struct LedgerReport {
 pub async fn run(pool: &PgPool, rows: i64) -> anyhow::Result<LedgerReport> {
     for t in 0..TENANTS {
         let id = format!("tenant-{t:04}");
-        ragq::tenants::create(pool, &id, &id, None).await?;
+        ragq::tenants::create(
+            pool,
+            &ragq::audit::Actor::cli(),
+            &ragq::keyring::Keyring::plaintext(),
+            &id,
+            &id,
+            None,
+        )
+        .await?;
     }
-    ragq::tenants::create(pool, "unbudgeted", "unbudgeted", None).await?;
+    ragq::tenants::create(
+        pool,
+        &ragq::audit::Actor::cli(),
+        &ragq::keyring::Keyring::plaintext(),
+        "unbudgeted",
+        "unbudgeted",
+        None,
+    )
+    .await?;
     let started = Instant::now();
     preload(pool, rows).await?;
     let preload_secs = started.elapsed().as_secs_f64();
@@ -57,7 +73,7 @@ pub async fn run(pool: &PgPool, rows: i64) -> anyhow::Result<LedgerReport> {
             alert_thresholds: vec![50, 80, 100],
             on_limit: budget::OnLimit::Fail,
         };
-        budget::set(pool, &spec).await?;
+        budget::set(pool, &ragq::audit::Actor::cli(), &spec).await?;
     }
     let ledger_rows_per_sec = write_rate(pool).await?;
     let with = check_latency(pool, "tenant-0007").await?;

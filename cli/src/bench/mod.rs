@@ -466,8 +466,16 @@ async fn create_tenants(
     let mut tenants = Vec::with_capacity(n);
     for t in 0..n {
         let id = format!("tenant-{t:04}");
-        let created = ragq::tenants::create(&stack.pool, &id, &id, None).await?;
-        receiver.trust(&id, created.tenant.webhook_secret.expose());
+        let created = ragq::tenants::create(
+            &stack.pool,
+            &ragq::audit::Actor::cli(),
+            &stack.cfg.secrets,
+            &id,
+            &id,
+            None,
+        )
+        .await?;
+        receiver.trust(&id, created.webhook_secret.expose());
         tenants.push(id);
     }
     Ok(tenants)

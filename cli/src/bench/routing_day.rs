@@ -92,7 +92,15 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
     .await?;
     for t in 0..args.tenants {
         let id = format!("tenant-{t:04}");
-        ragq::tenants::create(&stack.pool, &id, &id, None).await?;
+        ragq::tenants::create(
+            &stack.pool,
+            &ragq::audit::Actor::cli(),
+            &stack.cfg.secrets,
+            &id,
+            &id,
+            None,
+        )
+        .await?;
     }
     let bodies = day_of_jobs(args.jobs, args.tenants);
     say(

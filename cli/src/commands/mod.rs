@@ -1,4 +1,7 @@
-//! Operator subcommands over the platform's stores: pipelines, budgets and spend reports.
+//! Operator subcommands over the platform's stores: pipelines, budgets, spend reports, API keys
+//! and the audit log.
 
+pub mod audit;
+pub mod keys;
 pub mod pipeline;
 pub mod spend;

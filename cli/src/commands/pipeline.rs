@@ -3,6 +3,7 @@
 use chrono::Utc;
 use sqlx::PgPool;
 
+use ragq::audit::Actor;
 use ragq::config::Config;
 use ragq::queue::publisher::ReconnectingPublisher;
 use ragq::scheduler::pipeline::{self, PipelineSpec};
@@ -54,11 +55,11 @@ pub async fn run(cfg: &Config, command: PipelineCommand) -> anyhow::Result<()> {
         PipelineCommand::Create { tenant, spec } => create(&pool, cfg, &tenant, spec).await?,
         PipelineCommand::List { tenant } => list(&pool, tenant.as_deref()).await?,
         PipelineCommand::Pause { tenant, name } => {
-            pipeline::set_enabled(&pool, &tenant, &name, false, Utc::now()).await?;
+            pipeline::set_enabled(&pool, &Actor::cli(), &tenant, &name, false, Utc::now()).await?;
             println!("pipeline `{name}` paused");
         }
         PipelineCommand::Resume { tenant, name } => {
-            pipeline::set_enabled(&pool, &tenant, &name, true, Utc::now()).await?;
+            pipeline::set_enabled(&pool, &Actor::cli(), &tenant, &name, true, Utc::now()).await?;
             let p = pipeline::get(&pool, &tenant, &name).await?;
             println!(
                 "pipeline `{name}` resumed; next run at {}",
@@ -66,7 +67,9 @@ pub async fn run(cfg: &Config, command: PipelineCommand) -> anyhow::Result<()> {
             );
         }
         PipelineCommand::Trigger { tenant, name } => {
-            match ragq::scheduler::fire::trigger(&pool, &tenant, &name, Utc::now(), cfg.scheduler.pipelines.max_message_bytes).await? {
+            let max = cfg.scheduler.pipelines.max_message_bytes;
+            let actor = Actor::cli();
+            match ragq::scheduler::fire::trigger(&pool, &actor, &tenant, &name, Utc::now(), max).await? {
                 Some(job) => {
                     let publisher = ReconnectingPublisher::new(cfg.queue.clone(), "ragq-pipeline");
                     ragq::scheduler::outbox::relay(&pool, &publisher).await?;
@@ -108,7 +111,15 @@ async fn create(pool: &PgPool, cfg: &Config, tenant: &str, spec: String) -> anyh
     pipeline::check_webhook(&spec, &cfg.webhooks.url_policy)
         .await
         .map_err(anyhow::Error::msg)?;
-    let p = pipeline::create(pool, tenant, &spec, Utc::now(), &cfg.scheduler.pipelines).await?;
+    let p = pipeline::create(
+        pool,
+        &Actor::cli(),
+        tenant,
+        &spec,
+        Utc::now(),
+        &cfg.scheduler.pipelines,
+    )
+    .await?;
     println!(
         "pipeline `{}` created for tenant `{tenant}`; first run at {}",
         p.name,

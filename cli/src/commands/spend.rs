@@ -110,7 +110,7 @@ pub async fn budget(cfg: &Config, command: BudgetCommand) -> anyhow::Result<()> 
                     OnLimitArg::Downgrade => OnLimit::Downgrade,
                 },
             };
-            let id = budget::set(&pool, &spec).await?;
+            let id = budget::set(&pool, &ragq::audit::Actor::cli(), &spec).await?;
             println!("budget {id} set for tenant `{}`", spec.tenant);
         }
         BudgetCommand::List { tenant } => print_budgets(&pool, tenant.as_deref()).await?,

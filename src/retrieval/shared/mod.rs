@@ -325,6 +325,14 @@ impl VectorBackend for SharedStore {
         Box::pin(async move { self.call(request).await?.count() })
     }
 
+    fn erase_tenant<'a>(&'a self, collection: &'a str, tenant: &'a str) -> StoreFuture<'a, ()> {
+        let request = Request::EraseTenant {
+            collection: collection.into(),
+            tenant: tenant.into(),
+        };
+        Box::pin(async move { self.call(request).await?.done() })
+    }
+
     fn flush<'a>(&'a self, collection: &'a str) -> StoreFuture<'a, ()> {
         let request = Request::Flush {
             collection: collection.into(),

@@ -38,6 +38,10 @@ pub enum Request {
         collection: String,
         tenant: String,
     },
+    EraseTenant {
+        collection: String,
+        tenant: String,
+    },
     Flush {
         collection: String,
     },
@@ -162,6 +166,9 @@ pub async fn execute(store: &EmbeddedStore, request: Request) -> Result<Reply, S
             store.count(&collection, &tenant).await.map(Reply::Count)
         }
         Request::Flush { collection } => store.flush(&collection).await.map(|()| Reply::Done),
+        Request::EraseTenant { collection, tenant } => (store.erase_tenant(&collection, &tenant))
+            .await
+            .map(|()| Reply::Done),
     }
 }
 

@@ -34,7 +34,11 @@ pub struct BudgetSpec {
 /// Creates or replaces the budget for (tenant, feature, period); a new budget starts with the
 /// period's spend so far, read from the daily aggregates, and alerts at once for thresholds that
 /// spend already passed. Returns its id.
-pub async fn set(pool: &sqlx::PgPool, spec: &BudgetSpec) -> Result<i64, BudgetError> {
+pub async fn set(
+    pool: &sqlx::PgPool,
+    actor: &crate::audit::Actor,
+    spec: &BudgetSpec,
+) -> Result<i64, BudgetError> {
     spec.validate().map_err(BudgetError::Invalid)?;
     let mut tx = pool.begin().await?;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
@@ -47,6 +51,15 @@ pub async fn set(pool: &sqlx::PgPool, spec: &BudgetSpec) -> Result<i64, BudgetEr
             spec.tenant
         )));
     }
+    let before: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT to_jsonb(b) - 'id' - 'tenant_id' - 'created_at' FROM budgets b \
+         WHERE tenant_id = $1 AND feature = $2 AND period = $3 FOR UPDATE",
+    )
+    .bind(&spec.tenant)
+    .bind(&spec.feature)
+    .bind(&spec.period)
+    .fetch_optional(&mut *tx)
+    .await?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO budgets (tenant_id, feature, period, soft_limit_micros, hard_limit_micros, job_quota, \
            token_quota, alert_thresholds, on_limit) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -79,6 +92,15 @@ pub async fn set(pool: &sqlx::PgPool, spec: &BudgetSpec) -> Result<i64, BudgetEr
     .await?;
     // Spend may already be past some thresholds: alert now, not at the tenant's next call.
     fire_alerts(&mut tx, &[spec.tenant.as_str()]).await?;
+    let target = format!("{}/{}", spec.feature, spec.period);
+    let change = crate::audit::Change {
+        action: "budget.set",
+        tenant: Some(&spec.tenant),
+        target: &target,
+        before,
+        after: Some(serde_json::json!(spec)),
+    };
+    crate::audit::record(&mut tx, actor, change).await?;
     tx.commit().await?;
     Ok(id)
 }
