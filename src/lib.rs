@@ -15,6 +15,7 @@ pub mod keyring;
 pub mod money;
 pub mod providers;
 pub mod queue;
+pub mod redaction;
 pub mod retrieval;
 pub mod routing;
 pub mod scheduler;

@@ -157,13 +157,17 @@ async fn write_only_user(env: &TestEnv, tenant: &str) -> (String, Connection) {
 /// Waits until the worker has declared the topology.
 async fn topology_declared(env: &TestEnv) {
     let admin = env.amqp().await;
+    // The last queue the worker declares: ragq.jobs' binding, made before it, is then in place
+    // (a message published between the queue and its binding would be unroutable, and lost).
+    let last = env.cfg.queue.retry_delays.last().copied().unwrap();
+    let last = ragq::queue::topology::retry_queue(last);
     env.wait_until(30, "the topology declared", || async {
         let ch = admin.create_channel().await.unwrap();
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        ch.queue_declare("ragq.jobs".into(), passive, FieldTable::default())
+        ch.queue_declare(last.as_str().into(), passive, FieldTable::default())
             .await
             .is_ok()
     })

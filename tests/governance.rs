@@ -1015,3 +1015,168 @@ async fn retention_purges_finished_jobs_content_and_keeps_their_rows() {
         "{queues}"
     );
 }
+
+const REDACTION: &str = r#"
+[redaction]
+tenants = { acme = "mask-pii", globex = "block-pii" }
+features = { audit = "detect-pii", blocked = "block-pii" }
+custom = [{ name = "ticket", pattern = "TCK-[0-9]{6}" }]
+[redaction.policies.mask-pii]
+mode = "mask"
+restore = true
+[redaction.policies.block-pii]
+mode = "block"
+[redaction.policies.detect-pii]
+mode = "detect"
+"#;
+
+/// One value of each kind of personal data, and the kind it is.
+const PII: [(&str, &str); 7] = [
+    ("email", "jane.doe@example.com"),
+    ("phone", "+44 20 7946 0958"),
+    ("card", "4111 1111 1111 1111"),
+    ("iban", "GB82 WEST 1234 5698 7654 32"),
+    ("ip", "192.168.1.20"),
+    ("national_id", "078-05-1120"),
+    ("ticket", "TCK-123456"),
+];
+
+fn pii_text() -> String {
+    PII.iter()
+        .map(|(_, v)| *v)
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redaction_masks_blocks_and_detects_as_its_policy_says() {
+    let env = TestEnv::with_sections("", REDACTION).await;
+    let (_worker, _handle) = env.start_worker();
+    let conn = env.amqp().await;
+    let api = env.serve_api().await;
+    let text = pii_text();
+    let batch = |id: &str, feature: &str| {
+        json!({"id": id, "tenant": "acme", "kind": "batch.complete", "webhook_url": env.hook_url,
+               "input": {"system": format!("Write to {}", PII[0].1),
+                         "prompts": [{"prompt": PII.iter().map(|(_, v)| *v).take(3).collect::<Vec<_>>().join(" ")},
+                                     {"prompt": text.clone()}]},
+               "tags": {"feature": feature}})
+    };
+    let ingest = json!({"id": "pii-ingest", "tenant": "acme", "kind": "ingest",
+        "input": {"collection": "kb", "documents": [{"id": "d1", "text": format!("Contact: {text}")}]}});
+    let ask = json!({"id": "pii-ask", "tenant": "acme", "kind": "rag.answer",
+        "input": {"collection": "kb", "question": format!("Who is {}?", PII[0].1)}});
+    env.publish_job(&conn, &batch("pii-mask", "support")).await;
+    env.publish_job(&conn, &ingest).await;
+    env.wait_for_state("acme", "pii-ingest", "succeeded", 30)
+        .await;
+    env.publish_job(&conn, &ask).await;
+    env.publish_job(&conn, &batch("pii-blocked", "blocked"))
+        .await;
+    for (id, state) in [
+        ("pii-mask", "succeeded"),
+        ("pii-ask", "succeeded"),
+        ("pii-blocked", "failed"),
+    ] {
+        env.wait_for_state("acme", id, state, 30).await;
+    }
+
+    // Mask: no provider request (chat or embeddings) holds a value; the stored input holds
+    // typed placeholders.
+    let requests = env.sim.requests();
+    assert!(
+        requests.iter().any(|r| r.body.contains("[CARD_1]")),
+        "the prompts reached the provider masked"
+    );
+    assert!(requests.iter().any(|r| r.path == "/v1/embeddings"));
+    for r in &requests {
+        for (kind, value) in PII {
+            assert!(
+                !r.body.contains(value),
+                "{kind} `{value}` reached the provider: {}",
+                r.body
+            );
+        }
+    }
+    let input: Value = sqlx::query_scalar("SELECT input FROM jobs WHERE id = 'pii-mask'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    for (kind, value) in PII {
+        assert!(
+            !input.to_string().contains(value),
+            "stored input holds the {kind}"
+        );
+    }
+    assert_eq!(input["system"], "Write to [EMAIL_1]");
+    assert!(input["prompts"][1]["prompt"]
+        .as_str()
+        .unwrap()
+        .contains("[IBAN_1] and [IP_1] and [NATIONAL_ID_1] and [TICKET_1]"));
+    for id in ["pii-ingest", "pii-ask"] {
+        let stored: Value = sqlx::query_scalar("SELECT input FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        assert!(!stored.to_string().contains(PII[0].1), "{id}: {stored}");
+    }
+    // restore = true: the values are back in the result, which says what was found.
+    let result: Value = sqlx::query_scalar("SELECT result FROM jobs WHERE id = 'pii-mask'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(result.to_string().contains(PII[0].1), "restored: {result}");
+    assert_eq!(result["redaction"]["found"]["email"], 3);
+    assert_eq!(result["redaction"]["found"]["card"], 2);
+
+    // Block: the job failed, naming the kinds and never a value; its stored input is masked.
+    let (code, error, input): (String, String, Value) =
+        sqlx::query_as("SELECT error_code, error, input FROM jobs WHERE id = 'pii-blocked'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(code, "pii_blocked");
+    assert!(
+        error.contains("email") && error.contains("card") && error.contains("ticket"),
+        "{error}"
+    );
+    for (_, value) in PII {
+        assert!(!error.contains(value) && !input.to_string().contains(value));
+    }
+    // Over HTTP a blocked submission is refused before anything is stored.
+    let mut globex = batch("pii-http", "support");
+    globex.as_object_mut().unwrap().remove("tenant");
+    let resp = reqwest::Client::new()
+        .post(format!("{api}/v1/jobs"))
+        .bearer_auth(env.api_key("globex"))
+        .json(&globex)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("pii_blocked") && body.contains("card"),
+        "{body}"
+    );
+    assert!(!PII.iter().any(|(_, v)| body.contains(v)), "{body}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE id = 'pii-http'")
+            .await,
+        0
+    );
+
+    // Detect: the text is left alone and counted.
+    env.publish_job(&conn, &batch("pii-detect", "audit")).await;
+    env.wait_for_state("acme", "pii-detect", "succeeded", 30)
+        .await;
+    let (input, result): (Value, Value) =
+        sqlx::query_as("SELECT input, result FROM jobs WHERE id = 'pii-detect'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(input.to_string().contains(PII[2].1));
+    assert_eq!(result["redaction"]["mode"], "detect");
+    assert_eq!(result["redaction"]["found"]["ticket"], 1);
+}

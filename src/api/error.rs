@@ -20,6 +20,8 @@ pub enum ApiError {
     #[error("{0}")]
     TooManyRequests(String, u64),
     #[error("{0}")]
+    PiiBlocked(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
@@ -34,7 +36,7 @@ pub struct ErrorBody {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, for programs: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `too_large`, `rate_limited`, `unavailable` or `internal`.
+    /// `conflict`, `too_large`, `rate_limited`, `pii_blocked`, `unavailable` or `internal`.
     pub code: String,
     /// For people: the rule broken; for server errors a generic text with an error id.
     pub message: String,
@@ -80,6 +82,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
+            Self::PiiBlocked(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -94,6 +97,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::TooLarge(_) => "too_large",
             Self::TooManyRequests(..) => "rate_limited",
+            Self::PiiBlocked(_) => "pii_blocked",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }

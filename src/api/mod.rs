@@ -41,6 +41,7 @@ pub(crate) struct ApiState {
     pub(crate) limiter: limits::KeyLimiter,
     pub(crate) request_timeout: std::time::Duration,
     pub(crate) pipelines: crate::scheduler::pipeline::PipelineLimits,
+    pub(crate) redaction: crate::redaction::RedactionConfig,
 }
 
 /// Builds the router (also used by tests on an ephemeral port).
@@ -58,6 +59,7 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         limiter: limits::KeyLimiter::new(api.rate_limit_per_s),
         request_timeout: api.request_timeout,
         pipelines: api.pipelines,
+        redaction: api.redaction.clone(),
     });
     Router::new()
         .route("/healthz", get(healthz))
@@ -208,6 +210,7 @@ async fn healthz() -> &'static str {
         (status = 202, description = "Accepted and queued", body = JobView),
         (status = 200, description = "This id was submitted before: the job as it is", body = JobView),
         (status = 413, description = "Larger than queue.max_message_bytes or api.max_body_bytes", body = error::ErrorBody),
+        (status = 422, description = "`pii_blocked`: the tenant's redaction policy blocks the personal data the input holds (the kinds are named, never the values)", body = error::ErrorBody),
         error::Refusals,
     ),
     security(("api_key" = []))
@@ -229,7 +232,7 @@ async fn submit(
             .await
             .map_err(|refusal| ApiError::BadRequest(format!("webhook_url refused: {refusal}")))?;
     }
-    let wire = serde_json::to_vec(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (job, wire) = redact_submission(&state, job)?;
     let inserted = crate::jobs::store::insert_queued(&state.pool, &job).await?;
     let current = job_view(&state.pool, &tenant.id, &job.id).await?;
     let still_queued = current
@@ -258,6 +261,34 @@ async fn submit(
     // The row was just written (or found): absent only if deleted meanwhile.
     let current = current.ok_or_else(|| ApiError::Internal("job vanished after insert".into()))?;
     Ok((status, Json(current)).into_response())
+}
+
+/// Applies the job's redaction policy: the job to store (masked) and the message to publish (the
+/// original when the policy restores values into the result: the worker masks it the same way
+/// and needs the values; else the masked one). A blocked job is refused here.
+fn redact_submission(state: &ApiState, job: JobMessage) -> Result<(JobMessage, Vec<u8>), ApiError> {
+    let wire =
+        |j: &JobMessage| serde_json::to_vec(j).map_err(|e| ApiError::Internal(e.to_string()));
+    let feature = job.tags.get("feature").map(String::as_str);
+    let Some(policy) = state.redaction.policy_for(&job.tenant, feature) else {
+        let bytes = wire(&job)?;
+        return Ok((job, bytes));
+    };
+    let mut stored = job.clone();
+    let applied = policy.apply(job.kind, &mut stored.input);
+    if policy.mode == crate::redaction::Mode::Block && !applied.found.is_empty() {
+        return Err(ApiError::PiiBlocked(format!(
+            "the input holds personal data ({}); redaction policy `{}` blocks it",
+            applied.kinds(),
+            policy.name
+        )));
+    }
+    let bytes = if policy.restore {
+        wire(&job)?
+    } else {
+        wire(&stored)?
+    };
+    Ok((stored, bytes))
 }
 
 /// Reads a submission: the tenant comes from the API key; a body naming another tenant is refused.
@@ -562,4 +593,6 @@ pub struct ApiConfig {
     pub request_timeout: std::time::Duration,
     /// Bounds on the pipelines `POST /v1/pipelines` creates.
     pub pipelines: crate::scheduler::pipeline::PipelineLimits,
+    /// PII redaction policies, applied to submissions before they are stored.
+    pub redaction: crate::redaction::RedactionConfig,
 }

@@ -56,7 +56,17 @@ pub struct Config {
     /// Seals webhook secrets and tenants' provider keys at rest.
     pub secrets: crate::keyring::Keyring,
     pub retention: RetentionConfig,
+    /// PII redaction policies and where they apply.
+    pub redaction: crate::redaction::RedactionConfig,
 }
+
+/// The validated parts `into_config` assembles beside the catalog, retrieval and plans.
+type ConfigParts = (
+    Option<Secret>,
+    UrlPolicy,
+    crate::keyring::Keyring,
+    crate::redaction::RedactionConfig,
+);
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetentionConfig {
@@ -147,6 +157,7 @@ impl RawConfig {
         );
         let operator_key = operator_key(self.api.operator_key_env.as_deref(), &mut problems);
         let secrets = keyring(&self.secrets, &mut problems);
+        let redaction = crate::redaction::RedactionConfig::from_raw(&self.redaction, &mut problems);
         if !matches!(self.retention.erased_ledger.as_str(), "anonymize" | "keep") {
             problems.push(format!(
                 "retention.erased_ledger: `anonymize` or `keep`, not `{}`",
@@ -162,7 +173,7 @@ impl RawConfig {
         };
         match (catalog, retrieval) {
             (Some(catalog), Some(retrieval)) if problems.is_empty() => {
-                let parts = (operator_key, url_policy, secrets);
+                let parts = (operator_key, url_policy, secrets, redaction);
                 Ok(self.into_config(catalog, retrieval, plans, parts))
             }
             _ => Err(ConfigError::Invalid(problems)),
@@ -270,7 +281,7 @@ impl RawConfig {
         catalog: Catalog,
         retrieval: crate::retrieval::RetrievalConfig,
         plans: crate::tenants::plans::Plans,
-        (operator_key, url_policy, secrets): (Option<Secret>, UrlPolicy, crate::keyring::Keyring),
+        (operator_key, url_policy, secrets, redaction): ConfigParts,
     ) -> Config {
         let ms = Duration::from_millis;
         let pipelines = crate::scheduler::pipeline::PipelineLimits {
@@ -320,6 +331,7 @@ impl RawConfig {
                 rate_limit_per_s: self.api.rate_limit_per_s,
                 request_timeout: ms(self.api.request_timeout_ms),
                 pipelines,
+                redaction: redaction.clone(),
             },
             webhooks: WebhookConfig {
                 url_policy,
@@ -357,6 +369,7 @@ impl RawConfig {
             catalog,
             plans,
             secrets,
+            redaction,
             retention: RetentionConfig {
                 jobs: (self.retention.jobs_days > 0)
                     .then(|| Duration::from_secs(u64::from(self.retention.jobs_days) * 86_400)),

@@ -34,6 +34,7 @@ pub struct RawConfig {
     pub plans: BTreeMap<String, crate::tenants::plans::RawPlan>,
     pub secrets: RawSecrets,
     pub retention: RawRetention,
+    pub redaction: crate::redaction::RawRedaction,
 }
 
 /// How long tenant content is kept: a finished job's input, result and webhook payloads are
@@ -276,6 +277,7 @@ impl Default for RawConfig {
             telemetry: RawTelemetry::default(),
             secrets: RawSecrets::default(),
             retention: RawRetention::default(),
+            redaction: Default::default(),
             providers: vec![RawProvider {
                 name: "sim".into(),
                 kind: "openai".into(),

@@ -43,9 +43,10 @@ pub mod names {
     pub const COMMIT_BATCH: &str = "ragq_commit_batch_size";
     pub const COMMIT_DURATION: &str = "ragq_commit_duration_seconds";
     pub const HTTP_REQUESTS: &str = "ragq_http_requests_total";
+    pub const PII_FOUND: &str = "ragq_pii_found_total";
 
     /// Every name above.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         GEN_AI_DURATION,
         GEN_AI_TOKENS,
         JOBS,
@@ -67,6 +68,7 @@ pub mod names {
         COMMIT_BATCH,
         COMMIT_DURATION,
         HTTP_REQUESTS,
+        PII_FOUND,
     ];
 }
 
@@ -417,6 +419,16 @@ pub fn webhook_attempt(outcome: &'static str) {
         return;
     }
     counter!(names::WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+/// Personal data a redaction policy found in a job: `count` values of `kind` (a built-in kind or
+/// an operator's custom one: a bounded set), handled in `mode`.
+pub fn pii_found(kind: &str, mode: &'static str, count: u32) {
+    if !recording() {
+        return;
+    }
+    let labels = [("kind", kind.to_string()), ("mode", mode.to_string())];
+    counter!(names::PII_FOUND, &labels).increment(u64::from(count));
 }
 
 /// A message went to the dead-letter queue; `reason` starts with its code (`code: details`).

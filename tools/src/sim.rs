@@ -75,6 +75,40 @@ struct SimState {
     answered_call_ids: Mutex<Vec<String>>,
     /// When each request arrived (for checking pacing).
     arrivals: Mutex<Vec<std::time::Instant>>,
+    /// The latest requests as they arrived (what a provider would have seen).
+    log: Mutex<VecDeque<LoggedRequest>>,
+}
+
+/// One request as the sim received it.
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    pub path: &'static str,
+    /// The `Authorization` (OpenAI shape) or `x-api-key` (Anthropic shape) header.
+    pub credential: Option<String>,
+    pub body: String,
+}
+
+/// Requests the log keeps (the oldest go first).
+const LOGGED_REQUESTS: usize = 10_000;
+
+impl SimState {
+    fn log(&self, path: &'static str, headers: &axum::http::HeaderMap, body: &[u8]) {
+        let credential = (headers
+            .get("authorization")
+            .or_else(|| headers.get("x-api-key")))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+        if let Ok(mut log) = self.log.lock() {
+            if log.len() >= LOGGED_REQUESTS {
+                log.pop_front();
+            }
+            log.push_back(LoggedRequest {
+                path,
+                credential,
+                body: String::from_utf8_lossy(body).into_owned(),
+            });
+        }
+    }
 }
 
 /// A running sim provider.
@@ -114,6 +148,13 @@ impl SimHandle {
 
     /// Requests received, and those answered successfully.
     /// When each request arrived, in order.
+    /// The latest requests (up to 10,000), oldest first.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        (self.state.log.lock())
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn arrivals(&self) -> Vec<std::time::Instant> {
         self.state
             .arrivals
@@ -205,6 +246,7 @@ async fn chat(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    state.log("/v1/chat/completions", &headers, &body);
     answer(&state, &headers, || {
         let request: WireChatRequest =
             serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;
@@ -224,6 +266,7 @@ async fn messages(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    state.log("/v1/messages", &headers, &body);
     answer(&state, &headers, || {
         let wire: anthropic::WireRequest =
             serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;
@@ -277,6 +320,7 @@ async fn embeddings(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    state.log("/v1/embeddings", &headers, &body);
     answer(&state, &headers, || {
         let request: WireEmbeddingRequest =
             serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;

@@ -31,6 +31,8 @@ pub async fn process<H: JobHandler>(
     tenant: Tenant,
 ) -> Disposition {
     let started = std::time::Instant::now();
+    let mut job = job;
+    let redaction = redact(ctx, &mut job);
     let input = H::input(&job);
     let job = Arc::new(job);
     let policy = ctx.retry_policy();
@@ -55,14 +57,69 @@ pub async fn process<H: JobHandler>(
                 vectors: &ctx.vectors,
                 declared_calls: first_calls,
             };
-            run_guarded::<H>(&context, input).await
+            match &redaction {
+                Some(r) if r.blocks() => Err(r.refusal()),
+                _ => run_guarded::<H>(&context, input).await,
+            }
         }
         Err(e) => Err(e),
+    };
+    let result = match (result, &redaction) {
+        (Ok(value), Some(r)) => Ok(r.finish(value)),
+        (result, _) => result,
     };
     let job_span = tracing::Span::current();
     commit(ctx, &job, attempt, result, started, job_span)
         .instrument(tracing::info_span!("commit", attempt))
         .await
+}
+
+/// What the redaction policy of a job found and did.
+struct Redacted<'p> {
+    policy: &'p ragq::redaction::Policy,
+    applied: ragq::redaction::Applied,
+}
+
+impl Redacted<'_> {
+    fn blocks(&self) -> bool {
+        self.policy.mode == ragq::redaction::Mode::Block && !self.applied.found.is_empty()
+    }
+
+    /// The failure of a blocked job: the kinds found, never the values.
+    fn refusal(&self) -> JobError {
+        JobError::permanent(
+            "pii_blocked",
+            format!(
+                "the input holds personal data ({}); redaction policy `{}` blocks it",
+                self.applied.kinds(),
+                self.policy.name
+            ),
+        )
+    }
+
+    /// The result as stored and delivered: values put back if the policy restores them, and
+    /// what was found.
+    fn finish(&self, mut result: serde_json::Value) -> serde_json::Value {
+        if self.policy.restore {
+            self.applied.vault.restore(&mut result);
+        }
+        if let Some(map) = result.as_object_mut() {
+            map.insert("redaction".into(), self.applied.summary(self.policy));
+        }
+        result
+    }
+}
+
+/// Runs the job's redaction policy (its feature's, else its tenant's) over its input before
+/// anything stores or sends it; none applies: nothing changes.
+fn redact<'c>(ctx: &'c WorkerContext, job: &mut JobMessage) -> Option<Redacted<'c>> {
+    let feature = job.tags.get("feature").map(String::as_str);
+    let policy = ctx.cfg.redaction.policy_for(&job.tenant, feature)?;
+    let applied = policy.apply(job.kind, &mut job.input);
+    for (kind, count) in &applied.found {
+        ragq::telemetry::metrics::pii_found(kind, policy.mode.as_str(), *count);
+    }
+    Some(Redacted { policy, applied })
 }
 
 /// Claims the job, reserving its worst case and recording the intents of its first calls (a job

@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// what tracing costs against a run without.
     #[arg(long)]
     pub traces: bool,
+    /// Every job goes through a PII redaction policy of this mode (mask, block or detect, every
+    /// built-in detector); for measuring what redaction costs against a run without.
+    #[arg(long, value_parser = ["mask", "block", "detect"])]
+    pub redaction: Option<String>,
     /// Inject faults during the run (workers killed, RabbitMQ connections dropped, PostgreSQL
     /// restarted, provider errors and hangs, webhook receiver down) and check every invariant after.
     #[arg(long)]
@@ -360,6 +364,10 @@ async fn setup(
             text.push_str("\n[telemetry]\n");
             text.push_str(metrics.unwrap_or_default());
             text.push_str(&traces.unwrap_or_default());
+        }
+        if let Some(mode) = &args.redaction {
+            let policy = format!("\n[redaction]\ndefault = \"bench\"\n[redaction.policies.bench]\nmode = \"{mode}\"\n");
+            text.push_str(&policy);
         }
         Ok(text)
     })
