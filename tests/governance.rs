@@ -253,6 +253,9 @@ async fn every_administrative_command_leaves_exactly_one_audit_row() {
         "input": {"prompts": [{"prompt": "the secret plan"}]}}});
     std::fs::write(&spec_path, pipeline.to_string()).unwrap();
     let spec_arg = format!("@{}", spec_path.display());
+    let provider_key = std::env::temp_dir().join(format!("ragq-audit-key-{}", env.tag));
+    std::fs::write(&provider_key, "sk-initech-0000").unwrap();
+    let provider_key = provider_key.display().to_string();
     let key_id = |out: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix("key:").map(|k| k.trim().to_string()))
@@ -410,6 +413,30 @@ async fn every_administrative_command_leaves_exactly_one_audit_row() {
             "secrets.reseal",
             None,
             None,
+        ),
+        (
+            [
+                "tenant",
+                "provider-key",
+                "set",
+                "initech",
+                "sim",
+                "--key-file",
+                &provider_key,
+            ]
+            .map(String::from)
+            .to_vec(),
+            "provider_key.set",
+            None,
+            Some(json!({"set": true, "allow_fallback": false})),
+        ),
+        (
+            ["tenant", "provider-key", "delete", "initech", "sim"]
+                .map(String::from)
+                .to_vec(),
+            "provider_key.delete",
+            Some(json!({"set": true, "allow_fallback": false})),
+            Some(json!({"set": false})),
         ),
         (
             ["webhook", "replay", "--tenant", "acme", "--state", "any"]
@@ -1179,4 +1206,151 @@ async fn redaction_masks_blocks_and_detects_as_its_policy_says() {
     assert!(input.to_string().contains(PII[2].1));
     assert_eq!(result["redaction"]["mode"], "detect");
     assert_eq!(result["redaction"]["found"]["ticket"], 1);
+}
+
+const OPERATOR_KEY: &str = "sk-operator-test-0123";
+const ACME_KEY: &str = "sk-acme-own-key-4567";
+
+/// A second sim provider, `sim-op`, reached with the operator's key, and a policy over it.
+fn byok_sections(operator_key_file: &std::path::Path) -> String {
+    format!(
+        "[[providers]]\nname = \"sim-op\"\nkind = \"openai\"\nbase_url = \"{{sim_url}}\"\n\
+         api_key_file = \"{}\"\n\
+         [[models]]\nname = \"op-small\"\nprovider = \"sim-op\"\nmodel_id = \"sim-small\"\n\
+         input_price_micros_per_mtok = 150000\noutput_price_micros_per_mtok = 600000\n\
+         context_window = 16384\n\
+         [policies.byok]\nmodels = [\"op-small\"]\n",
+        operator_key_file.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_provider_key_carries_its_calls_and_never_shows() {
+    let dir = std::env::temp_dir().join(format!("ragq-byok-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let operator_key_file = dir.join("operator-key");
+    std::fs::write(&operator_key_file, OPERATOR_KEY).unwrap();
+    let env = TestEnv::with_sections("", &byok_sections(&operator_key_file)).await;
+    let config = env.config_file();
+    let acme_key_file = dir.join("acme-key");
+    std::fs::write(&acme_key_file, ACME_KEY).unwrap();
+    run_ragq(
+        &config,
+        &[
+            "tenant",
+            "provider-key",
+            "set",
+            "acme",
+            "sim-op",
+            "--key-file",
+            acme_key_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let api = env.serve_api().await;
+    // globex brings a key the provider refuses, and allows falling back to the operator's.
+    let put = |body: Value| {
+        let api = api.clone();
+        let key = env.api_key("globex");
+        async move {
+            let resp = reqwest::Client::new()
+                .put(format!("{api}/v1/provider-keys/sim-op"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (status, answer) =
+        put(json!({"key": "sk-revoked-globex-89", "allow_fallback": true})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        !answer.contains("sk-revoked"),
+        "the key is never echoed: {answer}"
+    );
+    let (status, answer) =
+        put(json!({"key": "sk-revoked-globex-89", "allow_fallback": "yes"})).await;
+    assert_eq!(status, 400);
+    assert!(!answer.contains("sk-revoked"), "nor in an error: {answer}");
+
+    let log = dir.join("worker.log");
+    let mut worker = common::spawn_worker_logging(&config, "debug", &log);
+    let conn = env.amqp().await;
+    let mut acme_job = env.job("acme", "byok-acme", 1);
+    acme_job["policy"] = json!("byok");
+    env.publish_job(&conn, &acme_job).await;
+    let mut globex_job = env.job("globex", "byok-globex", 1);
+    globex_job["policy"] = json!("byok");
+    env.submit_http(&api, "globex", &globex_job).await;
+    env.wait_for_state("acme", "byok-acme", "succeeded", 60)
+        .await;
+    env.wait_for_state("globex", "byok-globex", "succeeded", 60)
+        .await;
+
+    // What the provider saw: acme's key on acme's call; on globex's, its refused key, then the
+    // operator's.
+    let requests = env.sim.requests();
+    let credentials = |job: &str| -> Vec<String> {
+        requests
+            .iter()
+            .filter(|r| r.body.contains(&format!("of job {job}")))
+            .map(|r| r.credential.clone().unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(credentials("byok-acme"), [format!("Bearer {ACME_KEY}")]);
+    assert_eq!(
+        credentials("byok-globex"),
+        [
+            "Bearer sk-revoked-globex-89".to_string(),
+            format!("Bearer {OPERATOR_KEY}")
+        ]
+    );
+
+    // The ledger: acme's call is byok, at cost 0 to the operator with its list cost beside;
+    // globex's went out on the operator's key and is billed.
+    let (cost, tags): (i64, Value) =
+        sqlx::query_as("SELECT cost_micros, tags FROM provider_calls WHERE job_id = 'byok-acme'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(cost, 0);
+    assert_eq!(tags["byok"], "true");
+    assert!(
+        tags["byok_cost_micros"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
+    let (cost, tags): (i64, Value) =
+        sqlx::query_as("SELECT cost_micros, tags FROM provider_calls WHERE job_id = 'byok-globex'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(cost > 0 && tags.get("byok").is_none(), "{tags}");
+
+    // Never in clear: not in any row, not in the worker's debug log.
+    common::terminate(&mut worker).await;
+    for key in [ACME_KEY, "sk-revoked-globex-89"] {
+        assert!(
+            rows_mentioning(&env, key).await.is_empty(),
+            "{key} stored in clear"
+        );
+        assert!(
+            !std::fs::read_to_string(&log).unwrap().contains(key),
+            "{key} in the worker's log"
+        );
+    }
+    let sealed = env
+        .count("SELECT count(*) FROM tenant_provider_keys WHERE sealed_key LIKE 'enc:v1:%'")
+        .await;
+    assert_eq!(sealed, 2);
+    let audited = env
+        .count("SELECT count(*) FROM audit_log WHERE action = 'provider_key.set'")
+        .await;
+    assert_eq!(audited, 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -92,6 +92,25 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ProviderKeyCommand {
+    /// Store (or replace) the tenant's key for a catalog provider, read from a file (never an
+    /// argument, which the process list and shell history would show).
+    Set {
+        tenant: String,
+        provider: String,
+        #[arg(long)]
+        key_file: PathBuf,
+        /// When the provider refuses the key, call with the operator's key instead.
+        #[arg(long)]
+        allow_fallback: bool,
+    },
+    /// Remove the tenant's key for a provider.
+    Delete { tenant: String, provider: String },
+    /// The providers a tenant brought keys for (never the keys).
+    List { tenant: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum WebhookCommand {
     /// Re-send a tenant's kept deliveries with their original webhook-id (receivers dedupe on it).
     Replay {
@@ -148,6 +167,11 @@ pub enum TenantCommand {
         /// Confirms the erasure (it cannot be undone).
         #[arg(long)]
         yes: bool,
+    },
+    /// A tenant's own provider keys (bring your own key): its calls to that provider use them.
+    ProviderKey {
+        #[command(subcommand)]
+        command: ProviderKeyCommand,
     },
     /// Give a tenant a new webhook secret (printed once); deliveries carry signatures with both
     /// secrets during the grace period.
@@ -338,6 +362,7 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
             println!("vectors removed from: {}", erased.collections.join(", "));
             println!("rows: {}", erased.rows);
         }
+        TenantCommand::ProviderKey { command } => provider_key(cfg, &pool, command).await?,
         TenantCommand::RotateWebhookSecret { id, grace } => {
             let rotated = ragq::tenants::secrets::rotate_webhook_secret(
                 &pool,
@@ -367,6 +392,63 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
                 "tenant `{id}`: budget alerts go to {}",
                 url.as_deref().unwrap_or("nowhere")
             );
+        }
+    }
+    Ok(())
+}
+
+async fn provider_key(
+    cfg: &Config,
+    pool: &sqlx::PgPool,
+    command: ProviderKeyCommand,
+) -> anyhow::Result<()> {
+    use ragq::tenants::provider_keys;
+    match command {
+        ProviderKeyCommand::Set {
+            tenant,
+            provider,
+            key_file,
+            allow_fallback,
+        } => {
+            anyhow::ensure!(
+                cfg.catalog
+                    .providers()
+                    .iter()
+                    .any(|p| p.endpoint.name == provider),
+                "no provider `{provider}` in the catalog (providers)"
+            );
+            let key = std::fs::read_to_string(&key_file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", key_file.display()))?;
+            let key = ragq::secret::Secret::new(key.trim());
+            let view = provider_keys::set(
+                pool,
+                &cfg.secrets,
+                &Actor::cli(),
+                (&tenant, &provider),
+                &key,
+                allow_fallback,
+            )
+            .await?;
+            println!(
+                "tenant `{tenant}`: calls to `{provider}` use its own key (stored sealed); \
+                 fallback to the operator's key: {}",
+                if view.allow_fallback { "allowed" } else { "no" }
+            );
+        }
+        ProviderKeyCommand::Delete { tenant, provider } => {
+            let gone = provider_keys::delete(pool, &Actor::cli(), &tenant, &provider).await?;
+            anyhow::ensure!(gone, "tenant `{tenant}` has no key for `{provider}`");
+            println!("tenant `{tenant}`: calls to `{provider}` use the operator's key again");
+        }
+        ProviderKeyCommand::List { tenant } => {
+            for k in provider_keys::list(pool, &tenant).await? {
+                println!(
+                    "{:<16} fallback {:<5} updated {}",
+                    k.provider,
+                    k.allow_fallback,
+                    k.updated_at.to_rfc3339()
+                );
+            }
         }
     }
     Ok(())

@@ -55,6 +55,7 @@ fn routing(c: &mut Criterion) {
         temperature: None,
         call_id: None,
         counted_input_tokens: None,
+        credential: None,
     };
     let prices: Vec<Price> = (0..50u64)
         .map(|i| Price {

@@ -9,6 +9,7 @@ pub mod error;
 mod limits;
 mod openapi;
 mod pipelines;
+mod provider_keys;
 
 use std::sync::Arc;
 
@@ -42,6 +43,9 @@ pub(crate) struct ApiState {
     pub(crate) request_timeout: std::time::Duration,
     pub(crate) pipelines: crate::scheduler::pipeline::PipelineLimits,
     pub(crate) redaction: crate::redaction::RedactionConfig,
+    pub(crate) keyring: crate::keyring::Keyring,
+    /// The catalog's provider names: the providers a tenant may bring keys for.
+    pub(crate) providers: Vec<String>,
 }
 
 /// Builds the router (also used by tests on an ephemeral port).
@@ -60,6 +64,8 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         request_timeout: api.request_timeout,
         pipelines: api.pipelines,
         redaction: api.redaction.clone(),
+        keyring: api.keyring.clone(),
+        providers: api.providers.clone(),
     });
     Router::new()
         .route("/healthz", get(healthz))
@@ -75,6 +81,11 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         .route("/v1/pipelines/{name}/{action}", post(pipelines::act))
         .route("/v1/audit", get(audit_log))
         .route("/v1/webhooks/replay", post(replay_webhooks))
+        .route("/v1/provider-keys", get(provider_keys::list))
+        .route(
+            "/v1/provider-keys/{provider}",
+            axum::routing::put(provider_keys::set).delete(provider_keys::delete),
+        )
         .route("/metrics", get(crate::telemetry::metrics::metrics_page))
         .merge(crate::dashboard::routes())
         .layer(axum::middleware::from_fn_with_state(
@@ -595,4 +606,8 @@ pub struct ApiConfig {
     pub pipelines: crate::scheduler::pipeline::PipelineLimits,
     /// PII redaction policies, applied to submissions before they are stored.
     pub redaction: crate::redaction::RedactionConfig,
+    /// Seals the provider keys tenants bring.
+    pub keyring: crate::keyring::Keyring,
+    /// The catalog's provider names.
+    pub providers: Vec<String>,
 }

@@ -332,6 +332,10 @@ impl RawConfig {
                 request_timeout: ms(self.api.request_timeout_ms),
                 pipelines,
                 redaction: redaction.clone(),
+                keyring: secrets.clone(),
+                providers: (catalog.providers().iter())
+                    .map(|p| p.endpoint.name.clone())
+                    .collect(),
             },
             webhooks: WebhookConfig {
                 url_policy,
@@ -357,6 +361,7 @@ impl RawConfig {
                 reservation_ttl: ms(self.spend.reservation_ttl_ms),
                 ledger_retention_months: self.spend.ledger_retention_months,
                 maintenance_interval: ms(self.spend.maintenance_interval_ms),
+                bill_byok: self.spend.bill_byok,
             },
             scheduler: crate::scheduler::SchedulerConfig {
                 tick: ms(self.scheduler.tick_ms),

@@ -146,6 +146,7 @@ pub struct RawSpend {
     pub reservation_ttl_ms: u64,
     pub ledger_retention_months: u32,
     pub maintenance_interval_ms: u64,
+    pub bill_byok: bool,
 }
 
 /// Metrics: where workers and schedulers serve `/metrics` (off when unset; the api serves it on
@@ -399,6 +400,7 @@ impl Default for RawSpend {
             reservation_ttl_ms: 900_000,
             ledger_retention_months: 0,
             maintenance_interval_ms: 30_000,
+            bill_byok: false,
         }
     }
 }

@@ -92,7 +92,12 @@ impl AnthropicClient {
             .post(&self.url)
             .header("anthropic-version", API_VERSION)
             .json(&build_request(model_id, request));
-        if let Some(key) = &self.endpoint.api_key {
+        // The tenant's own key when it brought one, else the operator's.
+        if let Some(key) = request
+            .credential
+            .as_ref()
+            .or(self.endpoint.api_key.as_ref())
+        {
             http = http.header("x-api-key", key.expose());
         }
         let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
@@ -192,6 +197,7 @@ mod tests {
             temperature: Some(0.2),
             call_id: None,
             counted_input_tokens: None,
+            credential: None,
         };
         let wire = build_request("claude-x", &req);
         assert_eq!(wire.system.as_deref(), Some("Be brief."));

@@ -11,6 +11,8 @@ pub struct EmbeddingRequest {
     pub inputs: Vec<String>,
     /// Identifies this call to providers (see `CALL_ID_HEADER`).
     pub call_id: Option<String>,
+    /// The tenant's own key for this provider, sent instead of the operator's.
+    pub credential: Option<crate::secret::Secret>,
 }
 
 /// The vectors, in input order, and the tokens the provider billed.

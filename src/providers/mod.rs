@@ -39,6 +39,9 @@ pub struct ChatRequest {
     /// assembled to fill a context window); the context-window check then uses this count
     /// instead of the byte bound.
     pub counted_input_tokens: Option<u64>,
+    /// The tenant's own key for this provider (bring your own key), sent instead of the
+    /// operator's; set by the router per candidate.
+    pub credential: Option<Secret>,
 }
 
 use crate::tokens::MESSAGE_OVERHEAD_TOKENS;

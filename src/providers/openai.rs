@@ -86,10 +86,16 @@ impl OpenAiClient {
         }
     }
 
-    /// A JSON POST to `url` with the endpoint's key as a bearer token.
-    fn post(&self, url: &str, body: &impl Serialize) -> reqwest::RequestBuilder {
+    /// A JSON POST to `url` with the tenant's key (when it brought one) or the endpoint's as a
+    /// bearer token.
+    fn post(
+        &self,
+        url: &str,
+        body: &impl Serialize,
+        credential: Option<&crate::secret::Secret>,
+    ) -> reqwest::RequestBuilder {
         let http = self.http.post(url).json(body);
-        match &self.endpoint.api_key {
+        match credential.or(self.endpoint.api_key.as_ref()) {
             Some(key) => http.bearer_auth(key.expose()),
             None => http,
         }
@@ -100,7 +106,8 @@ impl OpenAiClient {
         model_id: &str,
         request: &ChatRequest,
     ) -> Result<ChatResponse, ProviderError> {
-        let http = self.post(&self.chat_url, &build_request(model_id, request));
+        let body = build_request(model_id, request);
+        let http = self.post(&self.chat_url, &body, request.credential.as_ref());
         let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
         parse_response(&self.endpoint.name, &bytes)
     }
@@ -111,7 +118,7 @@ impl OpenAiClient {
         request: &EmbeddingRequest,
     ) -> Result<EmbeddingResponse, ProviderError> {
         let body = embeddings::build_request(model_id, request);
-        let http = self.post(&self.embeddings_url, &body);
+        let http = self.post(&self.embeddings_url, &body, request.credential.as_ref());
         let bytes = exchange(&self.endpoint, http, request.call_id.as_deref()).await?;
         embeddings::parse_response(&self.endpoint.name, request.inputs.len(), &bytes)
     }
@@ -195,6 +202,7 @@ mod tests {
             temperature: None,
             call_id: None,
             counted_input_tokens: None,
+            credential: None,
         };
         let json = serde_json::to_value(build_request("m1", &req)).expect("json");
         assert_eq!(json["model"], "m1");

@@ -9,6 +9,35 @@ use super::Router;
 use crate::providers::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 
 impl Router {
+    /// Calls one candidate: with the tenant's own key when it brought one for the model's
+    /// provider, falling back to the operator's key when the provider refuses it and the tenant
+    /// allowed that. Returns the outcome, the attempts, and whether the tenant's key made it.
+    pub(super) async fn call_candidate(
+        &self,
+        client: &ProviderClient,
+        model: &ModelSpec,
+        request: &ChatRequest,
+        own: Option<&super::byok::OwnKey>,
+    ) -> (Result<ChatResponse, ProviderError>, u32, bool) {
+        let Some(own) = own else {
+            let (result, attempts) = self.call_with_backoff(client, model, request).await;
+            return (result, attempts, false);
+        };
+        let with_key = ChatRequest {
+            credential: Some(own.key.clone()),
+            ..request.clone()
+        };
+        let (result, attempts) = self.call_with_backoff(client, model, &with_key).await;
+        match result {
+            Err(e) if own.allow_fallback && super::byok::refuses_key(&e) => {
+                tracing::info!(model = %model.name, "the tenant's key was refused; calling with the operator's, as the tenant allows");
+                let (result, more) = self.call_with_backoff(client, model, request).await;
+                (result, attempts + more, false)
+            }
+            result => (result, attempts, true),
+        }
+    }
+
     /// Calls one model, retrying retryable errors within the time budget. Returns the attempt count.
     pub(super) async fn call_with_backoff(
         &self,

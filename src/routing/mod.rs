@@ -10,6 +10,7 @@
 //! [`Router::chat`] and the [`RoutedCall`] it returns.
 
 mod backoff;
+pub mod byok;
 pub mod catalog;
 mod error;
 pub mod health;
@@ -71,6 +72,8 @@ pub struct Answered<R> {
     pub provider: String,
     pub price: Price,
     pub latency: Duration,
+    /// Made with the tenant's own key (bring your own key).
+    pub byok: bool,
 }
 
 impl<R: Metered> Answered<R> {
@@ -81,6 +84,7 @@ impl<R: Metered> Answered<R> {
             provider: model.provider.clone(),
             price: model.price,
             latency,
+            byok: false,
         }
     }
 
@@ -113,6 +117,8 @@ pub struct RoutedCall {
 pub struct CallScope<'a> {
     pub plan: Option<&'a str>,
     pub cost_cap_micros: Option<i64>,
+    /// The tenant's own provider keys (bring your own key), used on their providers' calls.
+    pub own_keys: Option<&'a byok::OwnKeys>,
 }
 
 /// Routes calls over the catalog's providers; cheap to share behind an `Arc`.
@@ -283,6 +289,7 @@ impl Router {
         &self,
         model: &str,
         request: &EmbeddingRequest,
+        own_keys: Option<&byok::OwnKeys>,
     ) -> Result<EmbeddedCall, RouteError> {
         let Some((spec, client)) = self.resolve(model) else {
             return Err(RouteError::UnknownPolicy(format!(
@@ -300,19 +307,54 @@ impl Router {
         // Texts never hold more tokens than bytes: a sound bound for the token limit.
         let tokens = request.inputs.iter().map(|t| t.len() as u64).sum();
         let started = Instant::now();
-        let (result, attempts) = self
-            .with_backoff(&spec.name, tokens, || async {
-                let r = sent(EMBEDDINGS, spec, client.embed(&spec.model_id, request)).await;
-                self.note_rate_limit(&spec.name, &r);
-                r
-            })
-            .await;
+        let own = own_keys.and_then(|k| k.get(&spec.provider));
+        let (result, attempts, byok) = match own {
+            None => {
+                let (r, a) = self.embed_once(spec, client, tokens, request).await;
+                (r, a, false)
+            }
+            Some(own) => {
+                let with_key = EmbeddingRequest {
+                    credential: Some(own.key.clone()),
+                    ..request.clone()
+                };
+                let (r, a) = self.embed_once(spec, client, tokens, &with_key).await;
+                match r {
+                    Err(e) if own.allow_fallback && byok::refuses_key(&e) => {
+                        let (r, more) = self.embed_once(spec, client, tokens, request).await;
+                        (r, a + more, false)
+                    }
+                    r => (r, a, true),
+                }
+            }
+        };
         let latency = started.elapsed();
-        self.learn(EMBEDDINGS, spec, &result, latency, attempts);
+        if !(byok && result.as_ref().is_err_and(byok::refuses_key)) {
+            self.learn(EMBEDDINGS, spec, &result, latency, attempts);
+        }
         match result {
-            Ok(response) => Ok(Answered::new(spec, response, latency)),
+            Ok(response) => Ok(Answered {
+                byok,
+                ..Answered::new(spec, response, latency)
+            }),
             Err(e) => Err(exhausted_by(e, attempts)),
         }
+    }
+
+    /// One embeddings call on `spec`, retried with backoff; returns the attempt count.
+    async fn embed_once(
+        &self,
+        spec: &ModelSpec,
+        client: &ProviderClient,
+        tokens: u64,
+        request: &EmbeddingRequest,
+    ) -> (Result<EmbeddingResponse, ProviderError>, u32) {
+        self.with_backoff(&spec.name, tokens, || async {
+            let r = sent(EMBEDDINGS, spec, client.embed(&spec.model_id, request)).await;
+            self.note_rate_limit(&spec.name, &r);
+            r
+        })
+        .await
     }
 
     /// The smallest context window among a policy's candidates: a prompt that fits it fits any.
@@ -405,12 +447,16 @@ impl Router {
                 finish_reason = tracing::field::Empty,
             );
             let started = Instant::now();
-            let (result, attempts) = self
-                .call_with_backoff(client, model, request)
+            let own = scope.own_keys.and_then(|k| k.get(&model.provider));
+            let (result, attempts, byok) = self
+                .call_candidate(client, model, request, own)
                 .instrument(span.clone())
                 .await;
             let latency = started.elapsed();
-            self.learn(CHAT, model, &result, latency, attempts);
+            // A tenant's refused key says nothing about the model: its health does not learn it.
+            if !(byok && result.as_ref().is_err_and(byok::refuses_key)) {
+                self.learn(CHAT, model, &result, latency, attempts);
+            }
             match result {
                 Ok(response) => {
                     if let Some(id) = &response.response_id {
@@ -424,10 +470,11 @@ impl Router {
                         finish_reason: response.finish_reason.clone(),
                         ..candidate(model, attempts, "ok".into())
                     });
-                    return Ok(RoutedCall {
-                        answer: Answered::new(model, response, latency),
-                        trace,
-                    });
+                    let answer = Answered {
+                        byok,
+                        ..Answered::new(model, response, latency)
+                    };
+                    return Ok(RoutedCall { answer, trace });
                 }
                 Err(e) => {
                     any_retryable |= e.is_retryable();

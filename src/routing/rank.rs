@@ -251,12 +251,14 @@ mod tests {
             temperature: None,
             call_id: Some(call_id.into()),
             counted_input_tokens: None,
+            credential: None,
         }
     }
 
     const OPEN: CallScope<'static> = CallScope {
         plan: None,
         cost_cap_micros: None,
+        own_keys: None,
     };
 
     fn plan(
@@ -308,6 +310,7 @@ mod tests {
         let free = CallScope {
             plan: Some("free"),
             cost_cap_micros: None,
+            own_keys: None,
         };
         let (order, skipped) = plan(&r, "tiered", &request(10, 10, "c"), free);
         assert_eq!(order, ["small"]);
@@ -318,6 +321,7 @@ mod tests {
         let standard = CallScope {
             plan: Some("standard"),
             cost_cap_micros: None,
+            own_keys: None,
         };
         let (order, skipped) = plan(&r, "tiered", &request(10, 10, "c"), standard);
         assert!(
@@ -333,6 +337,7 @@ mod tests {
         let capped = CallScope {
             plan: None,
             cost_cap_micros: Some(100),
+            own_keys: None,
         };
         let (order, skipped) = plan(&r, "ordered", &request(2, 10, "c"), capped);
         assert_eq!(order, ["small", "medium"]);

@@ -48,4 +48,7 @@ pub struct SpendConfig {
     /// Months of raw ledger rows kept (0: forever); daily aggregates are always kept.
     pub ledger_retention_months: u32,
     pub maintenance_interval: Duration,
+    /// Calls made with a tenant's own provider key are booked at their list cost (else at 0,
+    /// with the list cost in the row's `byok_cost_micros` tag).
+    pub bill_byok: bool,
 }

@@ -26,18 +26,20 @@ pub enum Scope {
     PipelinesRead,
     PipelinesWrite,
     PromptsWrite,
+    ProviderKeysWrite,
     Operator,
 }
 
 impl Scope {
     /// Every scope a tenant key may hold (the default for new tenant keys).
-    pub const TENANT: [Scope; 6] = [
+    pub const TENANT: [Scope; 7] = [
         Scope::JobsWrite,
         Scope::JobsRead,
         Scope::SpendRead,
         Scope::PipelinesRead,
         Scope::PipelinesWrite,
         Scope::PromptsWrite,
+        Scope::ProviderKeysWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +50,7 @@ impl Scope {
             Scope::PipelinesRead => "pipelines:read",
             Scope::PipelinesWrite => "pipelines:write",
             Scope::PromptsWrite => "prompts:write",
+            Scope::ProviderKeysWrite => "provider_keys:write",
             Scope::Operator => "operator",
         }
     }
@@ -60,7 +63,7 @@ impl Scope {
             .ok_or_else(|| {
                 format!(
                     "unknown scope `{s}`: one of jobs:write, jobs:read, spend:read, \
-                     pipelines:read, pipelines:write, prompts:write, operator"
+                     pipelines:read, pipelines:write, prompts:write, provider_keys:write, operator"
                 )
             })
     }

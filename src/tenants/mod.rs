@@ -22,6 +22,7 @@ use crate::secret::Secret;
 pub mod erasure;
 pub mod keys;
 pub mod plans;
+pub mod provider_keys;
 pub mod secrets;
 
 /// A tenant as the platform needs it at run time.
@@ -35,6 +36,8 @@ pub struct Tenant {
     /// The secret before the last rotation, as stored, and until when it still signs.
     pub previous_webhook_secret: Option<(String, chrono::DateTime<chrono::Utc>)>,
     pub plan: String,
+    /// Its own provider keys as stored (sealed), opened for its calls only.
+    pub provider_keys: provider_keys::StoredKeys,
 }
 
 /// What `create` hands back once: the only time the API key is seen in clear.
@@ -158,6 +161,7 @@ pub async fn create_with(
             webhook_secret: keyring.seal(secret.expose(), &secrets::context(id)),
             previous_webhook_secret: None,
             plan: "standard".into(),
+            provider_keys: Vec::new(),
         },
         api_key: key.secret,
         api_key_id: key.id,
@@ -273,6 +277,7 @@ struct Row {
     previous_webhook_secret: Option<String>,
     previous_webhook_secret_until: Option<chrono::DateTime<chrono::Utc>>,
     plan: String,
+    provider_keys: sqlx::types::Json<provider_keys::StoredKeys>,
 }
 
 fn from_row(row: Row) -> Tenant {
@@ -284,6 +289,7 @@ fn from_row(row: Row) -> Tenant {
             .previous_webhook_secret
             .zip(row.previous_webhook_secret_until),
         plan: row.plan,
+        provider_keys: row.provider_keys.0,
     }
 }
 
@@ -340,7 +346,11 @@ impl TenantDirectory {
         }
         let row: Option<Row> = sqlx::query_as(
             "SELECT id, amqp_user, webhook_secret, previous_webhook_secret, \
-               previous_webhook_secret_until, plan FROM tenants WHERE id = $1",
+               previous_webhook_secret_until, plan, \
+               (SELECT coalesce(jsonb_agg(jsonb_build_array(k.provider, k.sealed_key, k.allow_fallback) \
+                                ORDER BY k.provider), '[]') \
+                FROM tenant_provider_keys k WHERE k.tenant_id = tenants.id) AS provider_keys \
+             FROM tenants WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -374,6 +384,7 @@ mod tests {
             webhook_secret: "whsec_x".into(),
             previous_webhook_secret: None,
             plan: "standard".into(),
+            provider_keys: Vec::new(),
         };
         insert_bounded(&mut cache, "acme", (Some(known), Instant::now()), ttl, 100);
         for i in 0..1_000 {

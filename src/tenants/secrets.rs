@@ -109,9 +109,10 @@ pub enum ResealError {
 
 type StoredSecrets = (String, String, Option<String>);
 
-/// Seals stored secrets under the keyring's current key, in one transaction (a crash leaves
-/// every row as it was or every row done); returns how many values were rewritten. Writes one
-/// audit row (for [`Reseal::ClearOnly`], only when it rewrote any).
+/// Seals stored secrets (webhook secrets and tenants' provider keys) under the keyring's current
+/// key, in one transaction (a crash leaves every row as it was or every row done); returns how
+/// many values were rewritten. Writes one audit row (for [`Reseal::ClearOnly`], only when it
+/// rewrote any).
 pub async fn reseal(
     pool: &PgPool,
     keyring: &Keyring,
@@ -151,11 +152,17 @@ pub async fn reseal(
         .await?;
     }
     // The command always leaves its row; the start-up migration only when it changed something.
+    for stored in super::provider_keys::all_sealed(&mut tx).await? {
+        if stale(&stored.2) {
+            super::provider_keys::reseal_one(&mut tx, keyring, &stored).await?;
+            rewritten += 1;
+        }
+    }
     if rewritten > 0 || mode == Reseal::NotCurrent {
         let change = Change {
             action: "secrets.reseal",
             tenant: None,
-            target: "tenants.webhook_secret",
+            target: "stored secrets",
             before: None,
             after: Some(serde_json::json!({
                 "values": rewritten, "key": keyring.current_id(),

@@ -395,6 +395,16 @@ where
     if let Ok(mut a) = state.arrivals.lock() {
         a.push(std::time::Instant::now());
     }
+    // A key with `revoked` in it is refused as a provider refuses a bad key (for testing what a
+    // tenant's own key does when its provider refuses it).
+    let credential = (headers
+        .get("authorization")
+        .or_else(|| headers.get("x-api-key")))
+    .and_then(|v| v.to_str().ok())
+    .unwrap_or_default();
+    if credential.contains("revoked") {
+        return error(401, "invalid api key");
+    }
     let (fault, latency_ms) = next_fault(state);
     if latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(latency_ms)).await;

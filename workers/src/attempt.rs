@@ -43,8 +43,11 @@ pub async fn process<H: JobHandler>(
         Ok(granted) => granted,
         Err(disposition) => return disposition,
     };
-    let result = match settle::admit(attempt, admission, policy) {
-        Ok(cost_cap_micros) => {
+    let own_keys = open_own_keys(ctx, &tenant);
+    let result = match (settle::admit(attempt, admission, policy), &own_keys) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.clone()),
+        (Ok(cost_cap_micros), Ok(own_keys)) => {
             let context = JobContext {
                 job: &job,
                 attempt,
@@ -53,6 +56,7 @@ pub async fn process<H: JobHandler>(
                 scope: CallScope {
                     plan: Some(&tenant.plan),
                     cost_cap_micros,
+                    own_keys: own_keys.as_ref(),
                 },
                 vectors: &ctx.vectors,
                 declared_calls: first_calls,
@@ -62,7 +66,6 @@ pub async fn process<H: JobHandler>(
                 _ => run_guarded::<H>(&context, input).await,
             }
         }
-        Err(e) => Err(e),
     };
     let result = match (result, &redaction) {
         (Ok(value), Some(r)) => Ok(r.finish(value)),
@@ -72,6 +75,25 @@ pub async fn process<H: JobHandler>(
     commit(ctx, &job, attempt, result, started, job_span)
         .instrument(tracing::info_span!("commit", attempt))
         .await
+}
+
+/// The tenant's own provider keys, opened for this job's calls (none brought: none). A key that
+/// cannot be opened (its sealing key retired from the keyring) fails the attempt for a retry, so
+/// the operator can put the key back; the call never silently goes out on the operator's key.
+fn open_own_keys(
+    ctx: &WorkerContext,
+    tenant: &Tenant,
+) -> Result<Option<ragq::routing::byok::OwnKeys>, JobError> {
+    if tenant.provider_keys.is_empty() {
+        return Ok(None);
+    }
+    ragq::tenants::provider_keys::open(&ctx.cfg.secrets, &tenant.id, &tenant.provider_keys)
+        .map(Some)
+        .map_err(|e| JobError::Transient {
+            code: "provider_key_unreadable",
+            message: format!("the tenant's provider key cannot be opened: {e}"),
+            retry_after: None,
+        })
 }
 
 /// What the redaction policy of a job found and did.

@@ -90,13 +90,27 @@ impl AttemptOf<'_> {
 
     /// The ledger row of call `call_index`; shadow copies (at [`SHADOW_CALL_OFFSET`] + index) are
     /// tagged `shadow`.
-    pub fn entry(&self, call_index: usize, call: &BookedCall<'_>) -> LedgerEntry {
+    ///
+    /// A call made with the tenant's own key is tagged `byok` with its list cost
+    /// (`byok_cost_micros`); unless `bill_byok`, the operator books it at cost 0, so budgets,
+    /// reports and reconciliation with the operator's provider invoices leave it out.
+    pub fn entry(&self, call_index: usize, call: &BookedCall<'_>, bill_byok: bool) -> LedgerEntry {
         let mut tags = serde_json::to_value(&self.job.tags).unwrap_or_default();
-        if call_index >= SHADOW_CALL_OFFSET {
-            if let Some(t) = tags.as_object_mut() {
+        let list_cost = call.price.cost_micros(call.usage);
+        if let Some(t) = tags.as_object_mut() {
+            if call_index >= SHADOW_CALL_OFFSET {
                 t.insert("shadow".into(), "true".into());
             }
+            if call.byok {
+                t.insert("byok".into(), "true".into());
+                t.insert("byok_cost_micros".into(), list_cost.to_string().into());
+            }
         }
+        let cost_micros = if call.byok && !bill_byok {
+            0
+        } else {
+            list_cost
+        };
         LedgerEntry {
             call: self.call(
                 call_index,
@@ -106,7 +120,7 @@ impl AttemptOf<'_> {
                 call.price,
             ),
             feature: self.job.feature().to_string(),
-            cost_micros: call.price.cost_micros(call.usage),
+            cost_micros,
             latency_ms: i32::try_from(call.latency.as_millis()).unwrap_or(i32::MAX),
             tags,
         }
@@ -121,6 +135,8 @@ pub struct BookedCall<'a> {
     pub usage: Usage,
     pub price: Price,
     pub latency: Duration,
+    /// Made with the tenant's own key.
+    pub byok: bool,
 }
 
 impl<'a, R: Metered> From<&'a Answered<R>> for BookedCall<'a> {
@@ -131,6 +147,7 @@ impl<'a, R: Metered> From<&'a Answered<R>> for BookedCall<'a> {
             usage: c.usage(),
             price: c.price,
             latency: c.latency,
+            byok: c.byok,
         }
     }
 }

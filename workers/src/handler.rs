@@ -132,7 +132,9 @@ impl JobContext<'_> {
                 .embed_intent(self.env.router, index, model, request);
             self.commits.intend(intents.into_iter().collect()).await?;
         }
-        let call = self.env.router.embed(model, request).await?;
+        let call = (self.env.router)
+            .embed(model, request, self.scope.own_keys)
+            .await?;
         self.book(index, &(&call).into()).await?;
         Ok(call)
     }
@@ -140,7 +142,9 @@ impl JobContext<'_> {
     /// Books an answered call under this attempt in place of its intent; `call_index` is stable
     /// for the call within the attempt (the prompt's index, say), so a re-write is a no-op.
     async fn book(&self, call_index: usize, call: &BookedCall<'_>) -> Result<(), JobError> {
-        let entry = self.of().entry(call_index, call);
+        let entry = self
+            .of()
+            .entry(call_index, call, self.env.cfg.spend.bill_byok);
         let (feature, cost) = (entry.feature.clone(), entry.cost_micros);
         self.commits.book(entry).await.map_err(JobError::from)?;
         ragq::telemetry::metrics::spend(&self.job.tenant, &feature, call.model, cost);

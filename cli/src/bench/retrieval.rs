@@ -210,9 +210,10 @@ impl Corpus<'_> {
                 let request = EmbeddingRequest {
                     inputs,
                     call_id: None,
+                    credential: None,
                 };
                 (self.router)
-                    .embed(self.embedding_model, &request)
+                    .embed(self.embedding_model, &request, None)
                     .await
                     .map(|c| c.response.vectors)
             })
@@ -293,9 +294,10 @@ impl AnswerTimes {
         let request = EmbeddingRequest {
             inputs: vec![question.to_string()],
             call_id: None,
+            credential: None,
         };
         let vector = router
-            .embed(r.embedding_model.as_deref().unwrap_or_default(), &request)
+            .embed(r.embedding_model.as_deref().unwrap_or_default(), &request, None)
             .await?
             .response
             .vectors;
@@ -324,6 +326,7 @@ impl AnswerTimes {
             temperature: None,
             call_id: None,
             counted_input_tokens: None,
+            credential: None,
         };
         router
             .chat("cost-optimized", &request, CallScope::default(), None)

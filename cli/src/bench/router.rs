@@ -54,10 +54,12 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         temperature: None,
         call_id: Some("acme/job-1/1/0".into()),
         counted_input_tokens: None,
+        credential: None,
     };
     let scope = CallScope {
         plan: Some("pro"),
         cost_cap_micros: None,
+        own_keys: None,
     };
     // Warm up, then time each decision on its own.
     for _ in 0..10_000 {

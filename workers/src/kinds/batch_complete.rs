@@ -85,6 +85,7 @@ fn request(
         call_id,
         // The router counts when its ranking needs it (a cost policy with a choice).
         counted_input_tokens: None,
+        credential: None,
     }
 }
 

@@ -209,6 +209,7 @@ pub async fn embed_texts(
             let request = EmbeddingRequest {
                 inputs,
                 call_id: Some(ctx.call_id(index)),
+                credential: None,
             };
             let call = ctx.embed(index, model, &request).await?;
             let cost = call.cost_micros();

@@ -58,6 +58,7 @@ impl JobHandler for RagAnswer {
         let request = EmbeddingRequest {
             inputs: vec![input.question.clone()],
             call_id: None,
+            credential: None,
         };
         let model = env.cfg.retrieval.embedding_model.as_deref();
         match model.and_then(|m| of.embed_intent(env.router, EMBED_CALL, m, &request)) {
@@ -163,6 +164,7 @@ async fn answer(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, Jo
         temperature: input.temperature,
         call_id: Some(ctx.call_id(ANSWER_CALL)),
         counted_input_tokens: Some(prompt.tokens),
+        credential: None,
     };
     let routed = ctx.chat(ANSWER_CALL, &request).await?;
     cost_micros += routed.shadow.as_ref().map_or(0, |s| s.cost_micros());
