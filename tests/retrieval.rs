@@ -214,6 +214,13 @@ async fn shared_suite(store: &VectorStore, collection: &str) {
         .unwrap();
     assert_eq!(store.count(collection, "acme").await.unwrap(), 1);
     assert_eq!(store.count(collection, "globex").await.unwrap(), 1);
+
+    // Erasing a tenant removes every chunk of it, and nothing of anyone else; a collection that
+    // does not exist has nothing to erase.
+    store.erase_tenant(collection, "acme").await.unwrap();
+    assert_eq!(store.count(collection, "acme").await.unwrap(), 0);
+    assert_eq!(store.count(collection, "globex").await.unwrap(), 1);
+    store.erase_tenant("never-made", "acme").await.unwrap();
 }
 
 #[tokio::test]

@@ -297,7 +297,11 @@ impl AnswerTimes {
             credential: None,
         };
         let vector = router
-            .embed(r.embedding_model.as_deref().unwrap_or_default(), &request, None)
+            .embed(
+                r.embedding_model.as_deref().unwrap_or_default(),
+                &request,
+                None,
+            )
             .await?
             .response
             .vectors;
