@@ -542,6 +542,8 @@ async fn every_administrative_command_leaves_exactly_one_audit_row() {
         let refused = sqlx::query(sql).execute(&env.pool).await;
         assert!(refused.is_err(), "{sql} was allowed");
     }
+    let _ = std::fs::remove_file(&spec_path);
+    let _ = std::fs::remove_file(&provider_key);
 }
 
 /// What the official Standard Webhooks library says of each (secret, webhook) pair: `ok` or
