@@ -179,7 +179,7 @@ fn print(report: &LatencyReport, rate: f64) {
 
 /// Publishes at `rate` jobs per second in 10 ms slices; returns each job's publish instant and
 /// wall-clock time (seconds since the epoch, to compare with Postgres timestamps).
-async fn pace(
+pub(super) async fn pace(
     publisher: &Publisher,
     bodies: &[super::JobBody],
     rate: f64,

@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 mod dashboard;
+mod fairness;
 mod faults;
 mod floor;
 mod latency;
@@ -85,6 +86,17 @@ pub struct BenchArgs {
     /// calls) and compare cost-optimized routing with always using the most expensive model.
     #[arg(long)]
     pub routing_day: bool,
+    /// What one tenant's backlog does to the others: a bulk tenant with `--bulk-jobs` queued
+    /// jobs while ten small tenants submit `--small-jobs` at `--small-rate` per second, against
+    /// each alone.
+    #[arg(long)]
+    pub fairness: bool,
+    #[arg(long, default_value_t = 100_000)]
+    pub bulk_jobs: usize,
+    #[arg(long, default_value_t = 400)]
+    pub small_jobs: usize,
+    #[arg(long, default_value_t = 20.0)]
+    pub small_rate: f64,
     /// Instead of the job path, benchmark the spend ledger with this many rows of history.
     #[arg(long)]
     pub ledger_rows: Option<i64>,
@@ -193,6 +205,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     }
     if args.routing_day {
         return routing_day::run(&args, &cancel).await;
+    }
+    if args.fairness {
+        return fairness::run(&args, &cancel).await;
     }
     if let Some(rate) = args.rate {
         return latency::run(&args, rate, &cancel).await;
