@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -53,10 +52,7 @@ impl KeyLimiter {
 /// The hash a request's key is counted under (all-zero for requests without one).
 fn key_of(request: &Request) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    let bearer = (request.headers().get(header::AUTHORIZATION))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    bearer.map_or([0; 32], |k| Sha256::digest(k.trim().as_bytes()).into())
+    super::bearer(request.headers()).map_or([0; 32], |k| Sha256::digest(k.as_bytes()).into())
 }
 
 /// Middleware: 429 with `Retry-After` past the rate of the presented secret. This guards the

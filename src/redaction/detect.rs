@@ -144,10 +144,19 @@ fn cards_in_run(run: &str, offset: usize) -> Vec<(usize, usize)> {
     let mut found = Vec::new();
     let mut i = 0;
     while i < groups.len() {
-        let window = (i..groups.len()).rev().find(|&j| {
-            let digits: String = groups[i..=j].iter().map(|&(s, e)| &run[s..e]).collect();
-            luhn(&digits)
-        });
+        // Only windows of at most 19 digits can be cards: the search is linear in the run, so a
+        // prompt of thousands of digit groups costs no more than reading it.
+        let mut digits = String::with_capacity(19);
+        let mut window = None;
+        for (j, &(s, e)) in groups.iter().enumerate().skip(i) {
+            digits.push_str(&run[s..e]);
+            if digits.len() > 19 {
+                break;
+            }
+            if luhn(&digits) {
+                window = Some(j);
+            }
+        }
         match window {
             Some(j) => {
                 found.push((offset + groups[i].0, offset + groups[j].1));
@@ -236,6 +245,9 @@ mod tests {
             ["4111 1111 1111 1111"],
             "a card after a phone number"
         );
+        // 20,000 groups in one run: every window start is tried, none past 19 digits.
+        let long_run = "4111 1111 1111 1111 ".to_string() + &"12 ".repeat(20_000);
+        assert_eq!(finds(BuiltIn::Card, &long_run)[0], "4111 1111 1111 1111");
         assert!(
             finds(BuiltIn::Card, "id 123456789012").is_empty(),
             "too short"
