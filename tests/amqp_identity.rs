@@ -69,8 +69,8 @@ async fn retries_keep_the_publisher_and_a_replayed_forgery_is_refused_again() {
         .await
         .unwrap();
     let (user, conn) = write_only_user(&env, "globex").await;
-    // More 503s than one attempt absorbs: globex's job goes through a retry queue, re-published
-    // by the worker's user, and must still be authorized as globex's.
+    // More 503s than one attempt absorbs: globex's job, authorized as globex's at intake, is
+    // retried from Postgres, without being published again.
     env.set_outage(15);
     let (stop, worker) = env.start_worker();
     topology_declared(&env).await;
@@ -154,22 +154,19 @@ async fn write_only_user(env: &TestEnv, tenant: &str) -> (String, Connection) {
     (user, conn)
 }
 
-/// Waits until the worker has declared the topology.
+/// Waits until the worker has declared the topology: it consumes ragq.jobs only after declaring
+/// every queue and binding.
 async fn topology_declared(env: &TestEnv) {
     let admin = env.amqp().await;
-    // The last queue the worker declares: ragq.jobs' binding, made before it, is then in place
-    // (a message published between the queue and its binding would be unroutable, and lost).
-    let last = env.cfg.queue.retry_delays.last().copied().unwrap();
-    let last = ragq::queue::topology::retry_queue(last);
     env.wait_until(30, "the topology declared", || async {
         let ch = admin.create_channel().await.unwrap();
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        ch.queue_declare(last.as_str().into(), passive, FieldTable::default())
+        ch.queue_declare("ragq.jobs".into(), passive, FieldTable::default())
             .await
-            .is_ok()
+            .is_ok_and(|q| q.consumer_count() > 0)
     })
     .await;
 }

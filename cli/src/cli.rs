@@ -158,6 +158,17 @@ pub enum TenantCommand {
     AlertWebhook { id: String, url: Option<String> },
     /// Move a tenant to a plan (routing policies may restrict models per plan).
     Plan { id: String, plan: String },
+    /// Set a tenant's own fair share, overriding its plan's: its weight against other tenants
+    /// with queued jobs, and how many of its jobs may run at once.
+    Share {
+        id: String,
+        /// Weight (the plan's `weight` when cleared with `plan`).
+        #[arg(long)]
+        weight: Option<String>,
+        /// Most jobs running at once (`plan` clears it: the plan's applies).
+        #[arg(long)]
+        max_in_flight: Option<String>,
+    },
     /// Erase a tenant: its jobs, vectors, webhook payloads, keys, pipelines and budgets; its
     /// ledger is anonymized or kept (`retention.erased_ledger`, or --ledger).
     Delete {
@@ -381,6 +392,22 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
                 None => println!("(shown once; the previous secret no longer signs)"),
             }
         }
+        TenantCommand::Share {
+            id,
+            weight,
+            max_in_flight,
+        } => {
+            let change = ragq::tenants::shares::ShareChange {
+                weight: weight.as_deref().map(parse_override).transpose()?,
+                max_in_flight: max_in_flight.as_deref().map(parse_override).transpose()?,
+            };
+            anyhow::ensure!(
+                change.weight.is_some() || change.max_in_flight.is_some(),
+                "give --weight, --max-in-flight or both"
+            );
+            ragq::tenants::shares::set(&pool, &Actor::cli(), &id, change).await?;
+            println!("tenant `{id}`: fair share set");
+        }
         TenantCommand::Plan { id, plan } => {
             ragq::tenants::set_plan(&pool, &Actor::cli(), &id, &plan).await?;
             println!("tenant `{id}` is on plan `{plan}`");
@@ -395,6 +422,17 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An override's value: a number, or `plan` to clear it (the plan's applies). `none` is no cap.
+fn parse_override<T: std::str::FromStr>(text: &str) -> anyhow::Result<Option<T>> {
+    match text {
+        "plan" | "none" => Ok(None),
+        n => n
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("`{n}` is not a number (or `plan`)")),
+    }
 }
 
 async fn provider_key(

@@ -182,7 +182,7 @@ impl RawConfig {
 
     /// The rules on single settings outside the catalog and retrieval: (holds, what breaks it).
     /// Long because it is a table, one rule per entry.
-    fn limits(&self) -> [(bool, &'static str); 23] {
+    fn limits(&self) -> [(bool, &'static str); 24] {
         let (q, w, h, r, sp, sc) = (
             &self.queue,
             &self.worker,
@@ -194,6 +194,10 @@ impl RawConfig {
         let delays = &q.retry_delays_ms;
         [
             (q.prefetch >= 1, "queue.prefetch must be at least 1"),
+            (
+                q.intake_prefetch >= 1,
+                "queue.intake_prefetch must be at least 1",
+            ),
             (
                 q.delivery_limit >= 1,
                 "queue.delivery_limit must be at least 1",
@@ -299,6 +303,7 @@ impl RawConfig {
             queue: QueueConfig {
                 url: self.queue.url,
                 prefetch: self.queue.prefetch,
+                intake_prefetch: self.queue.intake_prefetch,
                 delivery_limit: self.queue.delivery_limit,
                 max_message_bytes: self.queue.max_message_bytes,
                 retry_delays: self.queue.retry_delays_ms.iter().map(|d| ms(*d)).collect(),

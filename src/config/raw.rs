@@ -80,6 +80,7 @@ pub struct RawDatabase {
 pub struct RawQueue {
     pub url: String,
     pub prefetch: u16,
+    pub intake_prefetch: u16,
     pub delivery_limit: u32,
     pub max_message_bytes: usize,
     pub retry_delays_ms: Vec<u64>,
@@ -345,6 +346,7 @@ impl Default for RawQueue {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefetch: 64,
+            intake_prefetch: 512,
             delivery_limit: 10,
             max_message_bytes: 1 << 20,
             retry_delays_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000],

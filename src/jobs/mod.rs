@@ -57,6 +57,38 @@ pub struct JobMessage {
     pub input: serde_json::Value,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Order within the tenant's share: `interactive` jobs go before `normal` ones, which go before
+    /// `bulk` ones; tenants are served by their weights whatever their jobs' priorities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+}
+
+/// A job's priority within its tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Interactive,
+    Normal,
+    Bulk,
+}
+
+impl Priority {
+    /// As stored in `jobs.priority` (higher first).
+    pub fn rank(self) -> i16 {
+        match self {
+            Self::Interactive => 1,
+            Self::Normal => 0,
+            Self::Bulk => -1,
+        }
+    }
+
+    pub fn from_rank(rank: i16) -> Option<Self> {
+        match rank {
+            1 => Some(Self::Interactive),
+            0 => None,
+            _ => Some(Self::Bulk),
+        }
+    }
 }
 
 /// The routing policy of a job that names none.

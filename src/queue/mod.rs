@@ -73,10 +73,14 @@ pub fn url_user(url: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
     pub url: String,
+    /// Jobs a worker runs at once.
     pub prefetch: u16,
+    /// Deliveries a worker takes in from `ragq.jobs` at a time (unacknowledged until queued in
+    /// Postgres).
+    pub intake_prefetch: u16,
     pub delivery_limit: u32,
     pub max_message_bytes: usize,
-    /// Delay tiers of the retry queues, ascending.
+    /// Delays between a job's attempts, ascending (attempt n waits the n-th; the last beyond).
     pub retry_delays: Vec<Duration>,
     /// AMQP users allowed to publish for any tenant (the api, the scheduler, `ragq submit`).
     pub trusted_publishers: Vec<String>,

@@ -1,7 +1,6 @@
 //! Names and declarations of ragq's exchanges and queues. Declaring is idempotent; every process
-//! declares on connect so that any of them may start first.
-
-use std::time::Duration;
+//! declares on connect so that any of them may start first. Retries wait in Postgres (a queued
+//! job's `ready_at`), not in queues: ragq.jobs is only the way in.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -15,23 +14,6 @@ pub const DEAD_LETTER_EXCHANGE: &str = "ragq.dlx";
 pub const DEAD_LETTER_QUEUE: &str = "ragq.dlq";
 /// Header carrying the reason a worker dead-lettered a message.
 pub const REASON_HEADER: &str = "x-ragq-reason";
-/// Routing key of messages coming back from a retry queue.
-pub const RETRY_ROUTING_KEY: &str = "retry";
-
-/// The retry queue holding messages for `delay`.
-pub fn retry_queue(delay: Duration) -> String {
-    format!("ragq.retry.{}ms", delay.as_millis())
-}
-
-/// The configured tier closest to (and preferably not shorter than) the wanted delay.
-pub fn retry_tier(tiers: &[Duration], wanted: Duration) -> Duration {
-    tiers
-        .iter()
-        .copied()
-        .find(|t| *t >= wanted)
-        .or_else(|| tiers.last().copied())
-        .unwrap_or(wanted)
-}
 
 fn quorum_args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     let mut args = FieldTable::default();
@@ -69,15 +51,6 @@ pub async fn declare(channel: &Channel, cfg: &QueueConfig) -> Result<(), lapin::
     ];
     queue(channel, JOBS_QUEUE, &jobs_args).await?;
     bind(channel, JOBS_QUEUE, JOBS_EXCHANGE, "#").await?;
-    for delay in &cfg.retry_delays {
-        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        let retry_args = [
-            ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
-            ("x-dead-letter-exchange", text(JOBS_EXCHANGE)),
-            ("x-dead-letter-routing-key", text(RETRY_ROUTING_KEY)),
-        ];
-        queue(channel, &retry_queue(*delay), &retry_args).await?;
-    }
     Ok(())
 }
 
@@ -122,27 +95,4 @@ async fn bind(
             FieldTable::default(),
         )
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_tier_picks_the_first_long_enough() {
-        let tiers = [1, 5, 30].map(Duration::from_secs);
-        assert_eq!(
-            retry_tier(&tiers, Duration::from_millis(10)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            retry_tier(&tiers, Duration::from_secs(2)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            retry_tier(&tiers, Duration::from_secs(99)),
-            Duration::from_secs(30)
-        );
-        assert_eq!(retry_queue(Duration::from_secs(5)), "ragq.retry.5000ms");
-    }
 }

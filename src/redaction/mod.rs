@@ -217,6 +217,31 @@ impl Vault {
         p
     }
 
+    /// The vault sealed for storage until its job ends (`None` when it holds nothing): the
+    /// values are tenant content, so they rest only under the keyring, bound to their job.
+    pub fn seal(&self, keyring: &crate::keyring::Keyring, context: &str) -> Option<String> {
+        if self.values.is_empty() {
+            return None;
+        }
+        let text = serde_json::to_string(&self.values).ok()?;
+        Some(keyring.seal(&text, context))
+    }
+
+    /// A vault [`Self::seal`] stored.
+    pub fn open(
+        keyring: &crate::keyring::Keyring,
+        stored: &str,
+        context: &str,
+    ) -> Result<Self, String> {
+        let text = keyring.open(stored, context).map_err(|e| e.to_string())?;
+        let values: Vec<(String, String, String)> =
+            serde_json::from_str(text.expose()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            values,
+            numbered: HashMap::new(),
+        })
+    }
+
     /// Puts the values back wherever their placeholders appear in `value`'s strings.
     pub fn restore(&self, value: &mut Value) {
         if self.values.is_empty() {

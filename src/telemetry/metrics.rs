@@ -44,9 +44,10 @@ pub mod names {
     pub const COMMIT_DURATION: &str = "ragq_commit_duration_seconds";
     pub const HTTP_REQUESTS: &str = "ragq_http_requests_total";
     pub const PII_FOUND: &str = "ragq_pii_found_total";
+    pub const DISPATCH_WAIT: &str = "ragq_dispatch_wait_seconds";
 
     /// Every name above.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         GEN_AI_DURATION,
         GEN_AI_TOKENS,
         JOBS,
@@ -69,6 +70,7 @@ pub mod names {
         COMMIT_DURATION,
         HTTP_REQUESTS,
         PII_FOUND,
+        DISPATCH_WAIT,
     ];
 }
 
@@ -255,6 +257,15 @@ pub fn queue_wait(kind: &'static str, wait: Duration) {
         return;
     }
     histogram!(names::QUEUE_WAIT, "kind" => kind).record(wait.as_secs_f64());
+}
+
+/// How long a job waited from its acceptance to a worker taking its first attempt: what fair
+/// share bounds for each tenant.
+pub fn dispatch_wait(tenant: &str, wait: Duration) {
+    if !recording() {
+        return;
+    }
+    histogram!(names::DISPATCH_WAIT, "tenant" => tenant_label(tenant)).record(wait.as_secs_f64());
 }
 
 /// One request to a provider (each retry is one): its duration, and its error type if it failed.

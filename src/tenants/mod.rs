@@ -24,6 +24,7 @@ pub mod keys;
 pub mod plans;
 pub mod provider_keys;
 pub mod secrets;
+pub mod shares;
 
 /// A tenant as the platform needs it at run time.
 #[derive(Debug, Clone)]
@@ -38,6 +39,9 @@ pub struct Tenant {
     pub plan: String,
     /// Its own provider keys as stored (sealed), opened for its calls only.
     pub provider_keys: provider_keys::StoredKeys,
+    /// Its own weight and in-flight cap, where they override its plan's (see [`shares`]).
+    pub share_weight: Option<f64>,
+    pub max_in_flight: Option<u32>,
 }
 
 /// What `create` hands back once: the only time the API key is seen in clear.
@@ -162,6 +166,8 @@ pub async fn create_with(
             previous_webhook_secret: None,
             plan: "standard".into(),
             provider_keys: Vec::new(),
+            share_weight: None,
+            max_in_flight: None,
         },
         api_key: key.secret,
         api_key_id: key.id,
@@ -278,6 +284,8 @@ struct Row {
     previous_webhook_secret_until: Option<chrono::DateTime<chrono::Utc>>,
     plan: String,
     provider_keys: sqlx::types::Json<provider_keys::StoredKeys>,
+    share_weight: Option<f64>,
+    max_in_flight: Option<i32>,
 }
 
 fn from_row(row: Row) -> Tenant {
@@ -290,6 +298,8 @@ fn from_row(row: Row) -> Tenant {
             .zip(row.previous_webhook_secret_until),
         plan: row.plan,
         provider_keys: row.provider_keys.0,
+        share_weight: row.share_weight,
+        max_in_flight: row.max_in_flight.and_then(|n| u32::try_from(n).ok()),
     }
 }
 
@@ -346,7 +356,7 @@ impl TenantDirectory {
         }
         let row: Option<Row> = sqlx::query_as(
             "SELECT id, amqp_user, webhook_secret, previous_webhook_secret, \
-               previous_webhook_secret_until, plan, \
+               previous_webhook_secret_until, plan, share_weight, max_in_flight, \
                (SELECT coalesce(jsonb_agg(jsonb_build_array(k.provider, k.sealed_key, k.allow_fallback) \
                                 ORDER BY k.provider), '[]') \
                 FROM tenant_provider_keys k WHERE k.tenant_id = tenants.id) AS provider_keys \
@@ -385,6 +395,8 @@ mod tests {
             previous_webhook_secret: None,
             plan: "standard".into(),
             provider_keys: Vec::new(),
+            share_weight: None,
+            max_in_flight: None,
         };
         insert_bounded(&mut cache, "acme", (Some(known), Instant::now()), ttl, 100);
         for i in 0..1_000 {

@@ -22,12 +22,31 @@ pub struct RawPlan {
     /// The only routing policies the plan's tenants may name; unset: any.
     #[serde(default)]
     pub policies: Option<Vec<String>>,
+    /// The plan's share of the workers against other tenants' (default 1).
+    #[serde(default)]
+    pub weight: Option<f64>,
+    /// Most jobs of one of its tenants running at once (default: no cap).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
+
+/// A tenant's claim on the workers: its weight against other tenants with work, and how many of
+/// its jobs may run at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share {
+    pub weight: f64,
+    pub max_in_flight: Option<u32>,
+}
+
+/// The weights a plan or tenant may have: a ratio of 1,000,000 between the smallest and the
+/// largest is plenty, and keeps virtual times finite.
+pub const WEIGHTS: std::ops::RangeInclusive<f64> = 0.001..=1000.0;
 
 /// Every configured plan.
 #[derive(Debug, Clone, Default)]
 pub struct Plans {
     policies: BTreeMap<String, BTreeSet<String>>,
+    shares: BTreeMap<String, Share>,
 }
 
 impl Plans {
@@ -38,14 +57,44 @@ impl Plans {
         problems: &mut Vec<String>,
     ) -> Self {
         let mut policies = BTreeMap::new();
+        let mut shares = BTreeMap::new();
         for (plan, spec) in raw {
+            let weight = spec.weight.unwrap_or(1.0);
+            if !WEIGHTS.contains(&weight) {
+                problems.push(format!(
+                    "plans.{plan}.weight: between {} and {}, got {weight}",
+                    WEIGHTS.start(),
+                    WEIGHTS.end()
+                ));
+            }
+            if spec.max_in_flight == Some(0) {
+                problems.push(format!("plans.{plan}.max_in_flight: at least 1"));
+            }
+            let share = Share {
+                weight,
+                max_in_flight: spec.max_in_flight,
+            };
+            shares.insert(plan.clone(), share);
             let Some(list) = &spec.policies else { continue };
             for p in list.iter().filter(|p| !known_policy(p)) {
                 problems.push(format!("plans.{plan}.policies: no policy `{p}`"));
             }
             policies.insert(plan.clone(), list.iter().cloned().collect());
         }
-        Self { policies }
+        Self { policies, shares }
+    }
+
+    /// A tenant's share: its own weight and cap where set, else its plan's, else weight 1 and
+    /// no cap.
+    pub fn share(&self, plan: &str, weight: Option<f64>, max_in_flight: Option<u32>) -> Share {
+        let of_plan = self.shares.get(plan).copied().unwrap_or(Share {
+            weight: 1.0,
+            max_in_flight: None,
+        });
+        Share {
+            weight: weight.unwrap_or(of_plan.weight),
+            max_in_flight: max_in_flight.or(of_plan.max_in_flight),
+        }
     }
 
     /// Whether tenants on `plan` may name `policy`; the refusal says which rule.
@@ -69,6 +118,7 @@ mod tests {
             "free".to_string(),
             RawPlan {
                 policies: Some(vec!["cheap".into(), "ghost".into()]),
+                ..RawPlan::default()
             },
         )]);
         let mut problems = Vec::new();

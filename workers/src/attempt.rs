@@ -1,12 +1,11 @@
-//! One job through its kind's handler: claim it (reserving its worst case and recording the intents
-//! of its first calls), run the attempt with panics caught, commit the outcome with its webhook,
-//! and say how to settle the delivery. The same path for every kind.
+//! One dispatched attempt through its kind's handler: admit it (reserving its worst case and
+//! recording the intents of its first calls), run it with panics caught, and commit the outcome
+//! with its webhook. The same path for every kind.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use lapin::message::Delivery;
 use serde_json::json;
 use tracing::Instrument;
 
@@ -17,34 +16,49 @@ use ragq::tenants::Tenant;
 use ragq::webhooks::PendingDelivery;
 
 use crate::booking::AttemptOf;
-use crate::commit::{Claim, ClaimRequest, CommitError, Finish, NewDelivery, Outcome};
+use crate::commit::{Admit, AdmitRequest, CommitError, Finish, NewDelivery, Outcome};
 use crate::error::JobError;
 use crate::handler::{ClaimIntents, JobContext, JobHandler};
-use crate::settle::{self, Disposition};
+use crate::settle;
 use crate::WorkerContext;
 
-/// Runs a delivered job whose publisher was authorized, as kind `H`.
-pub async fn process<H: JobHandler>(
-    ctx: &WorkerContext,
-    delivery: &Delivery,
-    job: JobMessage,
-    tenant: Tenant,
-) -> Disposition {
+/// An attempt a dispatcher took for this worker.
+pub struct Attempt {
+    pub job: JobMessage,
+    pub attempt: i32,
+    pub tenant: Tenant,
+    /// What the job's redaction policy found at intake, and the sealed values to restore.
+    pub redaction: Option<serde_json::Value>,
+}
+
+/// Runs a dispatched attempt as kind `H`; returns the dead-letter reason of a job that panicked
+/// on its last attempt, once its failure is committed.
+pub async fn process<H: JobHandler>(ctx: &WorkerContext, run: Attempt) -> Option<String> {
     let started = std::time::Instant::now();
-    let mut job = job;
-    let redaction = redact(ctx, &mut job);
+    let Attempt {
+        job,
+        attempt,
+        tenant,
+        redaction,
+    } = run;
+    let redaction = Redacted::of(ctx, &job, redaction.as_ref());
     let input = H::input(&job);
     let job = Arc::new(job);
     let policy = ctx.retry_policy();
-    let (granted, first_calls) = claim::<H>(ctx, delivery, &job, &input)
+    let (admitted, first_calls) = admit::<H>(ctx, &job, attempt, &input)
         .instrument(tracing::info_span!("claim"))
         .await;
-    let (attempt, admission) = match settle::on_claim(granted, policy) {
-        Ok(granted) => granted,
-        Err(disposition) => return disposition,
+    let admission = match settle::on_admit(admitted) {
+        Ok(Some(admission)) => Ok(admission),
+        Ok(None) => {
+            tracing::warn!(attempt, "the job was queued again meanwhile; dropping this attempt");
+            return None;
+        }
+        Err(e) => Err(e),
     };
     let own_keys = open_own_keys(ctx, &tenant);
-    let result = match (settle::admit(attempt, admission, policy), &own_keys) {
+    let admitted = admission.and_then(|a| settle::admit(attempt, a, policy));
+    let result = match (admitted, &own_keys) {
         (Err(e), _) => Err(e),
         (Ok(_), Err(e)) => Err(e.clone()),
         (Ok(cost_cap_micros), Ok(own_keys)) => {
@@ -96,10 +110,37 @@ fn open_own_keys(
         })
 }
 
-/// What the redaction policy of a job found and did.
+/// What the redaction policy of a job found and did at intake.
 struct Redacted<'p> {
     policy: &'p ragq::redaction::Policy,
     applied: ragq::redaction::Applied,
+}
+
+impl<'p> Redacted<'p> {
+    /// The job's redaction as intake stored it, under the policy that applies to it now. A vault
+    /// that no longer opens (its sealing key retired) restores nothing: the result keeps the
+    /// placeholders, which is the safe side.
+    fn of(
+        ctx: &'p WorkerContext,
+        job: &JobMessage,
+        stored: Option<&serde_json::Value>,
+    ) -> Option<Self> {
+        let stored = stored?;
+        let feature = job.tags.get("feature").map(String::as_str);
+        let policy = ctx.cfg.redaction.policy_for(&job.tenant, feature)?;
+        let found = serde_json::from_value(stored["found"].clone()).unwrap_or_default();
+        let context = crate::intake::vault_context(&job.tenant, &job.id);
+        let vault = match stored["vault"].as_str() {
+            Some(sealed) => ragq::redaction::Vault::open(&ctx.cfg.secrets, sealed, &context)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot open the job's redaction vault; nothing restored");
+                    Default::default()
+                }),
+            None => Default::default(),
+        };
+        let applied = ragq::redaction::Applied { found, vault };
+        Some(Self { policy, applied })
+    }
 }
 
 impl Redacted<'_> {
@@ -132,43 +173,28 @@ impl Redacted<'_> {
     }
 }
 
-/// Runs the job's redaction policy (its feature's, else its tenant's) over its input before
-/// anything stores or sends it; none applies: nothing changes.
-fn redact<'c>(ctx: &'c WorkerContext, job: &mut JobMessage) -> Option<Redacted<'c>> {
-    let feature = job.tags.get("feature").map(String::as_str);
-    let policy = ctx.cfg.redaction.policy_for(&job.tenant, feature)?;
-    let applied = policy.apply(job.kind, &mut job.input);
-    for (kind, count) in &applied.found {
-        ragq::telemetry::metrics::pii_found(kind, policy.mode.as_str(), *count);
-    }
-    Some(Redacted { policy, applied })
-}
-
-/// Claims the job, reserving its worst case and recording the intents of its first calls (a job
-/// whose input cannot be read reserves and declares nothing: it fails before any call); returns
-/// the claim's answer and how many calls it declared.
-async fn claim<H: JobHandler>(
+/// Admits the attempt, reserving its worst case and recording the intents of its first calls (a
+/// job whose input cannot be read reserves and declares nothing: it fails before any call);
+/// returns the answer and how many calls it declared.
+async fn admit<H: JobHandler>(
     ctx: &WorkerContext,
-    delivery: &Delivery,
     job: &Arc<JobMessage>,
+    attempt: i32,
     input: &Result<H::Input, String>,
-) -> (Result<Claim, CommitError>, usize) {
+) -> (Result<Admit, CommitError>, usize) {
     let env = ctx.env();
+    let of = AttemptOf { job, attempt };
     let (estimate, first_calls) = match input {
-        Ok(input) => (
-            H::estimate(env, job, input),
-            // The claim numbers the attempt.
-            H::claim_intents(env, AttemptOf { job, attempt: 0 }, input),
-        ),
+        Ok(input) => (H::estimate(env, job, input), H::claim_intents(env, of, input)),
         Err(_) => (Estimate::default(), ClaimIntents::default()),
     };
-    let request = ClaimRequest {
+    let request = AdmitRequest {
         job: Arc::clone(job),
-        redelivered: delivery.redelivered,
+        attempt,
         estimate,
         intents: first_calls.intents,
     };
-    (ctx.commits.claim(request).await, first_calls.calls)
+    (ctx.commits.admit(request).await, first_calls.calls)
 }
 
 /// Runs the handler; a panic becomes [`JobError::Panicked`], so its delivery is settled like any
@@ -215,20 +241,20 @@ async fn commit(
     result: Result<serde_json::Value, JobError>,
     started: std::time::Instant,
     job_span: tracing::Span,
-) -> Disposition {
+) -> Option<String> {
     let plan = settle::after_attempt(result, attempt, ctx.retry_policy());
     let ended = match &plan.finish {
         Finish::Succeeded(_) => "succeeded",
         Finish::Failed { .. } => "failed",
         Finish::Retry { .. } => "retried",
     };
-    match (&plan.finish, &plan.then) {
-        (Finish::Retry { code, .. }, Disposition::Retry(delay)) => {
+    match &plan.finish {
+        Finish::Retry { code, delay, .. } => {
             let delay_ms = delay.as_millis() as u64;
             tracing::info!(code = %code, attempt, delay_ms, "attempt failed; retrying later")
         }
-        (Finish::Failed { code, .. }, _) => tracing::info!(code = %code, attempt, "job failed"),
-        _ => {}
+        Finish::Failed { code, .. } => tracing::info!(code = %code, attempt, "job failed"),
+        Finish::Succeeded(_) => {}
     }
     let webhook = job
         .webhook_url
@@ -275,11 +301,12 @@ async fn commit(
         }
         Ok(crate::commit::FinishResult::Fenced) => tracing::warn!(
             attempt,
-            "job was taken over by another delivery; dropping this attempt's outcome"
+            "job was queued again and taken by another attempt; dropping this attempt's outcome"
         ),
-        Err(e) => tracing::warn!(error = %e, "cannot commit outcome"),
+        Err(e) => tracing::warn!(error = %e, "cannot commit outcome; the job is queued again when this worker's lease ends"),
     }
-    settle::after_commit(&committed, plan.then)
+    let committed = matches!(committed, Ok(crate::commit::FinishResult::Committed { .. }));
+    plan.dead_letter.filter(|_| committed)
 }
 
 /// The webhook for a final outcome (none for a retry).
@@ -340,11 +367,11 @@ mod tests {
             matches!(&result, Err(JobError::Panicked { message }) if message.contains("index out of bounds"))
         );
         let first = after_attempt(result, 1, policy);
-        assert_eq!(first.then, Disposition::Retry(delays[0]));
-        assert!(matches!(first.finish, Finish::Retry { .. }));
+        assert!(matches!(first.finish, Finish::Retry { delay, .. } if delay == delays[0]));
+        assert_eq!(first.dead_letter, None);
         let last = after_attempt(panicking().await, 2, policy);
         assert!(
-            matches!(last.then, Disposition::DeadLetter(ref r) if r.starts_with("handler_panicked"))
+            matches!(last.dead_letter, Some(ref r) if r.starts_with("handler_panicked"))
         );
         assert!(matches!(last.finish, Finish::Failed { .. }));
         assert_eq!(guard(async { Ok(json!(1)) }).await, Ok(json!(1)));

@@ -1,5 +1,5 @@
-//! One delivery from `ragq.jobs`: parse and authorize the message, run its job, and settle the
-//! delivery as [`crate::settle`] decided (ack, retry queue, dead-letter queue, or left unacked).
+//! One delivery from `ragq.jobs`: parse and authorize the message, take its job in, and settle the
+//! delivery as [`crate::settle`] decided (ack, dead-letter queue, or left unacked).
 
 use std::panic::AssertUnwindSafe;
 
@@ -11,8 +11,8 @@ use tracing::Instrument;
 use ragq::jobs::{JobMessage, PoisonReason};
 use ragq::queue::dead_letters::{self, DeadLetter};
 use ragq::queue::identity::{Origin, PUBLISHER_HEADER};
-use ragq::queue::publisher::{Envelope, PUBLISHED_MS_HEADER};
-use ragq::queue::topology::{self, DEAD_LETTER_EXCHANGE};
+use ragq::queue::publisher::PUBLISHED_MS_HEADER;
+use ragq::queue::topology::DEAD_LETTER_EXCHANGE;
 use ragq::queue::Publisher;
 use ragq::telemetry::traces::TRACEPARENT;
 use ragq::tenants::Tenant;
@@ -21,12 +21,12 @@ use crate::error::JobError;
 use crate::settle::Disposition;
 use crate::WorkerContext;
 
-/// Processes one delivery and settles it, as one `job` span from delivery to ack (a child of the
+/// Processes one delivery and settles it, as one `intake` span from delivery to ack (a child of the
 /// publisher's trace when the message carries a `traceparent` header).
 pub async fn handle(ctx: &WorkerContext, publisher: &Publisher, delivery: Delivery) {
     let traceparent = header(&delivery, TRACEPARENT);
     let span = tracing::info_span!(
-        "job",
+        "intake",
         job_id = tracing::field::Empty,
         tenant = tracing::field::Empty,
         kind = tracing::field::Empty,
@@ -53,7 +53,7 @@ async fn settle(
     // Panics inside a job's attempt are settled by the attempt; this catches the rest, so that a
     // delivery is never left unacknowledged by a task that died.
     let mut known = None;
-    let disposition = match AssertUnwindSafe(process(ctx, &delivery, &origin, &mut known))
+    let disposition = match AssertUnwindSafe(process(ctx, &delivery, &origin, traceparent, &mut known))
         .catch_unwind()
         .await
     {
@@ -67,7 +67,6 @@ async fn settle(
     let settlement = match &disposition {
         Disposition::Ack => "ack",
         Disposition::DeadLetter(_) => "dead_letter",
-        Disposition::Retry(_) => "retry",
         Disposition::Abandon => "unacked",
     };
     tracing::Span::current().record("outcome", settlement);
@@ -95,19 +94,6 @@ async fn settle(
             }
             published
         }
-        Disposition::Retry(delay) => {
-            let tier = topology::retry_tier(&ctx.cfg.queue.retry_delays, *delay);
-            // The retry continues the job's trace, and is authorized as its first publish was.
-            let mut headers = vec![(PUBLISHER_HEADER, origin.header_value().to_string())];
-            headers.extend(traceparent.map(|t| (TRACEPARENT, t)));
-            let envelope = Envelope {
-                message_id: None,
-                headers,
-            };
-            publisher
-                .publish("", &topology::retry_queue(tier), &delivery.data, &envelope)
-                .await
-        }
         Disposition::Abandon => return,
     };
     match settled {
@@ -123,11 +109,12 @@ async fn settle(
     }
 }
 
-/// Runs the delivery's job; `known` is set to the job's tenant and kind once it is authorized.
+/// Takes the delivery's job in; `known` is set to the job's tenant and kind once it is authorized.
 async fn process(
     ctx: &WorkerContext,
     delivery: &Delivery,
     origin: &Origin,
+    traceparent: Option<String>,
     known: &mut Option<(String, &'static str)>,
 ) -> Disposition {
     let job = match JobMessage::parse(&delivery.data, ctx.cfg.queue.max_message_bytes) {
@@ -150,7 +137,7 @@ async fn process(
     match authorize(ctx, origin, &job).await {
         Ok(tenant) => {
             *known = Some((tenant.id.clone(), job.kind.as_str()));
-            crate::kinds::process(ctx, delivery, job, tenant).await
+            crate::intake::take_in(ctx, job, &tenant, traceparent).await
         }
         Err(Some(reason)) => dead_letter(&reason),
         Err(None) => Disposition::Abandon,

@@ -1,24 +1,29 @@
 //! ragq's worker: the runtime that consumes `ragq.jobs` and the job handlers, one module per kind.
 //!
-//! A worker consumes `ragq.jobs` with a bounded prefetch and manual acks. For each delivery it
-//! validates the message, checks the publisher against the tenant, claims the job in Postgres, runs
-//! the kind's handler, commits the outcome, and only then settles the delivery. Follow one job:
+//! A worker drains `ragq.jobs` into Postgres and runs jobs from there, fairly between tenants. For
+//! each delivery it validates the message, checks the publisher against the tenant, writes the job
+//! as `queued`, and only then acknowledges it. Its dispatcher takes queued jobs by tenant weight,
+//! runs the kind's handler and commits the outcome. Follow one job:
 //!
 //! 1. [`runtime`] receives the delivery and spawns [`delivery::handle`];
-//! 2. [`delivery`] parses and authorizes the message and picks the kind's handler in [`kinds`];
-//! 3. [`attempt::process`] claims the job through [`commit`], runs the [`handler::JobHandler`]
-//!    (its calls booked through [`booking`]), and commits the outcome;
-//! 4. [`settle`] decides, in pure functions, what is committed and how the delivery is settled.
+//! 2. [`delivery`] parses and authorizes the message, and [`intake`] queues it through [`commit`];
+//! 3. [`dispatch`] takes it when its tenant's turn comes, and [`kinds`] picks the handler;
+//! 4. [`attempt::process`] admits the attempt through [`commit`], runs the
+//!    [`handler::JobHandler`] (its calls booked through [`booking`]), and commits the outcome;
+//! 5. [`settle`] decides, in pure functions, what is committed and how a delivery is settled.
 //!
-//! A worker killed at any instant loses nothing: unacked messages are redelivered, and the claim
-//! rules make the redelivery run the job again only if its outcome was not committed.
+//! A worker killed at any instant loses nothing: an unacked message is redelivered and taken in
+//! once (by job id); a job it was running is queued again when its lease ends, and the new attempt
+//! fences the old one's outcome.
 
 pub mod attempt;
 pub mod booking;
 pub mod commit;
 pub mod delivery;
+pub mod dispatch;
 pub mod error;
 pub mod handler;
+pub mod intake;
 pub mod kinds;
 pub mod placement;
 pub mod runtime;
@@ -52,6 +57,10 @@ pub struct WorkerContext {
     job_stats: std::sync::Arc<ragq::telemetry::stats::JobStats>,
     /// The AMQP user this worker publishes as: the only one whose publisher header is believed.
     own_amqp_user: String,
+    /// Wakes the dispatcher: intake queued jobs.
+    wake: tokio::sync::Notify,
+    /// The current RabbitMQ connection's publisher (none while reconnecting), for dead letters.
+    publisher: std::sync::RwLock<Option<ragq::queue::Publisher>>,
 }
 
 impl WorkerContext {

@@ -1,5 +1,6 @@
 //! The worker process: its long-lived parts (group commit, webhook sender, spend upkeep, rate-limit
-//! share), the consumer of `ragq.jobs` with reconnection, and an orderly shutdown.
+//! share and lease), the consumer of `ragq.jobs` (intake) with reconnection, the dispatcher that
+//! runs jobs, and an orderly shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,8 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
         webhooks: hook_tx,
         pool: pool.clone(),
         job_stats: Default::default(),
+        wake: Default::default(),
+        publisher: Default::default(),
     });
     let share_cancel = CancellationToken::new();
     let share_task = spawn_rate_share(&ctx, &pool, &worker_id, share_cancel.clone()).await;
@@ -84,11 +87,23 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
             tracing::warn!(error = %e, "cannot compare this worker's vector store with the others'");
         }
     }
+    // The lease is renewed (by the rate-share task) before the first dispatch names it.
+    let jobs = TaskTracker::new();
+    let dispatch_cancel = cancel.child_token();
+    let dispatcher = tokio::spawn(crate::dispatch::run(
+        Arc::clone(&ctx),
+        worker_id.clone(),
+        jobs.clone(),
+        dispatch_cancel.clone(),
+    ));
     let tasks = TaskTracker::new();
-    if !consume_until_cancelled(&ctx, &tasks, &cancel).await {
+    let intake_drained = consume_until_cancelled(&ctx, &tasks, &cancel).await;
+    dispatch_cancel.cancel();
+    let _ = dispatcher.await;
+    if !intake_drained || !drain(&ctx, &jobs).await {
         tracing::warn!(
-            in_flight = tasks.len(),
-            "shutdown grace over; unfinished jobs will be redelivered"
+            in_flight = jobs.len(),
+            "shutdown grace over; unfinished jobs are queued again when this worker's lease ends"
         );
         commit_cancel.cancel();
     }
@@ -180,9 +195,12 @@ async fn consume(
     topology::declare(&setup, &ctx.cfg.queue).await?;
     let user = queue::url_user(&ctx.cfg.queue.url);
     let publisher = Publisher::open(conn, &user).await?;
+    if let Ok(mut current) = ctx.publisher.write() {
+        *current = Some(publisher.clone());
+    }
     let channel = conn.create_channel().await?;
     channel
-        .basic_qos(ctx.cfg.queue.prefetch, BasicQosOptions::default())
+        .basic_qos(ctx.cfg.queue.intake_prefetch, BasicQosOptions::default())
         .await?;
     let tag = format!("ragq-worker-{}", uuid::Uuid::new_v4().simple());
     let mut consumer = channel
@@ -194,8 +212,9 @@ async fn consume(
         )
         .await?;
     tracing::info!(
-        prefetch = ctx.cfg.queue.prefetch,
-        "worker consuming {JOBS_QUEUE}"
+        intake_prefetch = ctx.cfg.queue.intake_prefetch,
+        concurrency = ctx.cfg.queue.prefetch,
+        "worker taking in {JOBS_QUEUE}"
     );
     loop {
         tokio::select! {

@@ -1,20 +1,25 @@
-//! How a delivery ends: pure functions from what happened (the claim's answer, the attempt's
-//! result, the commit's answer) to what is committed and how the delivery is settled.
+//! How a message and a job end: pure functions from what happened (the intake's answer, the
+//! admission's, the attempt's result, the commit's answer) to what is committed and how the
+//! delivery is settled.
+//!
+//! A message is settled when it is taken in; the job then lives in Postgres:
 //!
 //! | what happened                                  | committed              | delivery                   |
 //! | ---------------------------------------------- | ---------------------- | -------------------------- |
-//! | claim: outcome already committed               | nothing                | ack                        |
-//! | claim: the job runs under another delivery    | nothing                | retry queue (first tier)   |
-//! | claim: the database refused the job's rows     | nothing                | dead-letter with reason    |
-//! | claim: database unreachable                    | nothing                | left unacked (redelivered) |
-//! | attempt succeeded                              | `succeeded`            | ack                        |
-//! | permanent failure                              | `failed`               | ack                        |
-//! | retryable failure, attempts left               | `queued` (for a retry) | retry queue (its delay)    |
-//! | retryable failure, attempts spent              | `failed`               | ack                        |
-//! | panic, attempts left                           | `queued`               | retry queue                |
-//! | panic, attempts spent                          | `failed`               | dead-letter with reason    |
-//! | outcome fenced (another delivery took over)    | nothing                | ack                        |
-//! | outcome not committed (database unreachable)   | nothing                | left unacked (redelivered) |
+//! | intake: queued, or the id was known            | `queued` (if new)      | ack                        |
+//! | intake: the database refused the job's rows    | nothing                | dead-letter with reason    |
+//! | intake: database unreachable                   | nothing                | left unacked (redelivered) |
+//!
+//! | what happened to a dispatched attempt          | committed              | then                       |
+//! | ---------------------------------------------- | ---------------------- | -------------------------- |
+//! | admission fenced (queued again, taken by another) | nothing             | dropped                    |
+//! | attempt succeeded                              | `succeeded`            | webhook                    |
+//! | permanent failure                              | `failed`               | webhook                    |
+//! | retryable failure, attempts left               | `queued`, ready after its delay | —                 |
+//! | retryable failure, attempts spent              | `failed`               | webhook                    |
+//! | panic, attempts left                           | `queued`, ready after its delay | —                 |
+//! | panic, attempts spent                          | `failed`               | webhook, dead letter       |
+//! | outcome fenced, or database unreachable        | nothing                | the job is queued again when this worker's lease ends |
 
 use std::time::Duration;
 
@@ -22,17 +27,15 @@ use serde_json::Value;
 
 use ragq::spend::budget::Admission;
 
-use crate::commit::{Claim, CommitError, Finish, FinishResult};
+use crate::commit::{Admit, CommitError, Finish, Taken};
 use crate::error::JobError;
 
-/// How a delivery is settled once its processing is over.
+/// How a delivery is settled once it is taken in (or cannot be).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Disposition {
     Ack,
     /// Publish to the dead-letter queue with this reason, then ack.
     DeadLetter(String),
-    /// Publish to the retry queue whose delay is nearest, then ack.
-    Retry(Duration),
     /// Leave it unacked; the broker redelivers when the channel closes.
     Abandon,
 }
@@ -41,7 +44,7 @@ pub enum Disposition {
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy<'a> {
     pub max_attempts: i32,
-    /// The retry queues' delays, shortest first; attempt `n` waits `delays[n - 1]` (the last tier
+    /// The delays between attempts, shortest first; attempt `n` waits `delays[n - 1]` (the last
     /// for every attempt beyond).
     pub delays: &'a [Duration],
 }
@@ -56,32 +59,36 @@ impl RetryPolicy<'_> {
             .copied()
             .unwrap_or(Duration::from_secs(1))
     }
-
-    /// Delay for a delivery handed back without spending an attempt.
-    pub fn shortest(&self) -> Duration {
-        self.delay_after(1)
-    }
 }
 
-/// The attempt a claim granted, or how to settle the delivery when it granted none.
-pub fn on_claim(
-    claim: Result<Claim, CommitError>,
-    policy: RetryPolicy<'_>,
-) -> Result<(i32, Admission), Disposition> {
-    match claim {
-        Ok(Claim::Run { attempt, admission }) => Ok((attempt, admission)),
-        Ok(Claim::AlreadyFinished) => Err(Disposition::Ack),
-        Ok(Claim::Busy) => Err(Disposition::Retry(policy.shortest())),
+/// How to settle a delivery after its intake.
+pub fn on_intake(taken: Result<Taken, CommitError>) -> Disposition {
+    match taken {
+        Ok(Taken::New | Taken::Known) => Disposition::Ack,
         // The database refused this job's rows: retrying cannot help, so it is poison.
-        Err(CommitError::Refused(reason)) => Err(Disposition::DeadLetter(format!(
-            "refused: the database rejected the job: {reason}"
-        ))),
-        Err(CommitError::Unavailable(_)) => Err(Disposition::Abandon),
+        Err(CommitError::Refused(reason)) => {
+            Disposition::DeadLetter(format!("refused: the database rejected the job: {reason}"))
+        }
+        Err(CommitError::Unavailable(_)) => Disposition::Abandon,
     }
 }
 
-/// Whether a granted attempt may run, and under which per-call cost cap (a budget downgrade).
-/// A job claimed more often than it has attempts (its holders died mid-attempt) fails for good.
+/// Whether a dispatched attempt runs (`Some`, with its admission), or is dropped: fenced, or the
+/// database gone at shutdown (the job is queued again when this worker's lease ends). A refused
+/// admission fails the attempt.
+pub fn on_admit(admit: Result<Admit, CommitError>) -> Result<Option<Admission>, JobError> {
+    match admit {
+        Ok(Admit::Run(admission)) => Ok(Some(admission)),
+        Ok(Admit::Fenced) | Err(CommitError::Unavailable(_)) => Ok(None),
+        Err(CommitError::Refused(reason)) => Err(JobError::permanent(
+            "refused",
+            format!("the database rejected the job's admission: {reason}"),
+        )),
+    }
+}
+
+/// Whether an admitted attempt may run, and under which per-call cost cap (a budget downgrade).
+/// A job dispatched more often than it has attempts (its holders died mid-attempt) fails for good.
 pub fn admit(
     attempt: i32,
     admission: Admission,
@@ -100,11 +107,11 @@ pub fn admit(
     }
 }
 
-/// What to commit after an attempt, and how to settle the delivery once it is committed.
+/// What to commit after an attempt, and the dead letter a job that panicked to its end leaves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settlement {
     pub finish: Finish,
-    pub then: Disposition,
+    pub dead_letter: Option<String>,
 }
 
 /// The settlement of attempt number `attempt` that ended with `result`.
@@ -117,7 +124,7 @@ pub fn after_attempt(
         Ok(value) => {
             return Settlement {
                 finish: Finish::Succeeded(value),
-                then: Disposition::Ack,
+                dead_letter: None,
             }
         }
         Err(e) => e,
@@ -131,31 +138,22 @@ pub fn after_attempt(
             finish: Finish::Retry {
                 code,
                 message: error.message().to_string(),
+                delay,
             },
-            then: Disposition::Retry(delay),
+            dead_letter: None,
         };
     }
     let message = match &error {
         JobError::Permanent { message, .. } => message.clone(),
         _ => format!("attempts exhausted; last error: {}", error.message()),
     };
-    let then = match &error {
-        JobError::Panicked { .. } => Disposition::DeadLetter(format!("{code}: {message}")),
-        _ => Disposition::Ack,
+    let dead_letter = match &error {
+        JobError::Panicked { .. } => Some(format!("{code}: {message}")),
+        _ => None,
     };
     Settlement {
         finish: Finish::Failed { code, message },
-        then,
-    }
-}
-
-/// How to settle the delivery once the outcome's commit answered.
-pub fn after_commit(commit: &Result<FinishResult, CommitError>, then: Disposition) -> Disposition {
-    match commit {
-        Ok(FinishResult::Committed { .. }) => then,
-        // Another delivery took the job over; the outcome is theirs to write.
-        Ok(FinishResult::Fenced) => Disposition::Ack,
-        Err(_) => Disposition::Abandon,
+        dead_letter,
     }
 }
 
@@ -186,27 +184,31 @@ mod tests {
     }
 
     #[test]
-    fn each_claim_answer_has_one_settlement() {
+    fn each_intake_answer_has_one_settlement() {
+        assert_eq!(on_intake(Ok(Taken::New)), Disposition::Ack);
+        assert_eq!(on_intake(Ok(Taken::Known)), Disposition::Ack);
+        let refused = on_intake(Err(CommitError::Refused("bad row".into())));
+        assert!(matches!(refused, Disposition::DeadLetter(r) if r.contains("bad row")));
+        let down = on_intake(Err(CommitError::Unavailable("gone".into())));
+        assert_eq!(down, Disposition::Abandon);
+    }
+
+    #[test]
+    fn a_fenced_admission_drops_the_attempt_and_a_refused_one_fails_it() {
         let admitted = Admission::Admitted {
             cost_cap_micros: None,
         };
-        let run = Ok(Claim::Run {
-            attempt: 2,
-            admission: admitted.clone(),
-        });
-        assert_eq!(on_claim(run, policy()), Ok((2, admitted)));
         assert_eq!(
-            on_claim(Ok(Claim::AlreadyFinished), policy()),
-            Err(Disposition::Ack)
+            on_admit(Ok(Admit::Run(admitted.clone()))),
+            Ok(Some(admitted))
         );
+        assert_eq!(on_admit(Ok(Admit::Fenced)), Ok(None));
         assert_eq!(
-            on_claim(Ok(Claim::Busy), policy()),
-            Err(Disposition::Retry(DELAYS[0]))
+            on_admit(Err(CommitError::Unavailable("gone".into()))),
+            Ok(None)
         );
-        let refused = on_claim(Err(CommitError::Refused("bad row".into())), policy());
-        assert!(matches!(refused, Err(Disposition::DeadLetter(r)) if r.contains("bad row")));
-        let down = on_claim(Err(CommitError::Unavailable("gone".into())), policy());
-        assert_eq!(down, Err(Disposition::Abandon));
+        let refused = on_admit(Err(CommitError::Refused("bad".into()))).unwrap_err();
+        assert_eq!(refused.code(), "refused");
     }
 
     #[test]
@@ -228,10 +230,10 @@ mod tests {
     }
 
     #[test]
-    fn success_commits_and_acks() {
+    fn success_commits_with_no_dead_letter() {
         let s = after_attempt(Ok(json!({"ok": 1})), 1, policy());
         assert_eq!(s.finish, Finish::Succeeded(json!({"ok": 1})));
-        assert_eq!(s.then, Disposition::Ack);
+        assert_eq!(s.dead_letter, None);
     }
 
     #[test]
@@ -244,19 +246,19 @@ mod tests {
                 message: "no prompts".into()
             }
         );
-        assert_eq!(s.then, Disposition::Ack);
+        assert_eq!(s.dead_letter, None);
     }
 
     #[test]
-    fn retryable_failure_waits_its_tier_or_the_providers_delay() {
+    fn retryable_failure_waits_its_delay_or_the_providers() {
         let s = after_attempt(Err(transient(None)), 2, policy());
-        assert!(
-            matches!(s.finish, Finish::Retry { ref code, .. } if code == "provider_unavailable")
-        );
-        assert_eq!(s.then, Disposition::Retry(DELAYS[1]));
+        assert!(matches!(
+            s.finish,
+            Finish::Retry { ref code, delay, .. } if code == "provider_unavailable" && delay == DELAYS[1]
+        ));
         let asked = Duration::from_secs(7);
         let s = after_attempt(Err(transient(Some(asked))), 1, policy());
-        assert_eq!(s.then, Disposition::Retry(asked));
+        assert!(matches!(s.finish, Finish::Retry { delay, .. } if delay == asked));
     }
 
     #[test]
@@ -267,45 +269,25 @@ mod tests {
         };
         assert_eq!(code, "provider_unavailable");
         assert_eq!(message, "attempts exhausted; last error: HTTP 503");
-        assert_eq!(s.then, Disposition::Ack);
+        assert_eq!(s.dead_letter, None);
     }
 
     #[test]
     fn a_panic_is_retried_then_failed_and_dead_lettered() {
         let panic = || JobError::from_panic(&"index out of bounds");
         let s = after_attempt(Err(panic()), 1, policy());
-        assert_eq!(s.then, Disposition::Retry(DELAYS[0]));
+        assert!(matches!(s.finish, Finish::Retry { delay, .. } if delay == DELAYS[0]));
         let s = after_attempt(Err(panic()), 3, policy());
         assert!(matches!(s.finish, Finish::Failed { ref code, .. } if code == "handler_panicked"));
         assert!(
-            matches!(&s.then, Disposition::DeadLetter(r) if r.contains("index out of bounds")),
+            matches!(&s.dead_letter, Some(r) if r.contains("index out of bounds")),
             "{:?}",
-            s.then
+            s.dead_letter
         );
     }
 
     #[test]
-    fn only_a_committed_outcome_keeps_its_settlement() {
-        let then = Disposition::Retry(DELAYS[0]);
-        assert_eq!(
-            after_commit(
-                &Ok(FinishResult::Committed {
-                    accepted_at: chrono::Utc::now()
-                }),
-                then.clone()
-            ),
-            then
-        );
-        assert_eq!(
-            after_commit(&Ok(FinishResult::Fenced), then.clone()),
-            Disposition::Ack
-        );
-        let down = Err(CommitError::Unavailable("gone".into()));
-        assert_eq!(after_commit(&down, then), Disposition::Abandon);
-    }
-
-    #[test]
-    fn attempts_beyond_the_tiers_wait_the_longest() {
+    fn attempts_beyond_the_delays_wait_the_longest() {
         assert_eq!(policy().delay_after(0), DELAYS[0]);
         assert_eq!(policy().delay_after(9), DELAYS[2]);
         let none = RetryPolicy {

@@ -9,7 +9,16 @@ use std::time::Duration;
 use ragq::jobs::JobState;
 use ragq::spend::budget;
 
+use super::shares::Deltas;
 use super::{Finish, FinishResult, NewDelivery, Outcome, Tx};
+
+/// What a batch's outcomes did: the answers, in order, and what they changed of their tenants'
+/// dispatch state (each outcome that took effect ends a running attempt; a retry queues it again).
+#[derive(Default)]
+pub(super) struct Finished {
+    pub results: Vec<FinishResult>,
+    pub deltas: Deltas,
+}
 
 /// Commits outcomes fenced by attempt, and the webhook deliveries of those that took effect.
 pub(super) async fn finish_jobs(
@@ -17,17 +26,25 @@ pub(super) async fn finish_jobs(
     outcomes: &[&Outcome],
     has_budget: &(dyn Fn(&str) -> bool + Sync),
     webhook_lease: Duration,
-) -> Result<Vec<FinishResult>, sqlx::Error> {
+) -> Result<Finished, sqlx::Error> {
     if outcomes.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Finished::default());
     }
     let committed = commit_outcomes(tx, outcomes, webhook_lease).await?;
+    let mut deltas = Deltas::new();
+    for ((tenant, _), (_, retry_at)) in &committed {
+        let delta = deltas.entry(tenant.clone()).or_default();
+        delta.running -= 1;
+        if let Some(at) = retry_at {
+            delta.queue(*at);
+        }
+    }
     let took_effect: Vec<Option<DateTime<Utc>>> = outcomes
         .iter()
         .map(|o| {
             committed
                 .get(&(o.tenant_id.clone(), o.job_id.clone()))
-                .copied()
+                .map(|(accepted, _)| *accepted)
         })
         .collect();
     // Settle: the attempt's calls are booked (in this or an earlier batch), so what it reserved goes
@@ -48,26 +65,39 @@ pub(super) async fn finish_jobs(
         Some(accepted_at) => FinishResult::Committed { accepted_at },
         None => FinishResult::Fenced,
     };
-    Ok(took_effect.into_iter().map(result).collect())
+    Ok(Finished {
+        results: took_effect.into_iter().map(result).collect(),
+        deltas,
+    })
 }
 
-/// Runs `sql/finish.sql`; returns the (tenant, job) of each outcome that took effect, with when
-/// the job was accepted.
+/// When a job was accepted, and when a retried one may run again.
+type Committed = (DateTime<Utc>, Option<DateTime<Utc>>);
+
+/// Runs `sql/finish.sql`; returns the (tenant, job) of each outcome that took effect.
 async fn commit_outcomes(
     tx: &mut Tx<'_>,
     outcomes: &[&Outcome],
     webhook_lease: Duration,
-) -> Result<HashMap<(String, String), DateTime<Utc>>, sqlx::Error> {
+) -> Result<HashMap<(String, String), Committed>, sqlx::Error> {
     let mut states = Vec::with_capacity(outcomes.len());
     let mut results = Vec::with_capacity(outcomes.len());
     let mut codes = Vec::with_capacity(outcomes.len());
     let mut errors = Vec::with_capacity(outcomes.len());
+    let mut retry_ms = Vec::with_capacity(outcomes.len());
     for o in outcomes {
         let (state, result, code, error) = match &o.finish {
             Finish::Succeeded(v) => (JobState::Succeeded, Some(v), None, None),
             Finish::Failed { code, message } => (JobState::Failed, None, Some(code), Some(message)),
-            Finish::Retry { code, message } => (JobState::Queued, None, Some(code), Some(message)),
+            Finish::Retry { code, message, .. } => {
+                (JobState::Queued, None, Some(code), Some(message))
+            }
         };
+        let delay = match &o.finish {
+            Finish::Retry { delay, .. } => i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+            _ => 0,
+        };
+        retry_ms.push(delay);
         states.push(state.as_str());
         results.push(result);
         codes.push(code.map(String::as_str));
@@ -99,11 +129,12 @@ async fn commit_outcomes(
         &hook(|h| &h.payload) as &[Option<&str>],
         lease_ms,
         &traceparents as &[Option<&str>],
+        &retry_ms,
     )
     .fetch_all(&mut **tx)
     .await?;
     Ok(committed
         .into_iter()
-        .map(|r| ((r.tenant_id, r.id), r.accepted_at))
+        .map(|r| ((r.tenant_id, r.id), (r.accepted_at, r.retry_at)))
         .collect())
 }

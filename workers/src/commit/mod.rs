@@ -8,8 +8,10 @@
 //! on a lost connection is retried whole (every write in it is idempotent); one that fails on bad data
 //! is split so only the guilty write fails.
 
-mod claim;
+mod admit;
 mod finish;
+mod intake;
+pub mod shares;
 
 use std::time::Duration;
 
@@ -20,33 +22,50 @@ use tokio_util::sync::CancellationToken;
 
 use ragq::jobs::JobMessage;
 use ragq::spend::budget::{self, Admission, Estimate};
+use ragq::tenants::plans::Share;
 use ragq::spend::intents::CallIntent;
 use ragq::spend::{self, LedgerEntry};
 use ragq::webhooks::{write_attempts, AttemptLog, AttemptRecord};
 
-/// A worker's request to run a job it received.
+/// A message to take in as a queued job.
 #[derive(Debug, Clone)]
-pub struct ClaimRequest {
+pub struct IntakeRequest {
     pub job: std::sync::Arc<JobMessage>,
-    /// The broker's redelivered flag: the previous holder of this very message is gone, so a job
-    /// still marked `running` may be taken over.
-    pub redelivered: bool,
-    /// The job's worst-case cost, reserved against its budgets when it is claimed.
+    /// The tenant's share as this worker resolves it (plan and overrides).
+    pub share: Share,
+    /// The trace the job's run continues.
+    pub traceparent: Option<String>,
+    /// What its redaction policy found, and the values a restoring policy puts back (sealed).
+    pub redaction: Option<Value>,
+}
+
+/// The answer to an intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Queued now.
+    New,
+    /// A job with this id was taken in before (queued, running or finished): nothing changed.
+    Known,
+}
+
+/// A dispatched attempt asking to run: its worst case is reserved against its budgets and the
+/// intents of its first calls are recorded.
+#[derive(Debug, Clone)]
+pub struct AdmitRequest {
+    pub job: std::sync::Arc<JobMessage>,
+    pub attempt: i32,
     pub estimate: Estimate,
-    /// Intents of the attempt's first calls (with attempt 0), recorded with the claim, numbered
-    /// with its attempt, if it is admitted.
+    /// Intents of the attempt's first calls, numbered with its attempt.
     pub intents: Vec<CallIntent>,
 }
 
-/// The answer to a claim.
+/// The answer to an admission.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// Attempt number `attempt` is this worker's; its budgets admitted it, or not.
-    Run { attempt: i32, admission: Admission },
-    /// Its outcome is already committed: acknowledge without running.
-    AlreadyFinished,
-    /// Another delivery of the same job id is running it now: try again later.
-    Busy,
+pub enum Admit {
+    /// The attempt still holds its job; its budgets admitted it, or not.
+    Run(Admission),
+    /// The job was queued again (this worker's lease ended) and is another attempt's now.
+    Fenced,
 }
 
 /// How an attempt ended.
@@ -57,10 +76,11 @@ pub enum Finish {
         code: String,
         message: String,
     },
-    /// Hand the job back (`queued`) for a delayed retry.
+    /// Hand the job back (`queued`) to run again after `delay`.
     Retry {
         code: String,
         message: String,
+        delay: Duration,
     },
 }
 
@@ -109,7 +129,8 @@ type Reply<T> = oneshot::Sender<Result<T, CommitError>>;
 type Held = Option<PgConnection>;
 
 enum Op {
-    Claim(ClaimRequest, Reply<Claim>),
+    Intake(IntakeRequest, Reply<Taken>),
+    Admit(AdmitRequest, Reply<Admit>),
     Intend(Vec<CallIntent>, Reply<()>),
     Ledger(LedgerEntry),
     Finish(Outcome, Reply<FinishResult>),
@@ -125,7 +146,8 @@ pub struct CommitHandle {
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Op::Claim(c, _) => write!(f, "Claim({})", c.job.id),
+            Op::Intake(r, _) => write!(f, "Intake({})", r.job.id),
+            Op::Admit(r, _) => write!(f, "Admit({}#{})", r.job.id, r.attempt),
             Op::Intend(e, _) => write!(f, "Intend({} calls)", e.len()),
             Op::Ledger(e) => write!(f, "Ledger({}#{})", e.call.job_id, e.call.call_index),
             Op::Finish(o, _) => write!(f, "Finish({})", o.job_id),
@@ -139,8 +161,14 @@ fn gone() -> CommitError {
 }
 
 impl CommitHandle {
-    pub async fn claim(&self, req: ClaimRequest) -> Result<Claim, CommitError> {
-        self.ask(|reply| Op::Claim(req, reply)).await
+    /// Takes a message in as a queued job; once this answers, the message may be acknowledged.
+    pub async fn take_in(&self, req: IntakeRequest) -> Result<Taken, CommitError> {
+        self.ask(|reply| Op::Intake(req, reply)).await
+    }
+
+    /// Asks whether a dispatched attempt may run (see [`Admit`]).
+    pub async fn admit(&self, req: AdmitRequest) -> Result<Admit, CommitError> {
+        self.ask(|reply| Op::Admit(req, reply)).await
     }
 
     /// Records intents for calls about to be made; returns once they are durable, so the requests
@@ -267,21 +295,23 @@ impl GroupCommit {
     }
 
     async fn write(&self, ops: &[Op], conn: &mut PgConnection) -> Result<Answers, sqlx::Error> {
-        let mut claims = Vec::new();
+        let mut intakes = Vec::new();
+        let mut admits = Vec::new();
         let mut intents = Vec::new();
         let mut ledger = Vec::new();
         let mut outcomes = Vec::new();
         let mut hook_attempts = Vec::new();
         for op in ops {
             match op {
-                Op::Claim(c, _) => claims.push(c),
+                Op::Intake(r, _) => intakes.push(r),
+                Op::Admit(r, _) => admits.push(r),
                 Op::Intend(e, _) => intents.extend(e),
                 Op::Ledger(e) => ledger.push(e),
                 Op::Finish(o, _) => outcomes.push(o),
                 Op::WebhookAttempt(r) => hook_attempts.push(r),
             }
         }
-        let mut tenants: Vec<&str> = (claims.iter().map(|c| c.job.tenant.as_str()))
+        let mut tenants: Vec<&str> = (admits.iter().map(|r| r.job.tenant.as_str()))
             .chain(ledger.iter().map(|e| e.call.tenant_id.as_str()))
             .chain(outcomes.iter().map(|o| o.tenant_id.as_str()))
             .collect();
@@ -303,37 +333,53 @@ impl GroupCommit {
                 .collect();
             budget::fire_alerts(&mut tx, &alerting).await?;
         }
-        let claim_answers =
-            claim::claim_jobs(&mut tx, &claims, &has_budget, self.reservation_ttl).await?;
+        let admit_answers =
+            admit::admit(&mut tx, &admits, &has_budget, self.reservation_ttl).await?;
         // The batch's intents in one statement: those running attempts asked for, and those of the
-        // first calls of the attempts just claimed. Before any outcome, whose statement discards
+        // first calls of the attempts just admitted. Before any outcome, whose statement discards
         // what its attempt left.
-        let claimed = claim::claimed_intents(&claims, &claim_answers);
-        intents.extend(&claimed);
+        let admitted = admit::admitted_intents(&admits, &admit_answers);
+        intents.extend(&admitted);
         spend::intents::record(&mut tx, &intents).await?;
-        let finish_answers =
+        let finished =
             finish::finish_jobs(&mut tx, &outcomes, &has_budget, self.webhook_lease).await?;
         write_attempts(&mut tx, &hook_attempts).await?;
+        let taken = intake::take_in(&mut tx, &intakes).await?;
+        let mut deltas = finished.deltas;
+        for (r, t) in intakes.iter().zip(&taken) {
+            let delta = deltas.entry(r.job.tenant.clone()).or_default();
+            delta.share = Some(r.share);
+            if *t == Taken::New {
+                delta.queue(chrono::Utc::now());
+            }
+        }
+        shares::apply(&mut tx, &deltas).await?;
         tx.commit().await?;
         Ok(Answers {
-            claims: claim_answers,
-            finishes: finish_answers,
+            taken,
+            admits: admit_answers,
+            finishes: finished.results,
         })
     }
 }
 
 struct Answers {
-    claims: Vec<Claim>,
+    taken: Vec<Taken>,
+    admits: Vec<Admit>,
     finishes: Vec<FinishResult>,
 }
 
 fn answer(ops: Vec<Op>, answers: Answers) {
-    let mut claims = answers.claims.into_iter();
+    let mut taken = answers.taken.into_iter();
+    let mut admits = answers.admits.into_iter();
     let mut finishes = answers.finishes.into_iter();
     for op in ops {
         match op {
-            Op::Claim(_, reply) => {
-                let _ = reply.send(claims.next().ok_or_else(gone));
+            Op::Intake(_, reply) => {
+                let _ = reply.send(taken.next().ok_or_else(gone));
+            }
+            Op::Admit(_, reply) => {
+                let _ = reply.send(admits.next().ok_or_else(gone));
             }
             Op::Finish(_, reply) => {
                 let _ = reply.send(finishes.next().ok_or_else(gone));
@@ -349,7 +395,10 @@ fn answer(ops: Vec<Op>, answers: Answers) {
 fn fail(ops: Vec<Op>, error: CommitError) {
     for op in ops {
         match op {
-            Op::Claim(_, reply) => {
+            Op::Intake(_, reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Op::Admit(_, reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
             Op::Finish(_, reply) => {

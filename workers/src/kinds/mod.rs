@@ -5,30 +5,21 @@ pub mod batch_complete;
 pub mod ingest;
 pub mod rag_answer;
 
-use lapin::message::Delivery;
-use ragq::jobs::{JobKind, JobMessage};
-use ragq::tenants::Tenant;
+use ragq::jobs::JobKind;
 
-use crate::attempt;
+use crate::attempt::{self, Attempt};
 use crate::handler::JobHandler;
-use crate::settle::Disposition;
 use crate::WorkerContext;
 
-/// Runs an authorized job through the handler of its kind.
-pub(crate) async fn process(
-    ctx: &WorkerContext,
-    delivery: &Delivery,
-    job: JobMessage,
-    tenant: Tenant,
-) -> Disposition {
-    match job.kind {
+/// Runs a dispatched attempt through the handler of its kind; returns the dead-letter reason of a
+/// job that panicked on its last attempt.
+pub(crate) async fn process(ctx: &WorkerContext, run: Attempt) -> Option<String> {
+    match run.job.kind {
         JobKind::BatchComplete => {
-            attempt::process::<batch_complete::BatchComplete>(ctx, delivery, job, tenant).await
+            attempt::process::<batch_complete::BatchComplete>(ctx, run).await
         }
-        JobKind::Ingest => attempt::process::<ingest::Ingest>(ctx, delivery, job, tenant).await,
-        JobKind::RagAnswer => {
-            attempt::process::<rag_answer::RagAnswer>(ctx, delivery, job, tenant).await
-        }
+        JobKind::Ingest => attempt::process::<ingest::Ingest>(ctx, run).await,
+        JobKind::RagAnswer => attempt::process::<rag_answer::RagAnswer>(ctx, run).await,
     }
 }
 

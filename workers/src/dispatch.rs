@@ -1,0 +1,360 @@
+//! The dispatcher: which queued job a worker runs next. Fair share between tenants lives here.
+//!
+//! Each worker runs at most `queue.prefetch` attempts at once. Whenever slots are free it takes
+//! that many jobs from Postgres in one short transaction ([`take`]): the tenants with ready work
+//! and the least virtual time are locked in tenant order, the slots go one at a time to the tenant
+//! whose virtual time after the job is least (a job adds 1 / weight, so a tenant of weight 3 gets
+//! three slots to another's one), within each tenant's in-flight cap, and each tenant's jobs come
+//! best priority first. A tenant that had nothing queued starts at the least virtual time of those
+//! waiting, so a newcomer is served in the next round, and an idle spell earns no burst.
+//!
+//! The dispatch commits asynchronously (no fsync wait): a job only runs once its admission commits
+//! synchronously, which makes the dispatch before it durable, and admission checks that the attempt
+//! still holds the job. Jobs of a worker whose lease ended are queued again by [`sweep`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgListener;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use ragq::jobs::{JobMessage, Priority};
+use ragq::queue::topology::DEAD_LETTER_EXCHANGE;
+
+use crate::attempt::Attempt;
+use crate::commit::shares::{self, Deltas};
+use crate::WorkerContext;
+
+/// The channel intake notifies when it queued jobs, so idle dispatchers on other workers wake.
+pub const READY_CHANNEL: &str = "ragq_jobs_ready";
+/// How often an idle dispatcher looks anyway: delayed retries coming due, a missed notification.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How often jobs of workers whose lease ended are looked for.
+const SWEEP_EVERY: Duration = ragq::routing::share::HEARTBEAT;
+
+/// One job a dispatch took, as stored.
+#[derive(Debug)]
+struct Taken {
+    tenant_id: String,
+    id: String,
+    kind: String,
+    policy: String,
+    input: serde_json::Value,
+    tags: serde_json::Value,
+    webhook_url: Option<String>,
+    attempts: i32,
+    priority: i16,
+    traceparent: Option<String>,
+    redaction: Option<serde_json::Value>,
+    created_at: DateTime<Utc>,
+}
+
+/// Dispatches until `cancel`, spawning each attempt on `tasks`; `worker_id` is this worker's lease.
+pub async fn run(
+    ctx: Arc<WorkerContext>,
+    worker_id: String,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(usize::from(ctx.cfg.queue.prefetch.max(1))));
+    let listener = tokio::spawn(listen(Arc::clone(&ctx), cancel.clone()));
+    let mut conn: Option<PgConnection> = None;
+    let mut last_sweep = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let Some(wanted) = free_slots(&slots, &cancel).await else {
+            break;
+        };
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = std::time::Instant::now();
+            let swept = match connection(&ctx, &mut conn).await {
+                Ok(c) => sweep(c).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = swept {
+                conn = None;
+                tracing::warn!(error = %e, "cannot look for the jobs of departed workers");
+            }
+        }
+        let taken = match connection(&ctx, &mut conn).await {
+            Ok(c) => take(c, wanted, &worker_id).await,
+            Err(e) => Err(e),
+        };
+        let jobs = match taken {
+            Ok(jobs) => {
+                delay = Duration::from_millis(100);
+                jobs
+            }
+            Err(e) => {
+                conn = None;
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot dispatch jobs");
+                slots.add_permits(wanted);
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let got = jobs.len();
+        slots.add_permits(wanted - got);
+        for job in jobs {
+            let ctx = Arc::clone(&ctx);
+            let slots = Arc::clone(&slots);
+            tasks.spawn(async move {
+                run_one(&ctx, job).await;
+                slots.add_permits(1);
+            });
+        }
+        if got < wanted {
+            // Nothing more is ready: wait for intake, a notification, or the next poll.
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = ctx.wake.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        }
+    }
+    listener.abort();
+}
+
+/// Waits for at least one free slot and takes every free one; `None` once cancelled.
+async fn free_slots(slots: &Semaphore, cancel: &CancellationToken) -> Option<usize> {
+    let first = tokio::select! {
+        _ = cancel.cancelled() => return None,
+        permit = slots.acquire() => permit.ok()?,
+    };
+    first.forget();
+    let more = slots.available_permits();
+    if more > 0 {
+        if let Ok(p) = slots.try_acquire_many(u32::try_from(more).unwrap_or(u32::MAX)) {
+            p.forget();
+            return Some(1 + more);
+        }
+    }
+    Some(1)
+}
+
+/// The dispatcher's own connection, opened if there is none (one that failed is dropped by the
+/// caller, to be opened again next time).
+async fn connection<'c>(
+    ctx: &WorkerContext,
+    held: &'c mut Option<PgConnection>,
+) -> Result<&'c mut PgConnection, sqlx::Error> {
+    Ok(match held {
+        Some(c) => c,
+        None => held.insert(ctx.pool.connect_options().connect().await?),
+    })
+}
+
+/// Takes up to `wanted` jobs for `holder` (see the module's doc and `sql/dispatch.sql`).
+async fn take(
+    conn: &mut PgConnection,
+    wanted: usize,
+    holder: &str,
+) -> Result<Vec<Taken>, sqlx::Error> {
+    let wanted = i64::try_from(wanted).unwrap_or(i64::MAX);
+    let mut tx = Connection::begin(conn).await?;
+    let tenants: Vec<String> = sqlx::query_scalar(
+        "SELECT tenant_id FROM tenant_shares WHERE tenant_id IN ( \
+           SELECT tenant_id FROM tenant_shares \
+           WHERE queued > 0 AND next_ready_at <= clock_timestamp() \
+             AND (max_in_flight IS NULL OR running < max_in_flight) \
+           ORDER BY vtime LIMIT $1) \
+         ORDER BY tenant_id FOR NO KEY UPDATE",
+    )
+    .bind(wanted)
+    .fetch_all(&mut *tx)
+    .await?;
+    if tenants.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    let taken = sqlx::query_file_as!(Taken, "sql/dispatch.sql", &tenants, wanted, holder)
+        .fetch_all(&mut *tx)
+        .await?;
+    // Slots left unfilled: some tenant ran out of ready jobs (what it has left waits out retry
+    // delays), so each locked tenant's next ready time is looked up, and dispatchers pass over the
+    // ones with none until then (else they would take every candidate place).
+    if i64::try_from(taken.len()).unwrap_or(i64::MAX) < wanted {
+        sqlx::query_file!("sql/next_ready.sql", &tenants)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(taken)
+}
+
+/// Queues the jobs of departed workers again, in one transaction with their tenants' counts.
+async fn sweep(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let mut tx = Connection::begin(conn).await?;
+    let lost = sqlx::query_file!("sql/sweep.sql")
+        .fetch_all(&mut *tx)
+        .await?;
+    if lost.is_empty() {
+        tx.commit().await?;
+        return Ok(());
+    }
+    let now = Utc::now();
+    let mut deltas = Deltas::new();
+    for row in &lost {
+        tracing::warn!(
+            tenant = %row.tenant_id,
+            jobs = row.jobs,
+            "queuing again the jobs of a worker whose lease ended"
+        );
+        let delta = deltas.entry(row.tenant_id.clone()).or_default();
+        delta.running -= row.jobs;
+        delta.queued += row.jobs;
+        delta.ready_at = Some(now);
+    }
+    shares::apply(&mut tx, &deltas).await?;
+    tx.commit().await
+}
+
+/// Wakes this worker's dispatcher when another worker's intake queues jobs. Without a listener
+/// (the database unreachable) the idle poll stands in.
+async fn listen(ctx: Arc<WorkerContext>, cancel: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    while !cancel.is_cancelled() {
+        let listened = async {
+            let mut listener = PgListener::connect_with(&ctx.pool).await?;
+            listener.listen(READY_CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                ctx.wake.notify_one();
+            }
+        };
+        let result: Result<(), sqlx::Error> = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listened => r,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "lost the ready-jobs listener; listening again");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs one taken job as a `job` span (continuing the trace its intake kept), and dead-letters a
+/// job that panicked on its last attempt once its failure is committed.
+async fn run_one(ctx: &WorkerContext, taken: Taken) {
+    let span = tracing::info_span!(
+        "job",
+        job_id = %taken.id,
+        tenant = %taken.tenant_id,
+        kind = %taken.kind,
+        outcome = tracing::field::Empty,
+    );
+    ragq::telemetry::traces::continue_trace(&span, taken.traceparent.as_deref());
+    async {
+        let Some(attempt) = attempt_of(ctx, taken).await else {
+            return;
+        };
+        let job = attempt.job.clone();
+        if let Some(reason) = crate::kinds::process(ctx, attempt).await {
+            dead_letter(ctx, &job, &reason).await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The attempt a taken row holds. A row that no longer reads as a job (or whose tenant is gone)
+/// fails with the reason; the database out of reach leaves it to the lease sweep.
+async fn attempt_of(ctx: &WorkerContext, taken: Taken) -> Option<Attempt> {
+    let tenant = match ctx.tenants.get(&taken.tenant_id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            fail(ctx, &taken, "unknown_tenant", "the job's tenant no longer exists").await;
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load the job's tenant; it runs again after this worker's lease");
+            return None;
+        }
+    };
+    let kind = serde_json::from_value(serde_json::Value::String(taken.kind.clone()));
+    let tags = serde_json::from_value(taken.tags.clone());
+    let (Ok(kind), Ok(tags)) = (kind, tags) else {
+        fail(ctx, &taken, "invalid_input", "the stored job cannot be read").await;
+        return None;
+    };
+    let job = JobMessage {
+        id: taken.id,
+        tenant: taken.tenant_id,
+        kind,
+        policy: taken.policy,
+        webhook_url: taken.webhook_url,
+        input: taken.input,
+        tags,
+        priority: Priority::from_rank(taken.priority),
+    };
+    if taken.attempts == 1 {
+        let waited = (Utc::now() - taken.created_at).to_std().unwrap_or_default();
+        ragq::telemetry::metrics::dispatch_wait(&job.tenant, waited);
+    }
+    Some(Attempt {
+        job,
+        attempt: taken.attempts,
+        tenant,
+        redaction: taken.redaction,
+    })
+}
+
+/// Fails a taken job that cannot run, without a webhook (its row could not be read).
+async fn fail(ctx: &WorkerContext, taken: &Taken, code: &str, message: &str) {
+    let outcome = crate::commit::Outcome {
+        tenant_id: taken.tenant_id.clone(),
+        job_id: taken.id.clone(),
+        attempt: taken.attempts,
+        finish: crate::commit::Finish::Failed {
+            code: code.into(),
+            message: message.into(),
+        },
+        webhook: None,
+    };
+    if let Err(e) = ctx.commits.finish(outcome).await {
+        tracing::warn!(error = %e, "cannot fail a job that cannot run");
+    }
+}
+
+/// Publishes the job, as ragq took it in, to the dead-letter queue with the reason. The job's
+/// failure is already committed, so a publish that fails loses only this copy.
+async fn dead_letter(ctx: &WorkerContext, job: &JobMessage, reason: &str) {
+    tracing::warn!(
+        reason = %ragq::queue::dead_letters::reason_code(reason),
+        "dead-lettering the job (details in its x-ragq-reason header)"
+    );
+    ragq::telemetry::metrics::dead_letter(reason);
+    let publisher = ctx.publisher.read().ok().and_then(|p| p.clone());
+    let (Some(publisher), Ok(body)) = (publisher, serde_json::to_vec(job)) else {
+        tracing::warn!("no RabbitMQ connection to dead-letter the job; its failure is recorded");
+        return;
+    };
+    let sent = publisher
+        .publish_dead_letter(DEAD_LETTER_EXCHANGE, job.kind.as_str(), &body, reason, "")
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot dead-letter the job; its failure is recorded");
+    }
+    let letter = ragq::queue::dead_letters::DeadLetter {
+        tenant: Some(&job.tenant),
+        kind: Some(job.kind.as_str()),
+        reason,
+        message_id: Some(&job.id),
+    };
+    if let Err(e) = ragq::queue::dead_letters::record(&ctx.pool, letter).await {
+        tracing::warn!(error = %e, "cannot count the dead letter for the dashboard");
+    }
+}
