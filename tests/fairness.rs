@@ -14,9 +14,16 @@ use ragq_tools::sim::SimOptions;
 /// Creates tenants whose jobs the test publishes as `guest`.
 async fn tenants(env: &TestEnv, ids: &[&str]) {
     for id in ids {
-        ragq::tenants::create(&env.pool, &Actor::cli(), &env.cfg.secrets, id, id, Some("guest"))
-            .await
-            .unwrap();
+        ragq::tenants::create(
+            &env.pool,
+            &Actor::cli(),
+            &env.cfg.secrets,
+            id,
+            id,
+            Some("guest"),
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -127,7 +134,10 @@ async fn weights_divide_the_workers_between_tenants_with_backlogs() {
              ORDER BY finished_at LIMIT 400) f WHERE tenant_id = '{tenant}'"
         )
     };
-    let (gold, basic) = (env.count(&first("gold")).await, env.count(&first("basic")).await);
+    let (gold, basic) = (
+        env.count(&first("gold")).await,
+        env.count(&first("basic")).await,
+    );
     assert_eq!(gold + basic, 400);
     let ratio = gold as f64 / basic as f64;
     assert!(
@@ -157,7 +167,11 @@ async fn a_tenants_in_flight_cap_holds_without_failing_its_jobs() {
     .await;
     stop.cancel();
     worker.await.unwrap();
-    assert_eq!(succeeded(&env, "capped").await, 40, "every capped job succeeded");
+    assert_eq!(
+        succeeded(&env, "capped").await,
+        40,
+        "every capped job succeeded"
+    );
     assert_eq!(
         env.count("SELECT count(*) FROM jobs WHERE attempts <> 1")
             .await,

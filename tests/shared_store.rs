@@ -143,7 +143,6 @@ async fn wait_all_succeeded(env: &TestEnv, prefix: &str, n: usize) {
     .await;
 }
 
-
 /// The `requests` the holder logged as served to other workers whose connection ended.
 fn requests_served_to_others(log: &Path) -> u64 {
     std::fs::read_to_string(log)

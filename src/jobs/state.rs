@@ -8,11 +8,12 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum JobState {
-    /// Accepted, waiting for a worker: entered on HTTP submission or when a worker hands the job back
-    /// for a delayed retry. A worker's claim moves it to `Running`.
+    /// Accepted, waiting for a worker: entered at intake (or on HTTP submission, then ready once its
+    /// message is taken in), or when a worker hands the job back for a delayed retry (`ready_at`).
+    /// A dispatch moves it to `Running`.
     Queued,
-    /// Claimed by a worker (each claim bumps `attempts`). The holder's outcome commit moves it on; a
-    /// redelivery after the holder died claims it again.
+    /// Dispatched to a worker (each dispatch bumps `attempts`; `holder` names the worker). The
+    /// holder's outcome commit moves it on; when the holder's lease ends it is `Queued` again.
     Running,
     /// Terminal: the result is stored.
     Succeeded,

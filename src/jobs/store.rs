@@ -1,5 +1,5 @@
 //! Writing a job that arrives outside the queue (HTTP, a pipeline run) as `queued`, before its
-//! message is published; the worker that receives the message claims it.
+//! message is published; it becomes ready to dispatch when a worker takes the message in.
 
 use super::JobMessage;
 

@@ -37,12 +37,11 @@ pub async fn set(
         return Err(TenantError::Invalid("max_in_flight: at least 1".into()));
     }
     let mut tx = pool.begin().await?;
-    let before: Option<(Option<f64>, Option<i32>)> = sqlx::query_as(
-        "SELECT share_weight, max_in_flight FROM tenants WHERE id = $1 FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let before: Option<(Option<f64>, Option<i32>)> =
+        sqlx::query_as("SELECT share_weight, max_in_flight FROM tenants WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let (weight, cap) = before.ok_or_else(|| TenantError::Unknown(id.to_string()))?;
     let new_weight = change.weight.unwrap_or(weight);
     let new_cap = match change.max_in_flight {

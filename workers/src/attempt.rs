@@ -51,7 +51,10 @@ pub async fn process<H: JobHandler>(ctx: &WorkerContext, run: Attempt) -> Option
     let admission = match settle::on_admit(admitted) {
         Ok(Some(admission)) => Ok(admission),
         Ok(None) => {
-            tracing::warn!(attempt, "the job was queued again meanwhile; dropping this attempt");
+            tracing::warn!(
+                attempt,
+                "the job was queued again meanwhile; dropping this attempt"
+            );
             return None;
         }
         Err(e) => Err(e),
@@ -185,7 +188,10 @@ async fn admit<H: JobHandler>(
     let env = ctx.env();
     let of = AttemptOf { job, attempt };
     let (estimate, first_calls) = match input {
-        Ok(input) => (H::estimate(env, job, input), H::claim_intents(env, of, input)),
+        Ok(input) => (
+            H::estimate(env, job, input),
+            H::claim_intents(env, of, input),
+        ),
         Err(_) => (Estimate::default(), ClaimIntents::default()),
     };
     let request = AdmitRequest {
@@ -303,7 +309,9 @@ async fn commit(
             attempt,
             "job was queued again and taken by another attempt; dropping this attempt's outcome"
         ),
-        Err(e) => tracing::warn!(error = %e, "cannot commit outcome; the job is queued again when this worker's lease ends"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot commit outcome; the job is queued again when this worker's lease ends")
+        }
     }
     let committed = matches!(committed, Ok(crate::commit::FinishResult::Committed { .. }));
     plan.dead_letter.filter(|_| committed)
@@ -370,9 +378,7 @@ mod tests {
         assert!(matches!(first.finish, Finish::Retry { delay, .. } if delay == delays[0]));
         assert_eq!(first.dead_letter, None);
         let last = after_attempt(panicking().await, 2, policy);
-        assert!(
-            matches!(last.dead_letter, Some(ref r) if r.starts_with("handler_panicked"))
-        );
+        assert!(matches!(last.dead_letter, Some(ref r) if r.starts_with("handler_panicked")));
         assert!(matches!(last.finish, Finish::Failed { .. }));
         assert_eq!(guard(async { Ok(json!(1)) }).await, Ok(json!(1)));
     }

@@ -53,17 +53,18 @@ async fn settle(
     // Panics inside a job's attempt are settled by the attempt; this catches the rest, so that a
     // delivery is never left unacknowledged by a task that died.
     let mut known = None;
-    let disposition = match AssertUnwindSafe(process(ctx, &delivery, &origin, traceparent, &mut known))
-        .catch_unwind()
-        .await
-    {
-        Ok(d) => d,
-        Err(payload) => {
-            let error = JobError::from_panic(&*payload);
-            tracing::error!(error = %error, "worker panicked outside a job's attempt");
-            Disposition::DeadLetter(error.to_string())
-        }
-    };
+    let disposition =
+        match AssertUnwindSafe(process(ctx, &delivery, &origin, traceparent, &mut known))
+            .catch_unwind()
+            .await
+        {
+            Ok(d) => d,
+            Err(payload) => {
+                let error = JobError::from_panic(&*payload);
+                tracing::error!(error = %error, "worker panicked outside a job's attempt");
+                Disposition::DeadLetter(error.to_string())
+            }
+        };
     let settlement = match &disposition {
         Disposition::Ack => "ack",
         Disposition::DeadLetter(_) => "dead_letter",

@@ -276,7 +276,13 @@ async fn attempt_of(ctx: &WorkerContext, taken: Taken) -> Option<Attempt> {
     let tenant = match ctx.tenants.get(&taken.tenant_id).await {
         Ok(Some(t)) => t,
         Ok(None) => {
-            fail(ctx, &taken, "unknown_tenant", "the job's tenant no longer exists").await;
+            fail(
+                ctx,
+                &taken,
+                "unknown_tenant",
+                "the job's tenant no longer exists",
+            )
+            .await;
             return None;
         }
         Err(e) => {
@@ -287,7 +293,13 @@ async fn attempt_of(ctx: &WorkerContext, taken: Taken) -> Option<Attempt> {
     let kind = serde_json::from_value(serde_json::Value::String(taken.kind.clone()));
     let tags = serde_json::from_value(taken.tags.clone());
     let (Ok(kind), Ok(tags)) = (kind, tags) else {
-        fail(ctx, &taken, "invalid_input", "the stored job cannot be read").await;
+        fail(
+            ctx,
+            &taken,
+            "invalid_input",
+            "the stored job cannot be read",
+        )
+        .await;
         return None;
     };
     let job = JobMessage {

@@ -54,9 +54,7 @@ fn redact(ctx: &WorkerContext, job: &mut JobMessage) -> Option<serde_json::Value
     }
     let vault = policy
         .restore
-        .then(|| {
-            (applied.vault).seal(&ctx.cfg.secrets, &vault_context(&job.tenant, &job.id))
-        })
+        .then(|| (applied.vault).seal(&ctx.cfg.secrets, &vault_context(&job.tenant, &job.id)))
         .flatten();
     Some(json!({ "found": applied.found, "vault": vault }))
 }

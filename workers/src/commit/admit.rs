@@ -70,12 +70,7 @@ pub(super) fn admitted_intents(requests: &[&AdmitRequest], answers: &[Admit]) ->
     requests
         .iter()
         .zip(answers)
-        .filter(|(_, a)| {
-            matches!(
-                a,
-                Admit::Run(Admission::Admitted { .. })
-            )
-        })
+        .filter(|(_, a)| matches!(a, Admit::Run(Admission::Admitted { .. })))
         .flat_map(|(r, _)| r.intents.iter().cloned())
         .collect()
 }

@@ -28,7 +28,10 @@ pub(super) async fn take_in(
     let tags: Vec<Value> = (unique.iter())
         .map(|r| serde_json::to_value(&r.job.tags).unwrap_or_default())
         .collect();
-    let hooks: Vec<Option<&str>> = unique.iter().map(|r| r.job.webhook_url.as_deref()).collect();
+    let hooks: Vec<Option<&str>> = unique
+        .iter()
+        .map(|r| r.job.webhook_url.as_deref())
+        .collect();
     let priorities: Vec<i16> = (unique.iter())
         .map(|r| r.job.priority.map_or(0, Priority::rank))
         .collect();

@@ -1,5 +1,6 @@
-//! Group commit: every Postgres write a worker makes on the job path — claims, ledger rows, outcomes
-//! with their webhook deliveries — goes through one task that writes whatever has queued up in one
+//! Group commit: every Postgres write a worker makes on the job path — intakes, admissions, ledger
+//! rows, outcomes with their webhook deliveries, and what they change of tenants' dispatch state —
+//! goes through one task that writes whatever has queued up in one
 //! transaction, one multi-row statement per kind of write.
 //!
 //! Under load a batch holds many jobs, so a job costs a fraction of a round trip and of an fsync; when
@@ -22,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use ragq::jobs::JobMessage;
 use ragq::spend::budget::{self, Admission, Estimate};
-use ragq::tenants::plans::Share;
 use ragq::spend::intents::CallIntent;
 use ragq::spend::{self, LedgerEntry};
+use ragq::tenants::plans::Share;
 use ragq::webhooks::{write_attempts, AttemptLog, AttemptRecord};
 
 /// A message to take in as a queued job.

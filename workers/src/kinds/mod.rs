@@ -15,9 +15,7 @@ use crate::WorkerContext;
 /// job that panicked on its last attempt.
 pub(crate) async fn process(ctx: &WorkerContext, run: Attempt) -> Option<String> {
     match run.job.kind {
-        JobKind::BatchComplete => {
-            attempt::process::<batch_complete::BatchComplete>(ctx, run).await
-        }
+        JobKind::BatchComplete => attempt::process::<batch_complete::BatchComplete>(ctx, run).await,
         JobKind::Ingest => attempt::process::<ingest::Ingest>(ctx, run).await,
         JobKind::RagAnswer => attempt::process::<rag_answer::RagAnswer>(ctx, run).await,
     }
