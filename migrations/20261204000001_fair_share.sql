@@ -19,8 +19,16 @@ UPDATE jobs SET ready_at = created_at WHERE state = 'queued';
 
 -- A tenant's next jobs, best priority first, then oldest ready.
 CREATE INDEX jobs_ready ON jobs (tenant_id, priority DESC, ready_at) WHERE state = 'queued';
--- Running jobs: a capped tenant's count, and the jobs of workers whose lease ended.
-CREATE INDEX jobs_running ON jobs (tenant_id) WHERE state = 'running';
+-- Running jobs (a running job names its worker, `holder`): a capped tenant's count, and the jobs of
+-- workers whose lease ended. Its predicate names `holder`, not `state`: statements that look a
+-- running job up by its key must not pick this (much smaller, but churning) index over the primary
+-- key. Jobs left running by an earlier version get a holder no lease has, so the first sweep queues
+-- them again.
+UPDATE jobs SET holder = '' WHERE state = 'running';
+CREATE INDEX jobs_held ON jobs (tenant_id, holder) WHERE holder IS NOT NULL;
+-- Dispatch reads the head of each tenant's queue, where every dispatched job leaves dead index
+-- entries until vacuum: vacuum jobs after 2% of it changed, not the default 20%.
+ALTER TABLE jobs SET (autovacuum_vacuum_scale_factor = 0.02);
 
 -- Per-tenant overrides of the plan's weight and in-flight cap.
 ALTER TABLE tenants
@@ -28,7 +36,7 @@ ALTER TABLE tenants
     ADD COLUMN max_in_flight INT CHECK (max_in_flight > 0);
 
 -- The dispatcher's state of each tenant: its weight and cap as the workers last resolved them, how
--- many jobs it has queued, and its virtual time (work served / weight). The tenant with work and
+-- many jobs it has queued (taken in, not yet dispatched), and its virtual time (work served / weight). The tenant with work and
 -- the least virtual time is served next; a tenant that had nothing queued starts at the least
 -- virtual time of those that do, so an idle spell earns no burst.
 CREATE TABLE tenant_shares (
@@ -44,13 +52,9 @@ INSERT INTO tenant_shares (tenant_id, queued)
 SELECT t.id, (SELECT count(*) FROM jobs j WHERE j.tenant_id = t.id AND j.state = 'queued')
 FROM tenants t;
 
--- Running jobs per tenant, for the cap; and when its earliest queued job may run (a tenant whose
--- queued jobs all wait out retry delays is passed over until then).
-ALTER TABLE tenant_shares
-    ADD COLUMN running       BIGINT NOT NULL DEFAULT 0 CHECK (running >= 0),
-    ADD COLUMN next_ready_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity';
-UPDATE tenant_shares s SET running =
-    (SELECT count(*) FROM jobs j WHERE j.tenant_id = s.tenant_id AND j.state = 'running');
+-- When a tenant's earliest queued job may run: a tenant whose queued jobs all wait out retry delays
+-- is passed over until then.
+ALTER TABLE tenant_shares ADD COLUMN next_ready_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity';
 
 -- Every tenant has its dispatch state from birth, so workers only ever update it.
 CREATE FUNCTION ragq_tenant_share_row() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -1,16 +1,15 @@
 -- Applies a batch's changes to tenants' dispatch state (rows locked in tenant order just before):
--- jobs queued and running, the share the workers resolved for the tenant, and when its newest
+-- jobs queued, the share the workers resolved for the tenant, and when its newest
 -- queued job may run. A tenant that had nothing queued resumes at the least virtual time of those
 -- that have, so an idle spell earns no burst. Counts never go below zero.
 WITH d AS (
-  SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::int4[], $6::timestamptz[])
-    AS d(tenant_id, queued, running, weight, max_in_flight, ready_at)),
+  SELECT * FROM UNNEST($1::text[], $2::int8[], $3::float8[], $4::int4[], $5::timestamptz[])
+    AS d(tenant_id, queued, weight, max_in_flight, ready_at)),
 floor AS (SELECT min(vtime) AS v FROM tenant_shares WHERE queued > 0)
 UPDATE tenant_shares s SET
   vtime = CASE WHEN s.queued = 0 AND d.queued > 0
                THEN greatest(s.vtime, coalesce((SELECT v FROM floor), s.vtime)) ELSE s.vtime END,
   queued = greatest(0, s.queued + d.queued),
-  running = greatest(0, s.running + d.running),
   weight = coalesce(d.weight, s.weight),
   max_in_flight = CASE WHEN d.weight IS NULL THEN s.max_in_flight ELSE d.max_in_flight END,
   next_ready_at = least(s.next_ready_at, coalesce(d.ready_at, 'infinity'))

@@ -2,7 +2,8 @@
 //!
 //! Each worker runs at most `queue.prefetch` attempts at once. Whenever slots are free it takes
 //! that many jobs from Postgres in one short transaction ([`take`]): the tenants with ready work
-//! and the least virtual time are locked in tenant order, the slots go one at a time to the tenant
+//! and the least virtual time are locked (skipping those another dispatch holds: it serves them,
+//! and a dispatch never waits), the slots go one at a time to the tenant
 //! whose virtual time after the job is least (a job adds 1 / weight, so a tenant of weight 3 gets
 //! three slots to another's one), within each tenant's in-flight cap, and each tenant's jobs come
 //! best priority first. A tenant that had nothing queued starts at the least virtual time of those
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +35,8 @@ use crate::WorkerContext;
 pub const READY_CHANNEL: &str = "ragq_jobs_ready";
 /// How often an idle dispatcher looks anyway: delayed retries coming due, a missed notification.
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// The longest a dispatch waits for a batch of slots to free up.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
 /// How often jobs of workers whose lease ended are looked for.
 const SWEEP_EVERY: Duration = ragq::routing::share::HEARTBEAT;
 
@@ -61,13 +64,15 @@ pub async fn run(
     tasks: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(usize::from(ctx.cfg.queue.prefetch.max(1))));
+    let concurrency = usize::from(ctx.cfg.queue.prefetch.max(1));
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let batch = (concurrency / 4).max(1);
     let listener = tokio::spawn(listen(Arc::clone(&ctx), cancel.clone()));
     let mut conn: Option<PgConnection> = None;
     let mut last_sweep = std::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        let Some(wanted) = free_slots(&slots, &cancel).await else {
+        let Some(wanted) = free_slots(&slots, batch, &cancel).await else {
             break;
         };
         if last_sweep.elapsed() >= SWEEP_EVERY {
@@ -85,10 +90,10 @@ pub async fn run(
             Ok(c) => take(c, wanted, &worker_id).await,
             Err(e) => Err(e),
         };
-        let jobs = match taken {
-            Ok(jobs) => {
+        let Dispatched { jobs, contended } = match taken {
+            Ok(dispatched) => {
                 delay = Duration::from_millis(100);
-                jobs
+                dispatched
             }
             Err(e) => {
                 conn = None;
@@ -112,7 +117,10 @@ pub async fn run(
                 slots.add_permits(1);
             });
         }
-        if got < wanted {
+        if contended {
+            // Every ready tenant is being served by another dispatch, which ends in a moment.
+            slots_retry_pause().await;
+        } else if got < wanted {
             // Nothing more is ready: wait for intake, a notification, or the next poll.
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -124,21 +132,43 @@ pub async fn run(
     listener.abort();
 }
 
-/// Waits for at least one free slot and takes every free one; `None` once cancelled.
-async fn free_slots(slots: &Semaphore, cancel: &CancellationToken) -> Option<usize> {
+/// The pause before trying again when other dispatches held every ready tenant.
+async fn slots_retry_pause() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+/// Waits for a batch of free slots and takes every free one; `None` once cancelled. A batch is a
+/// quarter of the worker's slots, or whatever is free after [`BATCH_WAIT`]: under load a dispatch
+/// then serves several slots at once, and when few jobs run there is no wait at all.
+async fn free_slots(slots: &Semaphore, batch: usize, cancel: &CancellationToken) -> Option<usize> {
     let first = tokio::select! {
         _ = cancel.cancelled() => return None,
         permit = slots.acquire() => permit.ok()?,
     };
     first.forget();
-    let more = slots.available_permits();
-    if more > 0 {
-        if let Ok(p) = slots.try_acquire_many(u32::try_from(more).unwrap_or(u32::MAX)) {
+    let mut got = 1;
+    if got + slots.available_permits() < batch {
+        let more = async {
+            while got + slots.available_permits() < batch {
+                match slots.acquire().await {
+                    Ok(p) => {
+                        p.forget();
+                        got += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(BATCH_WAIT, more).await;
+    }
+    let rest = slots.available_permits();
+    if rest > 0 {
+        if let Ok(p) = slots.try_acquire_many(u32::try_from(rest).unwrap_or(u32::MAX)) {
             p.forget();
-            return Some(1 + more);
+            got += rest;
         }
     }
-    Some(1)
+    Some(got)
 }
 
 /// The dispatcher's own connection, opened if there is none (one that failed is dropped by the
@@ -149,49 +179,55 @@ async fn connection<'c>(
 ) -> Result<&'c mut PgConnection, sqlx::Error> {
     Ok(match held {
         Some(c) => c,
-        None => held.insert(ctx.pool.connect_options().connect().await?),
+        None => held.insert(crate::commit::connect_for_batches(&ctx.pool).await?),
     })
 }
 
-/// Takes up to `wanted` jobs for `holder` (see the module's doc and `sql/dispatch.sql`).
+/// What a dispatch took: the jobs, and whether tenants with ready jobs were all held by other
+/// dispatches (then it is worth trying again at once).
+struct Dispatched {
+    jobs: Vec<Taken>,
+    contended: bool,
+}
+
+/// Takes up to `wanted` jobs for `holder` (see the module's doc, `sql/candidates.sql` and
+/// `sql/dispatch.sql`) in one transaction that commits without waiting for fsync.
 async fn take(
     conn: &mut PgConnection,
     wanted: usize,
     holder: &str,
-) -> Result<Vec<Taken>, sqlx::Error> {
+) -> Result<Dispatched, sqlx::Error> {
     let wanted = i64::try_from(wanted).unwrap_or(i64::MAX);
-    let mut tx = Connection::begin(conn).await?;
-    let tenants: Vec<String> = sqlx::query_scalar(
-        "SELECT tenant_id FROM tenant_shares WHERE tenant_id IN ( \
-           SELECT tenant_id FROM tenant_shares \
-           WHERE queued > 0 AND next_ready_at <= clock_timestamp() \
-             AND (max_in_flight IS NULL OR running < max_in_flight) \
-           ORDER BY vtime LIMIT $1) \
-         ORDER BY tenant_id FOR NO KEY UPDATE",
-    )
-    .bind(wanted)
-    .fetch_all(&mut *tx)
-    .await?;
+    // On an error the caller drops the connection, which rolls the transaction back.
+    conn.execute("BEGIN; SET LOCAL synchronous_commit = off")
+        .await?;
+    let tenants: Vec<String> = sqlx::query_file_scalar!("sql/candidates.sql", wanted)
+        .fetch_all(&mut *conn)
+        .await?;
     if tenants.is_empty() {
-        tx.commit().await?;
-        return Ok(Vec::new());
+        let waiting = sqlx::query_file_scalar!("sql/waiting.sql")
+            .fetch_one(&mut *conn)
+            .await?;
+        conn.execute("COMMIT").await?;
+        return Ok(Dispatched {
+            jobs: Vec::new(),
+            contended: waiting,
+        });
     }
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
+    let jobs = sqlx::query_file_as!(Taken, "sql/dispatch.sql", holder, wanted, &tenants)
+        .fetch_all(&mut *conn)
         .await?;
-    let taken = sqlx::query_file_as!(Taken, "sql/dispatch.sql", &tenants, wanted, holder)
-        .fetch_all(&mut *tx)
-        .await?;
-    // Slots left unfilled: some tenant ran out of ready jobs (what it has left waits out retry
-    // delays), so each locked tenant's next ready time is looked up, and dispatchers pass over the
-    // ones with none until then (else they would take every candidate place).
-    if i64::try_from(taken.len()).unwrap_or(i64::MAX) < wanted {
+    // Slots left unfilled: some tenant may have run out of ready jobs.
+    if i64::try_from(jobs.len()).unwrap_or(i64::MAX) < wanted {
         sqlx::query_file!("sql/next_ready.sql", &tenants)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
     }
-    tx.commit().await?;
-    Ok(taken)
+    conn.execute("COMMIT").await?;
+    Ok(Dispatched {
+        jobs,
+        contended: false,
+    })
 }
 
 /// Queues the jobs of departed workers again, in one transaction with their tenants' counts.
@@ -213,7 +249,6 @@ async fn sweep(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
             "queuing again the jobs of a worker whose lease ended"
         );
         let delta = deltas.entry(row.tenant_id.clone()).or_default();
-        delta.running -= row.jobs;
         delta.queued += row.jobs;
         delta.ready_at = Some(now);
     }

@@ -35,7 +35,7 @@ pub async fn take_in(
         traceparent,
         redaction,
     };
-    let taken = ctx.commits.take_in(request).await;
+    let taken = ctx.intakes.take_in(request).await;
     if matches!(taken, Ok(crate::commit::Taken::New)) {
         ctx.wake.notify_one();
     }

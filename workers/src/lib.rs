@@ -50,6 +50,8 @@ pub struct WorkerContext {
     router: Router,
     tenants: TenantDirectory,
     commits: CommitHandle,
+    /// The group commit intake writes through (a connection of its own).
+    intakes: CommitHandle,
     webhooks: mpsc::Sender<PendingDelivery>,
     vectors: VectorStore,
     pool: sqlx::PgPool,

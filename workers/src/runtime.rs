@@ -29,13 +29,16 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     let router = Router::new(Arc::new(cfg.catalog.clone()), cfg.retry.clone())?;
     let tenants = TenantDirectory::new(pool.clone(), Duration::from_secs(30));
     let commit_cancel = CancellationToken::new();
-    let (commits, commit_task) = GroupCommit {
+    let group_commit = GroupCommit {
         pool: pool.clone(),
         max_batch: cfg.worker.commit_batch_max,
         webhook_lease: cfg.webhooks.claim_lease,
         reservation_ttl: cfg.spend.reservation_ttl,
-    }
-    .spawn(commit_cancel.clone());
+    };
+    // Intake commits on its own connection: its transactions touch tenants' dispatch state, which
+    // dispatches lock, and must not hold up (or wait behind) the job path's ledger and outcomes.
+    let (intakes, intake_task) = group_commit.clone().spawn(commit_cancel.clone());
+    let (commits, commit_task) = group_commit.spawn(commit_cancel.clone());
     let (hook_tx, hook_rx) = mpsc::channel(cfg.webhooks.concurrency * 4);
     let hook_cancel = CancellationToken::new();
     let sender = WebhookSender::new(
@@ -61,6 +64,7 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
         cfg,
         tenants,
         commits,
+        intakes,
         webhooks: hook_tx,
         pool: pool.clone(),
         job_stats: Default::default(),
@@ -119,6 +123,7 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     let _ = stats_task.await;
     drop(ctx);
     let _ = commit_task.await;
+    let _ = intake_task.await;
     Ok(())
 }
 

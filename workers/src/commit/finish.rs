@@ -13,7 +13,7 @@ use super::shares::Deltas;
 use super::{Finish, FinishResult, NewDelivery, Outcome, Tx};
 
 /// What a batch's outcomes did: the answers, in order, and what they changed of their tenants'
-/// dispatch state (each outcome that took effect ends a running attempt; a retry queues it again).
+/// dispatch state (a retry queues its job again).
 #[derive(Default)]
 pub(super) struct Finished {
     pub results: Vec<FinishResult>,
@@ -33,10 +33,8 @@ pub(super) async fn finish_jobs(
     let committed = commit_outcomes(tx, outcomes, webhook_lease).await?;
     let mut deltas = Deltas::new();
     for ((tenant, _), (_, retry_at)) in &committed {
-        let delta = deltas.entry(tenant.clone()).or_default();
-        delta.running -= 1;
         if let Some(at) = retry_at {
-            delta.queue(*at);
+            deltas.entry(tenant.clone()).or_default().queue(*at);
         }
     }
     let took_effect: Vec<Option<DateTime<Utc>>> = outcomes

@@ -283,16 +283,8 @@ impl GroupCommit {
         result
     }
 
-    /// Opens the task's connection with the pool's settings. Every statement it runs looks rows up
-    /// by key for a batch of at most `max_batch` keys, for which probing the primary key is the
-    /// right plan; without statistics (a young table, before autovacuum analyzes it) the planner
-    /// picked hash joins that scanned all of `jobs` for every batch (886 scans of 25 million rows
-    /// in a 60,000-job run), so this connection does without hash and merge joins.
     async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
-        let options = (*self.pool.connect_options())
-            .clone()
-            .options([("enable_hashjoin", "off"), ("enable_mergejoin", "off")]);
-        options.connect().await
+        connect_for_batches(&self.pool).await
     }
 
     async fn write(&self, ops: &[Op], conn: &mut PgConnection) -> Result<Answers, sqlx::Error> {
@@ -355,6 +347,13 @@ impl GroupCommit {
             }
         }
         shares::apply(&mut tx, &deltas).await?;
+        if taken.contains(&Taken::New) {
+            // Delivered at commit: idle dispatchers of other workers wake.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(crate::dispatch::READY_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(Answers {
             taken,
@@ -416,6 +415,22 @@ fn fail(ops: Vec<Op>, error: CommitError) {
             }
         }
     }
+}
+
+/// Opens a connection for statements that look rows up by key for a batch of keys (the group
+/// commit's, the dispatcher's), with the pool's settings. For a batch probing the primary key is
+/// the right plan; without statistics (a young table, before autovacuum analyzes it) the planner
+/// picked hash joins that scanned all of `jobs` for every batch (886 scans of 25 million rows in a
+/// 60,000-job run; a dispatch did the same), so these connections do without hash and merge joins.
+/// Nor do they compile plans: a big table's estimates put a dispatch over `jit_above_cost`, and
+/// compiling took 40 ms of a statement that runs in 1.
+pub async fn connect_for_batches(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let options = (*pool.connect_options()).clone().options([
+        ("enable_hashjoin", "off"),
+        ("enable_mergejoin", "off"),
+        ("jit", "off"),
+    ]);
+    options.connect().await
 }
 
 /// Errors worth retrying the same batch for: the connection, not the data.

@@ -1,5 +1,5 @@
-//! Tenants' dispatch state (`tenant_shares`), changed by a batch: jobs taken in and retried add to
-//! a tenant's queue, ended attempts leave its running count. Rows are locked in tenant order by one
+//! Tenants' dispatch state (`tenant_shares`), changed by a batch: jobs taken in, retried or swept
+//! add to a tenant's queue (dispatch takes them off). Rows are locked in tenant order by one
 //! statement, just before the update and as the transaction's last writes, so two transactions
 //! never wait on each other's rows in opposite orders, and a row is held only until the commit.
 
@@ -14,7 +14,6 @@ use ragq::tenants::plans::Share;
 #[derive(Debug, Clone, Default)]
 pub struct Delta {
     pub queued: i64,
-    pub running: i64,
     /// The share the workers resolved for the tenant, when a job of it was taken in.
     pub share: Option<Share>,
     /// The earliest time a job it queued may run.
@@ -46,7 +45,6 @@ pub async fn apply(conn: &mut PgConnection, deltas: &Deltas) -> Result<(), sqlx:
     .await?;
     let d = deltas.values();
     let queued: Vec<i64> = d.clone().map(|d| d.queued).collect();
-    let running: Vec<i64> = d.clone().map(|d| d.running).collect();
     let weights: Vec<Option<f64>> = d.clone().map(|d| d.share.map(|s| s.weight)).collect();
     let caps: Vec<Option<i32>> = (d.clone())
         .map(|d| d.share.and_then(|s| s.max_in_flight))
@@ -57,7 +55,6 @@ pub async fn apply(conn: &mut PgConnection, deltas: &Deltas) -> Result<(), sqlx:
         "sql/shares.sql",
         &tenants as &[&str],
         &queued,
-        &running,
         &weights as &[Option<f64>],
         &caps as &[Option<i32>],
         &ready as &[Option<DateTime<Utc>>],
