@@ -37,7 +37,13 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     };
     // Intake commits on its own connection: its transactions touch tenants' dispatch state, which
     // dispatches lock, and must not hold up (or wait behind) the job path's ledger and outcomes.
-    let (intakes, intake_task) = group_commit.clone().spawn(commit_cancel.clone());
+    // A batch may hold every delivery in flight: intake's rate is what a small tenant's message
+    // waits behind while another tenant's backlog is still in the broker.
+    let intake_commit = GroupCommit {
+        max_batch: usize::from(cfg.queue.intake_prefetch),
+        ..group_commit.clone()
+    };
+    let (intakes, intake_task) = intake_commit.spawn(commit_cancel.clone());
     let (commits, commit_task) = group_commit.spawn(commit_cancel.clone());
     let (hook_tx, hook_rx) = mpsc::channel(cfg.webhooks.concurrency * 4);
     let hook_cancel = CancellationToken::new();
