@@ -240,7 +240,6 @@ async fn sweep(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         tx.commit().await?;
         return Ok(());
     }
-    let now = Utc::now();
     let mut deltas = Deltas::new();
     for row in &lost {
         tracing::warn!(
@@ -248,9 +247,10 @@ async fn sweep(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
             jobs = row.jobs,
             "queuing again the jobs of a worker whose lease ended"
         );
-        let delta = deltas.entry(row.tenant_id.clone()).or_default();
-        delta.queued += row.jobs;
-        delta.ready_at = Some(now);
+        deltas
+            .entry(row.tenant_id.clone())
+            .or_default()
+            .queue_now(row.jobs);
     }
     shares::apply(&mut tx, &deltas).await?;
     tx.commit().await

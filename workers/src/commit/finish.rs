@@ -34,7 +34,7 @@ pub(super) async fn finish_jobs(
     let mut deltas = Deltas::new();
     for ((tenant, _), (_, retry_at)) in &committed {
         if let Some(at) = retry_at {
-            deltas.entry(tenant.clone()).or_default().queue(*at);
+            deltas.entry(tenant.clone()).or_default().queue_later(*at);
         }
     }
     let took_effect: Vec<Option<DateTime<Utc>>> = outcomes

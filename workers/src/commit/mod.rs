@@ -343,7 +343,7 @@ impl GroupCommit {
             let delta = deltas.entry(r.job.tenant.clone()).or_default();
             delta.share = Some(r.share);
             if *t == Taken::New {
-                delta.queue(chrono::Utc::now());
+                delta.queue_now(1);
             }
         }
         shares::apply(&mut tx, &deltas).await?;

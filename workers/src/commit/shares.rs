@@ -16,13 +16,22 @@ pub struct Delta {
     pub queued: i64,
     /// The share the workers resolved for the tenant, when a job of it was taken in.
     pub share: Option<Share>,
-    /// The earliest time a job it queued may run.
+    /// The earliest time a job it queued for later may run (the database's clock).
     pub ready_at: Option<DateTime<Utc>>,
+    /// Whether a job it queued may run now. Said so, not as this process's time: a worker's clock
+    /// ahead of the database's would make the tenant wait.
+    pub ready_now: bool,
 }
 
 impl Delta {
-    /// Adds a queued job, ready at `at`.
-    pub fn queue(&mut self, at: DateTime<Utc>) {
+    /// Adds `n` jobs that may run now.
+    pub fn queue_now(&mut self, n: i64) {
+        self.queued += n;
+        self.ready_now = true;
+    }
+
+    /// Adds a job that may run from `at` (a retry).
+    pub fn queue_later(&mut self, at: DateTime<Utc>) {
         self.queued += 1;
         self.ready_at = Some(self.ready_at.map_or(at, |r| r.min(at)));
     }
@@ -50,7 +59,8 @@ pub async fn apply(conn: &mut PgConnection, deltas: &Deltas) -> Result<(), sqlx:
         .map(|d| d.share.and_then(|s| s.max_in_flight))
         .map(|c| c.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
         .collect();
-    let ready: Vec<Option<DateTime<Utc>>> = d.map(|d| d.ready_at).collect();
+    let ready: Vec<Option<DateTime<Utc>>> = d.clone().map(|d| d.ready_at).collect();
+    let now: Vec<bool> = d.map(|d| d.ready_now).collect();
     sqlx::query_file!(
         "sql/shares.sql",
         &tenants as &[&str],
@@ -58,6 +68,7 @@ pub async fn apply(conn: &mut PgConnection, deltas: &Deltas) -> Result<(), sqlx:
         &weights as &[Option<f64>],
         &caps as &[Option<i32>],
         &ready as &[Option<DateTime<Utc>>],
+        &now,
     )
     .execute(&mut *conn)
     .await?;
