@@ -26,19 +26,18 @@ async fn sigkilled_worker_loses_no_job_and_books_each_call_once() {
         "[spend]\nreservation_ttl_ms = 1000\nmaintenance_interval_ms = 200\n",
     )
     .await;
-    with_latency(&env, 30);
+    // Calls long enough that a kill seen to follow a recorded intent lands before its booking.
+    with_latency(&env, 150);
     let config = env.config_file();
     const JOBS: i64 = 60;
     env.publish_jobs("crash", JOBS as usize, PROMPTS).await;
 
     let mut first = spawn_worker_process(&config);
-    // Kill while attempts are running (claimed, not finished), so that some are run again.
-    env.wait_until(30, "some jobs done and others running", || async {
-        env.finished_jobs().await >= 5
-            && env
-                .count("SELECT count(*) FROM jobs WHERE state = 'running'")
-                .await
-                > 0
+    // Kill while calls are in flight (their intents recorded, not yet booked), so that some
+    // attempts are run again. A job merely marked running may still be waiting for its admission
+    // or its finish, with no call in flight: that is not the moment this test is about.
+    env.wait_until(30, "some jobs done and calls in flight", || async {
+        env.finished_jobs().await >= 5 && env.count("SELECT count(*) FROM call_intents").await > 0
     })
     .await;
     first.start_kill().unwrap();
