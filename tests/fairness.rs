@@ -6,8 +6,6 @@
 mod common;
 
 use common::TestEnv;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::BasicProperties;
 use ragq::audit::Actor;
 use ragq_tools::sim::SimOptions;
 
@@ -25,39 +23,6 @@ async fn tenants(env: &TestEnv, ids: &[&str]) {
         .await
         .unwrap();
     }
-}
-
-/// Publishes the jobs in order on one confirmed channel (much faster than one channel each).
-async fn publish_all(env: &TestEnv, jobs: &[serde_json::Value]) {
-    let conn = env.amqp().await;
-    let ch = conn.create_channel().await.unwrap();
-    ragq::queue::topology::declare(&ch, &env.cfg.queue)
-        .await
-        .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_user_id("guest".into());
-    let mut confirms = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let confirm = ch
-            .basic_publish(
-                "ragq.jobs".into(),
-                "batch.complete".into(),
-                BasicPublishOptions::default(),
-                job.to_string().as_bytes(),
-                props.clone(),
-            )
-            .await
-            .unwrap();
-        confirms.push(confirm);
-    }
-    for confirm in confirms {
-        assert!(confirm.await.unwrap().is_ack());
-    }
-    let _ = conn.close(200, "published".into()).await;
 }
 
 fn with_latency(env: &TestEnv, ms: u64) {
@@ -86,8 +51,8 @@ async fn a_small_tenant_is_served_within_a_round_of_a_large_backlog() {
     let env = TestEnv::new("prefetch = 8").await;
     with_latency(&env, 50);
     tenants(&env, &["bulk", "live"]).await;
-    publish_all(&env, &jobs(&env, "bulk", 2_000)).await;
-    publish_all(&env, &jobs(&env, "live", 20)).await;
+    env.publish_many(&jobs(&env, "bulk", 2_000)).await;
+    env.publish_many(&jobs(&env, "live", 20)).await;
     let (stop, worker) = env.start_worker();
     env.wait_until(60, "live's 20 jobs done", || async {
         succeeded(&env, "live").await == 20
@@ -119,7 +84,7 @@ async fn weights_divide_the_workers_between_tenants_with_backlogs() {
     // Interleaved, so that both backlogs arrive together.
     let (g, b) = (jobs(&env, "gold", 600), jobs(&env, "basic", 600));
     let both: Vec<serde_json::Value> = g.into_iter().zip(b).flat_map(|(g, b)| [g, b]).collect();
-    publish_all(&env, &both).await;
+    env.publish_many(&both).await;
     let (stop, worker) = env.start_worker();
     env.wait_until(60, "400 jobs done", || async {
         env.finished_jobs().await >= 400
@@ -159,7 +124,8 @@ async fn a_tenants_in_flight_cap_holds_without_failing_its_jobs() {
         .await
         .unwrap();
     let (c, f) = (jobs(&env, "capped", 40), jobs(&env, "free", 40));
-    publish_all(&env, &c.into_iter().chain(f).collect::<Vec<_>>()).await;
+    env.publish_many(&c.into_iter().chain(f).collect::<Vec<_>>())
+        .await;
     let (stop, worker) = env.start_worker();
     env.wait_until(60, "all 80 jobs done", || async {
         env.finished_jobs().await == 80
@@ -209,7 +175,7 @@ async fn interactive_jobs_go_before_a_tenants_bulk_jobs() {
         job["priority"] = "interactive".into();
         job
     }));
-    publish_all(&env, &queued).await;
+    env.publish_many(&queued).await;
     let (stop, worker) = env.start_worker();
     env.wait_until(60, "the interactive jobs done", || async {
         env.count("SELECT count(*) FROM jobs WHERE id LIKE 'now-%' AND state = 'succeeded'")

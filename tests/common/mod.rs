@@ -448,16 +448,42 @@ impl TestEnv {
 
     /// Publishes `n` batch.complete jobs for acme, `{prefix}-{i}`, each with `prompts` prompts.
     pub async fn publish_jobs(&self, prefix: &str, n: usize, prompts: usize) {
+        let jobs: Vec<_> = (0..n)
+            .map(|i| self.job("acme", &format!("{prefix}-{i}"), prompts))
+            .collect();
+        self.publish_many(&jobs).await;
+    }
+
+    /// Publishes job messages in order on one channel as the `guest` user, waiting for every
+    /// confirm only at the end (so thousands go out in a moment).
+    pub async fn publish_many(&self, jobs: &[serde_json::Value]) {
         let conn = self.amqp().await;
-        for i in 0..n {
-            let job = self.job("acme", &format!("{prefix}-{i}"), prompts);
-            self.publish_raw(
-                &conn,
-                "batch.complete",
-                job.to_string().as_bytes(),
-                Some("guest"),
-            )
-            .await;
+        let ch = conn.create_channel().await.unwrap();
+        ragq::queue::topology::declare(&ch, &self.cfg.queue)
+            .await
+            .unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_user_id("guest".into());
+        let mut confirms = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let confirm = ch
+                .basic_publish(
+                    "ragq.jobs".into(),
+                    "batch.complete".into(),
+                    BasicPublishOptions::default(),
+                    job.to_string().as_bytes(),
+                    props.clone(),
+                )
+                .await
+                .unwrap();
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            assert!(confirm.await.unwrap().is_ack());
         }
         let _ = conn.close(200, "published".into()).await;
     }

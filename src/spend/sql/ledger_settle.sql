@@ -1,6 +1,8 @@
 -- Books answered calls in place of their intents: a row is inserted only if its intent was still
 -- there (not booked already, not expired into an estimate), and the intent goes. Totals advance by
--- trigger (ragq_advance_totals). Answers how many rows and which tenants.
+-- trigger (ragq_advance_totals). Answers how many rows and which tenants. The delete returns the
+-- rows to insert (joining two CTEs instead would be a nested loop: batch connections have no hash
+-- joins).
 WITH t AS (
   SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[],
     $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int[],
@@ -12,12 +14,12 @@ gone AS (
   DELETE FROM call_intents c USING t
   WHERE c.tenant_id = t.tenant_id AND c.job_id = t.job_id AND c.attempt = t.attempt
     AND c.call_index = t.call_index
-  RETURNING c.tenant_id, c.job_id, c.attempt, c.call_index),
+  RETURNING t.*),
 ins AS (
   INSERT INTO provider_calls (tenant_id, job_id, attempt, call_index, provider, model, feature,
     input_tokens, output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok,
     cost_micros, latency_ms, tags, occurred_at)
-  SELECT t.* FROM t JOIN gone USING (tenant_id, job_id, attempt, call_index)
+  SELECT * FROM gone
   ON CONFLICT DO NOTHING
   RETURNING tenant_id)
 SELECT count(*) AS "rows!", coalesce(array_agg(DISTINCT tenant_id), '{}'::text[]) AS "tenants!"

@@ -52,10 +52,7 @@ pub(super) async fn take_in(
     )
     .fetch_all(&mut **tx)
     .await?;
-    let taken: HashSet<(String, String)> = (rows.into_iter())
-        .filter(|r| r.taken)
-        .map(|r| (r.tenant_id, r.id))
-        .collect();
+    let taken: HashSet<(String, String)> = rows.into_iter().map(|r| (r.tenant_id, r.id)).collect();
     let mut answered = HashSet::new();
     Ok(requests
         .iter()
