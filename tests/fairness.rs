@@ -78,9 +78,15 @@ async fn weights_divide_the_workers_between_tenants_with_backlogs() {
     let env = TestEnv::with_sections("prefetch = 8", "[plans.gold]\nweight = 3\n").await;
     with_latency(&env, 20);
     tenants(&env, &["gold", "basic"]).await;
-    ragq::tenants::set_plan(&env.pool, &Actor::cli(), "gold", "gold")
+    ragq::tenants::set_plan(&env.pool, &Actor::cli(), &env.cfg.plans, "gold", "gold")
         .await
         .unwrap();
+    // The plan's weight is in the dispatch state at once, not from gold's next message.
+    assert_eq!(
+        env.count("SELECT weight::int8 FROM tenant_shares WHERE tenant_id = 'gold'")
+            .await,
+        3
+    );
     // Interleaved, so that both backlogs arrive together.
     let (g, b) = (jobs(&env, "gold", 600), jobs(&env, "basic", 600));
     let both: Vec<serde_json::Value> = g.into_iter().zip(b).flat_map(|(g, b)| [g, b]).collect();
@@ -120,7 +126,7 @@ async fn a_tenants_in_flight_cap_holds_without_failing_its_jobs() {
         max_in_flight: Some(Some(2)),
         ..Default::default()
     };
-    ragq::tenants::shares::set(&env.pool, &Actor::cli(), "capped", cap)
+    ragq::tenants::shares::set(&env.pool, &Actor::cli(), &env.cfg.plans, "capped", cap)
         .await
         .unwrap();
     let (c, f) = (jobs(&env, "capped", 40), jobs(&env, "free", 40));

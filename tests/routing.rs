@@ -160,9 +160,15 @@ async fn failover_on_500s_then_the_breaker_skips_the_failing_model_without_calli
 async fn a_plan_allow_list_restricts_its_tenants_models() {
     let (env, dear) = two_providers().await;
     // Before the worker starts: workers cache tenants (and their plans) for 30 s.
-    ragq::tenants::set_plan(&env.pool, &ragq::audit::Actor::cli(), "acme", "free")
-        .await
-        .unwrap();
+    ragq::tenants::set_plan(
+        &env.pool,
+        &ragq::audit::Actor::cli(),
+        &env.cfg.plans,
+        "acme",
+        "free",
+    )
+    .await
+    .unwrap();
     let (_stop, _worker) = env.start_worker();
     run_jobs(&env, "free", "best-first", 3).await;
     assert_eq!(models_used(&env, "free").await, vec!["sim-small"]);

@@ -405,11 +405,11 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
                 change.weight.is_some() || change.max_in_flight.is_some(),
                 "give --weight, --max-in-flight or both"
             );
-            ragq::tenants::shares::set(&pool, &Actor::cli(), &id, change).await?;
+            ragq::tenants::shares::set(&pool, &Actor::cli(), &cfg.plans, &id, change).await?;
             println!("tenant `{id}`: fair share set");
         }
         TenantCommand::Plan { id, plan } => {
-            ragq::tenants::set_plan(&pool, &Actor::cli(), &id, &plan).await?;
+            ragq::tenants::set_plan(&pool, &Actor::cli(), &cfg.plans, &id, &plan).await?;
             println!("tenant `{id}` is on plan `{plan}`");
         }
         TenantCommand::AlertWebhook { id, url } => {

@@ -190,12 +190,13 @@ async fn set_setting(
             .await?;
     let (plan, alert_url) = before.ok_or_else(|| TenantError::Unknown(id.to_string()))?;
     let (action, before, after) = match setting {
-        TenantSetting::Plan(new) => {
+        TenantSetting::Plan(new, plans) => {
             sqlx::query("UPDATE tenants SET plan = $2 WHERE id = $1")
                 .bind(id)
                 .bind(new)
                 .execute(&mut *tx)
                 .await?;
+            shares::write_current(&mut tx, plans, id).await?;
             (
                 "tenant.plan",
                 json!({ "plan": plan }),
@@ -228,15 +229,17 @@ async fn set_setting(
 }
 
 enum TenantSetting<'a> {
-    Plan(&'a str),
+    /// The new plan, and the plans (for the tenant's share under it).
+    Plan(&'a str, &'a plans::Plans),
     AlertWebhook(Option<&'a str>),
 }
 
 /// Moves a tenant to another plan (policies may restrict models per plan); workers see it within
-/// their tenant cache's lifetime (30 s).
+/// their tenant cache's lifetime (30 s), dispatch (the plan's weight and cap) at once.
 pub async fn set_plan(
     pool: &PgPool,
     actor: &Actor,
+    plans: &plans::Plans,
     id: &str,
     plan: &str,
 ) -> Result<(), TenantError> {
@@ -245,7 +248,7 @@ pub async fn set_plan(
             "plan `{plan}`: 1 to 64 characters"
         )));
     }
-    set_setting(pool, actor, id, TenantSetting::Plan(plan)).await
+    set_setting(pool, actor, id, TenantSetting::Plan(plan, plans)).await
 }
 
 /// Sets (or clears) the URL a tenant's budget alerts are POSTed to.

@@ -1,12 +1,13 @@
 //! A tenant's own fair-share settings: a weight and an in-flight cap overriding its plan's
 //! (`plans.<name>.weight`, `plans.<name>.max_in_flight`). Workers resolve the share of each job
-//! they take in ([`super::plans::Plans::share`]) and write it beside the tenant's dispatch state,
-//! so a change applies from the tenant's next message; this also writes it there at once.
+//! they take in ([`super::plans::Plans::share`]) and write it beside the tenant's dispatch state;
+//! a change here (or of the tenant's plan) is written there at once, so it applies from the next
+//! dispatch, not from the tenant's next message.
 
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-use super::plans::WEIGHTS;
+use super::plans::{Plans, WEIGHTS};
 use super::TenantError;
 use crate::audit::{self, Actor, Change};
 
@@ -21,6 +22,7 @@ pub struct ShareChange {
 pub async fn set(
     pool: &PgPool,
     actor: &Actor,
+    plans: &Plans,
     id: &str,
     change: ShareChange,
 ) -> Result<(), TenantError> {
@@ -54,17 +56,7 @@ pub async fn set(
         .bind(new_cap)
         .execute(&mut *tx)
         .await?;
-    // An override applies at once; clearing one waits for the plan's value from the next message.
-    sqlx::query(
-        "UPDATE tenant_shares SET weight = coalesce($2, weight), \
-           max_in_flight = CASE WHEN $3::int IS NOT NULL THEN $3 ELSE max_in_flight END \
-         WHERE tenant_id = $1",
-    )
-    .bind(id)
-    .bind(new_weight)
-    .bind(new_cap)
-    .execute(&mut *tx)
-    .await?;
+    write_current(&mut tx, plans, id).await?;
     let change = Change {
         action: "tenant.share",
         tenant: Some(id),
@@ -74,5 +66,31 @@ pub async fn set(
     };
     audit::record(&mut tx, actor, change).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Writes the tenant's share as it now resolves (its own settings, else its plan's) beside its
+/// dispatch state.
+pub(super) async fn write_current(
+    conn: &mut PgConnection,
+    plans: &Plans,
+    id: &str,
+) -> Result<(), sqlx::Error> {
+    let (plan, weight, cap): (String, Option<f64>, Option<i32>) =
+        sqlx::query_as("SELECT plan, share_weight, max_in_flight FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let share = plans.share(&plan, weight, cap.and_then(|c| u32::try_from(c).ok()));
+    sqlx::query("UPDATE tenant_shares SET weight = $2, max_in_flight = $3 WHERE tenant_id = $1")
+        .bind(id)
+        .bind(share.weight)
+        .bind(
+            share
+                .max_in_flight
+                .map(|c| i32::try_from(c).unwrap_or(i32::MAX)),
+        )
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }

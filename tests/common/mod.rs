@@ -316,20 +316,27 @@ impl TestEnv {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        let confirm = ch
-            .basic_publish(
-                "ragq.jobs".into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
-        let _ = ch.close(200, "done".into()).await;
+        // A nack is the broker saying it did not take the message (a quorum queue may under
+        // load): a publisher sends it again, as this does a few times.
+        for _ in 0..5 {
+            let confirm = ch
+                .basic_publish(
+                    "ragq.jobs".into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props.clone(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            if confirm.is_ack() {
+                let _ = ch.close(200, "done".into()).await;
+                return;
+            }
+        }
+        panic!("the broker refused the message five times");
     }
 
     /// A batch.complete job message for `tenant` with `n` prompts and this env's webhook receiver.
@@ -482,8 +489,17 @@ impl TestEnv {
                 .unwrap();
             confirms.push(confirm);
         }
-        for confirm in confirms {
-            assert!(confirm.await.unwrap().is_ack());
+        for (job, confirm) in jobs.iter().zip(confirms) {
+            if !confirm.await.unwrap().is_ack() {
+                // Refused (see `publish_with`): sent again on its own, confirmed.
+                self.publish_with(
+                    &conn,
+                    "batch.complete",
+                    job.to_string().as_bytes(),
+                    props.clone(),
+                )
+                .await;
+            }
         }
         let _ = conn.close(200, "published".into()).await;
     }

@@ -9,14 +9,14 @@ use lapin::options::BasicAckOptions;
 use tracing::Instrument;
 
 use ragq::jobs::{JobMessage, PoisonReason};
-use ragq::queue::dead_letters::{self, DeadLetter};
+use ragq::queue::dead_letters::DeadLetter;
 use ragq::queue::identity::{Origin, PUBLISHER_HEADER};
 use ragq::queue::publisher::PUBLISHED_MS_HEADER;
-use ragq::queue::topology::DEAD_LETTER_EXCHANGE;
 use ragq::queue::Publisher;
 use ragq::telemetry::traces::TRACEPARENT;
 use ragq::tenants::Tenant;
 
+use crate::dead_letter::Letter;
 use crate::error::JobError;
 use crate::settle::Disposition;
 use crate::WorkerContext;
@@ -74,26 +74,19 @@ async fn settle(
     let settled = match &disposition {
         Disposition::Ack => Ok(()),
         Disposition::DeadLetter(reason) => {
-            // Only the code: the details may quote the message (tenant content), and they travel
-            // with the dead letter in its `x-ragq-reason` header.
-            tracing::warn!(
-                reason = %dead_letters::reason_code(reason),
-                "dead-lettering message (details in its x-ragq-reason header)"
-            );
-            ragq::telemetry::metrics::dead_letter(reason);
-            let published = publisher
-                .publish_dead_letter(
-                    DEAD_LETTER_EXCHANGE,
-                    delivery.routing_key.as_str(),
-                    &delivery.data,
-                    reason,
-                    origin.header_value(),
-                )
-                .await;
-            if published.is_ok() {
-                record_dead_letter(ctx, &delivery, known.as_ref(), reason).await;
-            }
-            published
+            let count = DeadLetter {
+                tenant: known.as_ref().map(|k| k.0.as_str()),
+                kind: known.as_ref().map(|k| k.1),
+                reason,
+                message_id: (delivery.properties.message_id().as_ref()).map(|m| m.as_str()),
+            };
+            let letter = Letter {
+                routing_key: delivery.routing_key.as_str(),
+                body: &delivery.data,
+                publisher: origin.header_value(),
+                count,
+            };
+            crate::dead_letter::send(ctx, publisher, letter).await
         }
         Disposition::Abandon => return,
     };
@@ -163,29 +156,6 @@ fn queue_wait(delivery: &Delivery) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(
         now_ms.saturating_sub(published_ms),
     ))
-}
-
-/// Counts a dead letter in Postgres for the dashboard; the message itself is in the queue, so a
-/// failure here loses a chart point, not the message.
-async fn record_dead_letter(
-    ctx: &WorkerContext,
-    delivery: &Delivery,
-    known: Option<&(String, &'static str)>,
-    reason: &str,
-) {
-    let letter = DeadLetter {
-        tenant: known.map(|k| k.0.as_str()),
-        kind: known.map(|k| k.1),
-        reason,
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str()),
-    };
-    if let Err(e) = dead_letters::record(&ctx.pool, letter).await {
-        tracing::warn!(error = %e, "cannot count the dead letter for the dashboard");
-    }
 }
 
 /// A text header of the delivery.

@@ -25,7 +25,6 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use ragq::jobs::{JobMessage, Priority};
-use ragq::queue::topology::DEAD_LETTER_EXCHANGE;
 
 use crate::attempt::Attempt;
 use crate::commit::shares::{self, Deltas};
@@ -379,29 +378,23 @@ async fn fail(ctx: &WorkerContext, taken: &Taken, code: &str, message: &str) {
 /// Publishes the job, as ragq took it in, to the dead-letter queue with the reason. The job's
 /// failure is already committed, so a publish that fails loses only this copy.
 async fn dead_letter(ctx: &WorkerContext, job: &JobMessage, reason: &str) {
-    tracing::warn!(
-        reason = %ragq::queue::dead_letters::reason_code(reason),
-        "dead-lettering the job (details in its x-ragq-reason header)"
-    );
-    ragq::telemetry::metrics::dead_letter(reason);
     let publisher = ctx.publisher.read().ok().and_then(|p| p.clone());
     let (Some(publisher), Ok(body)) = (publisher, serde_json::to_vec(job)) else {
         tracing::warn!("no RabbitMQ connection to dead-letter the job; its failure is recorded");
         return;
     };
-    let sent = publisher
-        .publish_dead_letter(DEAD_LETTER_EXCHANGE, job.kind.as_str(), &body, reason, "")
-        .await;
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "cannot dead-letter the job; its failure is recorded");
-    }
-    let letter = ragq::queue::dead_letters::DeadLetter {
-        tenant: Some(&job.tenant),
-        kind: Some(job.kind.as_str()),
-        reason,
-        message_id: Some(&job.id),
+    let letter = crate::dead_letter::Letter {
+        routing_key: job.kind.as_str(),
+        body: &body,
+        publisher: "",
+        count: ragq::queue::dead_letters::DeadLetter {
+            tenant: Some(&job.tenant),
+            kind: Some(job.kind.as_str()),
+            reason,
+            message_id: Some(&job.id),
+        },
     };
-    if let Err(e) = ragq::queue::dead_letters::record(&ctx.pool, letter).await {
-        tracing::warn!(error = %e, "cannot count the dead letter for the dashboard");
+    if let Err(e) = crate::dead_letter::send(ctx, &publisher, letter).await {
+        tracing::warn!(error = %e, "cannot dead-letter the job; its failure is recorded");
     }
 }

@@ -19,6 +19,7 @@
 pub mod attempt;
 pub mod booking;
 pub mod commit;
+mod dead_letter;
 pub mod delivery;
 pub mod dispatch;
 pub mod error;
