@@ -309,6 +309,21 @@ impl TestEnv {
         body: &[u8],
         props: BasicProperties,
     ) {
+        let ch = self.confirming_channel(conn).await;
+        // A nack is the broker saying it did not take the message (a quorum queue may under
+        // load): a publisher sends it again, as this does a few times.
+        for _ in 0..5 {
+            let confirm = send(&ch, routing_key, body, props.clone()).await;
+            if confirm.await.unwrap().is_ack() {
+                let _ = ch.close(200, "done".into()).await;
+                return;
+            }
+        }
+        panic!("the broker refused the message five times");
+    }
+
+    /// A channel on `conn` with ragq's topology declared and publisher confirms on.
+    async fn confirming_channel(&self, conn: &Connection) -> lapin::Channel {
         let ch = conn.create_channel().await.unwrap();
         ragq::queue::topology::declare(&ch, &self.cfg.queue)
             .await
@@ -316,27 +331,7 @@ impl TestEnv {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        // A nack is the broker saying it did not take the message (a quorum queue may under
-        // load): a publisher sends it again, as this does a few times.
-        for _ in 0..5 {
-            let confirm = ch
-                .basic_publish(
-                    "ragq.jobs".into(),
-                    routing_key.into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    props.clone(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-            if confirm.is_ack() {
-                let _ = ch.close(200, "done".into()).await;
-                return;
-            }
-        }
-        panic!("the broker refused the message five times");
+        ch
     }
 
     /// A batch.complete job message for `tenant` with `n` prompts and this env's webhook receiver.
@@ -465,29 +460,14 @@ impl TestEnv {
     /// confirm only at the end (so thousands go out in a moment).
     pub async fn publish_many(&self, jobs: &[serde_json::Value]) {
         let conn = self.amqp().await;
-        let ch = conn.create_channel().await.unwrap();
-        ragq::queue::topology::declare(&ch, &self.cfg.queue)
-            .await
-            .unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let ch = self.confirming_channel(&conn).await;
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_user_id("guest".into());
         let mut confirms = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let confirm = ch
-                .basic_publish(
-                    "ragq.jobs".into(),
-                    "batch.complete".into(),
-                    BasicPublishOptions::default(),
-                    job.to_string().as_bytes(),
-                    props.clone(),
-                )
-                .await
-                .unwrap();
-            confirms.push(confirm);
+            let body = job.to_string();
+            confirms.push(send(&ch, "batch.complete", body.as_bytes(), props.clone()).await);
         }
         for (job, confirm) in jobs.iter().zip(confirms) {
             if !confirm.await.unwrap().is_ack() {
@@ -694,4 +674,22 @@ impl Drop for TestEnv {
             ))
             .output();
     }
+}
+
+/// Sends one message to `ragq.jobs`; the confirm it returns says whether the broker took it.
+async fn send(
+    ch: &lapin::Channel,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> lapin::PublisherConfirm {
+    ch.basic_publish(
+        "ragq.jobs".into(),
+        routing_key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap()
 }
