@@ -20,7 +20,7 @@ async fn a_write_only_tenant_user_publishes_and_reads_nothing() {
     let (stop, worker) = env.start_worker();
     topology_declared(&env).await;
     let job = env.job("acme", "by-tenant-user", 1);
-    publish_as(&env, &conn, &user, &job, FieldTable::default()).await;
+    publish_as(&conn, &user, &job, FieldTable::default()).await;
     env.wait_for_state("acme", "by-tenant-user", "succeeded", 60)
         .await;
 
@@ -74,7 +74,7 @@ async fn retries_keep_the_publisher_and_a_replayed_forgery_is_refused_again() {
     let (stop, worker) = env.start_worker();
     topology_declared(&env).await;
     let retried = env.job("globex", "retried", 1);
-    publish_as(&env, &conn, &user, &retried, FieldTable::default()).await;
+    publish_as(&conn, &user, &retried, FieldTable::default()).await;
     env.wait_for_state("globex", "retried", "succeeded", 60)
         .await;
     let attempts = env
@@ -88,7 +88,7 @@ async fn retries_keep_the_publisher_and_a_replayed_forgery_is_refused_again() {
     // globex's user names acme: dead-lettered. An operator replays the dead-letter queue with
     // ragq's own user (as a shovel would): the copy is refused again, as globex's user.
     let forged = env.job("acme", "forged", 1);
-    publish_as(&env, &conn, &user, &forged, FieldTable::default()).await;
+    publish_as(&conn, &user, &forged, FieldTable::default()).await;
     let admin = env.amqp().await;
     let first = dead_letter_with_reason(&env, &admin, "may not publish for tenant `acme`").await;
     let headers = first.properties.headers().clone().unwrap_or_default();
@@ -114,7 +114,7 @@ async fn retries_keep_the_publisher_and_a_replayed_forgery_is_refused_again() {
         "x-ragq-publisher".into(),
         AMQPValue::LongString(trusted.into()),
     );
-    publish_as(&env, &conn, &user, &env.job("acme", "claimed", 1), claimed).await;
+    publish_as(&conn, &user, &env.job("acme", "claimed", 1), claimed).await;
     dead_letter_with_reason(&env, &admin, "is set by ragq only").await;
     assert_eq!(
         env.count("SELECT count(*) FROM jobs WHERE id IN ('forged', 'claimed')")
@@ -170,19 +170,17 @@ async fn topology_declared(env: &TestEnv) {
     .await;
 }
 
-/// Publishes a job as `user` (RabbitMQ checks the user_id), confirmed.
-async fn publish_as(
-    env: &TestEnv,
-    conn: &Connection,
-    user: &str,
-    job: &serde_json::Value,
-    headers: FieldTable,
-) {
+/// Publishes a job as `user` (RabbitMQ checks the user_id), confirmed. The user may only write
+/// to the exchange, so nothing is declared.
+async fn publish_as(conn: &Connection, user: &str, job: &serde_json::Value, headers: FieldTable) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
     let props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_user_id(user.into())
         .with_headers(headers);
-    (env.publish_with(conn, "batch.complete", job.to_string().as_bytes(), props)).await;
+    common::publish_confirmed(&ch, "batch.complete", job.to_string().as_bytes(), props).await;
+    let _ = ch.close(200, "done".into()).await;
 }
 
 fn header(headers: &FieldTable, name: &str) -> Option<String> {

@@ -310,16 +310,8 @@ impl TestEnv {
         props: BasicProperties,
     ) {
         let ch = self.confirming_channel(conn).await;
-        // A nack is the broker saying it did not take the message (a quorum queue may under
-        // load): a publisher sends it again, as this does a few times.
-        for _ in 0..5 {
-            let confirm = send(&ch, routing_key, body, props.clone()).await;
-            if confirm.await.unwrap().is_ack() {
-                let _ = ch.close(200, "done".into()).await;
-                return;
-            }
-        }
-        panic!("the broker refused the message five times");
+        publish_confirmed(&ch, routing_key, body, props).await;
+        let _ = ch.close(200, "done".into()).await;
     }
 
     /// A channel on `conn` with ragq's topology declared and publisher confirms on.
@@ -692,4 +684,22 @@ async fn send(
     )
     .await
     .unwrap()
+}
+
+/// Publishes on a channel in confirm mode until the broker takes the message. A nack is the broker
+/// saying it did not (a quorum queue may under load): a publisher sends it again, as this does a
+/// few times.
+pub async fn publish_confirmed(
+    ch: &lapin::Channel,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    for _ in 0..5 {
+        let confirm = send(ch, routing_key, body, props.clone()).await;
+        if confirm.await.unwrap().is_ack() {
+            return;
+        }
+    }
+    panic!("the broker refused the message five times");
 }
