@@ -38,6 +38,13 @@ pub struct Share {
     pub max_in_flight: Option<u32>,
 }
 
+impl Share {
+    /// The cap as the `integer` columns hold it (a cap beyond their range is no cap in practice).
+    pub fn max_in_flight_column(&self) -> Option<i32> {
+        (self.max_in_flight).map(|c| i32::try_from(c).unwrap_or(i32::MAX))
+    }
+}
+
 /// The weights a plan or tenant may have: a ratio of 1,000,000 between the smallest and the
 /// largest is plenty, and keeps virtual times finite.
 pub const WEIGHTS: std::ops::RangeInclusive<f64> = 0.001..=1000.0;

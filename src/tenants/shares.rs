@@ -85,11 +85,7 @@ pub(super) async fn write_current(
     sqlx::query("UPDATE tenant_shares SET weight = $2, max_in_flight = $3 WHERE tenant_id = $1")
         .bind(id)
         .bind(share.weight)
-        .bind(
-            share
-                .max_in_flight
-                .map(|c| i32::try_from(c).unwrap_or(i32::MAX)),
-        )
+        .bind(share.max_in_flight_column())
         .execute(&mut *conn)
         .await?;
     Ok(())

@@ -463,14 +463,9 @@ impl TestEnv {
         }
         for (job, confirm) in jobs.iter().zip(confirms) {
             if !confirm.await.unwrap().is_ack() {
-                // Refused (see `publish_with`): sent again on its own, confirmed.
-                self.publish_with(
-                    &conn,
-                    "batch.complete",
-                    job.to_string().as_bytes(),
-                    props.clone(),
-                )
-                .await;
+                // Refused (see `publish_confirmed`): sent again, until it is taken.
+                let body = job.to_string();
+                publish_confirmed(&ch, "batch.complete", body.as_bytes(), props.clone()).await;
             }
         }
         let _ = conn.close(200, "published".into()).await;

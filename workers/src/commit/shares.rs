@@ -56,8 +56,7 @@ pub async fn apply(conn: &mut PgConnection, deltas: &Deltas) -> Result<(), sqlx:
     let queued: Vec<i64> = d.clone().map(|d| d.queued).collect();
     let weights: Vec<Option<f64>> = d.clone().map(|d| d.share.map(|s| s.weight)).collect();
     let caps: Vec<Option<i32>> = (d.clone())
-        .map(|d| d.share.and_then(|s| s.max_in_flight))
-        .map(|c| c.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+        .map(|d| d.share.and_then(|s| s.max_in_flight_column()))
         .collect();
     let ready: Vec<Option<DateTime<Utc>>> = d.clone().map(|d| d.ready_at).collect();
     let now: Vec<bool> = d.map(|d| d.ready_now).collect();
