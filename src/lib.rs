@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod cache;
 pub mod config;
 pub mod dashboard;
 pub mod db;

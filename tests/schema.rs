@@ -27,6 +27,24 @@ fn cases() -> Vec<(&'static str, Value)> {
             }),
         ),
         ("unknown field", with(&|v| v["priority"] = 1.into())),
+        (
+            "cache",
+            with(&|v| v["cache"] = json!({"mode": "semantic", "ttl_s": 60, "min_similarity": 0.9})),
+        ),
+        ("cache off", with(&|v| v["cache"] = json!({"mode": "off"}))),
+        (
+            "cache mode unknown",
+            with(&|v| v["cache"] = json!({"mode": "fuzzy"})),
+        ),
+        ("cache ttl 0", with(&|v| v["cache"] = json!({"ttl_s": 0}))),
+        (
+            "cache similarity over 1",
+            with(&|v| v["cache"] = json!({"min_similarity": 1.5})),
+        ),
+        (
+            "cache extra field",
+            with(&|v| v["cache"] = json!({"mode": "exact", "key": "x"})),
+        ),
         ("unknown kind", with(&|v| v["kind"] = "mine".into())),
         (
             "missing input",

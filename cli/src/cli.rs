@@ -83,6 +83,11 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// The response cache: purge a tenant's cached answers.
+    Cache {
+        #[command(subcommand)]
+        command: crate::commands::cache::CacheCommand,
+    },
     /// The audit log of administrative changes, newest first.
     Audit(crate::commands::audit::AuditArgs),
     /// Run the whole system on this machine and print what happened.
@@ -298,6 +303,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Secrets { command } => secrets(&cfg, command).await?,
         Command::Audit(args) => crate::commands::audit::run(&cfg, args).await?,
+        Command::Cache { command } => crate::commands::cache::run(&cfg, command).await?,
         Command::Demo(args) => crate::demo::run(args, cancel).await?,
         Command::Bench(args) => crate::bench::run(args, cancel).await?,
     }
@@ -363,8 +369,15 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> anyhow::Result<()> {
                 None => cfg.retention.keep_erased_ledger,
             };
             let store = ragq::retrieval::VectorStore::open(&cfg.retrieval.store)?;
-            let erased =
-                ragq::tenants::erasure::erase(&pool, &store, &Actor::cli(), &id, keep).await?;
+            let erased = ragq::tenants::erasure::erase(
+                &pool,
+                &store,
+                &Actor::cli(),
+                &id,
+                keep,
+                &cfg.cache.collection,
+            )
+            .await?;
             println!(
                 "tenant `{id}` erased; its ledger is {} as `{}`",
                 if keep { "kept" } else { "anonymized" },

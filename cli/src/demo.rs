@@ -5,7 +5,7 @@
 //! tenants, submits jobs over AMQP and HTTP (plus a few bad messages), waits for every webhook, and
 //! prints a summary read back from Postgres and the broker.
 
-use crate::demo_dashboard;
+use crate::{demo_cache, demo_dashboard};
 use ragq::telemetry::metrics::names;
 use ragq_tools::scrape::{sum, Sample};
 use std::time::{Duration, Instant};
@@ -294,7 +294,7 @@ async fn create_pipeline(
 }
 
 fn demo_config(urls: &StackUrls, sim_url: &str, api_port: u16) -> String {
-    ConfigFile::new("ragq demo", &urls.database, &urls.queue, &urls.vectors)
+    let file = ConfigFile::new("ragq demo", &urls.database, &urls.queue, &urls.vectors)
         .list("queue.retry_delays_ms", [500, 2000, 5000])
         .list("queue.trusted_publishers", [API_USER])
         .set("api.listen", format!("127.0.0.1:{api_port}"))
@@ -304,8 +304,8 @@ fn demo_config(urls: &StackUrls, sim_url: &str, api_port: u16) -> String {
         .set("retry.initial_interval_ms", 50)
         .set("retry.max_interval_ms", 1000)
         .set("retry.max_elapsed_ms", 5000)
-        .sim_catalog(sim_url)
-        .render()
+        .sim_catalog(sim_url);
+    demo_cache::policy(file).render()
 }
 
 /// Submits the demo's jobs and waits for every webhook; returns how many jobs were submitted.
@@ -342,7 +342,8 @@ async fn submit_and_wait(
         .publish_job("batch.complete", "globex-99", spoofed.as_bytes())
         .await?;
     ask_the_handbook(demo, &publisher, cancel).await?;
-    let expected = 2 * args.jobs + 1 + RAG_JOBS;
+    demo_cache::ask_the_faq(&demo.pool, &publisher, &jobs.hook, cancel).await?;
+    let expected = 2 * args.jobs + 1 + RAG_JOBS + demo_cache::JOBS;
     println!("submitted: {} jobs for acme over AMQP, {} for globex over HTTP, 1 doomed job, 2 bad messages", args.jobs + 1, args.jobs);
     wait_for_webhooks(demo, expected, cancel).await?;
     Ok(expected)
@@ -595,6 +596,7 @@ async fn print_summary(
         report::to_table(&dims, &report::query(&demo.pool, &q).await?)
     );
     print_retrieval(demo).await?;
+    demo_cache::print(&demo.pool).await?;
     print_webhooks(demo).await?;
     print_governance(demo).await?;
     println!("\n== dead-letter queue");
@@ -744,7 +746,7 @@ async fn check_promises(
     let mut broken = Vec::new();
     let runs = check_jobs(demo, args, &mut broken).await?;
     check_ledger(demo, answered, &mut broken).await?;
-    let finished = 2 * args.jobs + 1 + RAG_JOBS + usize::try_from(runs)?;
+    let finished = 2 * args.jobs + 1 + RAG_JOBS + demo_cache::JOBS + usize::try_from(runs)?;
     check_webhooks(demo, finished, &mut broken);
     if dead_letters != 2 {
         broken.push(format!("expected 2 dead letters, found {dead_letters}"));
@@ -765,7 +767,7 @@ async fn check_jobs(demo: &Demo, args: &DemoArgs, broken: &mut Vec<String>) -> a
     )
     .fetch_one(&demo.pool)
     .await?;
-    let expected = 2 * i64::try_from(args.jobs)? + i64::try_from(RAG_JOBS)?;
+    let expected = 2 * i64::try_from(args.jobs)? + i64::try_from(RAG_JOBS + demo_cache::JOBS)?;
     if (succeeded, failed, unfinished) != (expected, 1, 0) {
         broken.push(format!("expected {expected} succeeded, 1 failed, 0 unfinished; got {succeeded}, {failed}, {unfinished}"));
     }
@@ -783,13 +785,28 @@ async fn check_jobs(demo: &Demo, args: &DemoArgs, broken: &mut Vec<String>) -> a
     Ok(runs)
 }
 
-/// Each answered call booked exactly once (no process was killed, so none was lost), and each
-/// result reports the cost of its final attempt's calls as booked.
+/// Each answered call booked exactly once (no process was killed, so none was lost), the cache's
+/// hits booked beside them, and each result reports the cost of its final attempt's calls as
+/// booked.
 async fn check_ledger(demo: &Demo, answered: u64, broken: &mut Vec<String>) -> anyhow::Result<()> {
-    let booked = count(&demo.pool, "SELECT count(*) FROM provider_calls").await?;
+    let booked = count(
+        &demo.pool,
+        "SELECT count(*) FROM provider_calls WHERE cache_hit IS NULL",
+    )
+    .await?;
     if u64::try_from(booked)? != answered {
         broken.push(format!(
             "the provider answered {answered} calls but {booked} are booked"
+        ));
+    }
+    let hits = count(
+        &demo.pool,
+        "SELECT count(*) FROM provider_calls WHERE cache_hit IS NOT NULL AND cost_micros = 0",
+    )
+    .await?;
+    if hits < 3 {
+        broken.push(format!(
+            "expected the cache to answer at least 3 FAQ calls, it answered {hits}"
         ));
     }
     let mismatched = count(

@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod commands;
 mod demo;
+mod demo_cache;
 mod demo_dashboard;
 mod submit;
 

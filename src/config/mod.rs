@@ -58,6 +58,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// PII redaction policies and where they apply.
     pub redaction: crate::redaction::RedactionConfig,
+    /// The response cache: its defaults, bounds, and the policies' and plans' settings.
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// The validated parts `into_config` assembles beside the catalog, retrieval and plans.
@@ -66,6 +68,7 @@ type ConfigParts = (
     UrlPolicy,
     crate::keyring::Keyring,
     crate::redaction::RedactionConfig,
+    crate::cache::CacheConfig,
 );
 
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +158,7 @@ impl RawConfig {
             |p| self.policies.contains_key(p),
             &mut problems,
         );
+        let cache = cache_config(&self, catalog.as_ref(), retrieval.as_ref(), &mut problems);
         let operator_key = operator_key(self.api.operator_key_env.as_deref(), &mut problems);
         let secrets = keyring(&self.secrets, &mut problems);
         let redaction = crate::redaction::RedactionConfig::from_raw(&self.redaction, &mut problems);
@@ -173,7 +177,7 @@ impl RawConfig {
         };
         match (catalog, retrieval) {
             (Some(catalog), Some(retrieval)) if problems.is_empty() => {
-                let parts = (operator_key, url_policy, secrets, redaction);
+                let parts = (operator_key, url_policy, secrets, redaction, cache);
                 Ok(self.into_config(catalog, retrieval, plans, parts))
             }
             _ => Err(ConfigError::Invalid(problems)),
@@ -285,7 +289,7 @@ impl RawConfig {
         catalog: Catalog,
         retrieval: crate::retrieval::RetrievalConfig,
         plans: crate::tenants::plans::Plans,
-        (operator_key, url_policy, secrets, redaction): ConfigParts,
+        (operator_key, url_policy, secrets, redaction, cache): ConfigParts,
     ) -> Config {
         let ms = Duration::from_millis;
         let pipelines = crate::scheduler::pipeline::PipelineLimits {
@@ -380,6 +384,7 @@ impl RawConfig {
             plans,
             secrets,
             redaction,
+            cache,
             retention: RetentionConfig {
                 jobs: (self.retention.jobs_days > 0)
                     .then(|| Duration::from_secs(u64::from(self.retention.jobs_days) * 86_400)),
@@ -387,6 +392,37 @@ impl RawConfig {
             },
         }
     }
+}
+
+/// `[cache]`, with the cache settings of the policies and plans; a named embeddings model must be
+/// the catalog's.
+fn cache_config(
+    raw: &RawConfig,
+    catalog: Option<&Catalog>,
+    retrieval: Option<&crate::retrieval::RetrievalConfig>,
+    problems: &mut Vec<String>,
+) -> crate::cache::CacheConfig {
+    let levels = crate::cache::Levels {
+        policies: (raw.policies.iter())
+            .filter_map(|(name, p)| Some((name.clone(), p.cache?)))
+            .collect(),
+        plans: (raw.plans.iter())
+            .filter_map(|(name, p)| Some((name.clone(), p.cache?)))
+            .collect(),
+    };
+    if let (Some(name), Some(catalog)) = (&raw.cache.embedding_model, catalog) {
+        if catalog
+            .model(name)
+            .and_then(|m| m.embedding_dimensions)
+            .is_none()
+        {
+            problems.push(format!(
+                "cache.embedding_model: `{name}` is not an embeddings model of the catalog"
+            ));
+        }
+    }
+    let default_model = retrieval.and_then(|r| r.embedding_model.as_deref());
+    crate::cache::CacheConfig::from_raw(&raw.cache, levels, default_model, problems)
 }
 
 /// The keyring of `[secrets]`: the current key from `key_env` or `key_file` (not both), retired

@@ -35,6 +35,7 @@ pub struct RawConfig {
     pub secrets: RawSecrets,
     pub retention: RawRetention,
     pub redaction: crate::redaction::RawRedaction,
+    pub cache: crate::cache::RawCache,
 }
 
 /// How long tenant content is kept: a finished job's input, result and webhook payloads are
@@ -280,6 +281,7 @@ impl Default for RawConfig {
             secrets: RawSecrets::default(),
             retention: RawRetention::default(),
             redaction: Default::default(),
+            cache: Default::default(),
             providers: vec![RawProvider {
                 name: "sim".into(),
                 kind: "openai".into(),

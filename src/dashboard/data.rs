@@ -250,13 +250,16 @@ pub async fn spend_over_time(
         .await
 }
 
-/// Spend, tokens and calls per model over the window.
+/// Spend, tokens and calls per model over the window, and the calls the response cache answered
+/// (not in `calls`) with what they saved.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ModelSpend {
     pub model: String,
     pub calls: i64,
     pub tokens: i64,
     pub cost_micros: i64,
+    pub cache_hits: i64,
+    pub saved_micros: i64,
 }
 
 pub async fn spend_by_model(
@@ -266,13 +269,16 @@ pub async fn spend_by_model(
 ) -> Result<Vec<ModelSpend>, sqlx::Error> {
     let sql = if frame.step.num_days() >= 1 {
         "SELECT model, sum(calls)::int8 AS calls, sum(input_tokens + output_tokens)::int8 AS tokens, \
-                sum(cost_micros)::int8 AS cost_micros \
+                sum(cost_micros)::int8 AS cost_micros, sum(cache_hits)::int8 AS cache_hits, \
+                sum(saved_micros)::int8 AS saved_micros \
          FROM spend_daily \
          WHERE day >= ($1 AT TIME ZONE 'UTC')::date AND ($2::text IS NULL OR tenant_id = $2) \
          GROUP BY 1 ORDER BY 4 DESC"
     } else {
-        "SELECT model, count(*) AS calls, sum(input_tokens + output_tokens)::int8 AS tokens, \
-                sum(cost_micros)::int8 AS cost_micros \
+        "SELECT model, count(*) FILTER (WHERE cache_hit IS NULL) AS calls, \
+                sum(input_tokens + output_tokens)::int8 AS tokens, sum(cost_micros)::int8 AS cost_micros, \
+                count(*) FILTER (WHERE cache_hit IS NOT NULL) AS cache_hits, \
+                sum(saved_micros)::int8 AS saved_micros \
          FROM provider_calls WHERE occurred_at >= $1 AND ($2::text IS NULL OR tenant_id = $2) \
          GROUP BY 1 ORDER BY 4 DESC"
     };

@@ -346,6 +346,9 @@ fn spend_charts(
     dimensions.push(("model", |p| p.model.clone()));
     let total_micros: i64 = models.iter().map(|m| m.cost_micros).sum();
     let total_tokens: i64 = models.iter().map(|m| m.tokens).sum();
+    let hits: i64 = models.iter().map(|m| m.cache_hits).sum();
+    let saved_micros: i64 = models.iter().map(|m| m.saved_micros).sum();
+    let calls: i64 = models.iter().map(|m| m.calls).sum();
     let names: Vec<String> = models.iter().map(|m| m.model.clone()).collect();
     let dollars = Series {
         name: "spend".into(),
@@ -361,7 +364,9 @@ fn spend_charts(
     let mut out = format!(
         "<dl class=\"figures\"><dt>Spend</dt><dd id=\"spend-total\" data-micros=\"{total_micros}\">{}</dd>\
          <dt>Cost per finished job</dt><dd id=\"cost-per-job\">{}</dd>\
-         <dt>$ per 1K tokens</dt><dd id=\"cost-per-1k\">{}</dd></dl>",
+         <dt>$ per 1K tokens</dt><dd id=\"cost-per-1k\">{}</dd>\
+         <dt>Cache hit rate</dt><dd id=\"cache-hit-rate\" data-hits=\"{hits}\">{}</dd>\
+         <dt>Saved by the cache</dt><dd id=\"cache-saved\" data-micros=\"{saved_micros}\">{}</dd></dl>",
         Unit::Dollars.format(total_micros as f64 / 1e6),
         if finished_jobs > 0 {
             Unit::Dollars.format(total_micros as f64 / 1e6 / finished_jobs as f64)
@@ -369,6 +374,12 @@ fn spend_charts(
             "–".into()
         },
         Unit::Dollars.format(per_thousand(total_micros, total_tokens)),
+        if calls + hits > 0 {
+            Unit::Percent.format(100.0 * hits as f64 / (calls + hits) as f64)
+        } else {
+            "–".into()
+        },
+        Unit::Dollars.format(saved_micros as f64 / 1e6),
     );
     for (by, key) in dimensions {
         let series = spend_series(frame, spend, key);
@@ -382,6 +393,15 @@ fn spend_charts(
         "spend-model",
         "Spend by model",
         &svg::bars("spend by model", Unit::Dollars, &names, &[dollars]),
+    ));
+    let saved = Series {
+        name: "saved".into(),
+        values: models.iter().map(|m| m.saved_micros as f64 / 1e6).collect(),
+    };
+    out.push_str(&figure(
+        "cache-saved-model",
+        "Saved by the response cache, by model",
+        &svg::bars("saved by model", Unit::Dollars, &names, &[saved]),
     ));
     out.push_str(&figure(
         "unit-cost",

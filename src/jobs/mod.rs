@@ -61,6 +61,9 @@ pub struct JobMessage {
     /// `bulk` ones; tenants are served by their weights whatever their jobs' priorities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
+    /// The response cache for this job's calls, over its policy's and plan's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::CacheRequest>,
 }
 
 /// A job's priority within its tenant.
@@ -233,6 +236,9 @@ impl JobMessage {
             if v.len() > MAX_TAG_LEN || v.contains('\0') {
                 return Err(format!("tags.{k}: at most {MAX_TAG_LEN} bytes, no NUL"));
             }
+        }
+        if let Some(cache) = &self.cache {
+            cache.check("cache")?;
         }
         if contains_nul(&self.input) {
             return Err("input: strings must not contain NUL characters".into());

@@ -61,6 +61,8 @@ pub struct CandidateTrace {
 pub struct Routed {
     pub primary: Result<RoutedCall, RouteError>,
     pub shadow: Option<ShadowCall>,
+    /// The embeddings call a semantic cache lookup made before the call (booked with it).
+    pub cache_lookup: Option<EmbeddedCall>,
 }
 
 /// An answered call: the provider's response, the model that gave it, its price and its latency.
@@ -109,6 +111,8 @@ pub type EmbeddedCall = Answered<EmbeddingResponse>;
 pub struct RoutedCall {
     pub answer: Answered<ChatResponse>,
     pub trace: Vec<CandidateTrace>,
+    /// Set when the response cache answered (the answer then reports no billed tokens).
+    pub cache: Option<crate::cache::CacheHit>,
 }
 
 /// Who a call is for: the tenant's plan (policies may restrict models per plan) and, after a budget
@@ -236,6 +240,7 @@ impl Router {
             return Routed {
                 primary: primary.await,
                 shadow: None,
+                cache_lookup: None,
             };
         };
         let copy = ChatRequest {
@@ -243,7 +248,11 @@ impl Router {
             ..request.clone()
         };
         let (primary, shadow) = tokio::join!(primary, self.shadow_call(model, client, &copy));
-        Routed { primary, shadow }
+        Routed {
+            primary,
+            shadow,
+            cache_lookup: None,
+        }
     }
 
     /// The shadow model for this call, if the policy has one and the call falls in its share.
@@ -474,7 +483,11 @@ impl Router {
                         byok,
                         ..Answered::new(model, response, latency)
                     };
-                    return Ok(RoutedCall { answer, trace });
+                    return Ok(RoutedCall {
+                        answer,
+                        trace,
+                        cache: None,
+                    });
                 }
                 Err(e) => {
                     any_retryable |= e.is_retryable();

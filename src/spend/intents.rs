@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::money::Usage;
 
 use super::ledger::Booked;
-use super::{LedgerEntry, Price, SHADOW_CALL_OFFSET};
+use super::{LedgerEntry, Price, CACHE_EMBED_OFFSET, SHADOW_CALL_OFFSET};
 
 /// A provider call, keyed by the attempt that makes it, on one model at one price. Before it is
 /// sent it is an intent, at its worst case (what an estimate needs if it is ever booked; the job's
@@ -103,9 +103,15 @@ pub async fn expire(pool: &sqlx::PgPool, ttl: Duration) -> Result<Booked, sqlx::
     let refs: Vec<&str> = tenants.iter().map(String::as_str).collect();
     super::budget::lock_in_order(&mut tx, &refs).await?;
     let shadow_from = i32::try_from(SHADOW_CALL_OFFSET).unwrap_or(i32::MAX);
-    let r = sqlx::query_file!("src/spend/sql/intents_expire.sql", ttl_ms, shadow_from)
-        .fetch_one(&mut *tx)
-        .await?;
+    let cache_from = i32::try_from(CACHE_EMBED_OFFSET).unwrap_or(i32::MAX);
+    let r = sqlx::query_file!(
+        "src/spend/sql/intents_expire.sql",
+        ttl_ms,
+        shadow_from,
+        cache_from
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let booked = Booked::new(r.rows, r.tenants);
     let refs: Vec<&str> = booked.tenants.iter().map(String::as_str).collect();
     super::budget::fire_alerts(&mut tx, &refs).await?;

@@ -23,7 +23,7 @@ pub struct Booked {
     pub tenants: Vec<String>,
 }
 
-/// Runs a booking statement (a `.sql` file taking the ledger columns as arrays $1..$15 and
+/// Runs a booking statement (a `.sql` file taking the ledger columns as arrays $1..$17 and
 /// answering `rows` and `tenants`) over `rows`.
 macro_rules! book {
     ($file:literal, $conn:expr, $rows:expr) => {{
@@ -45,6 +45,8 @@ macro_rules! book {
             &c.latency_ms,
             &c.tags as &[&serde_json::Value],
             &c.occurred_at,
+            &c.cache_hit as &[Option<&str>],
+            &c.saved_micros,
         )
         .fetch_one(&mut *$conn)
         .await?;
@@ -75,6 +77,18 @@ pub async fn settle(
     Ok(book!("src/spend/sql/ledger_settle.sql", conn, rows))
 }
 
+/// Books calls answered from the response cache (see `ledger_hits.sql`): removes any intent
+/// the claim recorded for them, and inserts each once.
+pub async fn book_hits(
+    conn: &mut sqlx::PgConnection,
+    rows: &[&LedgerEntry],
+) -> Result<Booked, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Booked::default());
+    }
+    Ok(book!("src/spend/sql/ledger_hits.sql", conn, rows))
+}
+
 impl Booked {
     pub(super) fn new(rows: i64, tenants: Vec<String>) -> Self {
         Self {
@@ -101,6 +115,8 @@ struct Columns<'a> {
     latency_ms: Vec<i32>,
     tags: Vec<&'a serde_json::Value>,
     occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
+    cache_hit: Vec<Option<&'static str>>,
+    saved_micros: Vec<i64>,
 }
 
 impl<'a> Columns<'a> {
@@ -122,6 +138,12 @@ impl<'a> Columns<'a> {
             latency_ms: rows.iter().map(|r| r.latency_ms).collect(),
             tags: rows.iter().map(|r| &r.tags).collect(),
             occurred_at: rows.iter().map(|r| r.call.occurred_at).collect(),
+            cache_hit: (rows.iter())
+                .map(|r| r.cache.map(|c| c.hit.as_str()))
+                .collect(),
+            saved_micros: (rows.iter())
+                .map(|r| r.cache.map_or(0, |c| c.saved_micros))
+                .collect(),
         }
     }
 }

@@ -23,6 +23,10 @@ pub use intents::CallIntent;
 /// `shadow`.
 pub const SHADOW_CALL_OFFSET: usize = 1_000_000;
 
+/// Call indexes of the embeddings calls semantic cache lookups make start here (the lookup for
+/// call `i` is `CACHE_EMBED_OFFSET + i`); their rows are tagged `cache_lookup`.
+pub const CACHE_EMBED_OFFSET: usize = 2_000_000;
+
 /// One provider call, as booked in `provider_calls`: the call (its key, model, tokens as the
 /// provider reported them, price and time) and what booking adds. Unique by (tenant, job, attempt,
 /// call index), so writing it again after a crash or retry is a no-op; `occurred_at` is fixed when
@@ -36,6 +40,16 @@ pub struct LedgerEntry {
     pub cost_micros: i64,
     pub latency_ms: i32,
     pub tags: serde_json::Value,
+    /// Set when the call was answered from the response cache (cost 0, no tokens billed).
+    pub cache: Option<CachedCall>,
+}
+
+/// What the ledger records of a call answered from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CachedCall {
+    pub hit: crate::cache::HitKind,
+    /// What the call would have cost.
+    pub saved_micros: i64,
 }
 
 /// Budget enforcement and ledger upkeep.

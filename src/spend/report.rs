@@ -75,11 +75,28 @@ pub struct ReportRow {
     pub cost_micros: i64,
     /// Micro-dollars per 1,000 tokens, rounded half up; 0 when there were no tokens.
     pub cost_per_1k_tokens_micros: i64,
+    /// Calls answered from the response cache (not in `calls`), and what they saved.
+    pub cache_hits: i64,
+    pub saved_micros: i64,
 }
 
-/// Group keys, calls, input tokens, output tokens, cost (sums are NULL over no rows).
+impl ReportRow {
+    /// The share of the group's calls the cache answered.
+    pub fn cache_hit_rate(&self) -> f64 {
+        let all = self.calls + self.cache_hits;
+        if all <= 0 {
+            return 0.0;
+        }
+        (self.cache_hits as f64 / all as f64 * 10_000.0).round() / 10_000.0
+    }
+}
+
+/// Group keys, then the sums of calls, input tokens, output tokens, cost, cache hits and savings
+/// (NULL over no rows).
 type RawRow = (
     Vec<String>,
+    Option<i64>,
+    Option<i64>,
     Option<i64>,
     Option<i64>,
     Option<i64>,
@@ -92,7 +109,8 @@ pub async fn query(pool: &PgPool, q: &ReportQuery) -> Result<Vec<ReportRow>, sql
     for d in &q.group_by {
         keys.push(d.column());
     }
-    sql.push("]::text[], sum(calls)::int8, sum(input_tokens)::int8, sum(output_tokens)::int8, sum(cost_micros)::int8 FROM spend_daily WHERE true");
+    sql.push("]::text[], sum(calls)::int8, sum(input_tokens)::int8, sum(output_tokens)::int8, sum(cost_micros)::int8, \
+              sum(cache_hits)::int8, sum(saved_micros)::int8 FROM spend_daily WHERE true");
     if let Some(t) = &q.tenant {
         sql.push(" AND tenant_id = ").push_bind(t);
     }
@@ -114,7 +132,7 @@ pub async fn query(pool: &PgPool, q: &ReportQuery) -> Result<Vec<ReportRow>, sql
     Ok(rows
         .into_iter()
         .filter(|r| r.1.is_some())
-        .map(|(keys, calls, input, output, cost)| {
+        .map(|(keys, calls, input, output, cost, hits, saved)| {
             let (input, output, cost) =
                 (input.unwrap_or(0), output.unwrap_or(0), cost.unwrap_or(0));
             ReportRow {
@@ -124,6 +142,8 @@ pub async fn query(pool: &PgPool, q: &ReportQuery) -> Result<Vec<ReportRow>, sql
                 output_tokens: output,
                 cost_micros: cost,
                 cost_per_1k_tokens_micros: per_1k(cost, input + output),
+                cache_hits: hits.unwrap_or(0),
+                saved_micros: saved.unwrap_or(0),
             }
         })
         .collect())
@@ -146,6 +166,9 @@ fn header(dims: &[Dimension]) -> Vec<&'static str> {
         "output_tokens",
         "cost_usd",
         "cost_per_1k_tokens_usd",
+        "cache_hits",
+        "saved_usd",
+        "cache_hit_rate",
     ]);
     h
 }
@@ -160,6 +183,9 @@ fn cells(row: &ReportRow) -> Vec<String> {
         usd(row.cost_per_1k_tokens_micros)
             .trim_start_matches('$')
             .to_string(),
+        row.cache_hits.to_string(),
+        usd(row.saved_micros).trim_start_matches('$').to_string(),
+        format!("{:.4}", row.cache_hit_rate()),
     ]);
     c
 }
@@ -209,6 +235,12 @@ pub struct SpendRow {
     pub cost_micros: i64,
     /// Micro-dollars per 1,000 tokens, rounded half up; 0 without tokens.
     pub cost_per_1k_tokens_micros: i64,
+    /// Calls answered from the response cache (at cost 0, not counted in `calls`).
+    pub cache_hits: i64,
+    /// What those calls would have cost, in micro-dollars.
+    pub saved_micros: i64,
+    /// cache_hits / (calls + cache_hits).
+    pub cache_hit_rate: f64,
 }
 
 /// The rows as [`SpendRow`]s.
@@ -221,6 +253,9 @@ pub fn to_rows(dims: &[Dimension], rows: &[ReportRow]) -> Vec<SpendRow> {
                 output_tokens: r.output_tokens,
                 cost_micros: r.cost_micros,
                 cost_per_1k_tokens_micros: r.cost_per_1k_tokens_micros,
+                cache_hits: r.cache_hits,
+                saved_micros: r.saved_micros,
+                cache_hit_rate: r.cache_hit_rate(),
                 ..SpendRow::default()
             };
             for (d, k) in dims.iter().zip(&r.keys) {
@@ -292,6 +327,8 @@ mod tests {
             output_tokens: output,
             cost_micros: cost,
             cost_per_1k_tokens_micros: per_1k(cost, input + output),
+            cache_hits: 0,
+            saved_micros: 0,
         }
     }
 
@@ -308,7 +345,7 @@ mod tests {
         let csv = to_csv(&[Dimension::Feature], &[row(&["a,b"], 1_500_000, 1000, 0)]);
         assert_eq!(
             csv,
-            "feature,calls,input_tokens,output_tokens,cost_usd,cost_per_1k_tokens_usd\n\"a,b\",1,1000,0,1.500000,1.500000\n"
+            "feature,calls,input_tokens,output_tokens,cost_usd,cost_per_1k_tokens_usd,cache_hits,saved_usd,cache_hit_rate\n\"a,b\",1,1000,0,1.500000,1.500000,0,0.000000,0.0000\n"
         );
     }
 

@@ -45,9 +45,11 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "ragq_http_requests_total";
     pub const PII_FOUND: &str = "ragq_pii_found_total";
     pub const DISPATCH_WAIT: &str = "ragq_dispatch_wait_seconds";
+    pub const CACHE_LOOKUPS: &str = "ragq_cache_lookups_total";
+    pub const CACHE_SAVED: &str = "ragq_cache_saved_micros_total";
 
     /// Every name above.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 25] = [
         GEN_AI_DURATION,
         GEN_AI_TOKENS,
         JOBS,
@@ -71,6 +73,8 @@ pub mod names {
         HTTP_REQUESTS,
         PII_FOUND,
         DISPATCH_WAIT,
+        CACHE_LOOKUPS,
+        CACHE_SAVED,
     ];
 }
 
@@ -410,6 +414,11 @@ struct BudgetLeft {
 
 /// Money booked to the ledger, in micro-dollars.
 pub fn spend(tenant: &str, feature: &str, model: &str, micros: i64) {
+    micros_by_tenant(names::SPEND, tenant, feature, model, micros);
+}
+
+/// Adds `micros` to family `name`'s series of (tenant, feature, model).
+fn micros_by_tenant(name: &'static str, tenant: &str, feature: &str, model: &str, micros: i64) {
     if !recording() {
         return;
     }
@@ -421,7 +430,21 @@ pub fn spend(tenant: &str, feature: &str, model: &str, micros: i64) {
         ("feature", feature_label(feature)),
         ("model", model.to_string()),
     ];
-    counter!(names::SPEND, &labels).increment(micros);
+    counter!(name, &labels).increment(micros);
+}
+
+/// One response cache lookup: `exact` or `semantic`, and whether it `hit`, `miss`ed or failed
+/// (`error`: the call went to a provider).
+pub fn cache_lookup(mode: &'static str, outcome: &'static str) {
+    if !recording() {
+        return;
+    }
+    counter!(names::CACHE_LOOKUPS, "mode" => mode, "outcome" => outcome).increment(1);
+}
+
+/// What a call answered from the cache saved: its cost at the answering model's price.
+pub fn cache_saved(tenant: &str, feature: &str, model: &str, micros: i64) {
+    micros_by_tenant(names::CACHE_SAVED, tenant, feature, model, micros);
 }
 
 /// One webhook attempt: `delivered`, `failed` (to be retried) or `exhausted` (no attempts left).

@@ -33,13 +33,15 @@ pub enum ErasureError {
     Db(#[from] sqlx::Error),
 }
 
-/// Erases `tenant`.
+/// Erases `tenant`, with its cached prompts' vectors in `cache_collection` (its cache entries
+/// go with its other rows).
 pub async fn erase(
     pool: &PgPool,
     store: &VectorStore,
     actor: &Actor,
     tenant: &str,
     keep_ledger: bool,
+    cache_collection: &str,
 ) -> Result<Erased, ErasureError> {
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
         .bind(tenant)
@@ -54,7 +56,10 @@ pub async fn erase(
     .bind(tenant)
     .execute(pool)
     .await?;
-    let collections = collections(pool, tenant).await?;
+    let mut collections = collections(pool, tenant).await?;
+    if !collections.iter().any(|c| c == cache_collection) {
+        collections.push(cache_collection.to_string());
+    }
     for collection in &collections {
         store.erase_tenant(collection, tenant).await?;
     }

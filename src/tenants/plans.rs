@@ -28,6 +28,9 @@ pub struct RawPlan {
     /// Most jobs of one of its tenants running at once (default: no cap).
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    /// The response cache for its tenants' calls (see [`crate::cache`]).
+    #[serde(default)]
+    pub cache: Option<crate::cache::CacheRequest>,
 }
 
 /// A tenant's claim on the workers: its weight against other tenants with work, and how many of

@@ -31,12 +31,12 @@ claimed AS (
     holder = $1
   FROM picked p WHERE j.tenant_id = p.tenant_id AND j.id = p.id
   RETURNING j.tenant_id, j.id, j.kind, j.policy, j.input, j.tags, j.webhook_url, j.attempts,
-    j.priority, j.traceparent, j.redaction, j.created_at),
+    j.priority, j.traceparent, j.redaction, j.cache, j.created_at),
 counted AS (SELECT tenant_id, count(*) AS n FROM claimed GROUP BY tenant_id),
 moved AS (
   UPDATE tenant_shares s SET queued = greatest(0, s.queued - c.n), vtime = s.vtime + c.n / s.weight
   FROM counted c WHERE s.tenant_id = c.tenant_id)
 SELECT tenant_id AS "tenant_id!", id AS "id!", kind AS "kind!", policy AS "policy!",
   input AS "input!", tags AS "tags!", webhook_url, attempts AS "attempts!", priority AS "priority!",
-  traceparent, redaction, created_at AS "created_at!"
+  traceparent, redaction, cache, created_at AS "created_at!"
 FROM claimed

@@ -45,7 +45,7 @@ pub async fn process<H: JobHandler>(ctx: &WorkerContext, run: Attempt) -> Option
     let input = H::input(&job);
     let job = Arc::new(job);
     let policy = ctx.retry_policy();
-    let (admitted, first_calls) = admit::<H>(ctx, &job, attempt, &input)
+    let (admitted, first_calls) = admit::<H>(ctx, &job, attempt, &input, &tenant.plan)
         .instrument(tracing::info_span!("claim"))
         .await;
     let admission = match settle::on_admit(admitted) {
@@ -76,6 +76,7 @@ pub async fn process<H: JobHandler>(ctx: &WorkerContext, run: Attempt) -> Option
                     own_keys: own_keys.as_ref(),
                 },
                 vectors: &ctx.vectors,
+                cache: &ctx.cache,
                 declared_calls: first_calls,
             };
             match &redaction {
@@ -184,12 +185,13 @@ async fn admit<H: JobHandler>(
     job: &Arc<JobMessage>,
     attempt: i32,
     input: &Result<H::Input, String>,
+    plan: &str,
 ) -> (Result<Admit, CommitError>, usize) {
     let env = ctx.env();
     let of = AttemptOf { job, attempt };
     let (estimate, first_calls) = match input {
         Ok(input) => (
-            H::estimate(env, job, input),
+            with_cache_lookups(ctx, job, plan, H::estimate(env, job, input)),
             H::claim_intents(env, of, input),
         ),
         Err(_) => (Estimate::default(), ClaimIntents::default()),
@@ -201,6 +203,36 @@ async fn admit<H: JobHandler>(
         intents: first_calls.intents,
     };
     (ctx.commits.admit(request).await, first_calls.calls)
+}
+
+/// The estimate with the embeddings calls of semantic cache lookups, if the job makes them: each
+/// embeds a prompt, whose tokens the estimate already bounds, so its tokens bound theirs.
+fn with_cache_lookups(
+    ctx: &WorkerContext,
+    job: &JobMessage,
+    plan: &str,
+    estimate: Estimate,
+) -> Estimate {
+    let cache = &ctx.cfg.cache;
+    let semantic =
+        (cache.settings(job.cache.as_ref(), &job.policy, Some(plan))).is_some_and(|s| s.semantic);
+    let price = (cache.embedding_model.as_deref())
+        .and_then(|m| ctx.router.model(m))
+        .map(|m| m.price);
+    let Some(price) = price.filter(|_| semantic) else {
+        return estimate;
+    };
+    let tokens = u64::try_from(estimate.tokens).unwrap_or(0);
+    let cost = price.cost_micros(ragq::providers::Usage {
+        input_tokens: tokens,
+        output_tokens: 0,
+    });
+    estimate.plus(&Estimate {
+        max_micros: cost,
+        min_micros: cost,
+        tokens: estimate.tokens,
+        calls: estimate.calls,
+    })
 }
 
 /// Runs the handler; a panic becomes [`JobError::Panicked`], so its delivery is settled like any

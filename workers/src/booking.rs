@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
+use ragq::cache::CacheHit;
 use ragq::jobs::JobMessage;
 use ragq::providers::embeddings::EmbeddingRequest;
 use ragq::providers::{ChatRequest, Metered, Usage};
 use ragq::routing::catalog::ModelSpec;
 use ragq::routing::{Answered, Router};
 use ragq::spend::intents::CallIntent;
-use ragq::spend::{LedgerEntry, Price, SHADOW_CALL_OFFSET};
+use ragq::spend::{CachedCall, LedgerEntry, Price, CACHE_EMBED_OFFSET, SHADOW_CALL_OFFSET};
 
 /// One attempt of a job: what its ledger rows and intents are keyed by. The claim builds intents
 /// with attempt 0 and numbers them once it knows the attempt.
@@ -95,16 +96,17 @@ impl AttemptOf<'_> {
     /// (`byok_cost_micros`); unless `bill_byok`, the operator books it at cost 0, so budgets,
     /// reports and reconciliation with the operator's provider invoices leave it out.
     pub fn entry(&self, call_index: usize, call: &BookedCall<'_>, bill_byok: bool) -> LedgerEntry {
-        let mut tags = serde_json::to_value(&self.job.tags).unwrap_or_default();
         let list_cost = call.price.cost_micros(call.usage);
-        if let Some(t) = tags.as_object_mut() {
-            if call_index >= SHADOW_CALL_OFFSET {
-                t.insert("shadow".into(), "true".into());
-            }
-            if call.byok {
-                t.insert("byok".into(), "true".into());
-                t.insert("byok_cost_micros".into(), list_cost.to_string().into());
-            }
+        let mut tags = Vec::new();
+        if (SHADOW_CALL_OFFSET..CACHE_EMBED_OFFSET).contains(&call_index) {
+            tags.push(("shadow", "true".to_string()));
+        }
+        if call_index >= CACHE_EMBED_OFFSET {
+            tags.push(("cache_lookup", "true".to_string()));
+        }
+        if call.byok {
+            tags.push(("byok", "true".to_string()));
+            tags.push(("byok_cost_micros", list_cost.to_string()));
         }
         let cost_micros = if call.byok && !bill_byok {
             0
@@ -122,8 +124,52 @@ impl AttemptOf<'_> {
             feature: self.job.feature().to_string(),
             cost_micros,
             latency_ms: i32::try_from(call.latency.as_millis()).unwrap_or(i32::MAX),
-            tags,
+            tags: self.tags(tags),
+            cache: None,
         }
+    }
+
+    /// The ledger row of call `call_index`, answered from the cache by `answer` (the model that
+    /// gave the cached answer, at its price now): no tokens, cost 0, tagged `cache_hit` and
+    /// `cache_entry`, and what it saved.
+    pub fn hit_entry(
+        &self,
+        call_index: usize,
+        answer: &BookedCall<'_>,
+        hit: &CacheHit,
+    ) -> LedgerEntry {
+        let tags = vec![
+            ("cache_hit", hit.hit.as_str().to_string()),
+            ("cache_entry", hit.entry_id.to_string()),
+        ];
+        LedgerEntry {
+            call: self.call(
+                call_index,
+                answer.provider,
+                answer.model,
+                Usage::default(),
+                answer.price,
+            ),
+            feature: self.job.feature().to_string(),
+            cost_micros: 0,
+            latency_ms: i32::try_from(answer.latency.as_millis()).unwrap_or(i32::MAX),
+            tags: self.tags(tags),
+            cache: Some(CachedCall {
+                hit: hit.hit,
+                saved_micros: hit.saved_micros,
+            }),
+        }
+    }
+
+    /// The job's tags with a row's own.
+    fn tags(&self, own: Vec<(&str, String)>) -> serde_json::Value {
+        let mut tags = serde_json::to_value(&self.job.tags).unwrap_or_default();
+        if let Some(t) = tags.as_object_mut() {
+            for (k, v) in own {
+                t.insert(k.into(), v.into());
+            }
+        }
+        tags
     }
 }
 

@@ -53,6 +53,7 @@ struct Taken {
     priority: i16,
     traceparent: Option<String>,
     redaction: Option<serde_json::Value>,
+    cache: Option<serde_json::Value>,
     created_at: DateTime<Utc>,
 }
 
@@ -178,7 +179,7 @@ async fn connection<'c>(
 ) -> Result<&'c mut PgConnection, sqlx::Error> {
     Ok(match held {
         Some(c) => c,
-        None => held.insert(crate::commit::connect_for_batches(&ctx.pool).await?),
+        None => held.insert(ragq::db::connect_for_batches(&ctx.pool).await?),
     })
 }
 
@@ -345,6 +346,8 @@ async fn attempt_of(ctx: &WorkerContext, taken: Taken) -> Option<Attempt> {
         input: taken.input,
         tags,
         priority: Priority::from_rank(taken.priority),
+        // Checked at intake; a value this build cannot read leaves the job to its policy and plan.
+        cache: taken.cache.and_then(|c| serde_json::from_value(c).ok()),
     };
     if taken.attempts == 1 {
         let waited = (Utc::now() - taken.created_at).to_std().unwrap_or_default();

@@ -10,17 +10,19 @@ use std::future::Future;
 
 use serde_json::Value;
 
+use ragq::cache::ResponseCache;
 use ragq::config::Config;
 use ragq::jobs::{JobKind, JobMessage};
 use ragq::providers::embeddings::EmbeddingRequest;
 use ragq::providers::ChatRequest;
 use ragq::retrieval::VectorStore;
-use ragq::routing::{CallScope, EmbeddedCall, Routed, Router};
+use ragq::routing::{CallScope, EmbeddedCall, Routed, RoutedCall, Router};
 use ragq::spend::budget::Estimate;
 use ragq::spend::intents::CallIntent;
 use ragq::spend::SHADOW_CALL_OFFSET;
 
 use crate::booking::{AttemptOf, BookedCall};
+use crate::caching::{self, Lookup};
 use crate::commit::CommitHandle;
 use crate::error::JobError;
 
@@ -80,6 +82,8 @@ pub struct JobContext<'a> {
     /// The tenant's plan and, after a budget downgrade, the per-call cost cap.
     pub scope: CallScope<'a>,
     pub vectors: &'a VectorStore,
+    /// The response cache, for the calls the job's settings cache.
+    pub cache: &'a ResponseCache,
     /// Calls `0..declared_calls` (and their shadow copies) had their intents recorded with the
     /// claim, so they are sent without a commit of their own.
     pub declared_calls: usize,
@@ -98,7 +102,22 @@ impl JobContext<'_> {
     /// for its shadow copy, if the policy may make one) before the request is sent, unless the
     /// claim recorded them, and the answers are booked in their place. A shadow copy is booked
     /// whatever happened to the primary call: its spend is real.
+    ///
+    /// If the job caches its calls, the cache answers first: a hit is booked at cost 0 and
+    /// returned with no provider call (and no shadow copy); a provider's answer to a miss is stored.
     pub async fn chat(&self, index: usize, request: &ChatRequest) -> Result<Routed, JobError> {
+        let (probe, cache_lookup) = match caching::look_up(self, index, request).await {
+            Lookup::Hit(call, cache_lookup) => {
+                self.book_hit(index, &call).await?;
+                return Ok(Routed {
+                    primary: Ok(call),
+                    shadow: None,
+                    cache_lookup,
+                });
+            }
+            Lookup::Miss(probe, cache_lookup) => (Some(probe), cache_lookup),
+            Lookup::Off => (None, None),
+        };
         if index >= self.declared_calls {
             let shadow = self.scope.cost_cap_micros.is_none();
             let intents = self
@@ -107,16 +126,39 @@ impl JobContext<'_> {
             self.commits.intend(intents).await?;
         }
         let shadow_id = Some(self.call_id(SHADOW_CALL_OFFSET + index));
-        let routed = (self.env.router)
-            .chat(&self.job.policy, request, self.scope, shadow_id)
-            .await;
+        let routed = Routed {
+            cache_lookup,
+            ..(self.env.router)
+                .chat(&self.job.policy, request, self.scope, shadow_id)
+                .await
+        };
         if let Some(s) = &routed.shadow {
             self.book(SHADOW_CALL_OFFSET + index, &s.into()).await?;
         }
         if let Ok(call) = &routed.primary {
             self.book(index, &(&call.answer).into()).await?;
+            if let Some(probe) = probe {
+                caching::remember(self, probe, call).await;
+            }
         }
         Ok(routed)
+    }
+
+    /// Books call `index`, answered from the cache, in place of any intent the claim recorded.
+    async fn book_hit(&self, index: usize, call: &RoutedCall) -> Result<(), JobError> {
+        let Some(hit) = &call.cache else {
+            return Ok(());
+        };
+        let entry = self.of().hit_entry(index, &(&call.answer).into(), hit);
+        self.commits.book(entry).await?;
+        let (tenant, feature) = (&self.job.tenant, self.job.feature());
+        ragq::telemetry::metrics::cache_saved(
+            tenant,
+            feature,
+            &call.answer.model,
+            hit.saved_micros,
+        );
+        Ok(())
     }
 
     /// Makes embeddings call `index` on `model`, booked like [`Self::chat`].

@@ -18,6 +18,7 @@
 
 pub mod attempt;
 pub mod booking;
+mod caching;
 pub mod commit;
 mod dead_letter;
 pub mod delivery;
@@ -55,6 +56,7 @@ pub struct WorkerContext {
     intakes: CommitHandle,
     webhooks: mpsc::Sender<PendingDelivery>,
     vectors: VectorStore,
+    cache: ragq::cache::ResponseCache,
     pool: sqlx::PgPool,
     /// Finished attempts for the dashboard, written with the router's call stats.
     job_stats: std::sync::Arc<ragq::telemetry::stats::JobStats>,

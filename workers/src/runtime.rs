@@ -63,9 +63,17 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     ));
     let worker_id = format!("worker-{}", uuid::Uuid::new_v4().simple());
     let (vectors, site) = crate::placement::open(&cfg.retrieval.store, &worker_id).await?;
+    let cache = ragq::cache::ResponseCache::start(cfg.cache.clone(), pool.clone(), vectors.clone());
+    let cache_task = tokio::spawn(ragq::cache::upkeep::run(
+        pool.clone(),
+        vectors.clone(),
+        cfg.cache.clone(),
+        upkeep_cancel.clone(),
+    ));
     let ctx = Arc::new(WorkerContext {
         own_amqp_user: ragq::queue::url_user(&cfg.queue.url),
         router,
+        cache,
         vectors,
         cfg,
         tenants,
@@ -123,6 +131,7 @@ pub async fn run(cfg: Config, pool: PgPool, cancel: CancellationToken) -> anyhow
     let _ = hook_task.await;
     upkeep_cancel.cancel();
     let _ = upkeep_task.await;
+    let _ = cache_task.await;
     share_cancel.cancel();
     let _ = share_task.await;
     stats_cancel.cancel();

@@ -99,7 +99,7 @@ async fn one_run(
         receiver,
         mut stack,
         ..
-    } = setup(args, cancel, bench_config).await?;
+    } = setup(args, cancel, &bench_config).await?;
     let hook = receiver.url();
     let bulk_bodies = bodies(&hook, "bulk", bulk, |_| BULK.to_string());
     let small_bodies = bodies(&hook, "small", small, |i| {

@@ -71,7 +71,7 @@ pub async fn run(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Result
         receiver,
         mut stack,
         bodies,
-    } = setup(args, cancel, fault_config).await?;
+    } = setup(args, cancel, &fault_config).await?;
     let conn = publish(args, &stack, &bodies, cancel).await?;
     let _ = conn.close(200, "published".into()).await;
     let (faults, unfinished_at_last_fault) =

@@ -37,7 +37,7 @@ pub async fn run(args: &BenchArgs, rate: f64, cancel: &CancellationToken) -> any
         receiver,
         mut stack,
         bodies,
-    } = setup(args, cancel, bench_config).await?;
+    } = setup(args, cancel, &bench_config).await?;
     let mut pids = Vec::new();
     for _ in 0..args.workers {
         pids.push(stack.spawn("worker", &[])?);

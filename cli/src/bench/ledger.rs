@@ -158,6 +158,7 @@ fn entry(writer: usize, seq: usize) -> LedgerEntry {
         cost_micros: price.cost_micros(usage),
         latency_ms: 5,
         tags: serde_json::json!({}),
+        cache: None,
     }
 }
 

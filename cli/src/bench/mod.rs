@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+mod cache;
 mod dashboard;
 mod fairness;
 mod faults;
@@ -97,6 +98,10 @@ pub struct BenchArgs {
     pub small_jobs: usize,
     #[arg(long, default_value_t = 20.0)]
     pub small_rate: f64,
+    /// The response cache off, exact and semantic, back to back, on a workload where 30% of
+    /// prompts repeat and 20% are paraphrases: cost per 1,000 jobs, provider calls, latency, CPU.
+    #[arg(long)]
+    pub cache: bool,
     /// Instead of the job path, benchmark the spend ledger with this many rows of history.
     #[arg(long)]
     pub ledger_rows: Option<i64>,
@@ -209,6 +214,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     if args.fairness {
         return fairness::run(&args, &cancel).await;
     }
+    if args.cache {
+        return cache::run(&args, &cancel).await;
+    }
     if let Some(rate) = args.rate {
         return latency::run(&args, rate, &cancel).await;
     }
@@ -222,21 +230,44 @@ async fn run_load(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Resul
         args.jobs > 0 && args.workers > 0 && args.tenants > 0 && args.prompts > 0,
         "--jobs, --workers, --tenants and --prompts must be positive"
     );
+    let mut setup = setup(args, cancel, &bench_config).await?;
+    let report = drain(args, &mut setup, cancel).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    cancel.cancel();
+    anyhow::ensure!(
+        report.correctness.ok,
+        "correctness check failed: {:?}",
+        report.correctness
+    );
+    Ok(())
+}
+
+/// Publishes the setup's jobs, lets the workers drain them and reports (the broker baseline
+/// too, unless `--no-baseline`).
+async fn drain(
+    args: &BenchArgs,
+    setup: &mut Setup,
+    cancel: &CancellationToken,
+) -> anyhow::Result<BenchReport> {
     let Setup {
         sim,
         receiver,
-        mut stack,
+        stack,
         bodies,
-    } = setup(args, cancel, bench_config).await?;
+    } = setup;
     let message_bytes = bodies.first().map_or(0, |b| b.body.len());
-    let conn = publish(args, &stack, &bodies, cancel).await?;
+    let conn = publish(args, stack, bodies, cancel).await?;
 
     say(args, format_args!("starting {} workers", args.workers));
     let mut pids = Vec::new();
     for _ in 0..args.workers {
         pids.push(stack.spawn("worker", &[])?);
     }
-    let waited = wait_for_webhooks(&receiver, args.jobs, cancel).await;
+    let waited = wait_for_webhooks(receiver, args.jobs, cancel).await;
     let usage: Vec<(f64, u64)> = pids
         .iter()
         .map(|p| process_usage(*p).unwrap_or((0.0, 0)))
@@ -265,31 +296,20 @@ async fn run_load(args: &BenchArgs, cancel: &CancellationToken) -> anyhow::Resul
                 bodies.len()
             ),
         );
-        Some(broker_baseline(&conn, &bodies, args.prefetch).await?)
+        Some(broker_baseline(&conn, bodies, args.prefetch).await?)
     };
     let _ = conn.close(200, "bench done".into()).await;
-    let report = report(
-        &stack,
+    let answers = sim.counts().1;
+    report(
+        stack,
         args,
-        &receiver,
-        sim.counts().1,
+        receiver,
+        answers,
         usage,
         message_bytes,
         baseline,
     )
-    .await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    cancel.cancel();
-    anyhow::ensure!(
-        report.correctness.ok,
-        "correctness check failed: {:?}",
-        report.correctness
-    );
-    Ok(())
+    .await
 }
 
 async fn run_ledger(args: &BenchArgs, rows: i64) -> anyhow::Result<()> {
@@ -357,7 +377,7 @@ pub struct JobBody {
 async fn setup(
     args: &BenchArgs,
     cancel: &CancellationToken,
-    config: fn(&StackUrls, &str, u16) -> String,
+    config: &dyn Fn(&StackUrls, &str, u16) -> String,
 ) -> anyhow::Result<Setup> {
     let sim_options = SimOptions {
         latency_ms: args.latency_ms,
@@ -470,6 +490,11 @@ fn vectors_dir() -> String {
 }
 
 fn bench_config(urls: &StackUrls, sim_url: &str, prefetch: u16) -> String {
+    bench_file(urls, sim_url, prefetch).render()
+}
+
+/// The load run's configuration, before rendering.
+fn bench_file(urls: &StackUrls, sim_url: &str, prefetch: u16) -> ConfigFile {
     ConfigFile::new("ragq bench", &urls.database, &urls.queue, &vectors_dir())
         .set("database.max_connections", 8)
         .set("queue.prefetch", i64::from(prefetch))
@@ -477,7 +502,6 @@ fn bench_config(urls: &StackUrls, sim_url: &str, prefetch: u16) -> String {
         .set("worker.commit_batch_max", 512)
         .set("webhooks.concurrency", 128)
         .sim_catalog(sim_url)
-        .render()
 }
 
 /// Creates the tenants, trusted by the receiver.
@@ -719,10 +743,18 @@ async fn correctness(
     .bind(args.prompts as i64)
     .fetch_one(&stack.pool)
     .await?;
+    // Calls the response cache answered (booked, no provider answer), and the embeddings calls
+    // semantic lookups made (booked, answered).
+    let (hits, lookups): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE cache_hit IS NOT NULL), count(*) FILTER (WHERE tags ? 'cache_lookup') \
+         FROM provider_calls",
+    )
+    .fetch_one(&stack.pool)
+    .await?;
     let ok = succeeded == jobs
         && not_succeeded == 0
-        && ledger_rows == calls
-        && provider_answers == calls as u64
+        && ledger_rows == calls + lookups
+        && provider_answers == (ledger_rows - hits) as u64
         && hooks.len() == args.jobs
         && distinct == args.jobs
         && unverified == 0

@@ -1,7 +1,8 @@
 //! Operator subcommands over the platform's stores: pipelines, budgets, spend reports, API keys
-//! and the audit log.
+//! the response cache and the audit log.
 
 pub mod audit;
+pub mod cache;
 pub mod keys;
 pub mod pipeline;
 pub mod spend;

@@ -85,6 +85,9 @@ pub struct RawPolicy {
     /// Weighted split of which model is tried first.
     #[serde(default)]
     pub ab: Vec<RawAbArm>,
+    /// The response cache for the policy's calls (see [`crate::cache`]).
+    #[serde(default)]
+    pub cache: Option<crate::cache::CacheRequest>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +140,7 @@ impl RawPolicy {
             plans: BTreeMap::new(),
             shadow: None,
             ab: Vec::new(),
+            cache: None,
         }
     }
 }

@@ -6,10 +6,10 @@
 WITH t AS (
   SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[],
     $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int[],
-    $14::jsonb[], $15::timestamptz[])
+    $14::jsonb[], $15::timestamptz[], $16::text[], $17::int8[])
     AS t(tenant_id, job_id, attempt, call_index, provider, model, feature, input_tokens,
       output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok, cost_micros,
-      latency_ms, tags, occurred_at)),
+      latency_ms, tags, occurred_at, cache_hit, saved_micros)),
 gone AS (
   DELETE FROM call_intents c USING t
   WHERE c.tenant_id = t.tenant_id AND c.job_id = t.job_id AND c.attempt = t.attempt
@@ -18,7 +18,7 @@ gone AS (
 ins AS (
   INSERT INTO provider_calls (tenant_id, job_id, attempt, call_index, provider, model, feature,
     input_tokens, output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok,
-    cost_micros, latency_ms, tags, occurred_at)
+    cost_micros, latency_ms, tags, occurred_at, cache_hit, saved_micros)
   SELECT * FROM gone
   ON CONFLICT DO NOTHING
   RETURNING tenant_id)

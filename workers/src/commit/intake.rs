@@ -37,6 +37,9 @@ pub(super) async fn take_in(
         .collect();
     let traceparents: Vec<Option<&str>> = unique.iter().map(|r| r.traceparent.as_deref()).collect();
     let redactions: Vec<Option<&Value>> = unique.iter().map(|r| r.redaction.as_ref()).collect();
+    let caches: Vec<Option<Value>> = (unique.iter())
+        .map(|r| r.job.cache.and_then(|c| serde_json::to_value(c).ok()))
+        .collect();
     let rows = sqlx::query_file!(
         "sql/intake.sql",
         &text(|r| &r.job.tenant) as &[&str],
@@ -49,6 +52,7 @@ pub(super) async fn take_in(
         &priorities,
         &traceparents as &[Option<&str>],
         &redactions as &[Option<&Value>],
+        &caches as &[Option<Value>],
     )
     .fetch_all(&mut **tx)
     .await?;

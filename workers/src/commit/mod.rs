@@ -17,7 +17,7 @@ pub mod shares;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{Acquire, ConnectOptions, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -134,6 +134,7 @@ enum Op {
     Admit(AdmitRequest, Reply<Admit>),
     Intend(Vec<CallIntent>, Reply<()>),
     Ledger(LedgerEntry),
+    CacheStore(ragq::cache::store::Entry),
     Finish(Outcome, Reply<FinishResult>),
     WebhookAttempt(AttemptRecord),
 }
@@ -151,6 +152,7 @@ impl std::fmt::Debug for Op {
             Op::Admit(r, _) => write!(f, "Admit({}#{})", r.job.id, r.attempt),
             Op::Intend(e, _) => write!(f, "Intend({} calls)", e.len()),
             Op::Ledger(e) => write!(f, "Ledger({}#{})", e.call.job_id, e.call.call_index),
+            Op::CacheStore(e) => write!(f, "CacheStore({})", e.id),
             Op::Finish(o, _) => write!(f, "Finish({})", o.job_id),
             Op::WebhookAttempt(r) => write!(f, "WebhookAttempt({}#{})", r.delivery_id, r.attempt),
         }
@@ -182,6 +184,12 @@ impl CommitHandle {
     /// after it.
     pub async fn book(&self, entry: LedgerEntry) -> Result<(), CommitError> {
         self.tx.send(Op::Ledger(entry)).await.map_err(|_| gone())
+    }
+
+    /// Queues a response cache entry; it commits with the batch it lands in (whole, or not at
+    /// all). Losing it costs a later miss, nothing more.
+    pub async fn remember(&self, entry: ragq::cache::store::Entry) {
+        let _ = self.tx.send(Op::CacheStore(entry)).await;
     }
 
     pub async fn finish(&self, outcome: Outcome) -> Result<FinishResult, CommitError> {
@@ -284,7 +292,7 @@ impl GroupCommit {
     }
 
     async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
-        connect_for_batches(&self.pool).await
+        ragq::db::connect_for_batches(&self.pool).await
     }
 
     async fn write(&self, ops: &[Op], conn: &mut PgConnection) -> Result<Answers, sqlx::Error> {
@@ -292,6 +300,8 @@ impl GroupCommit {
         let mut admits = Vec::new();
         let mut intents = Vec::new();
         let mut ledger = Vec::new();
+        let mut hits = Vec::new();
+        let mut cached = Vec::new();
         let mut outcomes = Vec::new();
         let mut hook_attempts = Vec::new();
         for op in ops {
@@ -299,7 +309,9 @@ impl GroupCommit {
                 Op::Intake(r, _) => intakes.push(r),
                 Op::Admit(r, _) => admits.push(r),
                 Op::Intend(e, _) => intents.extend(e),
+                Op::Ledger(e) if e.cache.is_some() => hits.push(e),
                 Op::Ledger(e) => ledger.push(e),
+                Op::CacheStore(e) => cached.push(e),
                 Op::Finish(o, _) => outcomes.push(o),
                 Op::WebhookAttempt(r) => hook_attempts.push(r),
             }
@@ -326,6 +338,9 @@ impl GroupCommit {
                 .collect();
             budget::fire_alerts(&mut tx, &alerting).await?;
         }
+        // Hits cost nothing and count against no budget: no alert can follow from them.
+        spend::ledger::book_hits(&mut tx, &hits).await?;
+        ragq::cache::store::insert(&mut tx, &cached).await?;
         let admit_answers =
             admit::admit(&mut tx, &admits, &has_budget, self.reservation_ttl).await?;
         // The batch's intents in one statement: those running attempts asked for, and those of the
@@ -387,7 +402,7 @@ fn answer(ops: Vec<Op>, answers: Answers) {
             Op::Intend(_, reply) => {
                 let _ = reply.send(Ok(()));
             }
-            Op::Ledger(_) | Op::WebhookAttempt(_) => {}
+            Op::Ledger(_) | Op::CacheStore(_) | Op::WebhookAttempt(_) => {}
         }
     }
 }
@@ -410,27 +425,14 @@ fn fail(ops: Vec<Op>, error: CommitError) {
             Op::Ledger(entry) => {
                 tracing::error!(tenant = %entry.call.tenant_id, job = %entry.call.job_id, attempt = entry.call.attempt, call = entry.call.call_index, cost_micros = entry.cost_micros, "ledger row not written");
             }
+            Op::CacheStore(e) => {
+                tracing::warn!(entry = %e.id, "response cache entry not stored");
+            }
             Op::WebhookAttempt(r) => {
                 tracing::warn!(delivery = %r.delivery_id, attempt = r.attempt, "webhook attempt not recorded; the delivery is sent again after its lease");
             }
         }
     }
-}
-
-/// Opens a connection for statements that look rows up by key for a batch of keys (the group
-/// commit's, the dispatcher's), with the pool's settings. For a batch probing the primary key is
-/// the right plan; without statistics (a young table, before autovacuum analyzes it) the planner
-/// picked hash joins that scanned all of `jobs` for every batch (886 scans of 25 million rows in a
-/// 60,000-job run; a dispatch did the same), so these connections do without hash and merge joins.
-/// Nor do they compile plans: a big table's estimates put a dispatch over `jit_above_cost`, and
-/// compiling took 40 ms of a statement that runs in 1.
-pub async fn connect_for_batches(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
-    let options = (*pool.connect_options()).clone().options([
-        ("enable_hashjoin", "off"),
-        ("enable_mergejoin", "off"),
-        ("jit", "off"),
-    ]);
-    options.connect().await
 }
 
 /// Errors worth retrying the same batch for: the connection, not the data.

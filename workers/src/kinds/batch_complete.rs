@@ -183,20 +183,30 @@ async fn answer(
         json!({"model": s.model, "usage": s.response.usage, "cost_micros": s.cost_micros(),
                "latency_ms": s.latency.as_millis() as u64})
     });
+    let lookup_cost = routed.cache_lookup.as_ref().map_or(0, |l| l.cost_micros());
     let call = routed.primary?;
     let answer = &call.answer;
     let own = answer.cost_micros();
-    Ok(json!({
+    let mut completion = json!({
         "index": index,
         "content": answer.response.content,
         "model": answer.model,
         "provider": answer.provider,
         "usage": answer.response.usage,
-        // This prompt's cost: its answer's, plus its shadow copy's if there was one.
-        "cost_micros": own + shadow_cost,
+        // This prompt's cost: its answer's, plus its shadow copy's and its semantic cache
+        // lookup's if there were.
+        "cost_micros": own + shadow_cost + lookup_cost,
         "routing": call.trace,
         "shadow": shadow,
-    }))
+    });
+    if let Some(hit) = &call.cache {
+        completion["cache"] = json!(hit);
+    }
+    if let Some(l) = &routed.cache_lookup {
+        completion["cache_lookup"] =
+            json!({"model": l.model, "usage": l.response.usage, "cost_micros": lookup_cost});
+    }
+    Ok(completion)
 }
 
 #[cfg(test)]

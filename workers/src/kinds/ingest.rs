@@ -11,7 +11,7 @@ use tracing::Instrument;
 use ragq::jobs::{Document, IngestInput, JobKind, JobMessage};
 use ragq::providers::{EmbeddingRequest, Usage};
 use ragq::retrieval::chunk::{self, ChunkSpec};
-use ragq::retrieval::{check_collection_name, ChunkPoint, RetrievalConfig};
+use ragq::retrieval::{ChunkPoint, RetrievalConfig};
 use ragq::spend::budget::Estimate;
 use ragq::spend::Price;
 
@@ -75,7 +75,6 @@ pub fn estimate(input: &IngestInput, spec: ChunkSpec, price: Price, batch: usize
 
 /// The job's content rules, each broken one named.
 pub fn check(input: &IngestInput, cfg: &RetrievalConfig) -> Result<(), JobError> {
-    check_collection_name(&input.collection).map_err(|e| JobError::invalid(e.to_string()))?;
     if input.documents.is_empty() && input.delete.is_empty() {
         return Err(JobError::invalid(
             "input: give documents to index or ids to delete",
@@ -118,6 +117,7 @@ pub fn check(input: &IngestInput, cfg: &RetrievalConfig) -> Result<(), JobError>
 
 async fn index(ctx: &JobContext<'_>, input: IngestInput) -> Result<Value, JobError> {
     let cfg = &ctx.env.cfg.retrieval;
+    super::check_collection(&input.collection, ctx.env.cfg)?;
     check(&input, cfg)?;
     let store = ctx.vectors;
     let texts: Vec<(usize, chunk::TextChunk<'_>)> = input

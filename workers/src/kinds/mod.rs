@@ -5,6 +5,7 @@ pub mod batch_complete;
 pub mod ingest;
 pub mod rag_answer;
 
+use ragq::config::Config;
 use ragq::jobs::JobKind;
 
 use crate::attempt::{self, Attempt};
@@ -19,6 +20,18 @@ pub(crate) async fn process(ctx: &WorkerContext, run: Attempt) -> Option<String>
         JobKind::Ingest => attempt::process::<ingest::Ingest>(ctx, run).await,
         JobKind::RagAnswer => attempt::process::<rag_answer::RagAnswer>(ctx, run).await,
     }
+}
+
+/// A collection a job names: a valid name, and not the response cache's own.
+pub(crate) fn check_collection(name: &str, cfg: &Config) -> Result<(), crate::JobError> {
+    ragq::retrieval::check_collection_name(name)
+        .map_err(|e| crate::JobError::invalid(e.to_string()))?;
+    if name == cfg.cache.collection {
+        return Err(crate::JobError::invalid(format!(
+            "collection `{name}` is reserved for the response cache"
+        )));
+    }
+    Ok(())
 }
 
 /// Every kind, and whether it uses the vector store.

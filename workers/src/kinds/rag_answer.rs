@@ -14,7 +14,7 @@ use tracing::Instrument;
 use ragq::jobs::{JobKind, JobMessage, RagAnswerInput};
 use ragq::providers::embeddings::EmbeddingRequest;
 use ragq::providers::{ChatMessage, ChatRequest, Usage};
-use ragq::retrieval::{check_collection_name, check_filter, Hit, PromptTemplate, SearchQuery};
+use ragq::retrieval::{check_filter, Hit, PromptTemplate, SearchQuery};
 use ragq::spend::budget::Estimate;
 use ragq::spend::Price;
 use ragq::tokens::{self, MESSAGE_OVERHEAD_TOKENS};
@@ -168,6 +168,10 @@ async fn answer(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, Jo
     };
     let routed = ctx.chat(ANSWER_CALL, &request).await?;
     cost_micros += routed.shadow.as_ref().map_or(0, |s| s.cost_micros());
+    if let Some(lookup) = &routed.cache_lookup {
+        usage.input_tokens += lookup.response.usage.input_tokens;
+        cost_micros += lookup.cost_micros();
+    }
     let call = routed.primary?;
     let model_done = Instant::now();
     let answer = &call.answer;
@@ -179,7 +183,7 @@ async fn answer(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, Jo
         .enumerate()
         .map(|(i, h)| json!({"n": i + 1, "document_id": h.document_id, "chunk_index": h.chunk_index, "score": h.score}))
         .collect();
-    Ok(json!({
+    let mut result = json!({
         "answer": answer.response.content,
         "citations": citations,
         "chunks_found": found.hits.len(),
@@ -190,7 +194,11 @@ async fn answer(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, Jo
         "prompt_tokens_counted": prompt.tokens,
         "timings_ms": timings(model_done),
         "routing": call.trace,
-    }))
+    });
+    if let Some(hit) = &call.cache {
+        result["cache"] = json!(hit);
+    }
+    Ok(result)
 }
 
 /// The template, the answer's `max_tokens`, and the room the prompt has: the policy's smallest
@@ -275,7 +283,7 @@ async fn retrieve(
 /// The job's content rules; returns the top-k to search for.
 fn check(input: &RagAnswerInput, ctx: &JobContext<'_>) -> Result<usize, JobError> {
     let cfg = &ctx.env.cfg.retrieval;
-    check_collection_name(&input.collection).map_err(|e| JobError::invalid(e.to_string()))?;
+    super::check_collection(&input.collection, ctx.env.cfg)?;
     check_filter(&input.filter).map_err(|e| JobError::invalid(e.to_string()))?;
     if input.question.trim().is_empty() {
         return Err(JobError::invalid("input.question is empty"));
