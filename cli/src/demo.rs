@@ -198,7 +198,12 @@ async fn print_metrics(
         (
             "provider calls answered",
             total(names::PROVIDER_CALLS, &[("outcome", "ok")]),
-            count("SELECT count(*) FROM provider_calls").await?,
+            count("SELECT count(*) FROM provider_calls WHERE cache_hit IS NULL").await?,
+        ),
+        (
+            "calls the cache answered",
+            total(names::CACHE_LOOKUPS, &[("outcome", "hit")]),
+            count("SELECT count(*) FROM provider_calls WHERE cache_hit IS NOT NULL").await?,
         ),
         (
             "spend, micro-dollars",
@@ -752,7 +757,7 @@ async fn check_promises(
         broken.push(format!("expected 2 dead letters, found {dead_letters}"));
     }
     if broken.is_empty() {
-        println!("\n== checks\nall passed: every job and pipeline run finished once, every answered call booked once, results equal the ledger, every webhook verified, each budget alert fired once, both bad messages dead-lettered");
+        println!("\n== checks\nall passed: every job and pipeline run finished once, every answered call booked once, cache hits booked at cost 0, results equal the ledger, every webhook verified, each budget alert fired once, both bad messages dead-lettered");
         Ok(())
     } else {
         anyhow::bail!("demo checks failed:\n  - {}", broken.join("\n  - "))

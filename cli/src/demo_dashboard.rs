@@ -99,7 +99,7 @@ async fn wait_for_stats(pool: &PgPool) -> anyhow::Result<()> {
             "SELECT (SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'failed')), \
                     (SELECT coalesce(sum(jobs), 0)::bigint FROM job_stats \
                      WHERE tenant_id = '*' AND outcome <> 'retried'), \
-                    (SELECT count(*) FROM provider_calls), \
+                    (SELECT count(*) FROM provider_calls WHERE cache_hit IS NULL), \
                     (SELECT coalesce(sum(calls), 0)::bigint FROM provider_stats WHERE outcome = 'ok')",
         )
         .fetch_one(pool)
