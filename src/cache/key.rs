@@ -1,8 +1,9 @@
 //! What identifies a cached answer: a hash of the normalized request.
 //!
 //! The key covers everything that can change the answer or the model chosen for it: the tenant
-//! (so no key of one tenant can equal another's), the routing policy and the tenant's plan (which
-//! choose the model), every message, `max_tokens` and `temperature`. The scope is the same hash
+//! (so no key of one tenant can equal another's), the routing policy with its candidate models (an
+//! operator who changes them gets answers from the new ones) and the tenant's plan (which choose
+//! the model), every message, `max_tokens` and `temperature`. The scope is the same hash
 //! without the last user message: a semantic match must share it, so a paraphrase only ever
 //! matches a prompt asked with the same system text, parameters and policy.
 
@@ -20,18 +21,27 @@ pub struct Fingerprint {
 /// Bumped when what the key covers changes, so old entries simply stop matching.
 const VERSION: &[u8] = b"ragq-cache-v1";
 
-/// The fingerprint of `request`, for `tenant`'s call under `policy` on `plan`.
-pub fn fingerprint(
-    tenant: &str,
-    policy: &str,
-    plan: Option<&str>,
-    request: &ChatRequest,
-) -> Fingerprint {
+/// Who makes a call, and under what routing: what a key shares with every call of the same kind.
+#[derive(Debug, Clone, Copy)]
+pub struct CallOf<'a> {
+    pub tenant: &'a str,
+    pub policy: &'a str,
+    /// The policy's candidate models, in order.
+    pub models: &'a [String],
+    pub plan: Option<&'a str>,
+}
+
+/// The fingerprint of `request`, for the call `of`.
+pub fn fingerprint(of: CallOf<'_>, request: &ChatRequest) -> Fingerprint {
     let mut scope = Sha256::new();
-    for part in [VERSION, tenant.as_bytes(), policy.as_bytes()] {
+    for part in [VERSION, of.tenant.as_bytes(), of.policy.as_bytes()] {
         field(&mut scope, part);
     }
-    field(&mut scope, plan.unwrap_or("").as_bytes());
+    field(&mut scope, &(of.models.len() as u64).to_le_bytes());
+    for m in of.models {
+        field(&mut scope, m.as_bytes());
+    }
+    field(&mut scope, of.plan.unwrap_or("").as_bytes());
     field(&mut scope, &request.max_tokens.unwrap_or(0).to_le_bytes());
     // The bits, not the value: an absent temperature (the provider's default) is not 0.
     let temperature = request
@@ -112,7 +122,16 @@ mod tests {
     #[test]
     fn the_key_covers_tenant_policy_plan_messages_and_parameters_and_nothing_else() {
         let base = request(Some("Be brief."), "What is the refund policy?");
-        let f = |tenant, policy, plan, r: &ChatRequest| fingerprint(tenant, policy, plan, r);
+        let models = ["small".to_string(), "large".to_string()];
+        let f = |tenant, policy, plan, r: &ChatRequest| {
+            let of = CallOf {
+                tenant,
+                policy,
+                models: &models,
+                plan,
+            };
+            fingerprint(of, r)
+        };
         let k = f("acme", "p", Some("pro"), &base);
         let mut other_call = base.clone();
         other_call.call_id = Some("another".into());
@@ -144,6 +163,17 @@ mod tests {
         assert_ne!(f("acme", "p", Some("pro"), &other_system).scope, k.scope);
         let no_system = request(None, "How do refunds work?");
         assert_ne!(f("acme", "p", Some("pro"), &no_system).scope, k.scope);
+        let other_models = CallOf {
+            tenant: "acme",
+            policy: "p",
+            models: &models[..1],
+            plan: Some("pro"),
+        };
+        assert_ne!(
+            fingerprint(other_models, &base).key,
+            k.key,
+            "the policy's models changed"
+        );
     }
 
     #[test]

@@ -208,6 +208,11 @@ impl Router {
         self.catalog.policy(name).is_some()
     }
 
+    /// A policy's candidate models, in its order (none for an unknown policy).
+    pub fn policy_models(&self, policy: &str) -> &[String] {
+        self.catalog.policy(policy).map_or(&[], |p| &p.models)
+    }
+
     /// The prices of a policy's candidates (empty for an unknown policy), to bound a job's cost.
     pub fn candidate_prices(&self, policy: &str) -> Vec<Price> {
         self.catalog

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use ragq::cache::key::{fingerprint, Fingerprint};
+use ragq::cache::key::{fingerprint, CallOf, Fingerprint};
 use ragq::cache::store::Entry;
 use ragq::cache::{CacheHit, HitKind, Settings};
 use ragq::providers::embeddings::EmbeddingRequest;
@@ -44,7 +44,13 @@ pub(crate) async fn look_up(ctx: &JobContext<'_>, index: usize, request: &ChatRe
     }
     let started = Instant::now();
     let tenant = &ctx.job.tenant;
-    let f = fingerprint(tenant, &ctx.job.policy, ctx.scope.plan, request);
+    let of = CallOf {
+        tenant,
+        policy: &ctx.job.policy,
+        models: ctx.env.router.policy_models(&ctx.job.policy),
+        plan: ctx.scope.plan,
+    };
+    let f = fingerprint(of, request);
     match ctx.cache.exact(tenant, &f).await {
         Ok(Some(entry)) => {
             metrics::cache_lookup("exact", "hit");
