@@ -392,6 +392,24 @@ async fn hits_count_against_no_budget_or_token_quota_and_reports_show_savings() 
     let json: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(json[0]["cache_hits"], 3, "{json}");
     assert_eq!(json[0]["saved_micros"], 3 * cost);
+    // The tenant's dashboard shows the hit rate and what the cache saved.
+    let api = env.serve_api().await;
+    let page = reqwest::Client::new()
+        .get(format!("{api}/dashboard"))
+        .bearer_auth(env.api_key("acme"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("id=\"cache-hit-rate\" data-hits=\"3\">75.0%"),
+        "{page}"
+    );
+    let saved = format!("id=\"cache-saved\" data-micros=\"{}\"", 3 * cost);
+    assert!(page.contains(&saved), "{page}");
+    assert!(page.contains("id=\"chart-cache-saved-model\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

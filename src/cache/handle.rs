@@ -53,12 +53,6 @@ impl ResponseCache {
         }
     }
 
-    /// Whether a request may be cached at all: a sampled one (temperature above 0) not, if
-    /// `cache.skip_sampled` says so.
-    pub fn takes(&self, request: &ChatRequest) -> bool {
-        !(self.cfg.skip_sampled && request.temperature.is_some_and(|t| t > 0.0))
-    }
-
     /// The text a semantic lookup would embed for `request`, if it may have one.
     pub fn semantic_text<'r>(
         &self,

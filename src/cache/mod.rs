@@ -224,6 +224,12 @@ impl CacheConfig {
         }
     }
 
+    /// Whether a request may be cached at all: a sampled one (temperature above 0) not, if
+    /// `cache.skip_sampled` says so.
+    pub fn takes(&self, request: &crate::providers::ChatRequest) -> bool {
+        !(self.skip_sampled && request.temperature.is_some_and(|t| t > 0.0))
+    }
+
     /// The cache for a job: its own setting, over its policy's, over its tenant's plan's; off
     /// unless one of them names a mode other than `off`.
     pub fn settings(
@@ -352,6 +358,28 @@ mod tests {
             ..CacheRequest::default()
         };
         assert!(!c.settings(Some(&job), "p", None).unwrap().semantic);
+    }
+
+    #[test]
+    fn sampled_calls_skip_the_cache_only_when_configured() {
+        let raw = RawCache {
+            skip_sampled: true,
+            ..RawCache::default()
+        };
+        let mut problems = Vec::new();
+        let skipping = CacheConfig::from_raw(&raw, Levels::default(), None, &mut problems);
+        let request = |temperature| crate::providers::ChatRequest {
+            messages: Vec::new(),
+            max_tokens: Some(10),
+            temperature,
+            call_id: None,
+            counted_input_tokens: None,
+            credential: None,
+        };
+        assert!(skipping.takes(&request(None)));
+        assert!(skipping.takes(&request(Some(0.0))));
+        assert!(!skipping.takes(&request(Some(0.7))));
+        assert!(config().takes(&request(Some(0.7))), "off by default");
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub(crate) async fn look_up(ctx: &JobContext<'_>, index: usize, request: &ChatRe
     else {
         return Lookup::Off;
     };
-    if !ctx.cache.takes(request) {
+    if !cfg.takes(request) {
         return Lookup::Off;
     }
     let started = Instant::now();
