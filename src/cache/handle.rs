@@ -21,6 +21,8 @@ pub struct ResponseCache {
     pool: PgPool,
     lookups: Lookups,
     vectors: VectorStore,
+    /// Set once this process has made sure the collection exists (a round trip to the store).
+    collection_ready: std::sync::Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// What a call answered by a provider leaves in the cache.
@@ -50,6 +52,7 @@ impl ResponseCache {
             pool,
             lookups,
             vectors,
+            collection_ready: Default::default(),
         }
     }
 
@@ -123,8 +126,15 @@ impl ResponseCache {
         let semantic = match vector {
             Some(v) => {
                 let collection = &self.cfg.collection;
-                let stored =
-                    semantic::remember(&self.vectors, collection, tenant, id, &f.scope, v).await;
+                let ready = self
+                    .collection_ready
+                    .get_or_try_init(|| self.vectors.ensure_collection(collection, v.len()));
+                let stored = match ready.await {
+                    Ok(()) => {
+                        semantic::remember(&self.vectors, collection, tenant, id, &f.scope, v).await
+                    }
+                    Err(e) => Err(e),
+                };
                 stored
                     .inspect_err(|e| tracing::warn!(error = %e, "cannot store a cached prompt's vector; the entry is exact only"))
                     .is_ok()

@@ -44,7 +44,8 @@ pub async fn nearest(
     }
 }
 
-/// Stores the vector of entry `id`'s prompt.
+/// Stores the vector of entry `id`'s prompt (in a collection that exists: see
+/// [`VectorStore::ensure_collection`]).
 pub async fn remember(
     store: &VectorStore,
     collection: &str,
@@ -53,7 +54,6 @@ pub async fn remember(
     scope: &[u8; 32],
     vector: Vec<f32>,
 ) -> Result<(), StoreError> {
-    store.ensure_collection(collection, vector.len()).await?;
     let document_id = id.to_string();
     let mut metadata = serde_json::Map::new();
     metadata.insert(SCOPE_FIELD.into(), hex::encode(scope).into());
