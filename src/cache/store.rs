@@ -128,10 +128,17 @@ pub async fn by_id(pool: &PgPool, tenant: &str, id: Uuid) -> Result<Option<Entry
 
 /// Stores entries in the caller's transaction. An entry already there for the key stays unless it
 /// has expired (two workers that missed at once store one answer).
+///
+/// Entries go in key order, one per key: two workers' batches storing the same keys then lock them
+/// in the same order and cannot deadlock (each deadlock is a second's stall before Postgres
+/// breaks it), and a batch never updates a row it inserted (which Postgres refuses).
 pub async fn insert(conn: &mut PgConnection, entries: &[&Entry]) -> Result<(), sqlx::Error> {
     if entries.is_empty() {
         return Ok(());
     }
+    let mut entries = entries.to_vec();
+    entries.sort_by(|a, b| (&a.tenant_id, a.key).cmp(&(&b.tenant_id, b.key)));
+    entries.dedup_by(|a, b| a.tenant_id == b.tenant_id && a.key == b.key);
     let text = |f: fn(&Entry) -> &str| entries.iter().map(|e| f(e)).collect::<Vec<&str>>();
     let opt = |f: fn(&Entry) -> Option<&str>| entries.iter().map(|e| f(e)).collect::<Vec<_>>();
     let big = |f: fn(&Entry) -> i64| entries.iter().map(|e| f(e)).collect::<Vec<i64>>();
@@ -143,6 +150,7 @@ pub async fn insert(conn: &mut PgConnection, entries: &[&Entry]) -> Result<(), s
          SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::uuid[], $4::bytea[], $5::bool[], \
            $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], \
            $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[]) \
+           AS t(tenant_id, key) ORDER BY tenant_id, key \
          ON CONFLICT (tenant_id, key) DO UPDATE SET scope = excluded.scope, \
            semantic = excluded.semantic, policy = excluded.policy, provider = excluded.provider, \
            model = excluded.model, content = excluded.content, \

@@ -66,7 +66,8 @@ pub async fn write(
 }
 
 /// Books answered calls in place of their intents: a row is inserted only if its intent was still
-/// there (not booked already, not expired into an estimate), and the intent goes.
+/// there (not booked already, not expired into an estimate), and the intent goes. Calls the
+/// response cache answered are booked with them, intent or not (see `ledger_settle.sql`).
 pub async fn settle(
     conn: &mut sqlx::PgConnection,
     rows: &[&LedgerEntry],
@@ -75,18 +76,6 @@ pub async fn settle(
         return Ok(Booked::default());
     }
     Ok(book!("src/spend/sql/ledger_settle.sql", conn, rows))
-}
-
-/// Books calls answered from the response cache (see `ledger_hits.sql`): removes any intent
-/// the claim recorded for them, and inserts each once.
-pub async fn book_hits(
-    conn: &mut sqlx::PgConnection,
-    rows: &[&LedgerEntry],
-) -> Result<Booked, sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(Booked::default());
-    }
-    Ok(book!("src/spend/sql/ledger_hits.sql", conn, rows))
 }
 
 impl Booked {

@@ -300,7 +300,6 @@ impl GroupCommit {
         let mut admits = Vec::new();
         let mut intents = Vec::new();
         let mut ledger = Vec::new();
-        let mut hits = Vec::new();
         let mut cached = Vec::new();
         let mut outcomes = Vec::new();
         let mut hook_attempts = Vec::new();
@@ -309,7 +308,6 @@ impl GroupCommit {
                 Op::Intake(r, _) => intakes.push(r),
                 Op::Admit(r, _) => admits.push(r),
                 Op::Intend(e, _) => intents.extend(e),
-                Op::Ledger(e) if e.cache.is_some() => hits.push(e),
                 Op::Ledger(e) => ledger.push(e),
                 Op::CacheStore(e) => cached.push(e),
                 Op::Finish(o, _) => outcomes.push(o),
@@ -338,8 +336,6 @@ impl GroupCommit {
                 .collect();
             budget::fire_alerts(&mut tx, &alerting).await?;
         }
-        // Hits cost nothing and count against no budget: no alert can follow from them.
-        spend::ledger::book_hits(&mut tx, &hits).await?;
         ragq::cache::store::insert(&mut tx, &cached).await?;
         let admit_answers =
             admit::admit(&mut tx, &admits, &has_budget, self.reservation_ttl).await?;
