@@ -105,23 +105,10 @@ pub struct DatabaseConfig {
 /// Nor do they compile plans: a big table's estimates put a dispatch over `jit_above_cost`, and
 /// compiling took 40 ms of a statement that runs in 1.
 pub async fn connect_for_batches(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
-    connect_with(pool, &BATCH_SETTINGS).await
-}
-
-/// The settings of [`connect_for_batches`].
-pub const BATCH_SETTINGS: [(&str, &str); 3] = [
-    ("enable_hashjoin", "off"),
-    ("enable_mergejoin", "off"),
-    ("jit", "off"),
-];
-
-/// Opens a connection with the pool's settings and these planner settings.
-pub async fn connect_with(
-    pool: &PgPool,
-    settings: &[(&str, &str)],
-) -> Result<PgConnection, sqlx::Error> {
-    let options = (*pool.connect_options())
-        .clone()
-        .options(settings.iter().copied());
+    let options = (*pool.connect_options()).clone().options([
+        ("enable_hashjoin", "off"),
+        ("enable_mergejoin", "off"),
+        ("jit", "off"),
+    ]);
     options.connect().await
 }

@@ -70,21 +70,11 @@ async fn look_up(
 ) -> Result<Vec<(i64, Entry)>, sqlx::Error> {
     let conn = match held {
         Some(c) => c,
-        None => held.insert(connect(pool).await?),
+        None => held.insert(crate::db::connect_for_batches(pool).await?),
     };
     let tenants: Vec<&str> = asks.iter().map(|a| a.tenant.as_str()).collect();
     let keys: Vec<Vec<u8>> = asks.iter().map(|a| a.key.to_vec()).collect();
     store::by_keys(conn, &tenants, &keys).await
-}
-
-/// The lookup connection: a batch's connection that never scans the table. A lookup probes the
-/// primary key, always; but its statement is prepared once, and Postgres keeps a generic plan made
-/// while the table was nearly empty, which scanned every entry for every key (measured: exact mode
-/// ran at half the jobs per second of no cache, the lookups reading temp files).
-async fn connect(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
-    let mut settings = crate::db::BATCH_SETTINGS.to_vec();
-    settings.push(("enable_seqscan", "off"));
-    crate::db::connect_with(pool, &settings).await
 }
 
 fn answer(asks: Vec<Ask>, found: Vec<(i64, Entry)>) {
