@@ -25,6 +25,11 @@ pub struct CacheRun {
     pub jobs_per_sec: f64,
     pub in_worker_ms_p50: f64,
     pub in_worker_ms_p99: f64,
+    /// In-worker time of the jobs the cache answered, and of the others.
+    pub hit_ms_p50: f64,
+    pub hit_ms_p99: f64,
+    pub miss_ms_p50: f64,
+    pub miss_ms_p99: f64,
     pub worker_cpu_us_per_job: f64,
     pub ok: bool,
 }
@@ -79,6 +84,16 @@ async fn one_run(
     )
     .fetch_one(pool)
     .await?;
+    let (hit_ms_p50, hit_ms_p99, miss_ms_p50, miss_ms_p99): (f64, f64, f64, f64) = sqlx::query_as(
+        "SELECT coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FILTER (WHERE hit), 0)::float8, \
+           coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FILTER (WHERE hit), 0)::float8, \
+           coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FILTER (WHERE NOT hit), 0)::float8, \
+           coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FILTER (WHERE NOT hit), 0)::float8 \
+         FROM (SELECT extract(epoch FROM finished_at - started_at) * 1000 AS ms, \
+                 result->'completions'->0 ? 'cache' AS hit FROM jobs WHERE state = 'succeeded') j",
+    )
+    .fetch_one(pool)
+    .await?;
     let per_1000 = |micros: i64| micros as f64 / 1e6 * 1000.0 / args.jobs as f64;
     Ok(CacheRun {
         mode,
@@ -89,6 +104,10 @@ async fn one_run(
         embedding_calls: embed,
         exact_hits: exact,
         semantic_hits: semantic,
+        hit_ms_p50,
+        hit_ms_p99,
+        miss_ms_p50,
+        miss_ms_p99,
         ..from(&report, mode)
     })
 }
@@ -106,6 +125,10 @@ fn from(r: &BenchReport, mode: &'static str) -> CacheRun {
         jobs_per_sec: r.jobs_per_sec,
         in_worker_ms_p50: r.in_worker_ms_p50,
         in_worker_ms_p99: r.in_worker_ms_p99,
+        hit_ms_p50: 0.0,
+        hit_ms_p99: 0.0,
+        miss_ms_p50: 0.0,
+        miss_ms_p99: 0.0,
         worker_cpu_us_per_job: r.worker_cpu_us_per_job,
         ok: r.correctness.ok,
     }
@@ -172,9 +195,7 @@ fn print_table(args: &BenchArgs, runs: &[CacheRun]) {
         "\n== ragq bench --cache: {} jobs each, {} workers, {} tenants, provider latency {} ms",
         args.jobs, args.workers, args.tenants, args.latency_ms
     );
-    println!(
-        "{:<10} {:>12} {:>12} {:>10} {:>10} {:>8} {:>9} {:>9} {:>14} {:>9}",
-        "cache",
+    let head = [
         "$/1000 jobs",
         "saved $",
         "chat",
@@ -182,22 +203,35 @@ fn print_table(args: &BenchArgs, runs: &[CacheRun]) {
         "exact",
         "semantic",
         "jobs/s",
-        "ms p50 / p99",
-        "CPU us"
+        "all ms p50/p99",
+        "hit ms p50/p99",
+        "miss ms p50/p99",
+        "CPU us",
+    ];
+    println!(
+        "{:<9}{}",
+        "cache",
+        head.map(|h| format!("{h:>16}")).join("")
     );
+    let pair = |a: f64, b: f64| format!("{a:.1} / {b:.1}");
     for r in runs {
+        let cells = [
+            format!("{:.4}", r.cost_usd_per_1000_jobs),
+            format!("{:.4}", r.saved_usd_per_1000_jobs),
+            r.chat_calls.to_string(),
+            r.embedding_calls.to_string(),
+            r.exact_hits.to_string(),
+            r.semantic_hits.to_string(),
+            format!("{:.0}", r.jobs_per_sec),
+            pair(r.in_worker_ms_p50, r.in_worker_ms_p99),
+            pair(r.hit_ms_p50, r.hit_ms_p99),
+            pair(r.miss_ms_p50, r.miss_ms_p99),
+            format!("{:.0}", r.worker_cpu_us_per_job),
+        ];
         println!(
-            "{:<10} {:>12.4} {:>12.4} {:>10} {:>10} {:>8} {:>9} {:>9.0} {:>14} {:>9.0}",
+            "{:<9}{}",
             r.mode,
-            r.cost_usd_per_1000_jobs,
-            r.saved_usd_per_1000_jobs,
-            r.chat_calls,
-            r.embedding_calls,
-            r.exact_hits,
-            r.semantic_hits,
-            r.jobs_per_sec,
-            format!("{:.1} / {:.1}", r.in_worker_ms_p50, r.in_worker_ms_p99),
-            r.worker_cpu_us_per_job
+            cells.map(|c| format!("{c:>16}")).join("")
         );
     }
 }
