@@ -43,42 +43,53 @@ pub(crate) async fn look_up(ctx: &JobContext<'_>, index: usize, request: &ChatRe
         return Lookup::Off;
     }
     let started = Instant::now();
-    let tenant = &ctx.job.tenant;
     let of = CallOf {
-        tenant,
+        tenant: &ctx.job.tenant,
         policy: &ctx.job.policy,
         models: ctx.env.router.policy_models(&ctx.job.policy),
         plan: ctx.scope.plan,
     };
-    let f = fingerprint(of, request);
-    match ctx.cache.exact(tenant, &f).await {
-        Ok(Some(entry)) => {
-            metrics::cache_lookup("exact", "hit");
-            return Lookup::Hit(answer(ctx, entry, HitKind::Exact, None, started), None);
-        }
-        Ok(None) => metrics::cache_lookup("exact", "miss"),
-        Err(e) => {
-            metrics::cache_lookup("exact", "error");
-            tracing::warn!(error = %e, "cache lookup failed; calling the provider");
-        }
+    let fingerprint = fingerprint(of, request);
+    if let Some(entry) = exact(ctx, &fingerprint).await {
+        return Lookup::Hit(answer(ctx, entry, HitKind::Exact, None, started), None);
     }
     let probe = Probe {
         settings,
-        fingerprint: f,
+        fingerprint,
         vector: None,
     };
-    let (Some(text), Some(model)) = (
-        ctx.cache.semantic_text(&settings, request),
-        ctx.cache.embedding_model(),
-    ) else {
-        return Lookup::Miss(probe, None);
-    };
-    let embed = EmbeddingRequest {
+    let text = ctx.cache.semantic_text(&settings, request);
+    match (text, ctx.cache.embedding_model()) {
+        (Some(text), Some(model)) => semantic(ctx, index, (text, model), probe, started).await,
+        _ => Lookup::Miss(probe, None),
+    }
+}
+
+/// The tenant's fresh entry for the fingerprint, if any (a failed lookup is a miss).
+async fn exact(ctx: &JobContext<'_>, f: &Fingerprint) -> Option<Entry> {
+    let found = ctx.cache.exact(&ctx.job.tenant, f).await;
+    metrics::cache_lookup("exact", outcome(&found));
+    found
+        .inspect_err(|e| tracing::warn!(error = %e, "cache lookup failed; calling the provider"))
+        .ok()
+        .flatten()
+}
+
+/// Embeds `text` with `model` (call `CACHE_EMBED_OFFSET + index`) and looks for the tenant's
+/// nearest cached prompt of the same scope.
+async fn semantic(
+    ctx: &JobContext<'_>,
+    index: usize,
+    (text, model): (&str, &str),
+    probe: Probe,
+    started: Instant,
+) -> Lookup {
+    let request = EmbeddingRequest {
         inputs: vec![text.to_string()],
         call_id: Some(ctx.call_id(CACHE_EMBED_OFFSET + index)),
         credential: None,
     };
-    let mut embedded = match ctx.embed(CACHE_EMBED_OFFSET + index, model, &embed).await {
+    let mut embedded = match ctx.embed(CACHE_EMBED_OFFSET + index, model, &request).await {
         Ok(call) => call,
         Err(e) => {
             tracing::warn!(
@@ -93,28 +104,43 @@ pub(crate) async fn look_up(ctx: &JobContext<'_>, index: usize, request: &ChatRe
         metrics::cache_lookup("semantic", "error");
         return Lookup::Miss(probe, Some(embedded));
     };
-    let min = settings.min_similarity;
-    match ctx
-        .cache
+    let (tenant, min) = (&ctx.job.tenant, probe.settings.min_similarity);
+    let found = (ctx.cache)
         .nearest(tenant, &probe.fingerprint, &vector, min)
-        .await
-    {
+        .await;
+    metrics::cache_lookup("semantic", outcome(&found));
+    match found {
         Ok(Some((entry, similarity))) => {
-            metrics::cache_lookup("semantic", "hit");
             let call = answer(ctx, entry, HitKind::Semantic, Some(similarity), started);
-            return Lookup::Hit(call, Some(embedded));
+            Lookup::Hit(call, Some(embedded))
         }
-        Ok(None) => metrics::cache_lookup("semantic", "miss"),
+        Ok(None) => Lookup::Miss(
+            Probe {
+                vector: Some(vector),
+                ..probe
+            },
+            Some(embedded),
+        ),
         Err(e) => {
-            metrics::cache_lookup("semantic", "error");
             tracing::warn!(error = %e, "semantic cache lookup failed; calling the provider");
+            Lookup::Miss(
+                Probe {
+                    vector: Some(vector),
+                    ..probe
+                },
+                Some(embedded),
+            )
         }
     }
-    let probe = Probe {
-        vector: Some(vector),
-        ..probe
-    };
-    Lookup::Miss(probe, Some(embedded))
+}
+
+/// A lookup's outcome as its metric counts it.
+fn outcome<T>(found: &Result<Option<T>, ragq::cache::CacheError>) -> &'static str {
+    match found {
+        Ok(Some(_)) => "hit",
+        Ok(None) => "miss",
+        Err(_) => "error",
+    }
 }
 
 /// Stores a provider's answer to a missed call. Answers under a budget downgrade are not
