@@ -14,6 +14,7 @@ pub mod db;
 pub mod jobs;
 pub mod keyring;
 pub mod money;
+pub mod prompts;
 pub mod providers;
 pub mod queue;
 pub mod redaction;

@@ -244,7 +244,37 @@ fn redaction(c: &mut Criterion) {
     });
 }
 
+fn prompt_templates(c: &mut Criterion) {
+    use ragq::prompts::render::{render, Limits};
+    let template = "You summarize support tickets for {{ team }}.\n\
+        Ticket {{ ticket.id }}{% if ticket.urgent %} (urgent){% endif %} from {{ ticket.customer }}:\n\
+        {% for line in ticket.lines %}- {{ line }}\n{% endfor %}Answer in {{ words }} words.";
+    let variables = serde_json::json!({
+        "team": "billing", "words": 40,
+        "ticket": {"id": "T-1042", "urgent": true, "customer": "Acme",
+                   "lines": ["Invoice 7 was charged twice.", "Please refund one.", "Card ends 4242."]}
+    });
+    c.bench_function("render a ticket-summary prompt template (3 lines)", |b| {
+        b.iter(|| {
+            render(
+                black_box(template),
+                black_box(&variables),
+                Limits::default(),
+            )
+        })
+    });
+}
+
 criterion_group!(
-    benches, parsing, signing, routing, admission, scheduling, retrieval, url_policy, redaction
+    benches,
+    parsing,
+    signing,
+    routing,
+    admission,
+    scheduling,
+    retrieval,
+    url_policy,
+    redaction,
+    prompt_templates
 );
 criterion_main!(benches);
