@@ -1,5 +1,6 @@
 //! Prompt templates: product code names a prompt, and ragq renders its text from the job's
-//! variables. So far this holds rendering ([`render`]); versions, labels and the job path come next
-//! (issue 19).
+//! variables. So far this holds rendering ([`render`]) and the saved versions and labels
+//! ([`store`]); the job path comes next (issue 19).
 
 pub mod render;
+pub mod store;
