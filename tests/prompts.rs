@@ -126,3 +126,394 @@ async fn versions_labels_and_shared_prompts_resolve_per_tenant() {
         "three versions saved, a label set twice"
     );
 }
+
+/// A ticket-summary prompt whose versions differ in their first word.
+fn ticket(word: &str) -> PromptSpec {
+    PromptSpec {
+        system: Some("You summarize support tickets for {{ team }}.".into()),
+        user: format!("{word} ticket {{{{ ticket.id }}}}: {{{{ ticket.text }}}}"),
+        variables: json!({
+            "type": "object",
+            "required": ["ticket", "team"],
+            "properties": {
+                "team": {"type": "string"},
+                "ticket": {
+                    "type": "object",
+                    "required": ["id", "text"],
+                    "properties": {"id": {"type": "string"}, "text": {"type": "string", "maxLength": 200}}
+                }
+            }
+        }),
+        defaults: json!({"max_tokens": 40, "temperature": 0.2}),
+    }
+}
+
+fn templated(env: &TestEnv, id: &str, template: serde_json::Value) -> serde_json::Value {
+    json!({"id": id, "tenant": "acme", "kind": "batch.complete", "webhook_url": env.hook_url,
+           "input": {"prompts": [{"template": template}]}, "tags": {"feature": "support"}})
+}
+
+fn summary(label: &str, ticket: &str) -> serde_json::Value {
+    json!({"name": "ticket-summary", "label": label,
+           "variables": {"team": "billing", "ticket": {"id": ticket, "text": "refund not received"}}})
+}
+
+async fn stored(env: &TestEnv, id: &str) -> (serde_json::Value, serde_json::Value, i64) {
+    sqlx::query_as("SELECT input, coalesce(result, 'null'), attempts::int8 FROM jobs WHERE tenant_id = 'acme' AND id = $1")
+        .bind(id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_keeps_the_version_its_label_held_when_it_was_accepted() {
+    let env = TestEnv::new("").await;
+    let (pool, cli) = (&env.pool, Actor::cli());
+    for word in ["Summarize", "Condense"] {
+        store::create(pool, &cli, "acme", "ticket-summary", &ticket(word))
+            .await
+            .unwrap();
+    }
+    store::set_label(pool, &cli, "acme", "ticket-summary", "production", 1)
+        .await
+        .unwrap();
+    // Accepted over HTTP while no worker runs: pinned to version 1 and stored rendered.
+    let api = env.serve_api().await;
+    env.submit_http(
+        &api,
+        "acme",
+        &templated(&env, "before-move", summary("production", "T-1")),
+    )
+    .await;
+    let (input, _, _) = stored(&env, "before-move").await;
+    let prompt = &input["prompts"][0];
+    assert_eq!(prompt["template"]["version"], 1, "{input}");
+    assert_eq!(prompt["template"]["label"], "production");
+    assert_eq!(
+        prompt["prompt"],
+        "Summarize ticket T-1: refund not received"
+    );
+    assert_eq!(
+        prompt["system"],
+        "You summarize support tickets for billing."
+    );
+    assert!(
+        prompt["template"].get("variables").is_none(),
+        "the variables are rendered, not kept: {input}"
+    );
+    assert_eq!(
+        (input["max_tokens"].as_i64(), input["temperature"].as_f64()),
+        (Some(40), Some(0.2f32 as f64)),
+        "the prompt's defaults fill what the job left out"
+    );
+
+    // The label moves; the first job's first attempt then fails on an outage and is retried.
+    store::set_label(pool, &cli, "acme", "ticket-summary", "production", 2)
+        .await
+        .unwrap();
+    env.set_outage(15);
+    let (_stop, _worker) = env.start_worker();
+    env.wait_for_state("acme", "before-move", "succeeded", 30)
+        .await;
+    let (_, result, attempts) = stored(&env, "before-move").await;
+    assert!(attempts >= 2, "retried after the move: {attempts} attempts");
+    let completion = &result["completions"][0];
+    assert_eq!(completion["prompt"]["version"], 1, "{result}");
+    assert!(
+        completion["content"]
+            .as_str()
+            .unwrap()
+            .contains("Summarize ticket T-1"),
+        "the retry sent version 1's text: {result}"
+    );
+
+    // A job accepted after the move (over AMQP this time) gets version 2.
+    let conn = env.amqp().await;
+    env.publish_job(
+        &conn,
+        &templated(&env, "after-move", summary("production", "T-2")),
+    )
+    .await;
+    env.wait_for_state("acme", "after-move", "succeeded", 30)
+        .await;
+    let (_, result, _) = stored(&env, "after-move").await;
+    assert_eq!(result["completions"][0]["prompt"]["version"], 2);
+    assert!(result["completions"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Condense ticket T-2"));
+
+    // Rolling back is moving the label back; `latest` and a version number name versions too.
+    store::set_label(pool, &cli, "acme", "ticket-summary", "production", 1)
+        .await
+        .unwrap();
+    let mut by_number = summary("production", "T-3");
+    by_number["version"] = json!(2);
+    by_number.as_object_mut().unwrap().remove("label");
+    let jobs = [
+        ("rolled-back", summary("production", "T-3")),
+        ("latest", summary("latest", "T-3")),
+        ("by-number", by_number),
+    ];
+    for (id, template) in &jobs {
+        env.publish_job(&conn, &templated(&env, id, template.clone()))
+            .await;
+    }
+    for ((id, _), want) in jobs.iter().zip([1, 2, 2]) {
+        env.wait_for_state("acme", id, "succeeded", 30).await;
+        let (_, result, _) = stored(&env, id).await;
+        assert_eq!(result["completions"][0]["prompt"]["version"], want, "{id}");
+    }
+
+    // Every call is booked under the version it rendered.
+    let booked: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT job_id, prompt, prompt_version FROM provider_calls WHERE tenant_id = 'acme' ORDER BY job_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let expect = |id: &str, v: i32| (id.to_string(), "ticket-summary".to_string(), v);
+    assert_eq!(
+        booked,
+        [
+            expect("after-move", 2),
+            expect("before-move", 1),
+            expect("by-number", 2),
+            expect("latest", 2),
+            expect("rolled-back", 1)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_variables_and_unknown_prompts_are_refused_at_submission() {
+    let env = TestEnv::new("").await;
+    store::create(
+        &env.pool,
+        &Actor::cli(),
+        "acme",
+        "ticket-summary",
+        &ticket("Summarize"),
+    )
+    .await
+    .unwrap();
+    store::set_label(
+        &env.pool,
+        &Actor::cli(),
+        "acme",
+        "ticket-summary",
+        "production",
+        1,
+    )
+    .await
+    .unwrap();
+    let mut missing = summary("production", "T-1");
+    missing["variables"].as_object_mut().unwrap().remove("team");
+    let mut wrong_type = summary("production", "T-1");
+    wrong_type["variables"]["ticket"]["id"] = json!(42);
+    let mut too_long = summary("production", "T-1");
+    too_long["variables"]["ticket"]["text"] = json!("secret words ".repeat(40));
+    let cases = [
+        ("missing", missing, "variable `team` is required"),
+        (
+            "wrong-type",
+            wrong_type,
+            "variables/ticket/id breaks the schema's `type`",
+        ),
+        (
+            "too-long",
+            too_long,
+            "variables/ticket/text breaks the schema's `maxLength`",
+        ),
+        (
+            "unknown-prompt",
+            json!({"name": "no-such-prompt", "variables": {}}),
+            "no prompt `no-such-prompt` label `production`",
+        ),
+        (
+            "unknown-label",
+            summary("staging", "T-1"),
+            "no prompt `ticket-summary` label `staging`",
+        ),
+        (
+            "unknown-version",
+            json!({"name": "ticket-summary", "version": 7, "variables": {}}),
+            "version 7",
+        ),
+    ];
+
+    // Over HTTP: a 400 naming the problem; nothing is stored.
+    let api = env.serve_api().await;
+    let http = reqwest::Client::new();
+    for (id, template, want) in &cases {
+        let mut job = templated(&env, id, template.clone());
+        job.as_object_mut().unwrap().remove("tenant");
+        let resp = http
+            .post(format!("{api}/v1/jobs"))
+            .bearer_auth(env.api_key("acme"))
+            .json(&job)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(status, 400, "{id}: {body}");
+        assert!(message.contains(want), "{id}: `{message}` lacks `{want}`");
+        assert!(
+            message.contains("input.prompts[0].template"),
+            "{id}: {message}"
+        );
+        assert!(
+            !message.contains("secret words"),
+            "a refusal never quotes a variable's value: {message}"
+        );
+    }
+
+    // Over AMQP: each goes to the dead-letter queue with the same reason.
+    let (_stop, _worker) = env.start_worker();
+    let conn = env.amqp().await;
+    for (id, template, _) in &cases {
+        env.publish_job(&conn, &templated(&env, id, template.clone()))
+            .await;
+    }
+    let mut letters = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while letters.len() < cases.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead letters: {letters:?}"
+        );
+        letters.extend(env.dead_letters(&conn).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for (id, _, want) in &cases {
+        let reason = letters
+            .iter()
+            .find(|(_, body)| {
+                serde_json::from_slice::<serde_json::Value>(body).unwrap()["id"] == *id
+            })
+            .and_then(|(r, _)| r.clone())
+            .unwrap_or_else(|| panic!("no dead letter for {id}"));
+        assert!(reason.starts_with("prompt: "), "{id}: {reason}");
+        assert!(reason.contains(want), "{id}: `{reason}` lacks `{want}`");
+    }
+    assert_eq!(env.count("SELECT count(*) FROM jobs").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_70_30_split_lands_near_its_weights_and_reports_add_up_to_the_ledger() {
+    let env = TestEnv::new("").await;
+    let (pool, cli) = (&env.pool, Actor::cli());
+    for word in ["Summarize", "Condense"] {
+        store::create(pool, &cli, "acme", "ticket-summary", &ticket(word))
+            .await
+            .unwrap();
+    }
+    let arms = [
+        store::Arm {
+            version: 1,
+            weight: 70,
+        },
+        store::Arm {
+            version: 2,
+            weight: 30,
+        },
+    ];
+    store::set_split(pool, &cli, "acme", "ticket-summary", "production", &arms)
+        .await
+        .unwrap();
+    let jobs: Vec<_> = (0..1000)
+        .map(|i| {
+            templated(
+                &env,
+                &format!("split-{i}"),
+                summary("production", &format!("T-{i}")),
+            )
+        })
+        .collect();
+    let (_stop, _worker) = env.start_worker();
+    env.publish_many(&jobs).await;
+    env.wait_until(120, "1,000 jobs finished", || async {
+        env.finished_jobs().await == 1000
+    })
+    .await;
+    let by_version: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT (input->'prompts'->0->'template'->>'version')::int, count(*) FROM jobs \
+         WHERE state = 'succeeded' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(by_version.len(), 2, "{by_version:?}");
+    let v1 = by_version[0].1;
+    assert_eq!(by_version[0].1 + by_version[1].1, 1000);
+    assert!(
+        (650..=750).contains(&v1),
+        "70% of 1,000 within 5 points: {by_version:?}"
+    );
+    // The same job id always picks the same arm.
+    let again = store::resolve_for(
+        &mut pool.acquire().await.unwrap(),
+        "acme",
+        "ticket-summary",
+        &Selector::Label("production".into()),
+        "split-7",
+    )
+    .await
+    .unwrap();
+    let (input, _, _) = stored(&env, "split-7").await;
+    assert_eq!(
+        json!(again.version),
+        input["prompts"][0]["template"]["version"]
+    );
+
+    // The report by prompt and version adds up to the ledger, and counts the rendered prompts.
+    let out = common::run_ragq(
+        &env.config_file(),
+        &[
+            "spend",
+            "report",
+            "--tenant",
+            "acme",
+            "--group-by",
+            "prompt,version",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ledger: Vec<(i32, i64, i64)> = sqlx::query_as(
+        "SELECT prompt_version, count(*), sum(cost_micros)::int8 FROM provider_calls \
+         WHERE prompt = 'ticket-summary' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for ((version, calls, cost), (_, jobs)) in ledger.iter().zip(&by_version) {
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["prompt"] == "ticket-summary" && r["version"] == json!(version.to_string()))
+            .unwrap_or_else(|| panic!("no row for version {version}: {rows}"));
+        assert_eq!(row["calls"], *calls, "{row}");
+        assert_eq!(row["cost_micros"], *cost, "{row}");
+        assert_eq!(row["prompts_rendered"], *jobs, "{row}");
+        assert_eq!(row["prompt_error_rate"], 0.0, "{row}");
+        assert!(row["mean_latency_ms"].as_i64().is_some(), "{row}");
+    }
+    let total: i64 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cost_micros"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        total,
+        env.count("SELECT sum(cost_micros)::int8 FROM provider_calls")
+            .await
+    );
+}

@@ -53,6 +53,40 @@ fn cases() -> Vec<(&'static str, Value)> {
             }),
         ),
         (
+            "saved prompt by label",
+            with(&|v| {
+                v["input"]["prompts"] = json!([{"template": {"name": "ticket-summary",
+                    "label": "production", "variables": {"ticket": "T-1"}}}])
+            }),
+        ),
+        (
+            "saved prompt pinned and rendered",
+            with(&|v| {
+                v["input"]["prompts"] = json!([{"prompt": "Summarize T-1", "system": "Be brief.",
+                    "template": {"name": "ticket-summary", "version": 2, "shared": true}}])
+            }),
+        ),
+        (
+            "saved prompt without a name",
+            with(&|v| v["input"]["prompts"] = json!([{"template": {"label": "production"}}])),
+        ),
+        (
+            "saved prompt version 0",
+            with(&|v| v["input"]["prompts"] = json!([{"template": {"name": "t", "version": 0}}])),
+        ),
+        (
+            "saved prompt bad label",
+            with(&|v| {
+                v["input"]["prompts"] = json!([{"template": {"name": "t", "label": "Prod uction"}}])
+            }),
+        ),
+        (
+            "saved prompt variables not an object",
+            with(&|v| {
+                v["input"]["prompts"] = json!([{"template": {"name": "t", "variables": [1]}}])
+            }),
+        ),
+        (
             "empty prompts",
             with(&|v| v["input"]["prompts"] = json!([])),
         ),
@@ -97,6 +131,16 @@ fn cases() -> Vec<(&'static str, Value)> {
                 "question": "why?", "top_k": 3, "score_threshold": 0.2, "template": "default",
                 "filter": {"lang": "en", "year": 2026, "public": true, "team": ["a", "b"], "n": [1, 2]},
                 "max_tokens": 100, "temperature": 0.1}}),
+        ),
+        (
+            "rag.answer with a saved prompt",
+            json!({"id": "r", "tenant": "acme", "kind": "rag.answer", "input": {"collection": "docs",
+                "question": "why?", "template": {"name": "faq-answer", "variables": {"tone": "warm"}}}}),
+        ),
+        (
+            "rag.answer with a saved prompt of no name",
+            json!({"id": "r", "tenant": "acme", "kind": "rag.answer", "input": {"collection": "docs",
+                "question": "why?", "template": {"label": "production"}}}),
         ),
         (
             "rag.answer filter with an object value",

@@ -404,6 +404,7 @@ fn entry(
         latency_ms: 5,
         tags: json!({"feature": feature}),
         cache: None,
+        prompt: Default::default(),
     }
 }
 

@@ -88,6 +88,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::commands::cache::CacheCommand,
     },
+    /// Versioned prompt templates: save versions, move labels, split traffic, list and show.
+    Prompt {
+        #[command(subcommand)]
+        command: crate::commands::prompt::PromptCommand,
+    },
     /// The audit log of administrative changes, newest first.
     Audit(crate::commands::audit::AuditArgs),
     /// Run the whole system on this machine and print what happened.
@@ -304,6 +309,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secrets { command } => secrets(&cfg, command).await?,
         Command::Audit(args) => crate::commands::audit::run(&cfg, args).await?,
         Command::Cache { command } => crate::commands::cache::run(&cfg, command).await?,
+        Command::Prompt { command } => crate::commands::prompt::run(&cfg, command).await?,
         Command::Demo(args) => crate::demo::run(args, cancel).await?,
         Command::Bench(args) => crate::bench::run(args, cancel).await?,
     }

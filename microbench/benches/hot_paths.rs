@@ -133,7 +133,7 @@ fn scheduling(c: &mut Criterion) {
 
 fn retrieval(c: &mut Criterion) {
     use ragq::retrieval::{chunk, Hit, PromptTemplate};
-    use ragq_workers::rag_answer::{assemble, PromptBudget};
+    use ragq_workers::rag_answer::{assemble, PromptBudget, Template};
     let template = PromptTemplate {
         system: "Answer using only the numbered context passages. Cite passages as [n].".into(),
         user: "Context:\n{context}\n\nQuestion: {question}".into(),
@@ -156,7 +156,7 @@ fn retrieval(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 assemble(
-                    &template,
+                    &Template::Configured(&template),
                     black_box("How long do refunds take?"),
                     &hits,
                     budget,

@@ -9,6 +9,7 @@ pub mod error;
 mod limits;
 mod openapi;
 mod pipelines;
+mod prompts;
 mod provider_keys;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub(crate) struct ApiState {
     pub(crate) keyring: crate::keyring::Keyring,
     /// The catalog's provider names: the providers a tenant may bring keys for.
     pub(crate) providers: Vec<String>,
+    pub(crate) prompt_limits: crate::prompts::render::Limits,
 }
 
 /// Builds the router (also used by tests on an ephemeral port).
@@ -66,6 +68,7 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         redaction: api.redaction.clone(),
         keyring: api.keyring.clone(),
         providers: api.providers.clone(),
+        prompt_limits: api.prompts,
     });
     Router::new()
         .route("/healthz", get(healthz))
@@ -79,6 +82,12 @@ pub fn router(api: &ApiConfig, queue: &QueueConfig, pool: PgPool) -> Router {
         )
         .route("/v1/pipelines/{name}/runs", get(pipelines::runs))
         .route("/v1/pipelines/{name}/{action}", post(pipelines::act))
+        .route("/v1/prompts", post(prompts::create).get(prompts::list))
+        .route("/v1/prompts/{name}", get(prompts::show))
+        .route(
+            "/v1/prompts/{name}/labels/{label}",
+            axum::routing::put(prompts::set_label),
+        )
         .route("/v1/audit", get(audit_log))
         .route("/v1/webhooks/replay", post(replay_webhooks))
         .route("/v1/provider-keys", get(provider_keys::list))
@@ -232,7 +241,11 @@ async fn submit(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers, Scope::JobsWrite).await?;
-    let job = parse_submission(&body, &tenant, state.max_message_bytes)?;
+    let mut job = parse_submission(&body, &tenant, state.max_message_bytes)?;
+    // Saved prompts are resolved, checked and pinned before the job is stored.
+    crate::prompts::pin::pin(&state.pool, &mut job, state.prompt_limits)
+        .await
+        .map_err(prompts::refusal)?;
     (state.plans)
         .check_policy(&tenant.plan, &job.policy)
         .map_err(ApiError::Forbidden)?;
@@ -366,7 +379,7 @@ async fn read(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SpendParams {
-    /// Comma-separated: tenant, feature, model, provider, day (default feature).
+    /// Comma-separated: tenant, feature, model, provider, day, prompt, version (default feature).
     group_by: Option<String>,
     /// First day, inclusive (`YYYY-MM-DD`, UTC).
     from: Option<String>,
@@ -610,4 +623,6 @@ pub struct ApiConfig {
     pub keyring: crate::keyring::Keyring,
     /// The catalog's provider names.
     pub providers: Vec<String>,
+    /// What one render of a saved prompt template may use (prompts are pinned at submission).
+    pub prompts: crate::prompts::render::Limits,
 }

@@ -48,6 +48,10 @@ const JOB_SUBMISSION: &str = "JobSubmission";
         super::provider_keys::list,
         super::provider_keys::set,
         super::provider_keys::delete,
+        super::prompts::create,
+        super::prompts::set_label,
+        super::prompts::list,
+        super::prompts::show,
         super::healthz,
         serve,
         crate::telemetry::metrics::metrics_page,
@@ -76,12 +80,20 @@ const JOB_SUBMISSION: &str = "JobSubmission";
         crate::webhooks::replay::Replayed,
         crate::tenants::provider_keys::ProviderKeyView,
         super::provider_keys::ProviderKeyBody,
+        super::prompts::NewPrompt,
+        super::prompts::Saved,
+        super::prompts::LabelBody,
+        super::prompts::PromptDetail,
+        crate::prompts::store::PromptSummary,
+        crate::prompts::store::LabelView,
+        crate::prompts::store::PromptVersion,
     )),
     modifiers(&Security),
     tags(
         (name = "jobs", description = "Submit jobs and read their outcomes"),
         (name = "spend", description = "The tenant's spend from the ledger's daily aggregates"),
         (name = "pipelines", description = "Cron pipelines that submit a job per slot"),
+        (name = "prompts", description = "Versioned prompt templates: save versions, move labels, split traffic"),
         (name = "provider keys", description = "Bring your own key: the tenant's own provider keys, stored sealed, never echoed"),
         (name = "audit", description = "Who changed what: every administrative change (operator keys)"),
         (name = "operations", description = "Health, metrics, this description and the dashboard"),
@@ -169,11 +181,18 @@ fn submission_schemas(mut job: Value) -> (Value, Vec<(String, Value)>) {
         _ => Map::new(),
     };
     let component = |def: &str| format!("JobInput_{def}");
-    rewrite_refs(&mut job, &|r| {
+    let moved = |r: &str| {
         r.strip_prefix("#/$defs/")
             .map(|def| format!("#/components/schemas/{}", component(def)))
-    });
-    let inputs = defs.into_iter().map(|(k, v)| (component(&k), v)).collect();
+    };
+    rewrite_refs(&mut job, &moved);
+    // Definitions refer to each other too (an input to the saved-prompt reference).
+    let inputs = (defs.into_iter())
+        .map(|(k, mut v)| {
+            rewrite_refs(&mut v, &moved);
+            (component(&k), v)
+        })
+        .collect();
     (job, inputs)
 }
 

@@ -154,7 +154,7 @@ pub(crate) async fn act(
             // Run the transaction in its own task: a client that disconnects must not cancel it
             // mid-BEGIN (sqlx 0.8 then leaves the pooled connection inside a transaction).
             let (pool, tenant_id) = (state.pool.clone(), tenant.id.clone());
-            let max = state.max_message_bytes;
+            let max = state.pipelines;
             let job = tokio::spawn(async move {
                 crate::scheduler::fire::trigger(&pool, &actor, &tenant_id, &name, now, max).await
             })

@@ -60,6 +60,8 @@ pub struct Config {
     pub redaction: crate::redaction::RedactionConfig,
     /// The response cache: its defaults, bounds, and the policies' and plans' settings.
     pub cache: crate::cache::CacheConfig,
+    /// What one render of a saved prompt template may use.
+    pub prompts: crate::prompts::render::Limits,
 }
 
 /// The validated parts `into_config` assembles beside the catalog, retrieval and plans.
@@ -186,7 +188,7 @@ impl RawConfig {
 
     /// The rules on single settings outside the catalog and retrieval: (holds, what breaks it).
     /// Long because it is a table, one rule per entry.
-    fn limits(&self) -> [(bool, &'static str); 24] {
+    fn limits(&self) -> [(bool, &'static str); 26] {
         let (q, w, h, r, sp, sc) = (
             &self.queue,
             &self.worker,
@@ -281,6 +283,14 @@ impl RawConfig {
                 sc.max_pipelines_per_tenant >= 1,
                 "scheduler.max_pipelines_per_tenant must be at least 1",
             ),
+            (
+                self.prompts.fuel >= 1_000 && self.prompts.max_output_bytes >= 1_024,
+                "prompts.fuel must be at least 1000 and prompts.max_output_bytes at least 1024",
+            ),
+            (
+                (1..=64).contains(&self.prompts.max_depth),
+                "prompts.max_depth must be between 1 and 64",
+            ),
         ]
     }
 
@@ -296,6 +306,7 @@ impl RawConfig {
             max_message_bytes: self.queue.max_message_bytes,
             min_interval: Duration::from_secs(self.scheduler.min_cron_interval_s),
             max_per_tenant: self.scheduler.max_pipelines_per_tenant,
+            prompts: self.prompts,
         };
         Config {
             database: DatabaseConfig {
@@ -345,6 +356,7 @@ impl RawConfig {
                 providers: (catalog.providers().iter())
                     .map(|p| p.endpoint.name.clone())
                     .collect(),
+                prompts: self.prompts,
             },
             webhooks: WebhookConfig {
                 url_policy,
@@ -385,6 +397,7 @@ impl RawConfig {
             secrets,
             redaction,
             cache,
+            prompts: self.prompts,
             retention: RetentionConfig {
                 jobs: (self.retention.jobs_days > 0)
                     .then(|| Duration::from_secs(u64::from(self.retention.jobs_days) * 86_400)),

@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub retention: RawRetention,
     pub redaction: crate::redaction::RawRedaction,
     pub cache: crate::cache::RawCache,
+    /// What one render of a saved prompt template may use.
+    pub prompts: crate::prompts::render::Limits,
 }
 
 /// How long tenant content is kept: a finished job's input, result and webhook payloads are
@@ -281,6 +283,7 @@ impl Default for RawConfig {
             secrets: RawSecrets::default(),
             retention: RawRetention::default(),
             redaction: Default::default(),
+            prompts: Default::default(),
             cache: Default::default(),
             providers: vec![RawProvider {
                 name: "sim".into(),

@@ -64,6 +64,9 @@ pub struct JobMessage {
     /// The response cache for this job's calls, over its policy's and plan's settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::cache::CacheRequest>,
+    /// Whether the message named its policy: a saved prompt's default policy applies otherwise.
+    #[serde(skip)]
+    pub policy_named: bool,
 }
 
 /// A job's priority within its tenant.
@@ -114,11 +117,56 @@ pub struct BatchCompleteInput {
     pub temperature: Option<f32>,
 }
 
-/// One prompt: plain text, sent as a single user message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One prompt: plain text sent as a single user message, or a saved prompt template
+/// (`template`) that intake renders into `prompt` and `system` and pins to the version it used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Prompt {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prompt: String,
+    /// This prompt's system text, over the job's `system`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
+}
+
+/// A saved prompt a job names: its version by `label` (default `production`) or by number, and the
+/// variables its templates are rendered with. Intake resolves the label and writes the version it
+/// found into `version`, so every attempt of the job uses that version whatever the label does
+/// next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i32>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub variables: serde_json::Map<String, serde_json::Value>,
+    /// Set by intake when the version is the operator's shared prompt's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+}
+
+impl TemplateRef {
+    /// The label a reference without a version resolves.
+    pub fn label(&self) -> &str {
+        self.label.as_deref().unwrap_or(DEFAULT_LABEL)
+    }
+}
+
+/// The label a template reference names when it names none.
+pub const DEFAULT_LABEL: &str = "production";
+
+/// A `rag.answer` job's prompt: a template of the configuration (by name), or a saved prompt
+/// rendered with `context` and `question` among its variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RagTemplate {
+    Configured(String),
+    Saved(TemplateRef),
 }
 
 /// Input of an `ingest` job: documents to (re)index and document ids to remove, in one collection.
@@ -159,9 +207,9 @@ pub struct RagAnswerInput {
     /// Conditions on document metadata; the tenant condition is always added by the worker.
     #[serde(default)]
     pub filter: crate::retrieval::MetadataFilter,
-    /// Prompt template name (`default` when absent).
+    /// The configuration's prompt template by name (`default` when absent), or a saved prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<String>,
+    pub template: Option<RagTemplate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,6 +231,8 @@ pub enum PoisonReason {
     Unauthorized(String),
     #[error("webhook_url refused: {0}")]
     WebhookUrl(String),
+    #[error("{0}")]
+    Prompt(String),
 }
 
 impl PoisonReason {
@@ -194,6 +244,7 @@ impl PoisonReason {
             Self::UnknownTenant(_) => "unknown_tenant",
             Self::Unauthorized(_) => "unauthorized",
             Self::WebhookUrl(_) => "webhook_url_refused",
+            Self::Prompt(_) => "prompt",
         }
     }
 }
@@ -214,9 +265,11 @@ impl JobMessage {
         }
         let value: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| PoisonReason::NotJson(e.to_string()))?;
-        let job: JobMessage =
+        let policy_named = value.get("policy").is_some();
+        let mut job: JobMessage =
             serde_json::from_value(value).map_err(|e| PoisonReason::Schema(e.to_string()))?;
         job.validate().map_err(PoisonReason::Schema)?;
+        job.policy_named = policy_named;
         Ok(job)
     }
 
@@ -257,7 +310,11 @@ impl JobMessage {
 
     /// The typed input of a `rag.answer` job (its shape only).
     pub fn rag_input(&self) -> Result<RagAnswerInput, String> {
-        RagAnswerInput::deserialize(&self.input).map_err(|e| format!("input: {e}"))
+        let input = RagAnswerInput::deserialize(&self.input).map_err(|e| format!("input: {e}"))?;
+        if let Some(RagTemplate::Saved(t)) = &input.template {
+            t.check("input.template")?;
+        }
+        Ok(input)
     }
 
     /// The typed input of a `batch.complete` job.
@@ -269,12 +326,14 @@ impl JobMessage {
                 "input.prompts: between 1 and {MAX_PROMPTS} prompts"
             ));
         }
-        if let Some(i) = input
-            .prompts
-            .iter()
-            .position(|p| p.prompt.trim().is_empty())
-        {
-            return Err(format!("input.prompts[{i}].prompt must not be empty"));
+        for (i, p) in input.prompts.iter().enumerate() {
+            match &p.template {
+                None if p.prompt.trim().is_empty() => {
+                    return Err(format!("input.prompts[{i}].prompt must not be empty"))
+                }
+                Some(t) => t.check(&format!("input.prompts[{i}].template"))?,
+                None => {}
+            }
         }
         if input.max_tokens == Some(0) {
             return Err("input.max_tokens must be positive".into());
@@ -284,6 +343,42 @@ impl JobMessage {
         }
         Ok(input)
     }
+}
+
+impl TemplateRef {
+    /// Names and version number are well formed (whether they exist is intake's question).
+    fn check(&self, field: &str) -> Result<(), String> {
+        check_prompt_name(&format!("{field}.name"), &self.name)?;
+        if let Some(label) = &self.label {
+            check_prompt_name(&format!("{field}.label"), label)?;
+        }
+        if self.version.is_some_and(|v| v < 1) {
+            return Err(format!("{field}.version must be 1 or more"));
+        }
+        Ok(())
+    }
+}
+
+/// Prompt and label names: 1 to 64 of `[a-z0-9._-]`.
+pub fn check_prompt_name(field: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: 1 to 64 characters of [a-z0-9._-], got {:?}",
+            truncate(name, 80)
+        ))
+    }
+}
+
+/// Whether `value` may name a routing policy.
+pub fn check_policy(value: &str) -> Result<(), String> {
+    check_id("policy", value, 64)
 }
 
 /// Whether `value` may be a job id (what a read of an id that cannot exist skips the database for).

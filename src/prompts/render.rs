@@ -7,8 +7,9 @@ use std::io::Write;
 
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 
-/// What one render may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What one render may use (`[prompts]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// MiniJinja's fuel: roughly one unit per instruction executed.
     pub fuel: u64,

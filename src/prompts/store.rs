@@ -3,7 +3,7 @@
 //! operator's shared one (tenant `''`).
 
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::render;
 use crate::audit::{self, Actor, Change};
@@ -31,15 +31,44 @@ fn empty_object() -> serde_json::Value {
     serde_json::json!({})
 }
 
+/// What a prompt sets for the jobs that name it, where the job sets nothing itself.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    pub policy: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+}
+
+impl Defaults {
+    /// Reads and checks a version's `defaults` object.
+    pub fn read(value: &serde_json::Value) -> Result<Self, String> {
+        let d = Self::deserialize(value).map_err(|e| format!("defaults: {e}"))?;
+        if d.max_tokens == Some(0) {
+            return Err("defaults.max_tokens must be positive".into());
+        }
+        if d.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err("defaults.temperature must be between 0 and 2".into());
+        }
+        if let Some(p) = &d.policy {
+            crate::jobs::check_policy(p).map_err(|e| format!("defaults.{e}"))?;
+        }
+        Ok(d)
+    }
+}
+
 /// One saved version.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct PromptVersion {
+    /// The owning tenant; `""` for the operator's shared prompts.
     pub tenant_id: String,
     pub name: String,
     pub version: i32,
     pub system_template: Option<String>,
     pub user_template: String,
+    #[schema(value_type = Object)]
     pub variables_schema: serde_json::Value,
+    #[schema(value_type = Object)]
     pub defaults: serde_json::Value,
 }
 
@@ -59,18 +88,7 @@ pub enum PromptError {
 
 /// Prompt and label names: 1 to 64 of `[a-z0-9._-]`.
 pub fn check_name(what: &str, name: &str) -> Result<(), PromptError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(PromptError::Invalid(format!(
-            "{what}: 1 to 64 characters of [a-z0-9._-], got {name:?}"
-        )))
-    }
+    crate::jobs::check_prompt_name(what, name).map_err(PromptError::Invalid)
 }
 
 /// Saves `spec` as the next version of `tenant`'s prompt `name` and returns its number. Templates
@@ -91,11 +109,14 @@ pub async fn create(
             render::check(source).map_err(|e| PromptError::Invalid(format!("{part}: {e}")))?;
         }
     }
-    if !spec.variables.is_object() || !spec.defaults.is_object() {
+    if !spec.variables.is_object() {
         return Err(PromptError::Invalid(
-            "variables (a JSON Schema) and defaults must be objects".into(),
+            "variables must be a JSON Schema object".into(),
         ));
     }
+    jsonschema::validator_for(&spec.variables)
+        .map_err(|e| PromptError::Invalid(format!("variables: not a valid JSON Schema: {e}")))?;
+    Defaults::read(&spec.defaults).map_err(PromptError::Invalid)?;
     let mut tx = pool.begin().await?;
     // Versions of one prompt are numbered one at a time.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))")
@@ -141,6 +162,50 @@ pub async fn set_label(
     label: &str,
     version: i32,
 ) -> Result<(), PromptError> {
+    point(pool, actor, (tenant, name, label), version, None).await
+}
+
+/// Splits `label` between versions by weight: a job resolving it gets one arm, chosen by a hash
+/// of its id. The heaviest arm is the label's main version (what [`resolve`] answers).
+pub async fn set_split(
+    pool: &PgPool,
+    actor: &Actor,
+    tenant: &str,
+    name: &str,
+    label: &str,
+    arms: &[Arm],
+) -> Result<(), PromptError> {
+    let mut versions: Vec<i32> = arms.iter().map(|a| a.version).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    if arms.len() < 2 || versions.len() != arms.len() || arms.iter().any(|a| a.weight == 0) {
+        return Err(PromptError::Invalid(
+            "a split names two or more different versions, each with a weight of 1 or more".into(),
+        ));
+    }
+    let main = arms
+        .iter()
+        .rev()
+        .max_by_key(|a| a.weight)
+        .map(|a| a.version);
+    point(
+        pool,
+        actor,
+        (tenant, name, label),
+        main.unwrap_or(0),
+        Some(arms),
+    )
+    .await
+}
+
+/// Sets a label to a version, and to a split when given; every version named must exist.
+async fn point(
+    pool: &PgPool,
+    actor: &Actor,
+    (tenant, name, label): (&str, &str, &str),
+    version: i32,
+    split: Option<&[Arm]>,
+) -> Result<(), PromptError> {
     check_name("label", label)?;
     if label == LATEST {
         return Err(PromptError::Invalid(
@@ -148,42 +213,50 @@ pub async fn set_label(
         ));
     }
     let mut tx = pool.begin().await?;
-    let before: Option<i32> = sqlx::query_scalar(
-        "SELECT version FROM prompt_labels WHERE tenant_id = $1 AND name = $2 AND label = $3 FOR UPDATE",
+    let before: Option<(i32, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT version, split FROM prompt_labels WHERE tenant_id = $1 AND name = $2 AND label = $3 FOR UPDATE",
     )
     .bind(tenant)
     .bind(name)
     .bind(label)
     .fetch_optional(&mut *tx)
     .await?;
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM prompt_versions WHERE tenant_id = $1 AND name = $2 AND version = $3)",
+    let named: Vec<i32> = match split {
+        Some(arms) => arms.iter().map(|a| a.version).collect(),
+        None => vec![version],
+    };
+    let existing: Vec<i32> = sqlx::query_scalar(
+        "SELECT version FROM prompt_versions WHERE tenant_id = $1 AND name = $2 AND version = ANY($3)",
     )
     .bind(tenant)
     .bind(name)
-    .bind(version)
-    .fetch_one(&mut *tx)
+    .bind(&named)
+    .fetch_all(&mut *tx)
     .await?;
-    if !exists {
-        return Err(unknown(tenant, name, &format!("version {version}")));
+    if let Some(missing) = named.iter().find(|v| !existing.contains(v)) {
+        return Err(unknown(tenant, name, &format!("version {missing}")));
     }
+    let split = split.map(|arms| serde_json::json!(arms));
     sqlx::query(
-        "INSERT INTO prompt_labels (tenant_id, name, label, version) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (tenant_id, name, label) DO UPDATE SET version = excluded.version, updated_at = now()",
+        "INSERT INTO prompt_labels (tenant_id, name, label, version, split) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (tenant_id, name, label) DO UPDATE \
+         SET version = excluded.version, split = excluded.split, updated_at = now()",
     )
     .bind(tenant)
     .bind(name)
     .bind(label)
     .bind(version)
+    .bind(&split)
     .execute(&mut *tx)
     .await?;
     let target = format!("{name}:{label}");
+    let shown = |v: i32, s: Option<serde_json::Value>| s.unwrap_or_else(|| v.into());
     let change = Change {
         action: "prompt.label",
         tenant: (tenant != SHARED).then_some(tenant),
         target: &target,
-        before: before.map(Into::into),
-        after: Some(version.into()),
+        before: before.map(|(v, s)| shown(v, s)),
+        after: Some(shown(version, split)),
     };
     audit::record(&mut tx, actor, change).await?;
     tx.commit().await?;
@@ -197,41 +270,125 @@ pub enum Selector {
     Version(i32),
 }
 
+/// One arm of a label's split: a version and its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arm {
+    pub version: i32,
+    pub weight: u32,
+}
+
 /// The version `tenant` gets for `name` and `selector`: from its own prompt of that name if it has
-/// one, else from the operator's shared one.
+/// one, else from the operator's shared one. A label's main version; see [`resolve_for`] for a
+/// job, which a split label may send elsewhere.
 pub async fn resolve(
     pool: &PgPool,
     tenant: &str,
     name: &str,
     selector: &Selector,
 ) -> Result<PromptVersion, PromptError> {
+    Ok(lookup(&mut *pool.acquire().await?, tenant, name, selector)
+        .await?
+        .0)
+}
+
+/// The version job `job_id` of `tenant` gets: as [`resolve`], and when the label splits traffic,
+/// the arm a hash of the job id picks (so every delivery of the job picks the same).
+pub async fn resolve_for(
+    conn: &mut PgConnection,
+    tenant: &str,
+    name: &str,
+    selector: &Selector,
+    job_id: &str,
+) -> Result<PromptVersion, PromptError> {
+    let (main, split) = lookup(conn, tenant, name, selector).await?;
+    let picked = split.and_then(|arms| pick(&arms, &format!("{tenant}/{job_id}/{name}")));
+    match picked {
+        Some(v) if v != main.version => get(conn, &main.tenant_id, name, v)
+            .await?
+            .ok_or_else(|| unknown(tenant, name, &format!("version {v}"))),
+        _ => Ok(main),
+    }
+}
+
+/// Version `version` of `owner`'s prompt `name` (`owner` is a tenant, or [`SHARED`]).
+pub async fn get(
+    conn: &mut PgConnection,
+    owner: &str,
+    name: &str,
+    version: i32,
+) -> Result<Option<PromptVersion>, PromptError> {
+    Ok(sqlx::query_as(
+        "SELECT tenant_id, name, version, system_template, user_template, variables_schema, defaults \
+         FROM prompt_versions WHERE tenant_id = $1 AND name = $2 AND version = $3",
+    )
+    .bind(owner)
+    .bind(name)
+    .bind(version)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// The arm `key` falls in: a point of the arms' total weight chosen by a hash of `key`.
+pub fn pick(arms: &[Arm], key: &str) -> Option<i32> {
+    use sha2::Digest;
+    let total: u64 = arms.iter().map(|a| u64::from(a.weight)).sum();
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut point = u64::from_be_bytes(digest[..8].try_into().ok()?) % total.max(1);
+    for arm in arms {
+        let w = u64::from(arm.weight);
+        if point < w {
+            return Some(arm.version);
+        }
+        point -= w;
+    }
+    None
+}
+
+/// A version row with the split of the label that named it.
+#[derive(sqlx::FromRow)]
+struct Found {
+    #[sqlx(flatten)]
+    version: PromptVersion,
+    split: Option<sqlx::types::Json<Vec<Arm>>>,
+}
+
+async fn lookup(
+    conn: &mut PgConnection,
+    tenant: &str,
+    name: &str,
+    selector: &Selector,
+) -> Result<(PromptVersion, Option<Vec<Arm>>), PromptError> {
     let (label, version) = match selector {
         Selector::Label(l) => (Some(l.as_str()), None),
         Selector::Version(v) => (None, Some(*v)),
     };
-    let found: Option<PromptVersion> = sqlx::query_as(
+    let found: Option<Found> = sqlx::query_as(
         "WITH owner AS (SELECT tenant_id FROM prompt_versions WHERE name = $2 AND tenant_id IN ($1, '') \
-                        ORDER BY tenant_id DESC LIMIT 1) \
+                        ORDER BY tenant_id DESC LIMIT 1), \
+              lab AS (SELECT l.version, l.split FROM prompt_labels l, owner o \
+                      WHERE l.tenant_id = o.tenant_id AND l.name = $2 AND l.label = $3) \
          SELECT v.tenant_id, v.name, v.version, v.system_template, v.user_template, \
-                v.variables_schema, v.defaults \
+                v.variables_schema, v.defaults, (SELECT split FROM lab) AS split \
          FROM prompt_versions v, owner o \
          WHERE v.tenant_id = o.tenant_id AND v.name = $2 AND v.version = coalesce( \
            $4, \
            CASE WHEN $3 = 'latest' \
                 THEN (SELECT max(version) FROM prompt_versions m WHERE m.tenant_id = o.tenant_id AND m.name = $2) \
-                ELSE (SELECT l.version FROM prompt_labels l WHERE l.tenant_id = o.tenant_id AND l.name = $2 AND l.label = $3) END)",
+                ELSE (SELECT version FROM lab) END)",
     )
     .bind(tenant)
     .bind(name)
     .bind(label)
     .bind(version)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     let which = match selector {
         Selector::Label(l) => format!("label `{l}`"),
         Selector::Version(v) => format!("version {v}"),
     };
-    found.ok_or_else(|| unknown(tenant, name, &which))
+    let found = found.ok_or_else(|| unknown(tenant, name, &which))?;
+    Ok((found.version, found.split.map(|s| s.0)))
 }
 
 fn unknown(tenant: &str, name: &str, which: &str) -> PromptError {
@@ -240,4 +397,80 @@ fn unknown(tenant: &str, name: &str, which: &str) -> PromptError {
         name: name.to_string(),
         which: which.to_string(),
     }
+}
+
+/// A label as listed: the version it names, and its split if it has one.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct LabelView {
+    pub label: String,
+    pub version: i32,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub split: Option<serde_json::Value>,
+}
+
+/// A prompt as listed: whose it is, its newest version and its labels.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PromptSummary {
+    pub name: String,
+    /// The operator's shared prompt (every tenant without its own of this name uses it).
+    pub shared: bool,
+    pub latest: i32,
+    pub labels: Vec<LabelView>,
+}
+
+/// The prompts `tenant` can use: its own, and the shared ones it does not hide.
+pub async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<PromptSummary>, PromptError> {
+    let names: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT DISTINCT ON (name) name, tenant_id, max(version) OVER (PARTITION BY tenant_id, name) \
+         FROM prompt_versions WHERE tenant_id IN ($1, '') ORDER BY name, tenant_id DESC",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(names.len());
+    for (name, owner, latest) in names {
+        out.push(PromptSummary {
+            labels: labels(pool, &owner, &name).await?,
+            shared: owner == SHARED,
+            name,
+            latest,
+        });
+    }
+    Ok(out)
+}
+
+/// The labels of `owner`'s prompt `name`.
+pub async fn labels(pool: &PgPool, owner: &str, name: &str) -> Result<Vec<LabelView>, PromptError> {
+    Ok(sqlx::query_as(
+        "SELECT label, version, split FROM prompt_labels WHERE tenant_id = $1 AND name = $2 ORDER BY label",
+    )
+    .bind(owner)
+    .bind(name)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Every version of the prompt `name` that `tenant` uses (its own, else the shared one), oldest
+/// first.
+pub async fn versions(
+    pool: &PgPool,
+    tenant: &str,
+    name: &str,
+) -> Result<Vec<PromptVersion>, PromptError> {
+    let rows: Vec<PromptVersion> = sqlx::query_as(
+        "WITH owner AS (SELECT tenant_id FROM prompt_versions WHERE name = $2 AND tenant_id IN ($1, '') \
+                        ORDER BY tenant_id DESC LIMIT 1) \
+         SELECT v.tenant_id, v.name, v.version, v.system_template, v.user_template, \
+                v.variables_schema, v.defaults \
+         FROM prompt_versions v, owner o WHERE v.tenant_id = o.tenant_id AND v.name = $2 \
+         ORDER BY v.version",
+    )
+    .bind(tenant)
+    .bind(name)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Err(unknown(tenant, name, "at all"));
+    }
+    Ok(rows)
 }

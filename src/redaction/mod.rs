@@ -333,13 +333,25 @@ fn for_each_text(kind: JobKind, input: &mut Value, f: &mut impl FnMut(&mut Strin
             at("/system", f);
             if let Some(Value::Array(prompts)) = input.get_mut("prompts") {
                 for p in prompts {
-                    if let Some(Value::String(s)) = p.get_mut("prompt") {
-                        f(s);
+                    for field in ["prompt", "system"] {
+                        if let Some(Value::String(s)) = p.get_mut(field) {
+                            f(s);
+                        }
+                    }
+                    // Unrendered variables (intake renders them into the prompt first).
+                    if let Some(vars) = p.pointer_mut("/template/variables") {
+                        visit_strings(vars, f);
                     }
                 }
             }
         }
-        JobKind::RagAnswer => at("/question", f),
+        JobKind::RagAnswer => {
+            at("/question", f);
+            // A saved prompt's variables are rendered by the worker, so they are stored.
+            if let Some(vars) = input.pointer_mut("/template/variables") {
+                visit_strings(vars, f);
+            }
+        }
         JobKind::Ingest => {
             if let Some(Value::Array(docs)) = input.get_mut("documents") {
                 for d in docs {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::cron::CronSchedule;
-use super::pipeline::{self, Missed, Overlap, Pipeline};
+use super::pipeline::{self, Missed, Overlap, Pipeline, PipelineLimits};
 use crate::jobs::JobState;
 use crate::spend::budget;
 
@@ -64,7 +64,7 @@ pub async fn fire_due(
     pool: &PgPool,
     holder: &str,
     now: DateTime<Utc>,
-    max_bytes: usize,
+    limits: PipelineLimits,
 ) -> Result<usize, FireError> {
     let due: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM pipelines WHERE enabled AND next_fire_at <= $1 ORDER BY next_fire_at LIMIT $2",
@@ -75,7 +75,7 @@ pub async fn fire_due(
     .await?;
     let mut runs = 0;
     for id in due {
-        match fire_one(pool, id, holder, now, max_bytes).await {
+        match fire_one(pool, id, holder, now, limits).await {
             Ok(n) => runs += n,
             Err(FireError::LostLease) => return Err(FireError::LostLease),
             // One pipeline's failure must not hold up the others; it is tried again next tick.
@@ -92,7 +92,7 @@ async fn fire_one(
     id: i64,
     holder: &str,
     now: DateTime<Utc>,
-    max_bytes: usize,
+    limits: PipelineLimits,
 ) -> Result<usize, FireError> {
     let mut tx = pool.begin().await?;
     // Holding the lease row for share makes a takeover wait for this transaction to end, so a
@@ -135,7 +135,7 @@ async fn fire_one(
         }
     };
     for slot in &plan.fire {
-        fire_slot(&mut tx, &p, *slot, false, max_bytes).await?;
+        fire_slot(&mut tx, &p, *slot, false, limits).await?;
     }
     sqlx::query("UPDATE pipelines SET next_fire_at = $2 WHERE id = $1")
         .bind(id)
@@ -153,7 +153,7 @@ pub async fn fire_slot(
     p: &Pipeline,
     slot: DateTime<Utc>,
     manual: bool,
-    max_bytes: usize,
+    limits: PipelineLimits,
 ) -> Result<bool, sqlx::Error> {
     let trigger = if manual { "manual" } else { "schedule" };
     if p.overlap != Overlap::Allow {
@@ -166,13 +166,25 @@ pub async fn fire_slot(
             replace(tx, p, &job, slot).await?;
         }
     }
-    let (job, body) = match pipeline::render(p, slot, manual, max_bytes) {
+    let (mut job, mut body) = match pipeline::render(p, slot, manual, limits.max_message_bytes) {
         Ok(rendered) => rendered,
         Err(e) => {
             record_skip(tx, p, slot, trigger, &format!("invalid job template: {e}")).await?;
             return Ok(false);
         }
     };
+    // A saved prompt the template names is resolved now: the run gets its label's current
+    // version, pinned like any submission's.
+    if crate::prompts::pin::names_prompts(&job) {
+        match crate::prompts::pin::pin_on(tx, &mut job, limits.prompts).await {
+            Ok(()) => body = serde_json::to_vec(&job).unwrap_or(body),
+            Err(crate::prompts::pin::PinError::Refused(e)) => {
+                record_skip(tx, p, slot, trigger, &format!("prompt: {e}")).await?;
+                return Ok(false);
+            }
+            Err(crate::prompts::pin::PinError::Db(e)) => return Err(e),
+        }
+    }
     crate::jobs::store::insert_queued(&mut *tx, &job).await?;
     let recorded = sqlx::query(
         "INSERT INTO pipeline_runs (pipeline_id, scheduled_at, trigger, state, job_id) \
@@ -212,11 +224,11 @@ pub async fn trigger(
     tenant: &str,
     name: &str,
     now: DateTime<Utc>,
-    max_bytes: usize,
+    limits: PipelineLimits,
 ) -> Result<Option<String>, pipeline::PipelineError> {
     let mut tx = pool.begin().await?;
     let p = pipeline::lock(&mut tx, tenant, name).await?;
-    let enqueued = fire_slot(&mut tx, &p, now, true, max_bytes).await?;
+    let enqueued = fire_slot(&mut tx, &p, now, true, limits).await?;
     let job = enqueued.then(|| pipeline::job_id(&p.name, now, true));
     let change = crate::audit::Change {
         action: "pipeline.trigger",

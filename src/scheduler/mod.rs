@@ -87,14 +87,7 @@ impl Scheduler {
         if !leader {
             return Ok(TickReport::default());
         }
-        let runs = match fire::fire_due(
-            &self.pool,
-            &self.holder,
-            now,
-            self.cfg.pipelines.max_message_bytes,
-        )
-        .await
-        {
+        let runs = match fire::fire_due(&self.pool, &self.holder, now, self.cfg.pipelines).await {
             Ok(runs) => runs,
             Err(fire::FireError::LostLease) => return Ok(TickReport::default()),
             Err(fire::FireError::Db(e)) => return Err(e.into()),

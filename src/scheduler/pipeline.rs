@@ -61,6 +61,8 @@ pub struct PipelineLimits {
     pub min_interval: std::time::Duration,
     /// Pipelines per tenant, paused ones included.
     pub max_per_tenant: u32,
+    /// What rendering a saved prompt a run's job names may use.
+    pub prompts: crate::prompts::render::Limits,
 }
 
 /// Slots looked at to find a schedule's shortest gap (irregular lists such as `0,1 * * * * *`

@@ -23,7 +23,7 @@ pub struct Booked {
     pub tenants: Vec<String>,
 }
 
-/// Runs a booking statement (a `.sql` file taking the ledger columns as arrays $1..$17 and
+/// Runs a booking statement (a `.sql` file taking the ledger columns as arrays $1..$19 and
 /// answering `rows` and `tenants`) over `rows`.
 macro_rules! book {
     ($file:literal, $conn:expr, $rows:expr) => {{
@@ -47,6 +47,8 @@ macro_rules! book {
             &c.occurred_at,
             &c.cache_hit as &[Option<&str>],
             &c.saved_micros,
+            &c.prompt as &[&str],
+            &c.prompt_version,
         )
         .fetch_one(&mut *$conn)
         .await?;
@@ -106,6 +108,8 @@ struct Columns<'a> {
     occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
     cache_hit: Vec<Option<&'static str>>,
     saved_micros: Vec<i64>,
+    prompt: Vec<&'a str>,
+    prompt_version: Vec<i32>,
 }
 
 impl<'a> Columns<'a> {
@@ -133,6 +137,8 @@ impl<'a> Columns<'a> {
             saved_micros: (rows.iter())
                 .map(|r| r.cache.map_or(0, |c| c.saved_micros))
                 .collect(),
+            prompt: rows.iter().map(|r| r.prompt.name.as_str()).collect(),
+            prompt_version: rows.iter().map(|r| r.prompt.version).collect(),
         }
     }
 }

@@ -42,6 +42,16 @@ pub struct LedgerEntry {
     pub tags: serde_json::Value,
     /// Set when the call was answered from the response cache (cost 0, no tokens billed).
     pub cache: Option<CachedCall>,
+    /// The saved prompt version the call rendered (empty when none).
+    pub prompt: PromptUse,
+}
+
+/// A saved prompt's name and version, as a ledger row and a report name them; `""` and 0 for
+/// calls of jobs that named none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PromptUse {
+    pub name: String,
+    pub version: i32,
 }
 
 /// What the ledger records of a call answered from the cache.

@@ -1,5 +1,10 @@
 //! Spend reports, read from the daily aggregates (never the ledger, so they stay fast at any ledger
-//! size and outlive raw-row retention): grouped by any of tenant, feature, model, provider and day.
+//! size and outlive raw-row retention): grouped by any of tenant, feature, model, provider, day,
+//! and the saved prompt and version the calls rendered.
+//!
+//! Grouped by job-level dimensions only (not model or provider), a report also counts the saved
+//! prompts jobs rendered and how many failed, from the finished jobs still kept (see
+//! `retention.jobs_days`): a prompt's error rate.
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -16,6 +21,10 @@ pub enum Dimension {
     Model,
     Provider,
     Day,
+    /// The saved prompt the calls rendered ("" for plain prompts).
+    Prompt,
+    /// Its version (0 for plain prompts).
+    Version,
 }
 
 impl Dimension {
@@ -27,7 +36,14 @@ impl Dimension {
             Self::Model => "model",
             Self::Provider => "provider",
             Self::Day => "day::text",
+            Self::Prompt => "prompt",
+            Self::Version => "prompt_version::text",
         }
+    }
+
+    /// Whether a job (not only a call) has this dimension: error counts can group by it.
+    fn of_jobs(self) -> bool {
+        !matches!(self, Self::Model | Self::Provider)
     }
 
     pub fn name(self) -> &'static str {
@@ -37,6 +53,8 @@ impl Dimension {
             Self::Model => "model",
             Self::Provider => "provider",
             Self::Day => "day",
+            Self::Prompt => "prompt",
+            Self::Version => "version",
         }
     }
 
@@ -47,7 +65,7 @@ impl Dimension {
             .map(|s| {
                 <Self as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| {
                     format!(
-                        "cannot group by `{}`: use tenant, feature, model, provider or day",
+                        "cannot group by `{}`: use tenant, feature, model, provider, day, prompt or version",
                         s.trim()
                     )
                 })
@@ -66,7 +84,7 @@ pub struct ReportQuery {
 }
 
 /// One group. `keys` holds the grouped dimensions' values in `group_by` order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReportRow {
     pub keys: Vec<String>,
     pub calls: i64,
@@ -78,9 +96,35 @@ pub struct ReportRow {
     /// Calls answered from the response cache (not in `calls`), and what they saved.
     pub cache_hits: i64,
     pub saved_micros: i64,
+    /// The provider calls' summed latency (their mean is this over `calls`).
+    pub latency_ms: i64,
+    /// Saved prompts rendered by finished jobs, and how many of them failed; none when the
+    /// report groups by model or provider (a failed prompt has neither).
+    pub prompt_runs: Option<PromptRuns>,
+}
+
+/// Saved prompts rendered by finished jobs of a group, and the failed ones among them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PromptRuns {
+    pub rendered: i64,
+    pub failed: i64,
 }
 
 impl ReportRow {
+    /// The provider calls' mean latency in milliseconds (0 without calls).
+    pub fn mean_latency_ms(&self) -> i64 {
+        if self.calls <= 0 {
+            return 0;
+        }
+        (self.latency_ms + self.calls / 2) / self.calls
+    }
+
+    /// The share of rendered saved prompts that failed (none without any).
+    pub fn error_rate(&self) -> Option<f64> {
+        let runs = self.prompt_runs.filter(|r| r.rendered > 0)?;
+        Some((runs.failed as f64 / runs.rendered as f64 * 10_000.0).round() / 10_000.0)
+    }
+
     /// The share of the group's calls the cache answered.
     pub fn cache_hit_rate(&self) -> f64 {
         let all = self.calls + self.cache_hits;
@@ -91,10 +135,11 @@ impl ReportRow {
     }
 }
 
-/// Group keys, then the sums of calls, input tokens, output tokens, cost, cache hits and savings
-/// (NULL over no rows).
+/// Group keys, then the sums of calls, input tokens, output tokens, cost, cache hits, savings and
+/// latency (NULL over no rows).
 type RawRow = (
     Vec<String>,
+    Option<i64>,
     Option<i64>,
     Option<i64>,
     Option<i64>,
@@ -104,13 +149,50 @@ type RawRow = (
 );
 
 pub async fn query(pool: &PgPool, q: &ReportQuery) -> Result<Vec<ReportRow>, sqlx::Error> {
-    let mut sql = QueryBuilder::new("SELECT ARRAY[");
+    let mut sql = QueryBuilder::new("SELECT ");
+    keys_of(&mut sql, q);
+    sql.push(", sum(calls)::int8, sum(input_tokens)::int8, sum(output_tokens)::int8, sum(cost_micros)::int8, \
+              sum(cache_hits)::int8, sum(saved_micros)::int8, sum(latency_ms)::int8 FROM spend_daily WHERE true");
+    filter_and_group(&mut sql, q);
+    let rows: Vec<RawRow> = sql.build_query_as().fetch_all(pool).await?;
+    let mut rows: Vec<ReportRow> = rows
+        .into_iter()
+        .filter(|r| r.1.is_some())
+        .map(|(keys, calls, input, output, cost, hits, saved, latency)| {
+            let (input, output, cost) =
+                (input.unwrap_or(0), output.unwrap_or(0), cost.unwrap_or(0));
+            ReportRow {
+                keys,
+                calls: calls.unwrap_or(0),
+                input_tokens: input,
+                output_tokens: output,
+                cost_micros: cost,
+                cost_per_1k_tokens_micros: per_1k(cost, input + output),
+                cache_hits: hits.unwrap_or(0),
+                saved_micros: saved.unwrap_or(0),
+                latency_ms: latency.unwrap_or(0),
+                prompt_runs: None,
+            }
+        })
+        .collect();
+    if q.group_by.iter().all(|d| d.of_jobs()) {
+        add_prompt_runs(pool, q, &mut rows).await?;
+    }
+    Ok(rows)
+}
+
+/// `ARRAY[<the grouped columns>]::text[]`.
+fn keys_of(sql: &mut QueryBuilder<'_, sqlx::Postgres>, q: &ReportQuery) {
+    sql.push("ARRAY[");
     let mut keys = sql.separated(", ");
     for d in &q.group_by {
         keys.push(d.column());
     }
-    sql.push("]::text[], sum(calls)::int8, sum(input_tokens)::int8, sum(output_tokens)::int8, sum(cost_micros)::int8, \
-              sum(cache_hits)::int8, sum(saved_micros)::int8 FROM spend_daily WHERE true");
+    sql.push("]::text[]");
+}
+
+/// The tenant and day conditions, then the grouping.
+fn filter_and_group<'a>(sql: &mut QueryBuilder<'a, sqlx::Postgres>, q: &'a ReportQuery) {
     if let Some(t) = &q.tenant {
         sql.push(" AND tenant_id = ").push_bind(t);
     }
@@ -128,25 +210,48 @@ pub async fn query(pool: &PgPool, q: &ReportQuery) -> Result<Vec<ReportRow>, sql
         }
         sql.push(" ORDER BY 1");
     }
-    let rows: Vec<RawRow> = sql.build_query_as().fetch_all(pool).await?;
-    Ok(rows
-        .into_iter()
-        .filter(|r| r.1.is_some())
-        .map(|(keys, calls, input, output, cost, hits, saved)| {
-            let (input, output, cost) =
-                (input.unwrap_or(0), output.unwrap_or(0), cost.unwrap_or(0));
-            ReportRow {
-                keys,
-                calls: calls.unwrap_or(0),
-                input_tokens: input,
-                output_tokens: output,
-                cost_micros: cost,
-                cost_per_1k_tokens_micros: per_1k(cost, input + output),
-                cache_hits: hits.unwrap_or(0),
-                saved_micros: saved.unwrap_or(0),
-            }
+}
+
+/// Counts the saved prompts finished jobs rendered, and the failed ones (the job failed, or its
+/// completion of that prompt holds an error), by the report's groups; a group with runs but no
+/// spend gets a row of its own.
+async fn add_prompt_runs(
+    pool: &PgPool,
+    q: &ReportQuery,
+    rows: &mut Vec<ReportRow>,
+) -> Result<(), sqlx::Error> {
+    let mut sql = QueryBuilder::new("SELECT ");
+    keys_of(&mut sql, q);
+    sql.push(", count(*)::int8, (count(*) FILTER (WHERE failed))::int8 FROM (");
+    sql.push(include_str!("sql/prompt_runs.sql"));
+    sql.push(") runs WHERE true");
+    filter_and_group(&mut sql, q);
+    let runs: Vec<(Vec<String>, i64, i64)> = sql.build_query_as().fetch_all(pool).await?;
+    let only_plain = |keys: &[String]| {
+        // Plain prompts are not counted: their group (prompt "" / version 0) gets no runs.
+        (q.group_by.iter().zip(keys)).any(|(d, k)| {
+            matches!(
+                (d, k.as_str()),
+                (Dimension::Prompt, "") | (Dimension::Version, "0")
+            )
         })
-        .collect())
+    };
+    for row in rows.iter_mut().filter(|r| !only_plain(&r.keys)) {
+        row.prompt_runs = Some(PromptRuns::default());
+    }
+    for (keys, rendered, failed) in runs {
+        let counted = PromptRuns { rendered, failed };
+        match rows.iter_mut().find(|r| r.keys == keys) {
+            Some(row) => row.prompt_runs = Some(counted),
+            None => rows.push(ReportRow {
+                keys,
+                prompt_runs: Some(counted),
+                ..ReportRow::default()
+            }),
+        }
+    }
+    rows.sort_by(|a, b| a.keys.cmp(&b.keys));
+    Ok(())
 }
 
 /// Cost per 1,000 tokens in micro-dollars, rounded half up, in integers.
@@ -169,6 +274,9 @@ fn header(dims: &[Dimension]) -> Vec<&'static str> {
         "cache_hits",
         "saved_usd",
         "cache_hit_rate",
+        "mean_latency_ms",
+        "prompts_rendered",
+        "prompt_error_rate",
     ]);
     h
 }
@@ -186,6 +294,11 @@ fn cells(row: &ReportRow) -> Vec<String> {
         row.cache_hits.to_string(),
         usd(row.saved_micros).trim_start_matches('$').to_string(),
         format!("{:.4}", row.cache_hit_rate()),
+        row.mean_latency_ms().to_string(),
+        row.prompt_runs
+            .map_or(String::new(), |r| r.rendered.to_string()),
+        row.error_rate()
+            .map_or(String::new(), |r| format!("{r:.4}")),
     ]);
     c
 }
@@ -228,6 +341,12 @@ pub struct SpendRow {
     /// `YYYY-MM-DD` (UTC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub day: Option<String>,
+    /// The saved prompt the calls rendered ("" for plain prompts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Its version ("0" for plain prompts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     pub calls: i64,
     pub input_tokens: i64,
     pub output_tokens: i64,
@@ -241,6 +360,15 @@ pub struct SpendRow {
     pub saved_micros: i64,
     /// cache_hits / (calls + cache_hits).
     pub cache_hit_rate: f64,
+    /// The provider calls' mean latency.
+    pub mean_latency_ms: i64,
+    /// Saved prompts rendered by the group's finished jobs still kept (absent when grouped by
+    /// model or provider).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompts_rendered: Option<i64>,
+    /// The share of those that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_error_rate: Option<f64>,
 }
 
 /// The rows as [`SpendRow`]s.
@@ -256,6 +384,9 @@ pub fn to_rows(dims: &[Dimension], rows: &[ReportRow]) -> Vec<SpendRow> {
                 cache_hits: r.cache_hits,
                 saved_micros: r.saved_micros,
                 cache_hit_rate: r.cache_hit_rate(),
+                mean_latency_ms: r.mean_latency_ms(),
+                prompts_rendered: r.prompt_runs.map(|p| p.rendered),
+                prompt_error_rate: r.error_rate(),
                 ..SpendRow::default()
             };
             for (d, k) in dims.iter().zip(&r.keys) {
@@ -265,6 +396,8 @@ pub fn to_rows(dims: &[Dimension], rows: &[ReportRow]) -> Vec<SpendRow> {
                     Dimension::Model => &mut row.model,
                     Dimension::Provider => &mut row.provider,
                     Dimension::Day => &mut row.day,
+                    Dimension::Prompt => &mut row.prompt,
+                    Dimension::Version => &mut row.version,
                 };
                 *slot = Some(k.clone());
             }
@@ -329,6 +462,7 @@ mod tests {
             cost_per_1k_tokens_micros: per_1k(cost, input + output),
             cache_hits: 0,
             saved_micros: 0,
+            ..ReportRow::default()
         }
     }
 
@@ -345,7 +479,7 @@ mod tests {
         let csv = to_csv(&[Dimension::Feature], &[row(&["a,b"], 1_500_000, 1000, 0)]);
         assert_eq!(
             csv,
-            "feature,calls,input_tokens,output_tokens,cost_usd,cost_per_1k_tokens_usd,cache_hits,saved_usd,cache_hit_rate\n\"a,b\",1,1000,0,1.500000,1.500000,0,0.000000,0.0000\n"
+            "feature,calls,input_tokens,output_tokens,cost_usd,cost_per_1k_tokens_usd,cache_hits,saved_usd,cache_hit_rate,mean_latency_ms,prompts_rendered,prompt_error_rate\n\"a,b\",1,1000,0,1.500000,1.500000,0,0.000000,0.0000,0,,\n"
         );
     }
 

@@ -77,6 +77,7 @@ pub async fn process<H: JobHandler>(ctx: &WorkerContext, run: Attempt) -> Option
                 },
                 vectors: &ctx.vectors,
                 cache: &ctx.cache,
+                pool: &ctx.pool,
                 declared_calls: first_calls,
             };
             match &redaction {

@@ -4,13 +4,15 @@
 use std::time::Duration;
 
 use ragq::cache::CacheHit;
-use ragq::jobs::JobMessage;
+use ragq::jobs::{JobKind, JobMessage};
 use ragq::providers::embeddings::EmbeddingRequest;
 use ragq::providers::{ChatRequest, Metered, Usage};
 use ragq::routing::catalog::ModelSpec;
 use ragq::routing::{Answered, Router};
 use ragq::spend::intents::CallIntent;
-use ragq::spend::{CachedCall, LedgerEntry, Price, CACHE_EMBED_OFFSET, SHADOW_CALL_OFFSET};
+use ragq::spend::{
+    CachedCall, LedgerEntry, Price, PromptUse, CACHE_EMBED_OFFSET, SHADOW_CALL_OFFSET,
+};
 
 /// One attempt of a job: what its ledger rows and intents are keyed by. The claim builds intents
 /// with attempt 0 and numbers them once it knows the attempt.
@@ -126,6 +128,7 @@ impl AttemptOf<'_> {
             latency_ms: i32::try_from(call.latency.as_millis()).unwrap_or(i32::MAX),
             tags: self.tags(tags),
             cache: None,
+            prompt: self.prompt_of(call_index),
         }
     }
 
@@ -158,6 +161,30 @@ impl AttemptOf<'_> {
                 hit: hit.hit,
                 saved_micros: hit.saved_micros,
             }),
+            prompt: self.prompt_of(call_index),
+        }
+    }
+
+    /// The saved prompt version call `call_index` rendered: a batch's prompt of that index (for
+    /// its shadow copy and cache lookup too), a `rag.answer` job's template for all its calls.
+    /// Intake pinned the version into the input.
+    fn prompt_of(&self, call_index: usize) -> PromptUse {
+        let input = &self.job.input;
+        let template = match self.job.kind {
+            // Shadow copies and cache lookups are numbered from offsets that are multiples of
+            // the shadow offset.
+            JobKind::BatchComplete => (input.get("prompts"))
+                .and_then(|p| p.get(call_index % SHADOW_CALL_OFFSET))
+                .and_then(|p| p.get("template")),
+            JobKind::RagAnswer => input.get("template"),
+            JobKind::Ingest => None,
+        };
+        let Some(t) = template.filter(|t| t.is_object()) else {
+            return PromptUse::default();
+        };
+        PromptUse {
+            name: t["name"].as_str().unwrap_or_default().to_string(),
+            version: (t["version"].as_i64()).map_or(0, |v| i32::try_from(v).unwrap_or(0)),
         }
     }
 

@@ -9,6 +9,7 @@ use lapin::options::BasicAckOptions;
 use tracing::Instrument;
 
 use ragq::jobs::{JobMessage, PoisonReason};
+use ragq::prompts::pin::PinError;
 use ragq::queue::dead_letters::DeadLetter;
 use ragq::queue::identity::{Origin, PUBLISHER_HEADER};
 use ragq::queue::publisher::PUBLISHED_MS_HEADER;
@@ -111,7 +112,7 @@ async fn process(
     traceparent: Option<String>,
     known: &mut Option<(String, &'static str)>,
 ) -> Disposition {
-    let job = match JobMessage::parse(&delivery.data, ctx.cfg.queue.max_message_bytes) {
+    let mut job = match JobMessage::parse(&delivery.data, ctx.cfg.queue.max_message_bytes) {
         Ok(job) => job,
         Err(reason) => return dead_letter(&reason),
     };
@@ -131,11 +132,30 @@ async fn process(
     match authorize(ctx, origin, &job).await {
         Ok(tenant) => {
             *known = Some((tenant.id.clone(), job.kind.as_str()));
-            crate::intake::take_in(ctx, job, &tenant, traceparent).await
+            match pin(ctx, origin, &mut job).await {
+                Ok(()) => crate::intake::take_in(ctx, job, &tenant, traceparent).await,
+                Err(PinError::Refused(reason)) => dead_letter(&PoisonReason::Prompt(reason)),
+                Err(PinError::Db(e)) => {
+                    tracing::warn!(error = %e, "cannot resolve the job's prompt");
+                    Disposition::Abandon
+                }
+            }
         }
         Err(Some(reason)) => dead_letter(&reason),
         Err(None) => Disposition::Abandon,
     }
+}
+
+/// Resolves, checks and pins the saved prompts the job names, so a bad one is refused here. A
+/// message ragq's api or scheduler published was pinned by them (the job's row holds it already):
+/// it is taken as it is, since its variables were rendered away.
+async fn pin(ctx: &WorkerContext, origin: &Origin, job: &mut JobMessage) -> Result<(), PinError> {
+    let trusted = matches!(origin, Origin::Publisher(user)
+        if ctx.cfg.queue.trusted_publishers.iter().any(|t| t == user));
+    if trusted && ragq::prompts::pin::is_pinned(job) {
+        return Ok(());
+    }
+    ragq::prompts::pin::pin(&ctx.pool, job, ctx.cfg.prompts).await
 }
 
 /// How long the message waited since it was published, from ragq's millisecond header or the

@@ -348,6 +348,7 @@ async fn attempt_of(ctx: &WorkerContext, taken: Taken) -> Option<Attempt> {
         priority: Priority::from_rank(taken.priority),
         // Checked at intake; a value this build cannot read leaves the job to its policy and plan.
         cache: taken.cache.and_then(|c| serde_json::from_value(c).ok()),
+        policy_named: true,
     };
     if taken.attempts == 1 {
         let waited = (Utc::now() - taken.created_at).to_std().unwrap_or_default();

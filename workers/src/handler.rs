@@ -84,6 +84,8 @@ pub struct JobContext<'a> {
     pub vectors: &'a VectorStore,
     /// The response cache, for the calls the job's settings cache.
     pub cache: &'a ResponseCache,
+    /// For reads a kind makes of its own (a pinned saved prompt's templates).
+    pub pool: &'a sqlx::PgPool,
     /// Calls `0..declared_calls` (and their shadow copies) had their intents recorded with the
     /// claim, so they are sent without a commit of their own.
     pub declared_calls: usize,

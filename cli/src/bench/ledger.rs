@@ -159,6 +159,7 @@ fn entry(writer: usize, seq: usize) -> LedgerEntry {
         latency_ms: 5,
         tags: serde_json::json!({}),
         cache: None,
+        prompt: Default::default(),
     }
 }
 

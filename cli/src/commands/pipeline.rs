@@ -67,7 +67,7 @@ pub async fn run(cfg: &Config, command: PipelineCommand) -> anyhow::Result<()> {
             );
         }
         PipelineCommand::Trigger { tenant, name } => {
-            let max = cfg.scheduler.pipelines.max_message_bytes;
+            let max = cfg.scheduler.pipelines;
             let actor = Actor::cli();
             match ragq::scheduler::fire::trigger(&pool, &actor, &tenant, &name, Utc::now(), max).await? {
                 Some(job) => {

@@ -13,10 +13,10 @@
 WITH t AS (
   SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[],
     $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int[],
-    $14::jsonb[], $15::timestamptz[], $16::text[], $17::int8[])
+    $14::jsonb[], $15::timestamptz[], $16::text[], $17::int8[], $18::text[], $19::int[])
     AS t(tenant_id, job_id, attempt, call_index, provider, model, feature, input_tokens,
       output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok, cost_micros,
-      latency_ms, tags, occurred_at, cache_hit, saved_micros)),
+      latency_ms, tags, occurred_at, cache_hit, saved_micros, prompt, prompt_version)),
 gone AS (
   DELETE FROM call_intents c USING t
   WHERE c.tenant_id = t.tenant_id AND c.job_id = t.job_id AND c.attempt = t.attempt
@@ -25,7 +25,7 @@ gone AS (
 ins AS (
   INSERT INTO provider_calls (tenant_id, job_id, attempt, call_index, provider, model, feature,
     input_tokens, output_tokens, input_price_micros_per_mtok, output_price_micros_per_mtok,
-    cost_micros, latency_ms, tags, occurred_at, cache_hit, saved_micros)
+    cost_micros, latency_ms, tags, occurred_at, cache_hit, saved_micros, prompt, prompt_version)
   SELECT * FROM gone WHERE gone.cache_hit IS NULL
   UNION ALL
   SELECT * FROM t WHERE t.cache_hit IS NOT NULL

@@ -6,7 +6,7 @@
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
-use ragq::jobs::{BatchCompleteInput, JobKind, JobMessage};
+use ragq::jobs::{BatchCompleteInput, JobKind, JobMessage, TemplateRef};
 use ragq::providers::{ChatMessage, ChatRequest, Usage};
 use ragq::spend::budget::Estimate;
 use ragq::spend::Price;
@@ -22,8 +22,15 @@ impl JobHandler for BatchComplete {
     type Input = BatchCompleteInput;
     const KIND: JobKind = JobKind::BatchComplete;
 
+    /// Saved prompts were rendered at intake; one that was not cannot run.
     fn input(job: &JobMessage) -> Result<Self::Input, String> {
-        job.batch_input()
+        let input = job.batch_input()?;
+        if let Some(i) = (input.prompts.iter()).position(|p| p.prompt.trim().is_empty()) {
+            return Err(format!(
+                "input.prompts[{i}]: the saved prompt was not rendered at intake"
+            ));
+        }
+        Ok(input)
     }
 
     fn estimate(env: WorkerEnv<'_>, job: &JobMessage, input: &Self::Input) -> Estimate {
@@ -78,8 +85,10 @@ fn request(
     default_max_output_tokens: u32,
     call_id: Option<String>,
 ) -> ChatRequest {
+    let prompt = &input.prompts[index];
+    let system = prompt.system.as_deref().or(input.system.as_deref());
     ChatRequest {
-        messages: messages(input.system.as_deref(), &input.prompts[index].prompt),
+        messages: messages(system, &prompt.prompt),
         max_tokens: Some(input.max_tokens.unwrap_or(default_max_output_tokens)),
         temperature: input.temperature,
         call_id,
@@ -119,10 +128,10 @@ async fn complete(ctx: &JobContext<'_>, input: BatchCompleteInput) -> Result<Val
     let requests = requests(&input, ctx.env.cfg.spend.default_max_output_tokens, |i| {
         Some(ctx.call_id(i))
     });
-    let calls = requests
-        .into_iter()
-        .enumerate()
-        .map(|(index, request)| answer(ctx, index, request));
+    let calls = requests.into_iter().enumerate().map(|(index, request)| {
+        let template = input.prompts[index].template.as_ref();
+        answer(ctx, index, request, template)
+    });
     let answers: Vec<Result<Value, JobError>> = stream::iter(calls)
         .buffered(PROMPT_CONCURRENCY)
         .collect()
@@ -157,6 +166,11 @@ async fn complete(ctx: &JobContext<'_>, input: BatchCompleteInput) -> Result<Val
     Ok(json!({"completions": completions, "usage": usage, "cost_micros": cost_micros}))
 }
 
+/// The saved prompt version a completion used, as results name it.
+pub fn prompt_used(t: &TemplateRef) -> Value {
+    json!({"name": t.name, "version": t.version, "label": t.label, "shared": t.shared})
+}
+
 fn messages(system: Option<&str>, prompt: &str) -> Vec<ChatMessage> {
     let mut messages = Vec::with_capacity(2);
     if let Some(system) = system {
@@ -176,6 +190,7 @@ async fn answer(
     ctx: &JobContext<'_>,
     index: usize,
     request: ChatRequest,
+    template: Option<&TemplateRef>,
 ) -> Result<Value, JobError> {
     let routed = ctx.chat(index, &request).await?;
     let shadow_cost = routed.shadow.as_ref().map_or(0, |s| s.cost_micros());
@@ -202,6 +217,9 @@ async fn answer(
     if let Some(hit) = &call.cache {
         completion["cache"] = json!(hit);
     }
+    if let Some(t) = template {
+        completion["prompt"] = prompt_used(t);
+    }
     if let Some(l) = &routed.cache_lookup {
         completion["cache_lookup"] =
             json!({"model": l.model, "usage": l.response.usage, "cost_micros": lookup_cost});
@@ -220,9 +238,11 @@ mod tests {
             prompts: vec![
                 Prompt {
                     prompt: "x".repeat(92),
+                    ..Prompt::default()
                 },
                 Prompt {
                     prompt: "y".repeat(192),
+                    ..Prompt::default()
                 },
             ],
             system: None,

@@ -11,7 +11,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use ragq::jobs::{JobKind, JobMessage, RagAnswerInput};
+use ragq::jobs::{JobKind, JobMessage, RagAnswerInput, RagTemplate};
+use ragq::prompts::pin;
+use ragq::prompts::render::Limits;
+use ragq::prompts::store::PromptVersion;
 use ragq::providers::embeddings::EmbeddingRequest;
 use ragq::providers::{ChatMessage, ChatRequest, Usage};
 use ragq::retrieval::{check_filter, Hit, PromptTemplate, SearchQuery};
@@ -132,7 +135,8 @@ pub fn estimate(
 async fn answer(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, JobError> {
     let started = Instant::now();
     let top_k = check(&input, ctx)?;
-    let (template, max_tokens, budget) = prompt_budget(ctx, &input)?;
+    let template = template(ctx, &input).await?;
+    let (max_tokens, budget) = prompt_budget(ctx, &input, &template)?;
     let found = retrieve(ctx, &input, top_k).await?;
     let timings = |model_done: Instant| {
         json!({
@@ -151,7 +155,7 @@ async fn answer(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, Jo
             "timings_ms": timings(Instant::now()),
         }));
     }
-    let prompt = assemble(template, &input.question, &found.hits, budget);
+    let prompt = assemble(&template, &input.question, &found.hits, budget)?;
     if prompt.used == 0 {
         return Err(JobError::permanent(
             "context_too_small",
@@ -198,21 +202,96 @@ async fn answer(ctx: &JobContext<'_>, input: RagAnswerInput) -> Result<Value, Jo
     if let Some(hit) = &call.cache {
         result["cache"] = json!(hit);
     }
+    if let Some(RagTemplate::Saved(t)) = &input.template {
+        result["prompt"] = super::batch_complete::prompt_used(t);
+    }
     Ok(result)
 }
 
-/// The template, the answer's `max_tokens`, and the room the prompt has: the policy's smallest
-/// context window and, under a budget downgrade, the per-call cost cap. A question that leaves no
-/// room fails here, before any call.
-fn prompt_budget<'c>(
+/// The text around a prompt's context: a template of the configuration, or the saved prompt
+/// version the job was pinned to at intake, rendered with the job's variables.
+pub enum Template<'c> {
+    Configured(&'c PromptTemplate),
+    Saved {
+        version: Box<PromptVersion>,
+        variables: serde_json::Map<String, Value>,
+        limits: Limits,
+    },
+}
+
+impl Template<'_> {
+    /// The prompt's messages around `context`.
+    fn messages(&self, question: &str, context: &str) -> Result<Vec<ChatMessage>, JobError> {
+        let (system, user) = match self {
+            Self::Configured(t) => (
+                Some(t.system.clone()),
+                t.user
+                    .replace("{context}", context)
+                    .replace("{question}", question),
+            ),
+            Self::Saved {
+                version,
+                variables,
+                limits,
+            } => {
+                let all = pin::rag_variables(variables, question, context);
+                pin::render_rag_parts(version, &all, *limits)
+                    .map_err(|e| JobError::permanent("prompt_failed", e))?
+            }
+        };
+        let role = |role: &str, content: String| ChatMessage {
+            role: role.into(),
+            content,
+        };
+        Ok((system.map(|s| role("system", s)).into_iter())
+            .chain([role("user", user)])
+            .collect())
+    }
+}
+
+/// The job's template: the configuration's by name, or its pinned saved prompt.
+async fn template<'c>(
     ctx: &JobContext<'c>,
     input: &RagAnswerInput,
-) -> Result<(&'c PromptTemplate, u32, PromptBudget), JobError> {
+) -> Result<Template<'c>, JobError> {
+    let cfg = ctx.env.cfg;
+    let name = match &input.template {
+        Some(RagTemplate::Saved(t)) => {
+            let version = pin::pinned(ctx.pool, &ctx.job.tenant, t)
+                .await
+                .map_err(|e| JobError::transient("database", e.to_string()))?
+                .ok_or_else(|| {
+                    JobError::permanent(
+                        "prompt_missing",
+                        format!(
+                            "prompt `{}` was not pinned to a version that exists",
+                            t.name
+                        ),
+                    )
+                })?;
+            return Ok(Template::Saved {
+                version: Box::new(version),
+                variables: t.variables.clone(),
+                limits: cfg.prompts,
+            });
+        }
+        Some(RagTemplate::Configured(name)) => name.as_str(),
+        None => "default",
+    };
+    (cfg.retrieval.templates.get(name))
+        .map(Template::Configured)
+        .ok_or_else(|| JobError::invalid("input.template: unknown template"))
+}
+
+/// The answer's `max_tokens` and the room the prompt has: the policy's smallest context window
+/// and, under a budget downgrade, the per-call cost cap. A question that leaves no room fails
+/// here, before any call.
+fn prompt_budget(
+    ctx: &JobContext<'_>,
+    input: &RagAnswerInput,
+    template: &Template<'_>,
+) -> Result<(u32, PromptBudget), JobError> {
     let cfg = &ctx.env.cfg.retrieval;
-    let template = cfg
-        .templates
-        .get(input.template.as_deref().unwrap_or("default"))
-        .ok_or_else(|| JobError::invalid("input.template: unknown template"))?;
     let max_tokens = input.max_tokens.unwrap_or(cfg.answer_max_tokens);
     let window = ctx
         .env
@@ -223,14 +302,14 @@ fn prompt_budget<'c>(
         tokens: tokens::input_budget(window, max_tokens),
         bytes: affordable_bytes(ctx, max_tokens),
     };
-    let fixed = prompt_tokens(template, &input.question, "");
+    let fixed = prompt_tokens(&template.messages(&input.question, "")?);
     if fixed > budget.tokens {
         return Err(JobError::permanent(
             "question_too_long",
             format!("the question and template need {fixed} tokens; the policy's smallest context window leaves {} for input", budget.tokens),
         ));
     }
-    Ok((template, max_tokens, budget))
+    Ok((max_tokens, budget))
 }
 
 /// What retrieval found, what its embedding cost, and when each step ended.
@@ -352,14 +431,15 @@ pub struct Prompt {
 
 /// Fills the template with the best hits, in order, while the prompt stays within `budget`.
 pub fn assemble(
-    template: &PromptTemplate,
+    template: &Template<'_>,
     question: &str,
     hits: &[Hit],
     budget: PromptBudget,
-) -> Prompt {
-    let mut tokens = prompt_tokens(template, question, "");
-    let mut bytes = (template.system.len() + template.user.len() + question.len()) as u64
-        + 2 * MESSAGE_OVERHEAD_TOKENS;
+) -> Result<Prompt, JobError> {
+    let bare = template.messages(question, "")?;
+    let mut tokens = prompt_tokens(&bare);
+    let mut bytes =
+        bare.iter().map(|m| m.content.len() as u64).sum::<u64>() + 2 * MESSAGE_OVERHEAD_TOKENS;
     let mut context = String::new();
     let mut used = 0;
     for (i, hit) in hits.iter().enumerate() {
@@ -373,32 +453,15 @@ pub fn assemble(
         context.push_str(&passage);
         used += 1;
     }
-    Prompt {
-        messages: messages(template, question, context.trim_end()),
+    Ok(Prompt {
+        messages: template.messages(question, context.trim_end())?,
         used,
         tokens,
-    }
+    })
 }
 
-fn messages(template: &PromptTemplate, question: &str, context: &str) -> Vec<ChatMessage> {
-    let user = template
-        .user
-        .replace("{context}", context)
-        .replace("{question}", question);
-    vec![
-        ChatMessage {
-            role: "system".into(),
-            content: template.system.clone(),
-        },
-        ChatMessage {
-            role: "user".into(),
-            content: user,
-        },
-    ]
-}
-
-fn prompt_tokens(template: &PromptTemplate, question: &str, context: &str) -> u64 {
-    ragq::providers::count_tokens(&messages(template, question, context))
+fn prompt_tokens(messages: &[ChatMessage]) -> u64 {
+    ragq::providers::count_tokens(messages)
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -419,7 +482,7 @@ mod tests {
         }
     }
 
-    fn template() -> PromptTemplate {
+    fn configured() -> PromptTemplate {
         PromptTemplate {
             system: "Answer from the context.".into(),
             user: "Context:\n{context}\n\nQuestion: {question}".into(),
@@ -435,7 +498,9 @@ mod tests {
             tokens: u64::MAX,
             bytes: u64::MAX,
         };
-        let all = assemble(&template(), "How do refunds work?", &hits, unlimited);
+        let configured = configured();
+        let template = Template::Configured(&configured);
+        let all = assemble(&template, "How do refunds work?", &hits, unlimited).unwrap();
         assert_eq!(all.used, 10);
         let counted = ragq::providers::count_tokens(&all.messages);
         // Passages are counted one by one; joined, BPE may merge across their seams a little.
@@ -448,7 +513,7 @@ mod tests {
             tokens: all.tokens / 2,
             bytes: u64::MAX,
         };
-        let half = assemble(&template(), "How do refunds work?", &hits, tight);
+        let half = assemble(&template, "How do refunds work?", &hits, tight).unwrap();
         assert!(half.used > 0 && half.used < 10);
         assert!(half.tokens <= tight.tokens);
         assert!(half.messages[1].content.contains("[1] passage 0"));
@@ -457,7 +522,7 @@ mod tests {
             tokens: u64::MAX,
             bytes: 200,
         };
-        assert_eq!(assemble(&template(), "q", &hits, poor).used, 0);
+        assert_eq!(assemble(&template, "q", &hits, poor).unwrap().used, 0);
     }
 
     #[test]

@@ -1,0 +1,289 @@
+//! Pinning at intake: a job naming saved prompts is resolved once, when it is accepted (over HTTP
+//! or from the queue), and stored with the version it got. Its variables are checked against that
+//! version's JSON Schema there, so a bad job is refused at submission, never at run time.
+//!
+//! A `batch.complete` prompt is rendered here too: the stored job holds the text it sends, so every
+//! attempt sends the same text whatever the label does next, and everything downstream (estimates,
+//! redaction, the response cache) sees plain prompts. A `rag.answer` template needs the retrieved
+//! context, so the worker renders it from the pinned version ([`pinned`], [`render_rag_parts`]).
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, PgPool};
+
+use super::render::{self, Limits};
+use super::store::{self, Defaults, PromptError, PromptVersion, Selector, SHARED};
+use crate::jobs::{JobKind, JobMessage, RagTemplate, TemplateRef};
+
+/// Why a job's prompt cannot be pinned.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The job's fault: an unknown prompt, label or version, variables the schema refuses, a
+    /// template that fails on them. The text names the field.
+    #[error("{0}")]
+    Refused(String),
+    /// The database could not answer; the job may be submitted again.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Resolves, checks and pins every saved prompt `job` names, in place; a job naming none is left
+/// as it is, without a query.
+pub async fn pin(pool: &PgPool, job: &mut JobMessage, limits: Limits) -> Result<(), PinError> {
+    if !names_prompts(job) {
+        return Ok(());
+    }
+    pin_on(&mut *pool.acquire().await?, job, limits).await
+}
+
+/// [`pin`] on a connection (a scheduler run pins inside its transaction).
+pub async fn pin_on(
+    conn: &mut PgConnection,
+    job: &mut JobMessage,
+    limits: Limits,
+) -> Result<(), PinError> {
+    match job.kind {
+        JobKind::BatchComplete if names_prompts(job) => pin_batch(conn, job, limits).await,
+        JobKind::RagAnswer if names_prompts(job) => pin_rag(conn, job, limits).await,
+        _ => Ok(()),
+    }
+}
+
+/// Whether the job names a saved prompt.
+pub fn names_prompts(job: &JobMessage) -> bool {
+    match job.kind {
+        JobKind::BatchComplete => (job.input.get("prompts").and_then(Value::as_array))
+            .is_some_and(|ps| ps.iter().any(|p| p.get("template").is_some())),
+        JobKind::RagAnswer => job.input.get("template").is_some_and(Value::is_object),
+        JobKind::Ingest => false,
+    }
+}
+
+/// Whether every saved prompt the job names is pinned (and a batch's rendered): what a message
+/// from ragq's own api or scheduler, which pinned it, looks like.
+pub fn is_pinned(job: &JobMessage) -> bool {
+    let pinned = |t: &Value| t.get("version").is_some_and(Value::is_i64);
+    match job.kind {
+        JobKind::BatchComplete => {
+            (job.input.get("prompts").and_then(Value::as_array)).is_some_and(|ps| {
+                ps.iter().all(|p| match p.get("template") {
+                    Some(t) => pinned(t) && p.get("prompt").is_some_and(Value::is_string),
+                    None => true,
+                })
+            })
+        }
+        JobKind::RagAnswer => {
+            (job.input.get("template")).is_none_or(|t| !t.is_object() || pinned(t))
+        }
+        JobKind::Ingest => true,
+    }
+}
+
+async fn pin_batch(
+    conn: &mut PgConnection,
+    job: &mut JobMessage,
+    limits: Limits,
+) -> Result<(), PinError> {
+    let mut input = job.batch_input().map_err(PinError::Refused)?;
+    // Prompts of one job naming the same reference share one lookup.
+    let mut versions: HashMap<(String, Option<String>, Option<i32>, bool), PromptVersion> =
+        HashMap::new();
+    let mut first_defaults = None;
+    for (i, prompt) in input.prompts.iter_mut().enumerate() {
+        let Some(t) = prompt.template.as_mut() else {
+            continue;
+        };
+        let field = format!("input.prompts[{i}].template");
+        let key = (t.name.clone(), t.label.clone(), t.version, t.shared);
+        let version = match versions.get(&key) {
+            Some(v) => v.clone(),
+            None => {
+                let v = resolve(conn, job, t, &field).await?;
+                versions.insert(key, v.clone());
+                v
+            }
+        };
+        let variables = Value::Object(std::mem::take(&mut t.variables));
+        check_variables(&version, &variables, &field)?;
+        let rendered = |source: &str, part: &str| {
+            render::render(source, &variables, limits)
+                .map_err(|e| PinError::Refused(format!("{field}: {} {part}: {e}", about(&version))))
+        };
+        prompt.prompt = rendered(&version.user_template, "user template")?;
+        prompt.system = (version.system_template.as_deref())
+            .map(|s| rendered(s, "system template"))
+            .transpose()?;
+        if prompt.prompt.trim().is_empty() {
+            return Err(PinError::Refused(format!(
+                "{field}: {} renders an empty prompt",
+                about(&version)
+            )));
+        }
+        pin_ref(t, &version);
+        first_defaults.get_or_insert_with(|| version.defaults.clone());
+    }
+    if let Some(defaults) = first_defaults {
+        let d = Defaults::read(&defaults).unwrap_or_default();
+        input.max_tokens = input.max_tokens.or(d.max_tokens);
+        input.temperature = input.temperature.or(d.temperature);
+        apply_policy(job, d.policy);
+    }
+    job.input = serde_json::to_value(&input).map_err(|e| PinError::Refused(e.to_string()))?;
+    Ok(())
+}
+
+async fn pin_rag(
+    conn: &mut PgConnection,
+    job: &mut JobMessage,
+    limits: Limits,
+) -> Result<(), PinError> {
+    let mut input = job.rag_input().map_err(PinError::Refused)?;
+    let Some(RagTemplate::Saved(t)) = input.template.as_mut() else {
+        return Ok(());
+    };
+    let version = resolve(conn, job, t, "input.template").await?;
+    // The variables the worker adds: the question, and the context (not known yet: empty here).
+    let variables = rag_variables(&t.variables, &input.question, "");
+    check_variables(&version, &variables, "input.template")?;
+    render_rag_parts(&version, &variables, limits)
+        .map_err(|e| PinError::Refused(format!("input.template: {e}")))?;
+    pin_ref(t, &version);
+    let d = Defaults::read(&version.defaults).unwrap_or_default();
+    input.max_tokens = input.max_tokens.or(d.max_tokens);
+    input.temperature = input.temperature.or(d.temperature);
+    apply_policy(job, d.policy);
+    job.input = serde_json::to_value(&input).map_err(|e| PinError::Refused(e.to_string()))?;
+    Ok(())
+}
+
+/// The version a reference names for this job: a pinned one exactly (from the owner it was
+/// pinned from), else by version number or label; a split label picks by the job's id.
+async fn resolve(
+    conn: &mut PgConnection,
+    job: &JobMessage,
+    t: &TemplateRef,
+    field: &str,
+) -> Result<PromptVersion, PinError> {
+    let refused = |e: PromptError| match e {
+        PromptError::Db(e) => PinError::Db(e),
+        other => PinError::Refused(format!("{field}: {other}")),
+    };
+    if let (Some(v), true) = (t.version, t.shared) {
+        return store::get(conn, SHARED, &t.name, v)
+            .await
+            .map_err(refused)?
+            .ok_or_else(|| {
+                PinError::Refused(format!(
+                    "{field}: no shared prompt `{}` version {v}",
+                    t.name
+                ))
+            });
+    }
+    let selector = match t.version {
+        Some(v) => Selector::Version(v),
+        None => Selector::Label(t.label().to_string()),
+    };
+    store::resolve_for(conn, &job.tenant, &t.name, &selector, &job.id)
+        .await
+        .map_err(refused)
+}
+
+/// Writes what the job got into its reference: the version, where it came from, and the label it
+/// resolved (kept for reports).
+fn pin_ref(t: &mut TemplateRef, version: &PromptVersion) {
+    if t.version.is_none() {
+        t.label = Some(t.label().to_string());
+    }
+    t.version = Some(version.version);
+    t.shared = version.tenant_id == SHARED;
+}
+
+/// A job that named no policy takes its prompt's default policy.
+fn apply_policy(job: &mut JobMessage, policy: Option<String>) {
+    if let (false, Some(p)) = (job.policy_named, policy) {
+        job.policy = p;
+        job.policy_named = true;
+    }
+}
+
+/// Checks `variables` against the version's schema; a refusal names the first bad variable by its
+/// JSON pointer and the rule it breaks, never its value (tenant content stays out of dead letters
+/// and logs).
+fn check_variables(
+    version: &PromptVersion,
+    variables: &Value,
+    field: &str,
+) -> Result<(), PinError> {
+    let validator = jsonschema::validator_for(&version.variables_schema).map_err(|e| {
+        PinError::Refused(format!("{field}: {} has a bad schema: {e}", about(version)))
+    })?;
+    let Some(error) = validator.iter_errors(variables).next() else {
+        return Ok(());
+    };
+    let at = error.instance_path.as_str();
+    let what = match &error.kind {
+        jsonschema::error::ValidationErrorKind::Required { property } => format!(
+            "variable `{}` is required",
+            property.as_str().unwrap_or_default()
+        ),
+        jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+            format!("variables {unexpected:?} are not in the schema")
+        }
+        _ => {
+            let rule = error.schema_path.as_str();
+            let keyword = rule.rsplit('/').next().unwrap_or(rule);
+            format!("variables{at} breaks the schema's `{keyword}` (at {rule})")
+        }
+    };
+    Err(PinError::Refused(format!(
+        "{field}.variables: {what} ({})",
+        about(version)
+    )))
+}
+
+fn about(version: &PromptVersion) -> String {
+    let owner = if version.tenant_id == SHARED {
+        "shared prompt"
+    } else {
+        "prompt"
+    };
+    format!("{owner} `{}` version {}", version.name, version.version)
+}
+
+/// A `rag.answer` template's variables: the job's, with `question` and `context` set by ragq.
+pub fn rag_variables(own: &Map<String, Value>, question: &str, context: &str) -> Value {
+    let mut all = own.clone();
+    all.insert("question".into(), question.into());
+    all.insert("context".into(), context.into());
+    Value::Object(all)
+}
+
+/// A `rag.answer` prompt rendered: its system text (if the version has one) and its user text.
+pub fn render_rag_parts(
+    version: &PromptVersion,
+    variables: &Value,
+    limits: Limits,
+) -> Result<(Option<String>, String), String> {
+    let part = |source: &str, name: &str| {
+        render::render(source, variables, limits)
+            .map_err(|e| format!("{} {name}: {e}", about(version)))
+    };
+    let system = (version.system_template.as_deref())
+        .map(|s| part(s, "system template"))
+        .transpose()?;
+    Ok((system, part(&version.user_template, "user template")?))
+}
+
+/// Loads the version a `rag.answer` job was pinned to (see [`pin`]).
+pub async fn pinned(
+    pool: &PgPool,
+    tenant: &str,
+    t: &TemplateRef,
+) -> Result<Option<PromptVersion>, PromptError> {
+    let Some(version) = t.version else {
+        return Ok(None);
+    };
+    let owner = if t.shared { SHARED } else { tenant };
+    store::get(&mut *pool.acquire().await?, owner, &t.name, version).await
+}
