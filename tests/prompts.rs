@@ -517,3 +517,243 @@ async fn a_70_30_split_lands_near_its_weights_and_reports_add_up_to_the_ledger()
             .await
     );
 }
+
+/// POSTs or PUTs `body` to `path` with `tenant`'s key; the status and the JSON answer.
+async fn call(
+    env: &TestEnv,
+    base: &str,
+    tenant: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(env.api_key(tenant));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_over_http_and_the_cli_serve_rag_answers_and_pipeline_runs() {
+    use reqwest::Method;
+    let env = TestEnv::new("").await;
+    let api = env.serve_api().await;
+    let faq = json!({"name": "faq-answer", "system": "Answer in a {{ tone }} tone.",
+        "user": "Context:\n{{ context }}\n\nQuestion: {{ question }}",
+        "variables": {"type": "object", "required": ["tone"],
+                      "properties": {"tone": {"enum": ["warm", "formal"]}}},
+        "defaults": {"max_tokens": 60}});
+    let (status, saved) = call(&env, &api, "acme", Method::POST, "/v1/prompts", Some(faq)).await;
+    assert_eq!((status, &saved["version"]), (201, &json!(1)), "{saved}");
+    let broken = json!({"name": "broken", "user": "{% if %}"});
+    let (status, body) = call(
+        &env,
+        &api,
+        "acme",
+        Method::POST,
+        "/v1/prompts",
+        Some(broken),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let bad_schema = json!({"name": "bad", "user": "x", "variables": {"type": 7}});
+    let (status, body) = call(
+        &env,
+        &api,
+        "acme",
+        Method::POST,
+        "/v1/prompts",
+        Some(bad_schema),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let label = "/v1/prompts/faq-answer/labels/production";
+    let (status, labels) = call(
+        &env,
+        &api,
+        "acme",
+        Method::PUT,
+        label,
+        Some(json!({"version": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, &labels[0]["version"]),
+        (200, &json!(1)),
+        "{labels}"
+    );
+    let split = json!({"split": [{"version": 1, "weight": 1}, {"version": 9, "weight": 1}]});
+    let (status, body) = call(&env, &api, "acme", Method::PUT, label, Some(split)).await;
+    assert_eq!(status, 404, "{body}");
+
+    // globex sees none of acme's prompts, and cannot use them.
+    let (_, mine) = call(&env, &api, "acme", Method::GET, "/v1/prompts", None).await;
+    assert_eq!(mine[0]["name"], "faq-answer", "{mine}");
+    let (_, theirs) = call(&env, &api, "globex", Method::GET, "/v1/prompts", None).await;
+    assert_eq!(theirs, json!([]));
+    let (status, _) = call(
+        &env,
+        &api,
+        "globex",
+        Method::GET,
+        "/v1/prompts/faq-answer",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, shown) = call(
+        &env,
+        &api,
+        "acme",
+        Method::GET,
+        "/v1/prompts/faq-answer",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["versions"][0]["defaults"]["max_tokens"], 60);
+    let stolen = json!({"id": "steal", "kind": "batch.complete",
+        "input": {"prompts": [{"template": {"name": "faq-answer", "variables": {"tone": "warm"}}}]}});
+    let (status, body) = call(&env, &api, "globex", Method::POST, "/v1/jobs", Some(stolen)).await;
+    assert_eq!(status, 400, "{body}");
+
+    // A rag.answer job names the saved prompt; context and question are its variables.
+    let (_stop, _worker) = env.start_worker();
+    let conn = env.amqp().await;
+    let ingest = json!({"id": "ingest-1", "tenant": "acme", "kind": "ingest",
+        "input": {"collection": "handbook", "documents": [
+            {"id": "refunds", "text": "Refunds are paid to the original card within 14 days."}]}});
+    env.publish_job(&conn, &ingest).await;
+    env.wait_for_state("acme", "ingest-1", "succeeded", 30)
+        .await;
+    let rag = json!({"id": "rag-1", "tenant": "acme", "kind": "rag.answer",
+        "input": {"collection": "handbook", "question": "How are refunds paid?",
+                  "template": {"name": "faq-answer", "variables": {"tone": "warm"}}}});
+    env.publish_job(&conn, &rag).await;
+    env.wait_for_state("acme", "rag-1", "succeeded", 30).await;
+    let (input, result, _) = stored(&env, "rag-1").await;
+    assert_eq!(input["template"]["version"], 1, "{input}");
+    assert_eq!(input["max_tokens"], 60, "the prompt's default: {input}");
+    assert_eq!(result["prompt"]["version"], 1, "{result}");
+    let sent = env
+        .sim
+        .requests()
+        .into_iter()
+        .find(|r| r.body.contains("warm tone"))
+        .expect("the rendered prompt reached the provider");
+    assert!(
+        sent.body.contains("Question: How are refunds paid?")
+            && sent.body.contains("[1] Refunds are paid"),
+        "{}",
+        sent.body
+    );
+
+    // The CLI saves a version from a TOML file and moves its label.
+    let file = env.config_file().with_file_name("digest.toml");
+    std::fs::write(
+        &file,
+        "user = \"Write the {{ day }} digest.\"\n[variables]\ntype = \"object\"\nrequired = [\"day\"]\n",
+    )
+    .unwrap();
+    let cfg = env.config_file();
+    let file_arg = file.display().to_string();
+    for word in ["first", "second"] {
+        let out = common::run_ragq(
+            &cfg,
+            &[
+                "prompt", "create", "--tenant", "acme", "digest", "--file", &file_arg,
+            ],
+        )
+        .await;
+        assert!(out.contains("saved `digest` version"), "{word}: {out}");
+    }
+    common::run_ragq(
+        &cfg,
+        &["prompt", "label", "acme", "digest", "production", "1"],
+    )
+    .await;
+    let listed = common::run_ragq(&cfg, &["prompt", "list", "--tenant", "acme"]).await;
+    assert!(
+        listed.contains("digest") && listed.contains("production=1") && listed.contains("latest=2"),
+        "{listed}"
+    );
+    let refused = common::try_ragq(
+        &cfg,
+        &["prompt", "label", "acme", "digest", "production", "3"],
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // A pipeline names the prompt: each run gets the label's version at the time it fires.
+    let spec = json!({"name": "nightly-digest", "cron": "0 3 * * *",
+        "job_template": {"kind": "batch.complete", "input": {"prompts": [
+            {"template": {"name": "digest", "variables": {"day": "{{scheduled_date}}"}}}]}}});
+    let (status, body) = call(
+        &env,
+        &api,
+        "acme",
+        Method::POST,
+        "/v1/pipelines",
+        Some(spec),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let mut versions = Vec::new();
+    for next in [2, 1] {
+        let (status, run) = call(
+            &env,
+            &api,
+            "acme",
+            Method::POST,
+            "/v1/pipelines/nightly-digest/trigger",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{run}");
+        let id = run["job_id"].as_str().unwrap().to_string();
+        env.wait_for_state("acme", &id, "succeeded", 30).await;
+        let (input, result, _) = stored(&env, &id).await;
+        let prompt = &input["prompts"][0];
+        assert!(
+            prompt["prompt"]
+                .as_str()
+                .unwrap()
+                .starts_with("Write the 20"),
+            "{input}"
+        );
+        versions.push(result["completions"][0]["prompt"]["version"].clone());
+        common::run_ragq(
+            &cfg,
+            &[
+                "prompt",
+                "label",
+                "acme",
+                "digest",
+                "production",
+                &next.to_string(),
+            ],
+        )
+        .await;
+    }
+    assert_eq!(versions, [json!(1), json!(2)]);
+
+    // The tenant's dashboard shows its prompt versions.
+    let page = reqwest::Client::new()
+        .get(format!("{api}/dashboard"))
+        .bearer_auth(env.api_key("acme"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("id=\"prompt-versions\""), "{page}");
+    for row in ["<td>faq-answer</td><td>1</td>", "<td>digest</td><td>2</td>"] {
+        assert!(page.contains(row), "{row} in {page}");
+    }
+}

@@ -476,10 +476,10 @@ async fn reports_match_a_hand_computed_fixture() {
     let csv = report::to_csv(&[Dimension::Day, Dimension::Model], &by_day_model);
     assert_eq!(
         csv,
-        "day,model,calls,input_tokens,output_tokens,cost_usd,cost_per_1k_tokens_usd,cache_hits,saved_usd,cache_hit_rate\n\
-         2026-10-03,sim-small,2,3000,1500,0.001350,0.000300,0,0.000000,0.0000\n\
-         2026-10-04,sim-large,1,100,100,0.001250,0.006250,0,0.000000,0.0000\n\
-         2026-10-04,sim-small,1,10,0,0.000002,0.000200,0,0.000000,0.0000\n"
+        "day,model,calls,input_tokens,output_tokens,cost_usd,cost_per_1k_tokens_usd,cache_hits,saved_usd,cache_hit_rate,mean_latency_ms,prompts_rendered,prompt_error_rate\n\
+         2026-10-03,sim-small,2,3000,1500,0.001350,0.000300,0,0.000000,0.0000,5,,\n\
+         2026-10-04,sim-large,1,100,100,0.001250,0.006250,0,0.000000,0.0000,5,,\n\
+         2026-10-04,sim-small,1,10,0,0.000002,0.000200,0,0.000000,0.0000,5,,\n"
     );
     let one_day = ReportQuery {
         from: chrono::NaiveDate::from_ymd_opt(2026, 10, 4),

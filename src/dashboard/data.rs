@@ -289,6 +289,48 @@ pub async fn spend_by_model(
         .await
 }
 
+/// One saved prompt version over the window: its calls' spend and mean latency, and the prompts
+/// finished jobs rendered from it and how many failed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PromptVersionStats {
+    pub tenant_id: String,
+    pub prompt: String,
+    pub version: i32,
+    pub calls: i64,
+    pub cost_micros: i64,
+    pub latency_ms: i64,
+    pub rendered: i64,
+    pub failed: i64,
+}
+
+pub async fn prompt_versions(
+    conn: &mut PgConnection,
+    frame: &Frame,
+    tenant: Option<&str>,
+) -> Result<Vec<PromptVersionStats>, sqlx::Error> {
+    let sql = [
+        "WITH spend AS (SELECT tenant_id, prompt, prompt_version, sum(calls)::int8 AS calls, \
+                sum(cost_micros)::int8 AS cost_micros, sum(latency_ms)::int8 AS latency_ms \
+              FROM spend_daily WHERE prompt <> '' AND day >= ($1 AT TIME ZONE 'UTC')::date \
+                AND ($2::text IS NULL OR tenant_id = $2) GROUP BY 1, 2, 3), \
+         runs AS (SELECT tenant_id, prompt, prompt_version, count(*) AS rendered, \
+                count(*) FILTER (WHERE failed) AS failed FROM (",
+        include_str!("../spend/sql/prompt_runs.sql"),
+        ") r WHERE day >= ($1 AT TIME ZONE 'UTC')::date AND ($2::text IS NULL OR tenant_id = $2) \
+              GROUP BY 1, 2, 3) \
+         SELECT tenant_id, prompt, prompt_version AS version, coalesce(calls, 0) AS calls, \
+                coalesce(cost_micros, 0) AS cost_micros, coalesce(latency_ms, 0) AS latency_ms, \
+                coalesce(rendered, 0) AS rendered, coalesce(failed, 0) AS failed \
+         FROM spend FULL JOIN runs USING (tenant_id, prompt, prompt_version) ORDER BY 1, 2, 3",
+    ]
+    .concat();
+    sqlx::query_as(&sql)
+        .bind(frame.from)
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await
+}
+
 /// A budget in its current period: its limits, what is booked and reserved, and the cumulative
 /// spend at each step of the period so far (by day for monthly budgets, by hour for daily ones).
 #[derive(Debug, Clone, sqlx::FromRow)]

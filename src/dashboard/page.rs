@@ -37,6 +37,7 @@ pub async fn render(
     let breakers = data::breakers(&mut tx).await?;
     let spend = data::spend_over_time(&mut tx, &spend_frame, tenant).await?;
     let models = data::spend_by_model(&mut tx, &spend_frame, tenant).await?;
+    let prompts = data::prompt_versions(&mut tx, &spend_frame, tenant).await?;
     let budgets = data::budgets(&mut tx, tenant).await?;
     let hooks = data::deliveries(&mut tx, &frame, tenant).await?;
     let letters = data::dead_letters(&mut tx, &frame, tenant).await?;
@@ -59,6 +60,9 @@ pub async fn render(
         "Spend",
         &spend_charts(&spend_frame, &spend, &models, finished, scope),
     );
+    if !prompts.is_empty() {
+        section(&mut body, "Prompts", &prompt_table(&prompts, scope));
+    }
     section(&mut body, "Budgets", &budget_charts(&budgets, scope));
     section(
         &mut body,
@@ -408,6 +412,52 @@ fn spend_charts(
         "$ per 1K tokens, by model",
         &svg::bars("$ per 1K tokens", Unit::Dollars, &names, &[per_1k]),
     ));
+    out
+}
+
+/// Saved prompt versions side by side: spend, mean latency and error rate (an A/B split's arms
+/// read as one row each).
+fn prompt_table(rows: &[data::PromptVersionStats], scope: &Scope) -> String {
+    let operator = *scope == Scope::Operator;
+    let mut out = String::from(
+        "<figure class=\"chart\" id=\"chart-prompts\"><figcaption>Saved prompts, by version</figcaption>\
+         <table id=\"prompt-versions\"><thead><tr>",
+    );
+    if operator {
+        out.push_str("<th>tenant</th>");
+    }
+    out.push_str(
+        "<th>prompt</th><th>version</th><th>calls</th><th>spend</th><th>mean latency</th>\
+         <th>rendered</th><th>error rate</th></tr></thead><tbody>",
+    );
+    for r in rows {
+        out.push_str("<tr>");
+        if operator {
+            let _ = write!(out, "<td>{}</td>", escape(&r.tenant_id));
+        }
+        let latency = if r.calls > 0 {
+            Unit::Millis.format(r.latency_ms as f64 / r.calls as f64)
+        } else {
+            "–".into()
+        };
+        let errors = if r.rendered > 0 {
+            Unit::Percent.format(100.0 * r.failed as f64 / r.rendered as f64)
+        } else {
+            "–".into()
+        };
+        let _ = write!(
+            out,
+            "<td>{}</td><td>{}</td><td>{}</td><td data-micros=\"{}\">{}</td><td>{latency}</td>\
+             <td>{}</td><td>{errors}</td></tr>",
+            escape(&r.prompt),
+            r.version,
+            r.calls,
+            r.cost_micros,
+            Unit::Dollars.format(r.cost_micros as f64 / 1e6),
+            r.rendered,
+        );
+    }
+    out.push_str("</tbody></table></figure>");
     out
 }
 

@@ -430,7 +430,8 @@ pub fn check_webhook_url(url: &str) -> Result<(), String> {
     }
 }
 
-fn contains_nul(value: &serde_json::Value) -> bool {
+/// Whether any string (or object key) in `value` holds a NUL, which Postgres text cannot store.
+pub(crate) fn contains_nul(value: &serde_json::Value) -> bool {
     match value {
         serde_json::Value::String(s) => s.contains('\0'),
         serde_json::Value::Array(a) => a.iter().any(contains_nul),

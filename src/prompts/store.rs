@@ -101,6 +101,15 @@ pub async fn create(
     spec: &PromptSpec,
 ) -> Result<i32, PromptError> {
     check_name("name", name)?;
+    let texts = [spec.system.as_deref().unwrap_or_default(), &spec.user];
+    if texts.iter().any(|t| t.contains('\0'))
+        || crate::jobs::contains_nul(&spec.variables)
+        || crate::jobs::contains_nul(&spec.defaults)
+    {
+        return Err(PromptError::Invalid(
+            "templates, variables and defaults must not contain NUL characters".into(),
+        ));
+    }
     for (part, source) in [
         ("system", spec.system.as_deref()),
         ("user", Some(&spec.user[..])),
@@ -206,6 +215,7 @@ async fn point(
     version: i32,
     split: Option<&[Arm]>,
 ) -> Result<(), PromptError> {
+    check_name("name", name)?;
     check_name("label", label)?;
     if label == LATEST {
         return Err(PromptError::Invalid(
@@ -441,6 +451,7 @@ pub async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<PromptSummary>, Pro
 
 /// The labels of `owner`'s prompt `name`.
 pub async fn labels(pool: &PgPool, owner: &str, name: &str) -> Result<Vec<LabelView>, PromptError> {
+    check_name("name", name)?;
     Ok(sqlx::query_as(
         "SELECT label, version, split FROM prompt_labels WHERE tenant_id = $1 AND name = $2 ORDER BY label",
     )
@@ -457,6 +468,7 @@ pub async fn versions(
     tenant: &str,
     name: &str,
 ) -> Result<Vec<PromptVersion>, PromptError> {
+    check_name("name", name)?;
     let rows: Vec<PromptVersion> = sqlx::query_as(
         "WITH owner AS (SELECT tenant_id FROM prompt_versions WHERE name = $2 AND tenant_id IN ($1, '') \
                         ORDER BY tenant_id DESC LIMIT 1) \

@@ -167,7 +167,7 @@ fn bodies(hook: &str, prefix: &str, n: usize, tenant: impl Fn(usize) -> String) 
             let id = format!("{prefix}-{i}");
             let body = json!({
                 "id": id, "tenant": tenant(i), "kind": "batch.complete", "webhook_url": hook,
-                "input": super::mix::input("batch.complete", i, 1),
+                "input": super::mix::input("batch.complete", i, 1, false),
                 "tags": {"feature": prefix}
             });
             JobBody {

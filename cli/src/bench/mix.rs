@@ -73,8 +73,27 @@ impl Mix {
     }
 }
 
-/// The input of job `i` of `kind` with `prompts` prompts per batch.
-pub fn input(kind: &str, i: usize, prompts: usize) -> Value {
+/// The saved prompt `--templated` batches name (shared by every tenant); it renders the text the
+/// plain batches carry.
+pub const TEMPLATE: &str = "ticket-summary";
+
+/// The saved prompt's version 1.
+pub fn template_spec() -> ragq::prompts::store::PromptSpec {
+    ragq::prompts::store::PromptSpec {
+        system: None,
+        user: "Summarise support ticket {{ ticket.id }}: {{ ticket.text }}".into(),
+        variables: json!({"type": "object", "required": ["ticket"], "properties": {"ticket": {
+            "type": "object", "required": ["id", "text"],
+            "properties": {"id": {"type": "string"}, "text": {"type": "string", "maxLength": 2000}}}}}),
+        defaults: json!({}),
+    }
+}
+
+const TICKET: &str = "the customer cannot export last month's invoices as CSV from the billing page and asks for a workaround";
+
+/// The input of job `i` of `kind` with `prompts` prompts per batch; `templated` batches name the
+/// saved prompt [`TEMPLATE`] with variables instead of carrying the text.
+pub fn input(kind: &str, i: usize, prompts: usize, templated: bool) -> Value {
     match kind {
         "rag.answer" => json!({
             "collection": COLLECTION,
@@ -87,7 +106,13 @@ pub fn input(kind: &str, i: usize, prompts: usize) -> Value {
         }),
         _ => {
             let prompts: Vec<_> = (0..prompts)
-                .map(|p| json!({"prompt": format!("Summarise support ticket {i}.{p}: the customer cannot export last month's invoices as CSV from the billing page and asks for a workaround")}))
+                .map(|p| match templated {
+                    true => json!({"template": {"name": TEMPLATE, "variables":
+                        {"ticket": {"id": format!("{i}.{p}"), "text": TICKET}}}}),
+                    false => {
+                        json!({"prompt": format!("Summarise support ticket {i}.{p}: {TICKET}")})
+                    }
+                })
                 .collect();
             json!({"prompts": prompts, "max_tokens": 32})
         }

@@ -98,6 +98,10 @@ pub struct BenchArgs {
     pub small_jobs: usize,
     #[arg(long, default_value_t = 20.0)]
     pub small_rate: f64,
+    /// Batch jobs name a saved prompt (the operator's shared one, resolved, checked and rendered
+    /// at intake) instead of carrying its text: what templates cost against plain prompts.
+    #[arg(long)]
+    pub templated: bool,
     /// The response cache off, exact and semantic, back to back, on a workload where 30% of
     /// prompts repeat and 20% are paraphrases: cost per 1,000 jobs, provider calls, latency, CPU.
     #[arg(long)]
@@ -409,6 +413,19 @@ async fn setup(
     .await?;
     let mix = mix::Mix::parse(&args.mix).map_err(anyhow::Error::msg)?;
     let tenants = create_tenants(&stack, &receiver, args.tenants).await?;
+    if args.templated {
+        use ragq::prompts::store::{self, SHARED};
+        let cli = ragq::audit::Actor::cli();
+        store::create(
+            &stack.pool,
+            &cli,
+            SHARED,
+            mix::TEMPLATE,
+            &mix::template_spec(),
+        )
+        .await?;
+        store::set_label(&stack.pool, &cli, SHARED, mix::TEMPLATE, "production", 1).await?;
+    }
     if mix.uses_retrieval() {
         let r = &stack.cfg.retrieval;
         let chunks = mix::store_corpus(r, &tenants).await?;
@@ -543,7 +560,7 @@ fn job_bodies(
             let id = format!("bench-{i}");
             let body = json!({
                 "id": id, "tenant": tenant, "kind": kind, "webhook_url": hook,
-                "input": mix::input(kind, i, args.prompts),
+                "input": mix::input(kind, i, args.prompts, args.templated),
                 "tags": {"feature": "bench", "plan": "pro"}
             });
             JobBody {
