@@ -5,7 +5,7 @@
 //! tenants, submits jobs over AMQP and HTTP (plus a few bad messages), waits for every webhook, and
 //! prints a summary read back from Postgres and the broker.
 
-use crate::{demo_cache, demo_dashboard};
+use crate::{demo_cache, demo_dashboard, demo_prompts};
 use ragq::telemetry::metrics::names;
 use ragq_tools::scrape::{sum, Sample};
 use std::time::{Duration, Instant};
@@ -348,8 +348,9 @@ async fn submit_and_wait(
         .await?;
     ask_the_handbook(demo, &publisher, cancel).await?;
     demo_cache::ask_the_faq(&demo.pool, &publisher, &jobs.hook, cancel).await?;
-    let expected = 2 * args.jobs + 1 + RAG_JOBS + demo_cache::JOBS;
-    println!("submitted: {} jobs for acme over AMQP, {} for globex over HTTP, 1 doomed job, 2 bad messages", args.jobs + 1, args.jobs);
+    demo_prompts::roll_out(&demo.pool, &publisher, &jobs.hook, cancel).await?;
+    let expected = 2 * args.jobs + 1 + RAG_JOBS + demo_cache::JOBS + demo_prompts::JOBS;
+    println!("submitted: {} jobs for acme over AMQP, {} for globex over HTTP, 1 doomed job, 3 bad messages", args.jobs + 1, args.jobs);
     wait_for_webhooks(demo, expected, cancel).await?;
     Ok(expected)
 }
@@ -602,6 +603,7 @@ async fn print_summary(
     );
     print_retrieval(demo).await?;
     demo_cache::print(&demo.pool).await?;
+    demo_prompts::print(&demo.pool).await?;
     print_webhooks(demo).await?;
     print_governance(demo).await?;
     println!("\n== dead-letter queue");
@@ -751,13 +753,19 @@ async fn check_promises(
     let mut broken = Vec::new();
     let runs = check_jobs(demo, args, &mut broken).await?;
     check_ledger(demo, answered, &mut broken).await?;
-    let finished = 2 * args.jobs + 1 + RAG_JOBS + demo_cache::JOBS + usize::try_from(runs)?;
+    demo_prompts::check(&demo.pool, &mut broken).await?;
+    let finished = 2 * args.jobs
+        + 1
+        + RAG_JOBS
+        + demo_cache::JOBS
+        + demo_prompts::JOBS
+        + usize::try_from(runs)?;
     check_webhooks(demo, finished, &mut broken);
-    if dead_letters != 2 {
-        broken.push(format!("expected 2 dead letters, found {dead_letters}"));
+    if dead_letters != 3 {
+        broken.push(format!("expected 3 dead letters, found {dead_letters}"));
     }
     if broken.is_empty() {
-        println!("\n== checks\nall passed: every job and pipeline run finished once, every answered call booked once, cache hits booked at cost 0, results equal the ledger, every webhook verified, each budget alert fired once, both bad messages dead-lettered");
+        println!("\n== checks\nall passed: every job and pipeline run finished once, every answered call booked once, cache hits booked at cost 0, results equal the ledger, every webhook verified, each budget alert fired once, every job naming a prompt used the version its label held when it was accepted, all three bad messages dead-lettered");
         Ok(())
     } else {
         anyhow::bail!("demo checks failed:\n  - {}", broken.join("\n  - "))
@@ -772,7 +780,8 @@ async fn check_jobs(demo: &Demo, args: &DemoArgs, broken: &mut Vec<String>) -> a
     )
     .fetch_one(&demo.pool)
     .await?;
-    let expected = 2 * i64::try_from(args.jobs)? + i64::try_from(RAG_JOBS + demo_cache::JOBS)?;
+    let expected = 2 * i64::try_from(args.jobs)?
+        + i64::try_from(RAG_JOBS + demo_cache::JOBS + demo_prompts::JOBS)?;
     if (succeeded, failed, unfinished) != (expected, 1, 0) {
         broken.push(format!("expected {expected} succeeded, 1 failed, 0 unfinished; got {succeeded}, {failed}, {unfinished}"));
     }

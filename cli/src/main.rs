@@ -8,6 +8,7 @@ mod commands;
 mod demo;
 mod demo_cache;
 mod demo_dashboard;
+mod demo_prompts;
 mod submit;
 
 use clap::Parser;

@@ -263,6 +263,34 @@ fn prompt_templates(c: &mut Criterion) {
             )
         })
     });
+    let version = ragq::prompts::store::PromptVersion {
+        tenant_id: "acme".into(),
+        name: "ticket-summary".into(),
+        version: 1,
+        system_template: None,
+        user_template: template.into(),
+        variables_schema: serde_json::json!({"type": "object", "required": ["team", "ticket", "words"],
+            "properties": {"team": {"type": "string"}, "words": {"type": "integer", "maximum": 200},
+                "ticket": {"type": "object", "required": ["id", "lines"], "properties": {
+                    "id": {"type": "string"}, "urgent": {"type": "boolean"},
+                    "lines": {"type": "array", "items": {"type": "string", "maxLength": 2000}}}}}}),
+        defaults: serde_json::json!({}),
+    };
+    let field = "input.prompts[0].template";
+    c.bench_function(
+        "compile a prompt's variables schema and check the variables (once per job)",
+        |b| {
+            b.iter(|| {
+                ragq::prompts::pin::Checked::new(black_box(version.clone()), field)
+                    .and_then(|c| c.check(black_box(&variables), field))
+            })
+        },
+    );
+    let checked = ragq::prompts::pin::Checked::new(version, field).expect("the schema compiles");
+    c.bench_function(
+        "check a prompt's variables against its compiled schema (each prompt)",
+        |b| b.iter(|| checked.check(black_box(&variables), field)),
+    );
 }
 
 criterion_group!(

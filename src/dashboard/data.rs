@@ -316,7 +316,8 @@ pub async fn prompt_versions(
          runs AS (SELECT tenant_id, prompt, prompt_version, count(*) AS rendered, \
                 count(*) FILTER (WHERE failed) AS failed FROM (",
         include_str!("../spend/sql/prompt_runs.sql"),
-        ") r WHERE day >= ($1 AT TIME ZONE 'UTC')::date AND ($2::text IS NULL OR tenant_id = $2) \
+        ") r WHERE created_at >= $1 AND ($2::text IS NULL OR tenant_id = $2) \
+                AND EXISTS (SELECT 1 FROM spend) \
               GROUP BY 1, 2, 3) \
          SELECT tenant_id, prompt, prompt_version AS version, coalesce(calls, 0) AS calls, \
                 coalesce(cost_micros, 0) AS cost_micros, coalesce(latency_ms, 0) AS latency_ms, \

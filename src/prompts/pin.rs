@@ -7,7 +7,7 @@
 //! redaction, the response cache) sees plain prompts. A `rag.answer` template needs the retrieved
 //! context, so the worker renders it from the pinned version ([`pinned`], [`render_rag_parts`]).
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool};
@@ -86,8 +86,8 @@ async fn pin_batch(
     limits: Limits,
 ) -> Result<(), PinError> {
     let mut input = job.batch_input().map_err(PinError::Refused)?;
-    // Prompts of one job naming the same reference share one lookup.
-    let mut versions: HashMap<(String, Option<String>, Option<i32>, bool), PromptVersion> =
+    // Prompts of one job naming the same reference share one lookup and one compiled schema.
+    let mut versions: HashMap<(String, Option<String>, Option<i32>, bool), Checked> =
         HashMap::new();
     let mut first_defaults = None;
     for (i, prompt) in input.prompts.iter_mut().enumerate() {
@@ -96,19 +96,19 @@ async fn pin_batch(
         };
         let field = format!("input.prompts[{i}].template");
         let key = (t.name.clone(), t.label.clone(), t.version, t.shared);
-        let version = match versions.get(&key) {
-            Some(v) => v.clone(),
-            None => {
-                let v = resolve(conn, job, t, &field).await?;
-                versions.insert(key, v.clone());
-                v
+        let checked = match versions.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let version = resolve(conn, job, t, &field).await?;
+                e.insert(Checked::new(version, &field)?)
             }
         };
         let variables = Value::Object(std::mem::take(&mut t.variables));
-        check_variables(&version, &variables, &field)?;
+        checked.check(&variables, &field)?;
+        let version = &checked.version;
         let rendered = |source: &str, part: &str| {
             render::render(source, &variables, limits)
-                .map_err(|e| PinError::Refused(format!("{field}: {} {part}: {e}", about(&version))))
+                .map_err(|e| PinError::Refused(format!("{field}: {} {part}: {e}", about(version))))
         };
         prompt.prompt = rendered(&version.user_template, "user template")?;
         prompt.system = (version.system_template.as_deref())
@@ -117,10 +117,10 @@ async fn pin_batch(
         if prompt.prompt.trim().is_empty() {
             return Err(PinError::Refused(format!(
                 "{field}: {} renders an empty prompt",
-                about(&version)
+                about(version)
             )));
         }
-        pin_ref(t, &version);
+        pin_ref(t, version);
         first_defaults.get_or_insert_with(|| version.defaults.clone());
     }
     if let Some(defaults) = first_defaults {
@@ -145,7 +145,10 @@ async fn pin_rag(
     let version = resolve(conn, job, t, "input.template").await?;
     // The variables the worker adds: the question, and the context (not known yet: empty here).
     let variables = rag_variables(&t.variables, &input.question, "");
-    check_variables(&version, &variables, "input.template")?;
+    let field = "input.template";
+    let checked = Checked::new(version, field)?;
+    checked.check(&variables, field)?;
+    let version = checked.version;
     render_rag_parts(&version, &variables, limits)
         .map_err(|e| PinError::Refused(format!("input.template: {e}")))?;
     pin_ref(t, &version);
@@ -207,39 +210,51 @@ fn apply_policy(job: &mut JobMessage, policy: Option<String>) {
     }
 }
 
-/// Checks `variables` against the version's schema; a refusal names the first bad variable by its
-/// JSON pointer and the rule it breaks, never its value (tenant content stays out of dead letters
-/// and logs).
-fn check_variables(
-    version: &PromptVersion,
-    variables: &Value,
-    field: &str,
-) -> Result<(), PinError> {
-    let validator = jsonschema::validator_for(&version.variables_schema).map_err(|e| {
-        PinError::Refused(format!("{field}: {} has a bad schema: {e}", about(version)))
-    })?;
-    let Some(error) = validator.iter_errors(variables).next() else {
-        return Ok(());
-    };
-    let at = error.instance_path.as_str();
-    let what = match &error.kind {
-        jsonschema::error::ValidationErrorKind::Required { property } => format!(
-            "variable `{}` is required",
-            property.as_str().unwrap_or_default()
-        ),
-        jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
-            format!("variables {unexpected:?} are not in the schema")
-        }
-        _ => {
-            let rule = error.schema_path.as_str();
-            let keyword = rule.rsplit('/').next().unwrap_or(rule);
-            format!("variables{at} breaks the schema's `{keyword}` (at {rule})")
-        }
-    };
-    Err(PinError::Refused(format!(
-        "{field}.variables: {what} ({})",
-        about(version)
-    )))
+/// A version with its variables' schema compiled.
+pub struct Checked {
+    pub version: PromptVersion,
+    schema: jsonschema::Validator,
+}
+
+impl Checked {
+    /// Compiles the version's schema (checked when it was saved).
+    pub fn new(version: PromptVersion, field: &str) -> Result<Self, PinError> {
+        let schema = jsonschema::validator_for(&version.variables_schema).map_err(|e| {
+            PinError::Refused(format!(
+                "{field}: {} has a bad schema: {e}",
+                about(&version)
+            ))
+        })?;
+        Ok(Self { version, schema })
+    }
+
+    /// Checks `variables` against the schema; a refusal names the first bad variable by its JSON
+    /// pointer and the rule it breaks, never its value (tenant content stays out of dead letters
+    /// and logs).
+    pub fn check(&self, variables: &Value, field: &str) -> Result<(), PinError> {
+        let Some(error) = self.schema.iter_errors(variables).next() else {
+            return Ok(());
+        };
+        let at = error.instance_path.as_str();
+        let what = match &error.kind {
+            jsonschema::error::ValidationErrorKind::Required { property } => format!(
+                "variable `{}` is required",
+                property.as_str().unwrap_or_default()
+            ),
+            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                format!("variables {unexpected:?} are not in the schema")
+            }
+            _ => {
+                let rule = error.schema_path.as_str();
+                let keyword = rule.rsplit('/').next().unwrap_or(rule);
+                format!("variables{at} breaks the schema's `{keyword}` (at {rule})")
+            }
+        };
+        Err(PinError::Refused(format!(
+            "{field}.variables: {what} ({})",
+            about(&self.version)
+        )))
+    }
 }
 
 fn about(version: &PromptVersion) -> String {

@@ -2,9 +2,9 @@
 //! size and outlive raw-row retention): grouped by any of tenant, feature, model, provider, day,
 //! and the saved prompt and version the calls rendered.
 //!
-//! Grouped by job-level dimensions only (not model or provider), a report also counts the saved
-//! prompts jobs rendered and how many failed, from the finished jobs still kept (see
-//! `retention.jobs_days`): a prompt's error rate.
+//! Grouped by prompt or version (and no call-level dimension: model, provider), a report also
+//! counts the saved prompts jobs rendered and how many failed, from the finished jobs still kept
+//! (see `retention.jobs_days`): a prompt's error rate.
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -175,7 +175,10 @@ pub async fn query(pool: &PgPool, q: &ReportQuery) -> Result<Vec<ReportRow>, sql
             }
         })
         .collect();
-    if q.group_by.iter().all(|d| d.of_jobs()) {
+    // Counting rendered prompts reads finished jobs: done when the report is about prompts.
+    let about_prompts =
+        (q.group_by.iter()).any(|d| matches!(d, Dimension::Prompt | Dimension::Version));
+    if about_prompts && q.group_by.iter().all(|d| d.of_jobs()) {
         add_prompt_runs(pool, q, &mut rows).await?;
     }
     Ok(rows)
@@ -225,7 +228,23 @@ async fn add_prompt_runs(
     sql.push(", count(*)::int8, (count(*) FILTER (WHERE failed))::int8 FROM (");
     sql.push(include_str!("sql/prompt_runs.sql"));
     sql.push(") runs WHERE true");
-    filter_and_group(&mut sql, q);
+    // The days as creation times, so the jobs' index on (tenant, created_at) serves.
+    if let Some(from) = q.from {
+        sql.push(" AND created_at >= (")
+            .push_bind(from)
+            .push("::timestamp AT TIME ZONE 'UTC')");
+    }
+    if let Some(to) = q.to.and_then(|d| d.succ_opt()) {
+        sql.push(" AND created_at < (")
+            .push_bind(to)
+            .push("::timestamp AT TIME ZONE 'UTC')");
+    }
+    let unbounded = ReportQuery {
+        from: None,
+        to: None,
+        ..q.clone()
+    };
+    filter_and_group(&mut sql, &unbounded);
     let runs: Vec<(Vec<String>, i64, i64)> = sql.build_query_as().fetch_all(pool).await?;
     let only_plain = |keys: &[String]| {
         // Plain prompts are not counted: their group (prompt "" / version 0) gets no runs.

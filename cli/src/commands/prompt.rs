@@ -159,6 +159,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_prompt_file_reads() {
+        let path = std::env::temp_dir().join(format!("ragq-prompt-{}.toml", std::process::id()));
+        let text = "system = \"You summarize support tickets for {{ team }}.\"\n\
+            user = \"Summarize ticket {{ ticket.id }}:\\n{% for line in ticket.lines %}- {{ line }}\\n{% endfor %}\"\n\
+            defaults = { max_tokens = 120, temperature = 0.2 }\n\
+            [variables]\ntype = \"object\"\nrequired = [\"team\", \"ticket\"]\n\
+            properties.team = { type = \"string\" }\n\
+            properties.ticket = { type = \"object\", required = [\"id\", \"lines\"] }\n";
+        std::fs::write(&path, text).unwrap();
+        let spec = read_spec(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            spec.variables["required"],
+            serde_json::json!(["team", "ticket"])
+        );
+        assert_eq!(spec.variables["properties"]["ticket"]["type"], "object");
+        assert_eq!(spec.defaults["max_tokens"], 120);
+        assert!(spec.user.contains("{% for line in ticket.lines %}"));
+    }
+
+    #[test]
     fn a_label_target_is_a_version_or_a_split() {
         assert_eq!(
             parse_target("3").unwrap(),
