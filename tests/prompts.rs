@@ -505,6 +505,18 @@ async fn a_70_30_split_lands_near_its_weights_and_reports_add_up_to_the_ledger()
         assert_eq!(row["prompt_error_rate"], 0.0, "{row}");
         assert!(row["mean_latency_ms"].as_i64().is_some(), "{row}");
     }
+    // The api answers the same rows.
+    let api = env.serve_api().await;
+    let over_http: serde_json::Value = reqwest::Client::new()
+        .get(format!("{api}/v1/spend?group_by=prompt,version"))
+        .bearer_auth(env.api_key("acme"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(over_http, rows);
     let total: i64 = rows
         .as_array()
         .unwrap()
