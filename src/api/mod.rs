@@ -243,9 +243,14 @@ async fn submit(
     let tenant = authenticate(&state, &headers, Scope::JobsWrite).await?;
     let mut job = parse_submission(&body, &tenant, state.max_message_bytes)?;
     // Saved prompts are resolved, checked and pinned before the job is stored.
-    crate::prompts::pin::pin(&state.pool, &mut job, state.prompt_limits)
-        .await
-        .map_err(prompts::refusal)?;
+    crate::prompts::pin::pin(
+        &state.pool,
+        &mut job,
+        state.prompt_limits,
+        state.max_message_bytes,
+    )
+    .await
+    .map_err(prompts::refusal)?;
     (state.plans)
         .check_policy(&tenant.plan, &job.policy)
         .map_err(ApiError::Forbidden)?;

@@ -29,12 +29,18 @@ pub enum PinError {
 }
 
 /// Resolves, checks and pins every saved prompt `job` names, in place; a job naming none is left
-/// as it is, without a query.
-pub async fn pin(pool: &PgPool, job: &mut JobMessage, limits: Limits) -> Result<(), PinError> {
+/// as it is, without a query. The pinned job must still fit in `max_bytes` (the queue's message
+/// limit), since it is published and stored as it is.
+pub async fn pin(
+    pool: &PgPool,
+    job: &mut JobMessage,
+    limits: Limits,
+    max_bytes: usize,
+) -> Result<(), PinError> {
     if !names_prompts(job) {
         return Ok(());
     }
-    pin_on(&mut *pool.acquire().await?, job, limits).await
+    pin_on(&mut *pool.acquire().await?, job, limits, max_bytes).await
 }
 
 /// [`pin`] on a connection (a scheduler run pins inside its transaction).
@@ -42,12 +48,20 @@ pub async fn pin_on(
     conn: &mut PgConnection,
     job: &mut JobMessage,
     limits: Limits,
+    max_bytes: usize,
 ) -> Result<(), PinError> {
     match job.kind {
-        JobKind::BatchComplete if names_prompts(job) => pin_batch(conn, job, limits).await,
-        JobKind::RagAnswer if names_prompts(job) => pin_rag(conn, job, limits).await,
-        _ => Ok(()),
+        JobKind::BatchComplete if names_prompts(job) => pin_batch(conn, job, limits).await?,
+        JobKind::RagAnswer if names_prompts(job) => pin_rag(conn, job, limits).await?,
+        _ => return Ok(()),
     }
+    let size = serde_json::to_vec(job).map_or(usize::MAX, |b| b.len());
+    if size > max_bytes {
+        return Err(PinError::Refused(format!(
+            "with its prompts rendered the job is {size} bytes, over the {max_bytes}-byte message limit"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether the job names a saved prompt.

@@ -155,7 +155,13 @@ async fn pin(ctx: &WorkerContext, origin: &Origin, job: &mut JobMessage) -> Resu
     if trusted && ragq::prompts::pin::is_pinned(job) {
         return Ok(());
     }
-    ragq::prompts::pin::pin(&ctx.pool, job, ctx.cfg.prompts).await
+    ragq::prompts::pin::pin(
+        &ctx.pool,
+        job,
+        ctx.cfg.prompts,
+        ctx.cfg.queue.max_message_bytes,
+    )
+    .await
 }
 
 /// How long the message waited since it was published, from ragq's millisecond header or the

@@ -259,7 +259,11 @@ async fn template<'c>(
         Some(RagTemplate::Saved(t)) => {
             let version = pin::pinned(ctx.pool, &ctx.job.tenant, t)
                 .await
-                .map_err(|e| JobError::transient("database", e.to_string()))?
+                .map_err(|e| {
+                    // The driver's text stays in the log; the tenant reads what happened.
+                    tracing::warn!(error = %e, "cannot read a pinned prompt");
+                    JobError::transient("database", "cannot read the job's saved prompt now")
+                })?
                 .ok_or_else(|| {
                     JobError::permanent(
                         "prompt_missing",
