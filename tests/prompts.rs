@@ -587,7 +587,7 @@ async fn prompts_over_http_and_the_cli_serve_rag_answers_and_pipeline_runs() {
         "user": "Context:\n{{ context }}\n\nQuestion: {{ question }}",
         "variables": {"type": "object", "required": ["tone"],
                       "properties": {"tone": {"enum": ["warm", "formal"]}}},
-        "defaults": {"max_tokens": 60}});
+        "defaults": {"max_tokens": 60, "policy": "with-fallback"}});
     let (status, saved) = call(&env, &api, "acme", Method::POST, "/v1/prompts", Some(faq)).await;
     assert_eq!((status, &saved["version"]), (201, &json!(1)), "{saved}");
     let broken = json!({"name": "broken", "user": "{% if %}"});
@@ -679,6 +679,11 @@ async fn prompts_over_http_and_the_cli_serve_rag_answers_and_pipeline_runs() {
     let (input, result, _) = stored(&env, "rag-1").await;
     assert_eq!(input["template"]["version"], 1, "{input}");
     assert_eq!(input["max_tokens"], 60, "the prompt's default: {input}");
+    let policy: String = sqlx::query_scalar("SELECT policy FROM jobs WHERE id = 'rag-1'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(policy, "with-fallback", "the prompt's default policy");
     assert_eq!(result["prompt"]["version"], 1, "{result}");
     let sent = env
         .sim

@@ -467,6 +467,13 @@ mod tests {
     fn valid_message_parses_with_default_policy() {
         let job = parse(valid()).expect("valid");
         assert_eq!(job.policy, "cost-optimized");
+        assert!(
+            !job.policy_named,
+            "a saved prompt's default policy may apply"
+        );
+        let mut named = valid();
+        named["policy"] = "cost-optimized".into();
+        assert!(parse(named).expect("valid").policy_named);
         assert_eq!(job.kind, JobKind::BatchComplete);
         assert_eq!(job.batch_input().expect("input").prompts.len(), 1);
     }

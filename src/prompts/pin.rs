@@ -8,6 +8,7 @@
 //! context, so the worker renders it from the pinned version ([`pinned`], [`render_rag_parts`]).
 
 use std::collections::hash_map::{Entry, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool};
@@ -94,15 +95,17 @@ pub fn is_pinned(job: &JobMessage) -> bool {
     }
 }
 
+/// A reference as a job writes it: name, label, version, shared.
+type RefKey = (String, Option<String>, Option<i32>, bool);
+
 async fn pin_batch(
     conn: &mut PgConnection,
     job: &mut JobMessage,
     limits: Limits,
 ) -> Result<(), PinError> {
     let mut input = job.batch_input().map_err(PinError::Refused)?;
-    // Prompts of one job naming the same reference share one lookup and one compiled schema.
-    let mut versions: HashMap<(String, Option<String>, Option<i32>, bool), Checked> =
-        HashMap::new();
+    // Prompts of one job naming the same reference share one lookup.
+    let mut resolved: HashMap<RefKey, Arc<Checked>> = HashMap::new();
     let mut first_defaults = None;
     for (i, prompt) in input.prompts.iter_mut().enumerate() {
         let Some(t) = prompt.template.as_mut() else {
@@ -110,12 +113,9 @@ async fn pin_batch(
         };
         let field = format!("input.prompts[{i}].template");
         let key = (t.name.clone(), t.label.clone(), t.version, t.shared);
-        let checked = match versions.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let version = resolve(conn, job, t, &field).await?;
-                e.insert(Checked::new(version, &field)?)
-            }
+        let checked = match resolved.entry(key) {
+            Entry::Occupied(e) => Arc::clone(e.get()),
+            Entry::Vacant(e) => Arc::clone(e.insert(resolve(conn, job, t, &field).await?)),
         };
         let variables = Value::Object(std::mem::take(&mut t.variables));
         checked.check(&variables, &field)?;
@@ -156,16 +156,15 @@ async fn pin_rag(
     let Some(RagTemplate::Saved(t)) = input.template.as_mut() else {
         return Ok(());
     };
-    let version = resolve(conn, job, t, "input.template").await?;
+    let field = "input.template";
+    let checked = resolve(conn, job, t, field).await?;
     // The variables the worker adds: the question, and the context (not known yet: empty here).
     let variables = rag_variables(&t.variables, &input.question, "");
-    let field = "input.template";
-    let checked = Checked::new(version, field)?;
     checked.check(&variables, field)?;
-    let version = checked.version;
-    render_rag_parts(&version, &variables, limits)
+    let version = &checked.version;
+    render_rag_parts(version, &variables, limits)
         .map_err(|e| PinError::Refused(format!("input.template: {e}")))?;
-    pin_ref(t, &version);
+    pin_ref(t, version);
     let d = Defaults::read(&version.defaults).unwrap_or_default();
     input.max_tokens = input.max_tokens.or(d.max_tokens);
     input.temperature = input.temperature.or(d.temperature);
@@ -181,30 +180,53 @@ async fn resolve(
     job: &JobMessage,
     t: &TemplateRef,
     field: &str,
-) -> Result<PromptVersion, PinError> {
+) -> Result<Arc<Checked>, PinError> {
     let refused = |e: PromptError| match e {
         PromptError::Db(e) => PinError::Db(e),
         other => PinError::Refused(format!("{field}: {other}")),
     };
-    if let (Some(v), true) = (t.version, t.shared) {
-        return store::get(conn, SHARED, &t.name, v)
-            .await
-            .map_err(refused)?
-            .ok_or_else(|| {
-                PinError::Refused(format!(
-                    "{field}: no shared prompt `{}` version {v}",
-                    t.name
-                ))
-            });
-    }
-    let selector = match t.version {
-        Some(v) => Selector::Version(v),
-        None => Selector::Label(t.label().to_string()),
+    let (tenant, selector) = match (t.version, t.shared) {
+        // Pinned to the shared prompt: only the shared prompt has that version.
+        (Some(v), true) => (SHARED, Selector::Version(v)),
+        (Some(v), false) => (job.tenant.as_str(), Selector::Version(v)),
+        (None, _) => (job.tenant.as_str(), Selector::Label(t.label().to_string())),
     };
-    store::resolve_for(conn, &job.tenant, &t.name, &selector, &job.id)
+    let (owner, version, saved) = store::locate(conn, tenant, &t.name, &selector, Some(&job.id))
         .await
-        .map_err(refused)
+        .map_err(refused)?;
+    let key = (owner, t.name.clone(), version, saved);
+    if let Some(hit) = versions().lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(hit);
+    }
+    let found = store::get(conn, &key.0, &key.1, version)
+        .await
+        .map_err(refused)?
+        .ok_or_else(|| {
+            PinError::Refused(format!("{field}: no prompt `{}` version {version}", t.name))
+        })?;
+    let checked = Arc::new(Checked::new(found, field)?);
+    if let Ok(mut cached) = versions().lock() {
+        if cached.len() >= CACHED_VERSIONS {
+            cached.clear();
+        }
+        cached.insert(key, Arc::clone(&checked));
+    }
+    Ok(checked)
 }
+
+/// A saved version by owner, name, number and the time it was saved: what identifies its content
+/// for good (a tenant erased and created again numbers its versions from 1 again, at other times).
+type VersionKey = (String, String, i32, chrono::DateTime<chrono::Utc>);
+
+/// Versions never change, so each process keeps those it used, schemas compiled: a job naming one
+/// costs one small lookup (where its label points) instead of reading and compiling the version.
+fn versions() -> &'static Mutex<HashMap<VersionKey, Arc<Checked>>> {
+    static VERSIONS: OnceLock<Mutex<HashMap<VersionKey, Arc<Checked>>>> = OnceLock::new();
+    VERSIONS.get_or_init(Mutex::default)
+}
+
+/// Versions kept per process; past it the cache starts again (prompts in use are few).
+const CACHED_VERSIONS: usize = 1024;
 
 /// Writes what the job got into its reference: the version, where it came from, and the label it
 /// resolved (kept for reports).

@@ -2,6 +2,7 @@
 //! labels move between versions, and a name resolves to the tenant's own prompt, else the
 //! operator's shared one (tenant `''`).
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 
@@ -297,9 +298,7 @@ pub async fn resolve(
     name: &str,
     selector: &Selector,
 ) -> Result<PromptVersion, PromptError> {
-    Ok(lookup(&mut *pool.acquire().await?, tenant, name, selector)
-        .await?
-        .0)
+    read(&mut *pool.acquire().await?, tenant, name, selector, None).await
 }
 
 /// The version job `job_id` of `tenant` gets: as [`resolve`], and when the label splits traffic,
@@ -311,14 +310,82 @@ pub async fn resolve_for(
     selector: &Selector,
     job_id: &str,
 ) -> Result<PromptVersion, PromptError> {
-    let (main, split) = lookup(conn, tenant, name, selector).await?;
-    let picked = split.and_then(|arms| pick(&arms, &format!("{tenant}/{job_id}/{name}")));
-    match picked {
-        Some(v) if v != main.version => get(conn, &main.tenant_id, name, v)
-            .await?
-            .ok_or_else(|| unknown(tenant, name, &format!("version {v}"))),
-        _ => Ok(main),
-    }
+    read(conn, tenant, name, selector, Some(job_id)).await
+}
+
+async fn read(
+    conn: &mut PgConnection,
+    tenant: &str,
+    name: &str,
+    selector: &Selector,
+    job_id: Option<&str>,
+) -> Result<PromptVersion, PromptError> {
+    let (owner, version, _) = locate(conn, tenant, name, selector, job_id).await?;
+    get(conn, &owner, name, version)
+        .await?
+        .ok_or_else(|| unknown(tenant, name, &format!("version {version}")))
+}
+
+/// Where a reference points, without reading the version's text: its owner (the tenant, or
+/// [`SHARED`]), the version (for a job, a split label's arm its id picks; else the label's main
+/// version), and when that version was saved (versions never change, so these three identify its
+/// content for good: see [`super::pin`]'s cache).
+pub async fn locate(
+    conn: &mut PgConnection,
+    tenant: &str,
+    name: &str,
+    selector: &Selector,
+    job_id: Option<&str>,
+) -> Result<(String, i32, DateTime<Utc>), PromptError> {
+    let (label, version) = match selector {
+        Selector::Label(l) => (Some(l.as_str()), None),
+        Selector::Version(v) => (None, Some(*v)),
+    };
+    let which = match selector {
+        Selector::Label(l) => format!("label `{l}`"),
+        Selector::Version(v) => format!("version {v}"),
+    };
+    type Located = (
+        String,
+        i32,
+        DateTime<Utc>,
+        Option<sqlx::types::Json<Vec<Arm>>>,
+    );
+    let found: Option<Located> = sqlx::query_as(
+        "WITH owner AS (SELECT tenant_id FROM prompt_versions WHERE name = $2 AND tenant_id IN ($1, '') \
+                        ORDER BY tenant_id DESC LIMIT 1) \
+         SELECT o.tenant_id, v.version, v.created_at, t.split FROM owner o, LATERAL ( \
+           SELECT $4::int AS version, NULL::jsonb AS split WHERE $4 IS NOT NULL \
+           UNION ALL SELECT max(version), NULL FROM prompt_versions m \
+             WHERE $4 IS NULL AND $3 = 'latest' AND m.tenant_id = o.tenant_id AND m.name = $2 \
+           UNION ALL SELECT l.version, l.split FROM prompt_labels l \
+             WHERE $4 IS NULL AND $3 <> 'latest' AND l.tenant_id = o.tenant_id AND l.name = $2 AND l.label = $3) t, \
+           prompt_versions v \
+         WHERE v.tenant_id = o.tenant_id AND v.name = $2 AND v.version = t.version",
+    )
+    .bind(tenant)
+    .bind(name)
+    .bind(label)
+    .bind(version)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (owner, main, saved, split) = found.ok_or_else(|| unknown(tenant, name, &which))?;
+    let picked = (split.zip(job_id))
+        .and_then(|(arms, job)| pick(&arms.0, &format!("{tenant}/{job}/{name}")));
+    let Some(arm) = picked.filter(|v| *v != main) else {
+        return Ok((owner, main, saved));
+    };
+    // Another arm of the split: when it was saved.
+    let saved: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT created_at FROM prompt_versions WHERE tenant_id = $1 AND name = $2 AND version = $3",
+    )
+    .bind(&owner)
+    .bind(name)
+    .bind(arm)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let saved = saved.ok_or_else(|| unknown(tenant, name, &format!("version {arm}")))?;
+    Ok((owner, arm, saved))
 }
 
 /// Version `version` of `owner`'s prompt `name` (`owner` is a tenant, or [`SHARED`]).
@@ -353,52 +420,6 @@ pub fn pick(arms: &[Arm], key: &str) -> Option<i32> {
         point -= w;
     }
     None
-}
-
-/// A version row with the split of the label that named it.
-#[derive(sqlx::FromRow)]
-struct Found {
-    #[sqlx(flatten)]
-    version: PromptVersion,
-    split: Option<sqlx::types::Json<Vec<Arm>>>,
-}
-
-async fn lookup(
-    conn: &mut PgConnection,
-    tenant: &str,
-    name: &str,
-    selector: &Selector,
-) -> Result<(PromptVersion, Option<Vec<Arm>>), PromptError> {
-    let (label, version) = match selector {
-        Selector::Label(l) => (Some(l.as_str()), None),
-        Selector::Version(v) => (None, Some(*v)),
-    };
-    let found: Option<Found> = sqlx::query_as(
-        "WITH owner AS (SELECT tenant_id FROM prompt_versions WHERE name = $2 AND tenant_id IN ($1, '') \
-                        ORDER BY tenant_id DESC LIMIT 1), \
-              lab AS (SELECT l.version, l.split FROM prompt_labels l, owner o \
-                      WHERE l.tenant_id = o.tenant_id AND l.name = $2 AND l.label = $3) \
-         SELECT v.tenant_id, v.name, v.version, v.system_template, v.user_template, \
-                v.variables_schema, v.defaults, (SELECT split FROM lab) AS split \
-         FROM prompt_versions v, owner o \
-         WHERE v.tenant_id = o.tenant_id AND v.name = $2 AND v.version = coalesce( \
-           $4, \
-           CASE WHEN $3 = 'latest' \
-                THEN (SELECT max(version) FROM prompt_versions m WHERE m.tenant_id = o.tenant_id AND m.name = $2) \
-                ELSE (SELECT version FROM lab) END)",
-    )
-    .bind(tenant)
-    .bind(name)
-    .bind(label)
-    .bind(version)
-    .fetch_optional(conn)
-    .await?;
-    let which = match selector {
-        Selector::Label(l) => format!("label `{l}`"),
-        Selector::Version(v) => format!("version {v}"),
-    };
-    let found = found.ok_or_else(|| unknown(tenant, name, &which))?;
-    Ok((found.version, found.split.map(|s| s.0)))
 }
 
 fn unknown(tenant: &str, name: &str, which: &str) -> PromptError {
