@@ -346,20 +346,23 @@ async fn bad_variables_and_unknown_prompts_are_refused_at_submission() {
     // A job whose rendered prompts would not fit in a message (1 MiB here) is refused too.
     let huge = PromptSpec {
         system: None,
-        user: "x".repeat(200_000),
+        user: "x".repeat(60_000),
         variables: json!({}),
         defaults: json!({}),
     };
     store::create(&env.pool, &Actor::cli(), "acme", "huge", &huge)
         .await
         .unwrap();
-    let mut six = templated(&env, "six", json!({"name": "huge", "version": 1}));
-    six["input"]["prompts"] = json!(vec![json!({"template": {"name": "huge", "version": 1}}); 6]);
+    let mut many = templated(&env, "many", json!({"name": "huge", "version": 1}));
+    many["input"]["prompts"] = json!(vec![
+        json!({"template": {"name": "huge", "version": 1}});
+        20
+    ]);
 
     // Over HTTP: a 400 naming the problem; nothing is stored.
     let api = env.serve_api().await;
     let http = reqwest::Client::new();
-    let mut body = six.clone();
+    let mut body = many.clone();
     body.as_object_mut().unwrap().remove("tenant");
     let resp = http
         .post(format!("{api}/v1/jobs"))

@@ -12,6 +12,9 @@ use crate::audit::{self, Actor, Change};
 /// The tenant of the operator's shared prompts.
 pub const SHARED: &str = "";
 
+/// The largest system or user template a version may hold.
+pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+
 /// The label that always names the newest version.
 pub const LATEST: &str = "latest";
 
@@ -103,6 +106,11 @@ pub async fn create(
 ) -> Result<i32, PromptError> {
     check_name("name", name)?;
     let texts = [spec.system.as_deref().unwrap_or_default(), &spec.user];
+    if texts.iter().any(|t| t.len() > MAX_TEMPLATE_BYTES) {
+        return Err(PromptError::Invalid(format!(
+            "a template may be at most {MAX_TEMPLATE_BYTES} bytes"
+        )));
+    }
     if texts.iter().any(|t| t.contains('\0'))
         || crate::jobs::contains_nul(&spec.variables)
         || crate::jobs::contains_nul(&spec.defaults)
