@@ -14,6 +14,7 @@
 //! input (a variable, a literal of the template) or the output limit.
 
 use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
 
@@ -53,9 +54,31 @@ pub enum RenderError {
     Refused(String),
 }
 
+/// An environment and the limits it was built for.
+type Built = (Limits, Arc<Environment<'static>>);
+
+/// The environment for `limits`, built once: each render only parses its template.
+fn environment(limits: Limits) -> Arc<Environment<'static>> {
+    static BUILT: OnceLock<Mutex<Vec<Built>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, env)) = built.iter().find(|(l, _)| *l == limits) {
+        return Arc::clone(env);
+    }
+    let env = Arc::new(build(limits));
+    // A process renders under one configuration; tests use a few.
+    if built.len() >= 8 {
+        built.clear();
+    }
+    built.push((limits, Arc::clone(&env)));
+    env
+}
+
 /// An environment with the built-in tests and the filters that cannot grow a value past
 /// `limits`, and these limits.
-fn environment(limits: Limits) -> Environment<'static> {
+fn build(limits: Limits) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(limits.fuel));
