@@ -248,6 +248,7 @@ async fn submit(
         &mut job,
         state.prompt_limits,
         state.max_message_bytes,
+        "api",
     )
     .await
     .map_err(prompts::refusal)?;

@@ -37,15 +37,44 @@ pub async fn pin(
     job: &mut JobMessage,
     limits: Limits,
     max_bytes: usize,
+    source: &'static str,
 ) -> Result<(), PinError> {
     if !names_prompts(job) {
         return Ok(());
     }
-    pin_on(&mut *pool.acquire().await?, job, limits, max_bytes).await
+    let pinned = match pool.acquire().await {
+        Ok(mut conn) => pin_job(&mut conn, job, limits, max_bytes).await,
+        Err(e) => Err(e.into()),
+    };
+    counted(source, pinned)
 }
 
 /// [`pin`] on a connection (a scheduler run pins inside its transaction).
 pub async fn pin_on(
+    conn: &mut PgConnection,
+    job: &mut JobMessage,
+    limits: Limits,
+    max_bytes: usize,
+    source: &'static str,
+) -> Result<(), PinError> {
+    if !names_prompts(job) {
+        return Ok(());
+    }
+    counted(source, pin_job(conn, job, limits, max_bytes).await)
+}
+
+/// Counts a pin's outcome in `ragq_prompt_pins_total`.
+fn counted(source: &'static str, pinned: Result<(), PinError>) -> Result<(), PinError> {
+    let outcome = match &pinned {
+        Ok(()) => "pinned",
+        Err(PinError::Refused(_)) => "refused",
+        Err(PinError::Db(_)) => "unavailable",
+    };
+    crate::telemetry::metrics::prompt_pin(source, outcome);
+    pinned
+}
+
+async fn pin_job(
     conn: &mut PgConnection,
     job: &mut JobMessage,
     limits: Limits,

@@ -176,9 +176,8 @@ pub async fn fire_slot(
     // A saved prompt the template names is resolved now: the run gets its label's current
     // version, pinned like any submission's.
     if crate::prompts::pin::names_prompts(&job) {
-        match crate::prompts::pin::pin_on(tx, &mut job, limits.prompts, limits.max_message_bytes)
-            .await
-        {
+        let (prompts, max) = (limits.prompts, limits.max_message_bytes);
+        match crate::prompts::pin::pin_on(tx, &mut job, prompts, max, "pipeline").await {
             Ok(()) => body = serde_json::to_vec(&job).unwrap_or(body),
             Err(crate::prompts::pin::PinError::Refused(e)) => {
                 record_skip(tx, p, slot, trigger, &format!("prompt: {e}")).await?;

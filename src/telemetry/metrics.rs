@@ -47,9 +47,10 @@ pub mod names {
     pub const DISPATCH_WAIT: &str = "ragq_dispatch_wait_seconds";
     pub const CACHE_LOOKUPS: &str = "ragq_cache_lookups_total";
     pub const CACHE_SAVED: &str = "ragq_cache_saved_micros_total";
+    pub const PROMPT_PINS: &str = "ragq_prompt_pins_total";
 
     /// Every name above.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         GEN_AI_DURATION,
         GEN_AI_TOKENS,
         JOBS,
@@ -75,6 +76,7 @@ pub mod names {
         DISPATCH_WAIT,
         CACHE_LOOKUPS,
         CACHE_SAVED,
+        PROMPT_PINS,
     ];
 }
 
@@ -445,6 +447,15 @@ pub fn cache_lookup(mode: &'static str, outcome: &'static str) {
 /// What a call answered from the cache saved: its cost at the answering model's price.
 pub fn cache_saved(tenant: &str, feature: &str, model: &str, micros: i64) {
     micros_by_tenant(names::CACHE_SAVED, tenant, feature, model, micros);
+}
+
+/// One job naming saved prompts, resolved where it was accepted (`api`, `queue` or `pipeline`):
+/// `pinned`, `refused` (the job's fault) or `unavailable` (the database's).
+pub fn prompt_pin(source: &'static str, outcome: &'static str) {
+    if !recording() {
+        return;
+    }
+    counter!(names::PROMPT_PINS, "source" => source, "outcome" => outcome).increment(1);
 }
 
 /// One webhook attempt: `delivered`, `failed` (to be retried) or `exhausted` (no attempts left).

@@ -160,6 +160,7 @@ async fn pin(ctx: &WorkerContext, origin: &Origin, job: &mut JobMessage) -> Resu
         job,
         ctx.cfg.prompts,
         ctx.cfg.queue.max_message_bytes,
+        "queue",
     )
     .await
 }
