@@ -62,7 +62,7 @@ pub async fn run(mut args: DemoArgs, cancel: CancellationToken) -> anyhow::Resul
             error_rate: 0.08,
             rate_limit_rate: 0.04,
             retry_after_secs: 1,
-            timeout_rate: 0.0,
+            ..SimOptions::default()
         };
     }
     println!("ragq demo: preparing a fresh database `ragq_demo` and vhost `ragq-demo`");

@@ -29,6 +29,8 @@ use ragq::providers::openai::{
 };
 use ragq::providers::ChatMessage;
 
+mod batches;
+
 /// Fault rates and latency; every rate is a probability in 0..=1.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
 pub struct SimOptions {
@@ -52,6 +54,19 @@ pub struct SimOptions {
     #[arg(long, default_value_t = 0.0)]
     #[serde(default)]
     pub timeout_rate: f64,
+    /// How long a batch takes to end, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub batch_delay_ms: u64,
+    /// Share of a batch's requests that end `errored`.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub batch_error_rate: f64,
+    /// A batch not ended this long after it was created expires (its unfinished requests
+    /// `expired`); 0: never.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub batch_expiry_ms: u64,
 }
 
 /// A scripted answer for one upcoming request.
@@ -77,6 +92,8 @@ struct SimState {
     arrivals: Mutex<Vec<std::time::Instant>>,
     /// The latest requests as they arrived (what a provider would have seen).
     log: Mutex<VecDeque<LoggedRequest>>,
+    /// Message batches (Anthropic's Batches API), by id.
+    batches: Mutex<std::collections::HashMap<String, batches::Batch>>,
 }
 
 /// One request as the sim received it.
@@ -187,6 +204,10 @@ pub async fn spawn(
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages/batches", post(batches::create))
+        .route("/v1/messages/batches/{id}", get(batches::retrieve))
+        .route("/v1/messages/batches/{id}/cancel", post(batches::cancel))
+        .route("/v1/messages/batches/{id}/results", get(batches::results))
         .route("/sim/script", post(add_script))
         .route("/sim/stats", get(stats))
         .with_state(state.clone());
@@ -270,48 +291,53 @@ async fn messages(
     answer(&state, &headers, || {
         let wire: anthropic::WireRequest =
             serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;
-        let mut messages: Vec<ChatMessage> = wire
-            .system
-            .map(|content| ChatMessage {
-                role: "system".into(),
-                content,
-            })
-            .into_iter()
-            .collect();
-        messages.extend(wire.messages.into_iter().map(|m| ChatMessage {
-            role: m.role,
-            content: m.content,
-        }));
-        let request = WireChatRequest {
-            model: wire.model,
-            messages,
-            max_tokens: Some(wire.max_tokens),
-            temperature: wire.temperature,
-        };
-        let render = |r: WireChatResponse| {
-            let id = r.id.as_deref().map(|id| id.replace("chatcmpl-", "msg_"));
-            let choice = r.choices.into_iter().next();
-            let stop_reason = match choice.as_ref().and_then(|c| c.finish_reason.as_deref()) {
-                Some("length") => "max_tokens",
-                _ => "end_turn",
-            };
-            let text = choice.and_then(|c| c.message.content).unwrap_or_default();
-            let usage = r.usage.map(
-                |u| json!({"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}),
-            );
-            Json(
-                json!({"id": id, "type": "message", "role": "assistant", "model": r.model,
-                        "content": [{"type": "text", "text": text}],
-                        "stop_reason": stop_reason, "stop_sequence": null, "usage": usage}),
-            )
-            .into_response()
-        };
-        if request.messages.iter().all(|m| m.role == "system") {
-            return Err("messages must hold at least one user message".into());
-        }
+        let request = anthropic_request(wire)?;
+        let render = |r: WireChatResponse| Json(anthropic_message(r)).into_response();
         Ok((reply(&request), render))
     })
     .await
+}
+
+/// An Anthropic-shape request as the chat request the sim answers.
+fn anthropic_request(wire: anthropic::WireRequest) -> Result<WireChatRequest, String> {
+    let mut messages: Vec<ChatMessage> = wire
+        .system
+        .map(|content| ChatMessage {
+            role: "system".into(),
+            content,
+        })
+        .into_iter()
+        .collect();
+    messages.extend(wire.messages.into_iter().map(|m| ChatMessage {
+        role: m.role,
+        content: m.content,
+    }));
+    if messages.iter().all(|m| m.role == "system") {
+        return Err("messages must hold at least one user message".into());
+    }
+    Ok(WireChatRequest {
+        model: wire.model,
+        messages,
+        max_tokens: Some(wire.max_tokens),
+        temperature: wire.temperature,
+    })
+}
+
+/// The sim's answer in Anthropic's message shape.
+fn anthropic_message(r: WireChatResponse) -> serde_json::Value {
+    let id = r.id.as_deref().map(|id| id.replace("chatcmpl-", "msg_"));
+    let choice = r.choices.into_iter().next();
+    let stop_reason = match choice.as_ref().and_then(|c| c.finish_reason.as_deref()) {
+        Some("length") => "max_tokens",
+        _ => "end_turn",
+    };
+    let text = choice.and_then(|c| c.message.content).unwrap_or_default();
+    let usage = r
+        .usage
+        .map(|u| json!({"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}));
+    json!({"id": id, "type": "message", "role": "assistant", "model": r.model,
+           "content": [{"type": "text", "text": text}],
+           "stop_reason": stop_reason, "stop_sequence": null, "usage": usage})
 }
 
 /// `POST /v1/embeddings`: deterministic vectors in which texts sharing words are close.
