@@ -93,7 +93,7 @@ struct SimState {
     /// The latest requests as they arrived (what a provider would have seen).
     log: Mutex<VecDeque<LoggedRequest>>,
     /// Message batches (Anthropic's Batches API), by id.
-    batches: Mutex<std::collections::HashMap<String, batches::Batch>>,
+    batches: Mutex<batches::Store>,
 }
 
 /// One request as the sim received it.
@@ -208,6 +208,11 @@ pub async fn spawn(
         .route("/v1/messages/batches/{id}", get(batches::retrieve))
         .route("/v1/messages/batches/{id}/cancel", post(batches::cancel))
         .route("/v1/messages/batches/{id}/results", get(batches::results))
+        .route("/v1/files", post(batches::upload))
+        .route("/v1/files/{id}/content", get(batches::content))
+        .route("/v1/batches", post(batches::create_openai))
+        .route("/v1/batches/{id}", get(batches::retrieve_openai))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
         .route("/sim/script", post(add_script))
         .route("/sim/stats", get(stats))
         .with_state(state.clone());
@@ -292,7 +297,7 @@ async fn messages(
         let wire: anthropic::WireRequest =
             serde_json::from_slice(&body).map_err(|e| format!("invalid request: {e}"))?;
         let request = anthropic_request(wire)?;
-        let render = |r: WireChatResponse| Json(anthropic_message(r)).into_response();
+        let render = |r: WireChatResponse| Json(anthropic_message(&r)).into_response();
         Ok((reply(&request), render))
     })
     .await
@@ -324,16 +329,19 @@ fn anthropic_request(wire: anthropic::WireRequest) -> Result<WireChatRequest, St
 }
 
 /// The sim's answer in Anthropic's message shape.
-fn anthropic_message(r: WireChatResponse) -> serde_json::Value {
+fn anthropic_message(r: &WireChatResponse) -> serde_json::Value {
     let id = r.id.as_deref().map(|id| id.replace("chatcmpl-", "msg_"));
-    let choice = r.choices.into_iter().next();
-    let stop_reason = match choice.as_ref().and_then(|c| c.finish_reason.as_deref()) {
+    let choice = r.choices.first();
+    let stop_reason = match choice.and_then(|c| c.finish_reason.as_deref()) {
         Some("length") => "max_tokens",
         _ => "end_turn",
     };
-    let text = choice.and_then(|c| c.message.content).unwrap_or_default();
+    let text = choice
+        .and_then(|c| c.message.content.clone())
+        .unwrap_or_default();
     let usage = r
         .usage
+        .as_ref()
         .map(|u| json!({"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}));
     json!({"id": id, "type": "message", "role": "assistant", "model": r.model,
            "content": [{"type": "text", "text": text}],
