@@ -58,7 +58,7 @@ pub struct SimOptions {
     #[arg(long, default_value_t = 0)]
     #[serde(default)]
     pub batch_delay_ms: u64,
-    /// Share of a batch's requests that end `errored`.
+    /// Share of a batch's requests that fail (Anthropic `errored`, OpenAI error file).
     #[arg(long, default_value_t = 0.0)]
     #[serde(default)]
     pub batch_error_rate: f64,
