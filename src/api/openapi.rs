@@ -83,7 +83,7 @@ const JOB_SUBMISSION: &str = "JobSubmission";
         super::prompts::NewPrompt,
         super::prompts::Saved,
         super::prompts::LabelBody,
-        super::prompts::PromptDetail,
+        crate::prompts::store::PromptDetail,
         crate::prompts::store::PromptSummary,
         crate::prompts::store::LabelView,
         crate::prompts::store::PromptVersion,

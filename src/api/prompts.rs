@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{caller, tenant_of, ApiError, ApiState, Caller};
 use crate::prompts::pin::PinError;
-use crate::prompts::store::{self, Arm, LabelView, PromptError, PromptSpec, PromptSummary};
+use crate::prompts::store::{
+    self, Arm, LabelView, PromptDetail, PromptError, PromptSpec, PromptSummary,
+};
 use crate::tenants::keys::Scope;
 use crate::tenants::Tenant;
 
@@ -50,15 +52,6 @@ pub(crate) struct LabelBody {
     /// `[{"version": 3, "weight": 70}, {"version": 4, "weight": 30}]`
     #[schema(value_type = Option<Vec<Object>>)]
     split: Option<Vec<Arm>>,
-}
-
-/// A prompt with every version and its labels.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct PromptDetail {
-    name: String,
-    shared: bool,
-    versions: Vec<store::PromptVersion>,
-    labels: Vec<LabelView>,
 }
 
 /// A job's prompt cannot be pinned: the job's fault is a 400 naming the field, the database's a
@@ -208,19 +201,6 @@ pub(crate) async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<PromptDetail>, ApiError> {
     let (tenant, _) = tenant(&state, &headers).await?;
-    let versions = store::versions(&state.pool, &tenant.id, &name)
-        .await
-        .map_err(refused)?;
-    let owner = versions
-        .first()
-        .map_or(String::new(), |v| v.tenant_id.clone());
-    let labels = store::labels(&state.pool, &owner, &name)
-        .await
-        .map_err(refused)?;
-    Ok(Json(PromptDetail {
-        shared: owner == store::SHARED,
-        name,
-        versions,
-        labels,
-    }))
+    let detail = store::detail(&state.pool, &tenant.id, &name).await;
+    Ok(Json(detail.map_err(refused)?))
 }

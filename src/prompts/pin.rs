@@ -81,9 +81,9 @@ async fn pin_job(
     max_bytes: usize,
 ) -> Result<(), PinError> {
     match job.kind {
-        JobKind::BatchComplete if names_prompts(job) => pin_batch(conn, job, limits).await?,
-        JobKind::RagAnswer if names_prompts(job) => pin_rag(conn, job, limits).await?,
-        _ => return Ok(()),
+        JobKind::BatchComplete => pin_batch(conn, job, limits).await?,
+        JobKind::RagAnswer => pin_rag(conn, job, limits).await?,
+        JobKind::Ingest => return Ok(()),
     }
     let size = serde_json::to_vec(job).map_or(usize::MAX, |b| b.len());
     if size > max_bytes {
@@ -167,13 +167,10 @@ async fn pin_batch(
         first_defaults.get_or_insert_with(|| version.defaults.clone());
     }
     if let Some(defaults) = first_defaults {
-        let d = Defaults::read(&defaults).unwrap_or_default();
-        input.max_tokens = input.max_tokens.or(d.max_tokens);
-        input.temperature = input.temperature.or(d.temperature);
-        apply_policy(job, d.policy);
+        let sampling = (&mut input.max_tokens, &mut input.temperature);
+        apply_defaults(job, &defaults, sampling);
     }
-    job.input = serde_json::to_value(&input).map_err(|e| PinError::Refused(e.to_string()))?;
-    Ok(())
+    store_input(job, &input)
 }
 
 async fn pin_rag(
@@ -194,11 +191,34 @@ async fn pin_rag(
     render_rag_parts(version, &variables, limits)
         .map_err(|e| PinError::Refused(format!("input.template: {e}")))?;
     pin_ref(t, version);
-    let d = Defaults::read(&version.defaults).unwrap_or_default();
-    input.max_tokens = input.max_tokens.or(d.max_tokens);
-    input.temperature = input.temperature.or(d.temperature);
-    apply_policy(job, d.policy);
-    job.input = serde_json::to_value(&input).map_err(|e| PinError::Refused(e.to_string()))?;
+    let defaults = version.defaults.clone();
+    apply_defaults(
+        job,
+        &defaults,
+        (&mut input.max_tokens, &mut input.temperature),
+    );
+    store_input(job, &input)
+}
+
+/// A prompt's defaults, where the job set nothing: its `max_tokens` and `temperature`, and its
+/// policy when the message named none.
+fn apply_defaults(
+    job: &mut JobMessage,
+    defaults: &Value,
+    (max_tokens, temperature): (&mut Option<u32>, &mut Option<f32>),
+) {
+    let d = Defaults::read(defaults).unwrap_or_default();
+    *max_tokens = max_tokens.or(d.max_tokens);
+    *temperature = temperature.or(d.temperature);
+    if let (false, Some(p)) = (job.policy_named, d.policy) {
+        job.policy = p;
+        job.policy_named = true;
+    }
+}
+
+/// Writes the pinned input back into the job.
+fn store_input(job: &mut JobMessage, input: &impl serde::Serialize) -> Result<(), PinError> {
+    job.input = serde_json::to_value(input).map_err(|e| PinError::Refused(e.to_string()))?;
     Ok(())
 }
 
@@ -265,14 +285,6 @@ fn pin_ref(t: &mut TemplateRef, version: &PromptVersion) {
     }
     t.version = Some(version.version);
     t.shared = version.tenant_id == SHARED;
-}
-
-/// A job that named no policy takes its prompt's default policy.
-fn apply_policy(job: &mut JobMessage, policy: Option<String>) {
-    if let (false, Some(p)) = (job.policy_named, policy) {
-        job.policy = p;
-        job.policy_named = true;
-    }
 }
 
 /// A version with its variables' schema compiled.

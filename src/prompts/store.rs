@@ -298,38 +298,17 @@ pub struct Arm {
 }
 
 /// The version `tenant` gets for `name` and `selector`: from its own prompt of that name if it has
-/// one, else from the operator's shared one. A label's main version; see [`resolve_for`] for a
-/// job, which a split label may send elsewhere.
+/// one, else from the operator's shared one (a label's main version; a job's split arm is
+/// [`locate`]'s to pick).
 pub async fn resolve(
     pool: &PgPool,
     tenant: &str,
     name: &str,
     selector: &Selector,
 ) -> Result<PromptVersion, PromptError> {
-    read(&mut *pool.acquire().await?, tenant, name, selector, None).await
-}
-
-/// The version job `job_id` of `tenant` gets: as [`resolve`], and when the label splits traffic,
-/// the arm a hash of the job id picks (so every delivery of the job picks the same).
-pub async fn resolve_for(
-    conn: &mut PgConnection,
-    tenant: &str,
-    name: &str,
-    selector: &Selector,
-    job_id: &str,
-) -> Result<PromptVersion, PromptError> {
-    read(conn, tenant, name, selector, Some(job_id)).await
-}
-
-async fn read(
-    conn: &mut PgConnection,
-    tenant: &str,
-    name: &str,
-    selector: &Selector,
-    job_id: Option<&str>,
-) -> Result<PromptVersion, PromptError> {
-    let (owner, version, _) = locate(conn, tenant, name, selector, job_id).await?;
-    get(conn, &owner, name, version)
+    let mut conn = pool.acquire().await?;
+    let (owner, version, _) = locate(&mut conn, tenant, name, selector, None).await?;
+    get(&mut conn, &owner, name, version)
         .await?
         .ok_or_else(|| unknown(tenant, name, &format!("version {version}")))
 }
@@ -490,9 +469,32 @@ pub async fn labels(pool: &PgPool, owner: &str, name: &str) -> Result<Vec<LabelV
     .await?)
 }
 
+/// A prompt with every version and its labels.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PromptDetail {
+    pub name: String,
+    /// The operator's shared prompt (the tenant has none of its own by that name).
+    pub shared: bool,
+    pub versions: Vec<PromptVersion>,
+    pub labels: Vec<LabelView>,
+}
+
+/// Every version of the prompt `name` that `tenant` uses (its own, else the shared one), oldest
+/// first, and its labels.
+pub async fn detail(pool: &PgPool, tenant: &str, name: &str) -> Result<PromptDetail, PromptError> {
+    let versions = versions(pool, tenant, name).await?;
+    let owner = versions.first().map_or(SHARED, |v| v.tenant_id.as_str());
+    Ok(PromptDetail {
+        shared: owner == SHARED,
+        labels: labels(pool, owner, name).await?,
+        name: name.to_string(),
+        versions,
+    })
+}
+
 /// Every version of the prompt `name` that `tenant` uses (its own, else the shared one), oldest
 /// first.
-pub async fn versions(
+async fn versions(
     pool: &PgPool,
     tenant: &str,
     name: &str,

@@ -90,12 +90,8 @@ pub async fn run(cfg: &Config, command: PromptCommand) -> anyhow::Result<()> {
         }
         PromptCommand::Show { tenant, name } => {
             let owner = owner(&pool, &tenant).await?;
-            let versions = store::versions(&pool, owner, &name).await?;
-            let from = versions.first().map_or(SHARED, |v| v.tenant_id.as_str());
-            let labels = store::labels(&pool, from, &name).await?;
-            let shown = serde_json::json!({"name": name, "shared": from == SHARED,
-                                           "versions": versions, "labels": labels});
-            println!("{}", serde_json::to_string_pretty(&shown)?);
+            let detail = store::detail(&pool, owner, &name).await?;
+            println!("{}", serde_json::to_string_pretty(&detail)?);
         }
     }
     Ok(())
